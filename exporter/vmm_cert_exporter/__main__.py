@@ -1,0 +1,5 @@
+import sys
+
+from vmm_cert_exporter.cli import main
+
+sys.exit(main())

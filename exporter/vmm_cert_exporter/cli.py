@@ -1,0 +1,121 @@
+"""The ``vmm-cert-exporter`` command: one subcommand per job, each in its own module.
+
+Subcommand modules are imported only when chosen, so ``vmm-cert-exporter lab`` never loads
+the collector and the exporter never loads the lab.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+from vmm_cert_exporter import __version__
+
+# subcommand -> (module, function taking the parsed args and returning an exit code)
+_HANDLERS: dict[str, tuple[str, str]] = {
+    "lab": ("vmm_cert_exporter.lab.cli", "run"),
+    "serve": ("vmm_cert_exporter.serve", "run"),
+    "check": ("vmm_cert_exporter.check", "run"),
+    "check-config": ("vmm_cert_exporter.config", "check_config_command"),
+    "print-script": ("vmm_cert_exporter.powershell", "print_script_command"),
+    "demo": ("vmm_cert_exporter.demo", "run"),
+    "rules": ("vmm_cert_exporter.rules", "rules_command"),
+}
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, metavar="FILE", help="YAML configuration file")
+
+
+def _add_logging(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--log.level",
+        dest="log_level",
+        default="info",
+        choices=["debug", "info", "warn", "error"],
+        help="only log messages with the given severity or above",
+    )
+    p.add_argument(
+        "--log.format",
+        dest="log_format",
+        default="logfmt",
+        choices=["logfmt", "json"],
+        help="output format of log messages",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vmm-cert-exporter",
+        description="Watch SCVMM self-signed certificates over WinRM and publish them to Prometheus.",
+    )
+    parser.add_argument("--version", action="version", version=f"vmm-cert-exporter {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="run the exporter: refresh in the background, serve /metrics")
+    _add_config(p)
+    p.add_argument(
+        "--web.listen-address",
+        dest="listen_address",
+        default=None,
+        metavar="ADDR",
+        help="address to listen on (overrides web.listen_address; default :9868)",
+    )
+    _add_logging(p)
+
+    p = sub.add_parser("check", help="one refresh, a table, exit 0 ok / 1 warning / 2 critical")
+    _add_config(p)
+    p.add_argument("--warn-days", type=float, default=30.0, metavar="N")
+    p.add_argument("--critical-days", type=float, default=7.0, metavar="M")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_logging(p)
+
+    p = sub.add_parser("check-config", help="validate a configuration file and exit")
+    _add_config(p)
+
+    p = sub.add_parser("print-script", help="print the exact PowerShell sent for an operation")
+    p.add_argument("operation", help="a script-contract operation, e.g. collect-certificates")
+    p.add_argument(
+        "--params",
+        default=None,
+        metavar="JSON",
+        help="parameters to embed (JSON object); default: the operation's example",
+    )
+
+    p = sub.add_parser("lab", help="start the simulated SCVMM fleet (WS-Management on 127.0.0.1)")
+    p.add_argument("--scenario", default="demo", metavar="demo|FILE")
+    p.add_argument("--hosts", type=int, default=None, metavar="N", help="generate N hosts")
+    p.add_argument("--seed", type=int, default=1, metavar="S")
+    p.add_argument("--listen", default="127.0.0.1:0", metavar="127.0.0.1:PORT")
+    p.add_argument("--tls", action="store_true", help="serve HTTPS with the lab CA")
+    p.add_argument("--write-config", default=None, metavar="PATH")
+    _add_logging(p)
+
+    p = sub.add_parser("rules", help="print the alerting rules, optionally with other thresholds")
+    p.add_argument("--warn-days", type=int, default=30, metavar="N")
+    p.add_argument("--critical-days", type=int, default=7, metavar="M")
+    p.add_argument(
+        "--format",
+        choices=["prometheus", "kubernetes"],
+        default="prometheus",
+        help="a Prometheus rule file, or a Kubernetes PrometheusRule manifest",
+    )
+
+    p = sub.add_parser("demo", help="start the lab and the exporter against it, print the URLs")
+    _add_logging(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module_name, func_name = _HANDLERS[args.command]
+    handler: Callable[[argparse.Namespace], int] = getattr(
+        importlib.import_module(module_name), func_name
+    )
+    return handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
