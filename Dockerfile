@@ -1,0 +1,22 @@
+# vmm-cert-exporter: the exporter (and, with other commands, the lab or the receiver).
+ARG BASE=python:3.12-slim
+FROM ${BASE}
+
+LABEL org.opencontainers.image.title="vmm-cert-exporter" \
+      org.opencontainers.image.description="Prometheus exporter for SCVMM self-signed certificates"
+
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY exporter ./exporter
+# one layer: install, then drop the sources and pip's cache
+RUN pip install --no-cache-dir . \
+    && rm -rf /src \
+    && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin vmmcert
+
+WORKDIR /
+USER 10001
+EXPOSE 9868
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:9868/-/healthy', timeout=4).status == 200 else 1)"]
+ENTRYPOINT ["vmm-cert-exporter"]
+CMD ["serve", "--config", "/etc/vmm-cert-exporter/config.yml"]

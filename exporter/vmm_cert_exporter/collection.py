@@ -1,0 +1,448 @@
+"""The refresh: ask VMM what it manages, read every computer's store, build a snapshot.
+
+Calls per refresh: ``list-managed-computers`` (when ``discover``) and
+``list-trusted-certificates`` once per VMM server, then ``collect-certificates`` once per
+computer, all through one bounded pool. A computer that refuses our credentials is not
+called again in the same refresh (account lockout policies count every attempt).
+Refreshes run in one background thread, so they can never overlap.
+"""
+
+from __future__ import annotations
+
+import bisect
+import ipaddress
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import TypeVar
+
+from vmm_cert_exporter import failures
+from vmm_cert_exporter.certificate import CertificateError, CertificateInfo, parse_certificate
+from vmm_cert_exporter.config import Config
+from vmm_cert_exporter.failures import CollectError
+from vmm_cert_exporter.inventory import (
+    Computer,
+    Inventory,
+    VmmView,
+    build_inventory,
+    fqdn_key,
+    view_from_result,
+)
+from vmm_cert_exporter.powershell import render_script
+from vmm_cert_exporter.remoting import ScriptOutput, WinRMRunner
+from vmm_cert_exporter.results import (
+    CertificateRecord,
+    CertificatesResult,
+    ScriptOutputError,
+    parse_collect_certificates,
+    parse_managed_computers,
+    parse_trusted_certificates,
+)
+from vmm_cert_exporter.snapshot import (
+    SCVMM_FRIENDLY_PREFIX,
+    HostSnapshot,
+    Snapshot,
+    StoredCertificate,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Buckets of vmm_cert_exporter_refresh_duration_seconds: a refresh takes from a second
+# (a handful of hosts) to minutes (thousands of hosts at low concurrency).
+REFRESH_BUCKETS = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
+
+# TrustedPeople entries that are not copies of a managed computer's certificate
+_NOT_A_COPY = "VMMWinPEAgentOSDBootstrap"
+
+
+@dataclass
+class _HostState:
+    """What the refresher remembers about one computer between refreshes."""
+
+    certificates: tuple[StoredCertificate, ...] | None = None
+    last_success: float | None = None
+    last_ok: bool = False
+    last_duration: float | None = None
+    last_error: str | None = None
+    last_error_reason: str | None = None
+    errors_total: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class RefreshHistogram:
+    """Cumulative histogram of refresh durations (exported by the metrics collector)."""
+
+    buckets: tuple[float, ...] = REFRESH_BUCKETS
+    counts: list[int] = field(default_factory=lambda: [0] * (len(REFRESH_BUCKETS) + 1))
+    total: float = 0.0
+    count: int = 0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(self.buckets, seconds)] += 1
+        self.total += seconds
+        self.count += 1
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        running = 0
+        for bound, n in zip(self.buckets, self.counts, strict=False):
+            running += n
+            out.append((repr(float(bound)), float(running)))
+        out.append(("+Inf", float(self.count)))
+        return out
+
+
+@dataclass
+class _Call:
+    """Outcome of one call, for the host's bookkeeping."""
+
+    key: str
+    operation: str
+    error: CollectError | None
+    duration: float
+
+
+def is_copy_candidate(record: CertificateRecord, info: CertificateInfo | None) -> bool:
+    """TrustedPeople entries named by IP address or for WinPE bootstrap are not host copies."""
+    names = list(record.dns_names)
+    if info is not None and info.common_name:
+        names.append(info.common_name)
+    if any(_NOT_A_COPY.lower() in n.lower() for n in names) or _NOT_A_COPY.lower() in (
+        record.friendly_name.lower()
+    ):
+        return False
+    for name in names:
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            return True
+    return False
+
+
+def trusted_names(record: CertificateRecord, info: CertificateInfo | None) -> set[str]:
+    names = {fqdn_key(n) for n in record.dns_names}
+    if info is not None:
+        names.update(fqdn_key(n) for n in info.dns_names)
+        if info.common_name:
+            names.add(fqdn_key(info.common_name))
+    return names
+
+
+@dataclass(frozen=True)
+class TrustedCopies:
+    """VMM's TrustedPeople, indexed by computer name: thumbprints of each one's copies."""
+
+    by_name: dict[str, frozenset[str]]
+
+    @staticmethod
+    def from_result(result: CertificatesResult) -> TrustedCopies:
+        by_name: dict[str, set[str]] = {}
+        for record in result.certificates:
+            try:
+                info: CertificateInfo | None = parse_certificate(record.der)
+            except CertificateError:
+                info = None
+            if not is_copy_candidate(record, info):
+                continue
+            for name in trusted_names(record, info):
+                by_name.setdefault(name, set()).add(record.thumbprint.upper())
+        return TrustedCopies({k: frozenset(v) for k, v in by_name.items()})
+
+
+def trust_of(
+    computer: Computer,
+    current: StoredCertificate | None,
+    copies: TrustedCopies | None,
+) -> bool | None:
+    """Whether VMM's copy matches; None when there is nothing to compare or no verdict due.
+
+    The VMM server's own entry is judged only when TrustedPeople has one: whether VMM keeps
+    a copy of its own certificate is unverified, and a missing self-copy must not alert.
+    """
+    if current is None or copies is None or computer.vmm_server is None:
+        return None
+    thumbprints = copies.by_name.get(computer.key)
+    if computer.is_vmm_server and not thumbprints:
+        return None
+    return bool(thumbprints) and current.info.thumbprint.upper() in (thumbprints or ())
+
+
+def stored_certificates(result: CertificatesResult) -> tuple[StoredCertificate, ...]:
+    """Parse each SCVMM certificate; an unparsable one is a contract break of the reader."""
+    out: list[StoredCertificate] = []
+    for record in result.certificates:
+        if not record.friendly_name.startswith(SCVMM_FRIENDLY_PREFIX):
+            continue
+        try:
+            info = parse_certificate(record.der)
+        except CertificateError as exc:
+            raise CollectError(failures.PARSE, f"certificate {record.thumbprint}: {exc}") from exc
+        out.append(
+            StoredCertificate(
+                info=info,
+                friendly_name=record.friendly_name,
+                has_private_key=record.has_private_key,
+            )
+        )
+    return tuple(out)
+
+
+class Refresher:
+    """Owns the refresh loop and the current snapshot.
+
+    ``snapshot`` is replaced atomically at the end of every refresh; readers never lock.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        runner: WinRMRunner | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._config = config
+        self._runner = runner or WinRMRunner(config.winrm)
+        self._clock = clock
+        self._states: dict[str, _HostState] = {}
+        self._views: dict[str, VmmView] = {}
+        self._trusted: dict[str, TrustedCopies] = {}
+        self.histogram = RefreshHistogram()
+        self.refreshes = 0
+        self.snapshot: Snapshot = Snapshot.empty(config.collection.interval)
+        self.inventory: Inventory = build_inventory(config, ())
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._first_done = threading.Event()
+
+    # ---- calls -------------------------------------------------------------------------
+    def _call(self, host: str, operation: str, parse: Callable[[str], T]) -> tuple[T | None, _Call]:
+        started = time.monotonic()
+        try:
+            output = self._runner.run(host, render_script(operation))
+            value = self._parse(output, parse)
+            return value, _Call(fqdn_key(host), operation, None, time.monotonic() - started)
+        except CollectError as exc:
+            return None, _Call(fqdn_key(host), operation, exc, time.monotonic() - started)
+
+    @staticmethod
+    def _parse(output: ScriptOutput, parse: Callable[[str], T]) -> T:
+        if output.exit_code != 0:
+            first = (output.stderr or output.stdout).strip().splitlines()
+            detail = first[0][:300] if first else "(no error text)"
+            raise CollectError(failures.SCRIPT, f"exit code {output.exit_code}: {detail}")
+        try:
+            return parse(output.stdout)
+        except ScriptOutputError as exc:
+            raise CollectError(failures.PARSE, str(exc)) from exc
+
+    # ---- the refresh -------------------------------------------------------------------
+    def refresh_once(self) -> Snapshot:
+        started = time.monotonic()
+        cfg = self._config
+        calls: list[_Call] = []
+        auth_failed: set[str] = set()
+        host_certs: dict[str, tuple[StoredCertificate, ...]] = {}
+
+        def note(call: _Call) -> None:
+            calls.append(call)
+            if call.error is not None and call.error.reason == failures.AUTH:
+                auth_failed.add(call.key)
+
+        with ThreadPoolExecutor(
+            max_workers=cfg.collection.concurrency, thread_name_prefix="collect"
+        ) as pool:
+            # 1. each VMM server: what it manages, then its TrustedPeople
+            def vmm_server_calls(host: str, discover: bool) -> list[tuple[object, _Call]]:
+                done: list[tuple[object, _Call]] = []
+                if discover:
+                    done.append(self._call(host, "list-managed-computers", parse_managed_computers))
+                    if done[-1][1].error and done[-1][1].error.reason == failures.AUTH:
+                        return done
+                done.append(
+                    self._call(host, "list-trusted-certificates", parse_trusted_certificates)
+                )
+                return done
+
+            server_futures = [
+                (s.host, pool.submit(vmm_server_calls, s.host, s.discover)) for s in cfg.vmm_servers
+            ]
+            for host, future in server_futures:
+                for value, call in future.result():
+                    note(call)
+                    if call.error is not None:
+                        log.warning(
+                            "call failed",
+                            extra={
+                                "host": host,
+                                "operation": call.operation,
+                                "reason": call.error.reason,
+                                "detail": call.error.detail,
+                            },
+                        )
+                        continue
+                    if call.operation == "list-managed-computers":
+                        assert value is not None
+                        self._views[fqdn_key(host)] = view_from_result(host, value)  # type: ignore[arg-type]
+                    else:
+                        self._trusted[fqdn_key(host)] = TrustedCopies.from_result(value)  # type: ignore[arg-type]
+
+            # 2. the inventory: configured + discovered (a failed discovery keeps the last list)
+            discovering = {fqdn_key(s.host) for s in cfg.vmm_servers if s.discover}
+            views = [v for k, v in self._views.items() if k in discovering]
+            inventory = build_inventory(cfg, views)
+
+            # 3. every computer's store, skipping those that refused our credentials
+            def collect(computer: Computer) -> tuple[tuple[StoredCertificate, ...] | None, _Call]:
+                result, call = self._call(
+                    computer.fqdn, "collect-certificates", parse_collect_certificates
+                )
+                if result is None:
+                    return None, call
+                try:
+                    return stored_certificates(result), call
+                except CollectError as exc:
+                    return None, replace(call, error=exc)
+
+            host_futures = [
+                (c, pool.submit(collect, c))
+                for c in inventory.computers
+                if c.key not in auth_failed
+            ]
+            for computer, future in host_futures:
+                certs, call = future.result()
+                note(call)
+                if call.error is not None:
+                    log.warning(
+                        "call failed",
+                        extra={
+                            "host": computer.fqdn,
+                            "operation": call.operation,
+                            "reason": call.error.reason,
+                            "detail": call.error.detail,
+                        },
+                    )
+                elif certs is not None:
+                    host_certs[computer.key] = certs
+
+        now = self._clock()
+        snapshot = self._build_snapshot(inventory, calls, host_certs, now, started)
+        self.inventory = inventory
+        self.snapshot = snapshot
+        self.histogram.observe(snapshot.duration)
+        self.refreshes += 1
+        failed = sum(1 for h in snapshot.hosts if not h.last_ok)
+        log.info(
+            "refresh done",
+            extra={
+                "computers": len(snapshot.hosts),
+                "failed": failed,
+                "calls": len(calls),
+                "duration_seconds": round(snapshot.duration, 3),
+            },
+        )
+        return snapshot
+
+    def _build_snapshot(
+        self,
+        inventory: Inventory,
+        calls: Iterable[_Call],
+        host_certs: dict[str, tuple[StoredCertificate, ...]],
+        now: float,
+        started: float,
+    ) -> Snapshot:
+        by_host: dict[str, list[_Call]] = {}
+        for call in calls:
+            by_host.setdefault(call.key, []).append(call)
+        states: dict[str, _HostState] = {}
+        hosts: list[HostSnapshot] = []
+        for computer in inventory.computers:
+            # a computer that left the inventory leaves its state behind (no stale series)
+            state = self._states.get(computer.key) or _HostState()
+            states[computer.key] = state
+            mine = by_host.get(computer.key, [])
+            errors = [c.error for c in mine if c.error is not None]
+            if computer.key in host_certs:
+                state.certificates = host_certs[computer.key]
+            if mine:
+                state.last_duration = sum(c.duration for c in mine)
+            if errors:
+                state.last_ok = False
+                state.last_error = str(errors[-1])
+                state.last_error_reason = errors[-1].reason
+                for err in errors:
+                    state.errors_total[err.reason] = state.errors_total.get(err.reason, 0) + 1
+            elif mine:
+                state.last_ok = True
+                state.last_success = now
+                state.last_error = None
+                state.last_error_reason = None
+            else:
+                # skipped after an auth failure earlier in this refresh
+                state.last_ok = False
+            current = (
+                max(state.certificates, key=lambda c: c.info.not_after)
+                if state.certificates
+                else None
+            )
+            copies = (
+                self._trusted.get(fqdn_key(computer.vmm_server)) if computer.vmm_server else None
+            )
+            hosts.append(
+                HostSnapshot(
+                    computer=computer,
+                    certificates=state.certificates,
+                    trusted=trust_of(computer, current, copies),
+                    last_success=state.last_success,
+                    last_ok=state.last_ok,
+                    last_duration=state.last_duration,
+                    last_error=state.last_error,
+                    last_error_reason=state.last_error_reason,
+                    errors_total=dict(state.errors_total),
+                )
+            )
+        self._states = states
+        return Snapshot(
+            hosts=tuple(hosts),
+            completed_at=now,
+            duration=time.monotonic() - started,
+            interval=self._config.collection.interval,
+            complete=True,
+        )
+
+    # ---- the background loop -------------------------------------------------------------
+    def start(self) -> None:
+        """Start refreshing in the background: the first refresh begins at once."""
+        if self._thread is not None:
+            raise RuntimeError("refresher already started")
+        self._thread = threading.Thread(target=self._loop, name="refresher", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        interval = self._config.collection.interval
+        while not self._stop.is_set():
+            began = time.monotonic()
+            try:
+                self.refresh_once()
+            except Exception:  # a bug must not end the loop: log it, keep the last snapshot
+                log.exception("refresh crashed; keeping the previous snapshot")
+            finally:
+                self._first_done.set()
+            # the interval runs start to start; a refresh longer than it is followed at once
+            self._stop.wait(max(0.0, interval - (time.monotonic() - began)))
+
+    def wait_first(self, timeout: float | None = None) -> bool:
+        return self._first_done.wait(timeout)
+
+    @property
+    def ready(self) -> bool:
+        return self.snapshot.complete
+
+    def stop(self, timeout: float | None = None) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)

@@ -1,0 +1,62 @@
+"""``vmm-cert-exporter lab``: run the simulated fleet until interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from types import FrameType
+
+from vmm_cert_exporter.lab.runner import parse_listen, start_lab
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING}
+
+
+def run(args: argparse.Namespace) -> int:
+    level = _LEVELS.get(getattr(args, "log_level", "info"), logging.ERROR)
+    logging.basicConfig(level=level, format="level=%(levelname)s msg=%(message)s")
+    try:
+        parse_listen(args.listen)  # refuse a non-loopback address before loading anything
+    except ValueError as exc:
+        print(f"vmm-cert-exporter lab: {exc}", file=sys.stderr)
+        return 2
+    if args.hosts is not None and args.hosts < 0:
+        print("vmm-cert-exporter lab: --hosts must be >= 0", file=sys.stderr)
+        return 2
+    try:
+        lab = start_lab(
+            scenario=args.scenario,
+            hosts=args.hosts,
+            seed=args.seed,
+            listen=args.listen,
+            tls=args.tls,
+        )
+    except (OSError, ValueError) as exc:
+        print(f"vmm-cert-exporter lab: cannot start: {exc}", file=sys.stderr)
+        return 1
+
+    stop = threading.Event()
+
+    def _on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    try:
+        if args.write_config:
+            path = lab.write_config(args.write_config)
+            print(f"config:    {path}")
+        print(f"endpoint:  {lab.endpoint_template}")
+        print(f"control:   {lab.control_url}")
+        print(f"account:   {lab.username}  password: {lab.account.password}")
+        if lab.ca_path is not None:
+            print(f"lab CA:    {lab.ca_path}")
+        print(f"computers: {len(lab.model.list_computers())}  vmm servers: {lab.vmm_servers}")
+        sys.stdout.flush()
+        while not stop.wait(0.5):
+            pass
+    finally:
+        lab.stop()
+    return 0

@@ -1,0 +1,52 @@
+"""Generated fleets (``--hosts N``): a realistic mix, deterministic for a seed.
+
+The result is an ordinary scenario document, so it goes through the same validation and
+builder as a YAML file. ``hosts`` counts managed computers besides the VMM server.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+LIBRARY_SHARE = 0.03  # ~3% library servers, the rest Hyper-V hosts
+ANOMALY_SHARE = 0.01  # ~1% each: certificate missing, TrustedPeople mismatch, duplicate
+# cohorts: how many years ago computers were added (0-4, i.e. all still valid with 5 years);
+# weights mimic a fleet that grew, then was partly refreshed
+COHORT_WEIGHTS = {0: 0.15, 1: 0.25, 2: 0.25, 3: 0.2, 4: 0.15}
+
+
+def generated_scenario(hosts: int, seed: int = 1, domain: str = "lab.example") -> dict[str, Any]:
+    if isinstance(hosts, bool) or not isinstance(hosts, int) or hosts < 0:
+        raise ValueError(f"hosts must be an integer >= 0, got {hosts!r}")
+    rng = random.Random(seed)  # noqa: S311 - a reproducible lab, not cryptography
+    libraries = round(hosts * LIBRARY_SHARE)
+    anomalies = round(hosts * ANOMALY_SHARE)
+    years = list(COHORT_WEIGHTS)
+    weights = list(COHORT_WEIGHTS.values())
+    computers: list[dict[str, Any]] = []
+    width = max(4, len(str(hosts)))
+    for index in range(hosts):
+        is_library = index < libraries
+        name = f"lib{index + 1:0{width}d}" if is_library else f"hv{index - libraries + 1:0{width}d}"
+        computers.append(
+            {
+                "fqdn": f"{name}.{domain}",
+                "role": "library_server" if is_library else "hyperv_host",
+                "added_years_ago": rng.choices(years, weights)[0],
+            }
+        )
+    # disjoint picks so each anomaly stays readable on its own
+    picked = rng.sample(range(hosts), min(hosts, 3 * anomalies))
+    for offset, field, value in (
+        (0, "certificate", "missing"),
+        (anomalies, "trusted", "mismatch"),
+        (2 * anomalies, "certificate", "duplicate"),
+    ):
+        for index in picked[offset : offset + anomalies]:
+            computers[index][field] = value
+    return {
+        "name": f"generated-{hosts}-seed{seed}",
+        "vmm_server": {"fqdn": f"vmm01.{domain}", "version": "2019 UR2", "added_years_ago": 1},
+        "computers": computers,
+    }

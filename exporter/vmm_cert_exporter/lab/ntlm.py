@@ -1,0 +1,169 @@
+"""Server-side NTLM for the lab: pyspnego acceptor contexts and WinRM message encryption.
+
+pyspnego's pure-Python NTLM acceptor looks users up in the file named by the process-wide
+``NTLM_USER_FILE`` environment variable (it has no per-context credential argument). The lab
+therefore keeps one credential file per process holding the union of every running lab's
+accounts; it is written before any context is created and only ever grows while the process
+lives, so two labs in one test process never lock each other out.
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import os
+import struct
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import spnego
+
+from vmm_cert_exporter.lab.interfaces import Account
+
+# [MS-WSMV] 2.2.9.1.1: the MIME framing of encrypted WinRM messages, byte for byte as pywinrm's
+# winrm/encryption.py writes and parses it.
+PROTOCOL = "application/HTTP-SPNEGO-session-encrypted"
+BOUNDARY = b"--Encrypted Boundary"
+CONTENT_TYPE = f'multipart/encrypted;protocol="{PROTOCOL}";boundary="Encrypted Boundary"'
+_OCTET = b"\tContent-Type: application/octet-stream\r\n"
+
+# An NTLM message starts with this signature followed by a little-endian message type.
+_NTLM_SIGNATURE = b"NTLMSSP\x00"
+NEGOTIATE = 1
+AUTHENTICATE = 3
+
+_lock = threading.Lock()
+_lines: set[str] = set()
+_file: Path | None = None
+
+
+def _cleanup() -> None:
+    if _file is not None:
+        _file.unlink(missing_ok=True)
+
+
+def register_accounts(accounts: list[Account]) -> None:
+    """Make ``accounts`` acceptable to every NTLM context created from now on."""
+    global _file
+    with _lock:
+        new = set()
+        for acc in accounts:
+            if ":" in acc.domain or ":" in acc.username or "\n" in acc.password:
+                raise ValueError(f"account {acc.domain}\\{acc.username}: ':' or newline in name")
+            # DOMAIN\user and a bare "user" (no domain in the NTLM message) both log on, as a
+            # local account on a Windows host would.
+            new.add(f"{acc.domain}:{acc.username}:{acc.password}")
+            new.add(f":{acc.username}:{acc.password}")
+        if new <= _lines and _file is not None:
+            return
+        _lines.update(new)
+        if _file is None:
+            fd, name = tempfile.mkstemp(prefix="vmm-lab-ntlm-", suffix=".users")
+            os.close(fd)
+            _file = Path(name)
+            atexit.register(_cleanup)
+        # mkstemp already made it 0600; rewrite atomically so a context being created never
+        # reads a half-written file.
+        tmp = _file.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write("\n".join(sorted(_lines)) + "\n")
+        tmp.replace(_file)
+        os.environ["NTLM_USER_FILE"] = str(_file)
+
+
+def message_type(token: bytes) -> int:
+    """The NTLM message type (1 negotiate, 3 authenticate), 0 for anything else."""
+    if len(token) < 12 or not token.startswith(_NTLM_SIGNATURE):
+        return 0
+    return int(struct.unpack("<I", token[8:12])[0])
+
+
+class NTLMConnection:
+    """The NTLM state of one TCP connection: NTLM authenticates connections, not requests."""
+
+    def __init__(self) -> None:
+        self._ctx: Any = None
+        self.complete = False
+        self.username: str | None = None
+
+    def negotiate(self, token: bytes) -> bytes:
+        """Start a fresh context from a Negotiate message; returns the Challenge."""
+        self._ctx = spnego.server(protocol="ntlm")
+        self.complete = False
+        self.username = None
+        out = self._ctx.step(token)
+        return bytes(out or b"")
+
+    def authenticate(self, token: bytes) -> bool:
+        """Finish the handshake; False when the credentials are wrong (or no handshake began)."""
+        if self._ctx is None:
+            return False
+        try:
+            self._ctx.step(token)
+        except Exception:  # noqa: BLE001 - every pyspnego failure here means "logon failure"
+            self._ctx = None
+            return False
+        self.complete = bool(self._ctx.complete)
+        self.username = str(self._ctx.client_principal or "")
+        return self.complete
+
+    def reset(self) -> None:
+        self._ctx = None
+        self.complete = False
+        self.username = None
+
+    def decrypt(self, body: bytes) -> bytes:
+        """Decrypt a ``multipart/encrypted`` request body; ValueError when it is malformed."""
+        if not self.complete:
+            raise ValueError("encrypted message before the NTLM context was established")
+        parts = [p for p in body.split(BOUNDARY + b"\r\n") if p]
+        if len(parts) < 2:
+            raise ValueError("encrypted body lacks its two MIME parts")
+        out = b""
+        for i in range(0, len(parts) - 1, 2):
+            header, payload = parts[i].strip(), parts[i + 1]
+            try:
+                expected = int(header.split(b"Length=")[1].split(b"\r")[0])
+            except (IndexError, ValueError) as exc:
+                raise ValueError("encrypted part has no OriginalContent length") from exc
+            end = BOUNDARY + b"--\r\n"
+            if payload.endswith(end):
+                payload = payload[: -len(end)]
+            if not payload.startswith(_OCTET):
+                raise ValueError("encrypted part is not application/octet-stream")
+            payload = payload[len(_OCTET) :]
+            (sig_len,) = struct.unpack("<I", payload[:4])
+            header_bytes, sealed = payload[4 : 4 + sig_len], payload[4 + sig_len :]
+            try:
+                plain = bytes(self._ctx.unwrap_winrm(header_bytes, sealed))
+            except Exception as exc:  # noqa: BLE001 - a bad signature is a bad message
+                raise ValueError(f"cannot decrypt the message: {exc}") from exc
+            if len(plain) != expected:
+                raise ValueError("decrypted length does not match OriginalContent")
+            out += plain
+        return out
+
+    def encrypt(self, plain: bytes) -> bytes:
+        """Encrypt a response body the way Windows does (one part, the closing boundary)."""
+        res = self._ctx.wrap_winrm(plain)
+        sealed = struct.pack("<I", len(res.header)) + res.header + res.data
+        return (
+            BOUNDARY + b"\r\n"
+            b"\tContent-Type: " + PROTOCOL.encode() + b"\r\n"
+            b"\tOriginalContent: type=application/soap+xml;charset=UTF-8;Length="
+            + str(len(plain)).encode()
+            + b"\r\n"
+            + BOUNDARY
+            + b"\r\n"
+            + _OCTET
+            + sealed
+            + BOUNDARY
+            + b"--\r\n"
+        )
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")

@@ -1,0 +1,197 @@
+"""Start a whole lab from Python: the API tests, benchmarks and ``make demo`` use.
+
+with start_lab() as lab:            # demo scenario, plain HTTP, a free port
+    lab.write_config("exporter.yaml")
+    ...                             # point pywinrm / the exporter at lab.endpoint_template
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import yaml
+
+from vmm_cert_exporter.lab.interfaces import Account, FleetModel
+from vmm_cert_exporter.lab.server import LabServer
+from vmm_cert_exporter.lab.tls import create_lab_tls
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) on loopback only; ValueError otherwise.
+
+    The lab accepts a published password and has an unauthenticated control API: it must never
+    be reachable from another machine.
+    """
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ValueError(f"--listen {listen!r}: expected HOST:PORT, e.g. 127.0.0.1:5985")
+    host = host.strip("[]")
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError as exc:
+        raise ValueError(
+            f"--listen {listen!r}: the host must be a loopback IP address "
+            "(127.0.0.0/8 or ::1), not a name"
+        ) from exc
+    if not addr.is_loopback:
+        raise ValueError(
+            f"--listen {listen!r}: the lab only listens on loopback (127.0.0.0/8 or ::1); "
+            "it accepts a published password and its control API has no authentication"
+        )
+    port = int(port_text)
+    if port > 65535:
+        raise ValueError(f"--listen {listen!r}: port out of range")
+    return str(addr), port
+
+
+class RunningLab:
+    """A started lab: its server, model and the facts a client needs to reach it."""
+
+    def __init__(
+        self,
+        server: LabServer,
+        model: FleetModel,
+        state_dir: Path,
+        owns_state_dir: bool,
+    ) -> None:
+        self.server = server
+        self.model = model
+        self.state_dir = state_dir
+        self._owns_state_dir = owns_state_dir
+        self.ca_path: Path | None = server.tls.ca_path if server.tls else None
+        self.account: Account = model.accounts()[0]
+
+    @property
+    def url(self) -> str:
+        """Base URL of the listener, e.g. ``http://127.0.0.1:40123``."""
+        return self.server.url
+
+    @property
+    def endpoint_template(self) -> str:
+        """The exporter's ``winrm.endpoint``: ``{host}`` is replaced by the computer's FQDN."""
+        return self.server.url + "/wsman/{host}"
+
+    @property
+    def control_url(self) -> str:
+        return self.server.url + "/lab"
+
+    @property
+    def tls(self) -> bool:
+        return self.server.tls is not None
+
+    def endpoint(self, fqdn: str) -> str:
+        return self.server.endpoint(fqdn)
+
+    @property
+    def username(self) -> str:
+        """The account as pywinrm takes it: ``DOMAIN\\user``."""
+        return f"{self.account.domain}\\{self.account.username}"
+
+    @property
+    def vmm_servers(self) -> list[str]:
+        """FQDNs of the model's VMM servers (empty if the model does not say)."""
+        finder = getattr(self.model, "vmm_server_fqdns", None)
+        if callable(finder):
+            return [str(f) for f in finder()]
+        # Fallback for models without vmm_server_fqdns(): look at the listing's roles.
+        out = []
+        for comp in self.model.list_computers():
+            if comp.get("role") == "vmm_server" and isinstance(comp.get("fqdn"), str):
+                out.append(comp["fqdn"])
+        return out
+
+    def exporter_config(self, password_file: Path) -> dict[str, Any]:
+        """The exporter configuration (issue 3's shape) that points at this lab."""
+        winrm: dict[str, Any] = {
+            "endpoint": self.endpoint_template,
+            "transport": "basic",
+            "username": self.username,
+            "password_file": str(password_file),
+            "server_cert_validation": "validate",
+            # Basic over plain HTTP is refused by the exporter unless allowed explicitly.
+            "allow_unencrypted_basic": not self.tls,
+            "timeout": "10s",
+        }
+        if self.ca_path is not None:
+            winrm["ca_trust_path"] = str(self.ca_path)
+        return {
+            "winrm": winrm,
+            "vmm_servers": [{"host": fqdn, "discover": True} for fqdn in self.vmm_servers],
+            "collection": {"interval": "30s", "concurrency": 16},
+            "web": {"listen_address": "127.0.0.1:9868"},
+        }
+
+    def write_config(self, path: str | os.PathLike[str]) -> Path:
+        """Write a ready exporter config, and the password beside it (mode 0600)."""
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        password_file = target.with_name(target.stem + ".password")
+        fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(self.account.password)
+        os.chmod(password_file, 0o600)  # an existing file keeps its old mode otherwise
+        text = yaml.safe_dump(self.exporter_config(password_file.resolve()), sort_keys=False)
+        header = f"# Written by the vmm-cert-exporter lab listening at {self.url}\n"
+        target.write_text(header + text, encoding="utf-8")
+        return target
+
+    def stop(self) -> None:
+        self.server.stop()
+        if self._owns_state_dir:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    def __enter__(self) -> RunningLab:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def start_lab(
+    scenario: str = "demo",
+    hosts: int | None = None,
+    seed: int = 1,
+    listen: str = "127.0.0.1:0",
+    tls: bool = False,
+    state_dir: str | os.PathLike[str] | None = None,
+    fleet: FleetModel | None = None,
+    *,
+    receive_chunk: int = 8192,
+    max_operation_wait: float = 60.0,
+) -> RunningLab:
+    """Load the scenario (or use ``fleet``), start serving, return the running lab.
+
+    Usable as a context manager (``with start_lab() as lab:``) or stopped with ``.stop()``.
+    ``state_dir`` receives the lab CA; a temporary one is made (and removed) if omitted.
+    """
+    host, port = parse_listen(listen)
+    if fleet is None:
+        # Imported here: the model is another module's job and heavy to import.
+        from vmm_cert_exporter.lab.scenario import load_fleet
+
+        fleet = load_fleet(scenario, hosts=hosts, seed=seed)
+    owns = state_dir is None
+    directory = Path(tempfile.mkdtemp(prefix="vmm-lab-")) if state_dir is None else Path(state_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    lab_tls = create_lab_tls(directory) if tls else None
+    server = LabServer(
+        fleet,
+        host=host,
+        port=port,
+        tls=lab_tls,
+        receive_chunk=receive_chunk,
+        max_operation_wait=max_operation_wait,
+    )
+    server.start()
+    return RunningLab(server, fleet, directory, owns)

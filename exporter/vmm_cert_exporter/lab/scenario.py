@@ -1,0 +1,348 @@
+"""Lab scenarios: a strictly validated YAML format, the built-in ``demo``, generated fleets.
+
+Every error names the file, the field path and what was expected, e.g.
+``demo.yaml: computers[3].expires_in: expected a duration like '20d' or '-3d', got 'soon'``.
+The format is documented in docs/lab-scenarios.md.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import timedelta
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vmm_cert_exporter.lab.clock import LabClock
+from vmm_cert_exporter.lab.interfaces import Account, Faults
+from vmm_cert_exporter.lab.model import (
+    CERT_DUPLICATE,
+    CERT_MISSING,
+    CERT_PRESENT,
+    ROLE_HOST,
+    ROLE_LIBRARY,
+    ROLE_VMM,
+    TRUST_MATCH,
+    TRUST_MISMATCH,
+    TRUST_MISSING,
+    ComputerSpec,
+    Fleet,
+    VmmVersion,
+)
+
+# the lab's documented WinRM account; a lab secret by design, never a real one
+DEFAULT_ACCOUNT = Account(domain="LAB", username="svc-vmmcert", password="lab-password")  # noqa: S106
+DEFAULT_RUN_AS = "VMM Host Admins"
+
+_FQDN_RE = re.compile(
+    r"(?=.{3,253}$)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
+    r"[A-Za-z](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+)
+_DURATION_RE = re.compile(r"(?P<n>-?[0-9]+)(?P<unit>[smhdw])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+_TOP_KEYS = {
+    "name", "description", "clock_offset", "validity_years", "validity_years_by_version",
+    "accounts", "run_as_accounts", "vmm_server", "computers",
+}  # fmt: skip
+_COMPUTER_KEYS = {
+    "fqdn", "role", "added_year", "added_years_ago", "expires_in", "certificate", "trusted",
+    "faults", "state", "agent_version", "noise",
+}  # fmt: skip
+_VMM_KEYS = (_COMPUTER_KEYS - {"role"}) | {
+    "version", "high_availability", "trusted_self_copy", "trusted_noise",
+}  # fmt: skip
+
+
+class ScenarioError(ValueError):
+    """A scenario that does not validate: ``<where>: <path>: expected ..., got ...``."""
+
+
+def _fail(where: str, path: str, expected: str, got: Any = ...) -> ScenarioError:
+    detail = "" if got is ... else f", got {got!r}"
+    return ScenarioError(f"{where}: {path}: expected {expected}{detail}")
+
+
+def _check_keys(data: dict[str, Any], allowed: set[str], where: str, path: str) -> None:
+    for key in data:
+        if key not in allowed:
+            raise _fail(where, f"{path}.{key}" if path else str(key),
+                        f"one of the known fields {sorted(allowed)}; unknown field")  # fmt: skip
+
+
+def _mapping(value: Any, where: str, path: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _fail(where, path or "(top level)", "a mapping", value)
+    return value
+
+
+def _str(value: Any, where: str, path: str, expected: str = "a non-empty string") -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _fail(where, path, expected, value)
+    return value
+
+
+def _bool(value: Any, where: str, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(where, path, "true or false", value)
+    return value
+
+
+def _int(value: Any, where: str, path: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _fail(where, path, f"an integer from {low} to {high}", value)
+    return value
+
+
+def parse_duration(value: Any, where: str, path: str) -> timedelta:
+    """``20d``, ``-3d``, ``12h``, ``2w``, ``90m``, ``30s``."""
+    match = _DURATION_RE.fullmatch(value.strip()) if isinstance(value, str) else None
+    if match is None:
+        raise _fail(where, path, "a duration like '20d' or '-3d' (units s, m, h, d, w)", value)
+    return timedelta(seconds=int(match.group("n")) * _UNIT_SECONDS[match.group("unit")])
+
+
+def _fqdn(value: Any, where: str, path: str) -> str:
+    if not isinstance(value, str) or not _FQDN_RE.fullmatch(value):
+        raise _fail(where, path, "a fully qualified domain name like 'hv01.lab.example'", value)
+    return value
+
+
+def _choice(value: Any, choices: tuple[str, ...], where: str, path: str) -> str:
+    if value not in choices:
+        raise _fail(where, path, "one of " + ", ".join(choices), value)
+    return str(value)
+
+
+def _version(value: Any, where: str, path: str) -> VmmVersion:
+    # YAML reads an unquoted 2022 as an integer; it means the release all the same
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    try:
+        return VmmVersion.parse(text)
+    except ValueError:
+        raise _fail(
+            where, path, "a VMM version like '2016 UR10', '2019 UR2', '2022' or '2025'", value
+        ) from None
+
+
+def parse_computer(
+    data: Any, *, where: str, path: str, role: str | None = None, extra: set[str] | None = None
+) -> ComputerSpec:
+    """Validate one computer entry. ``role`` fixes the role (the VMM server's entry)."""
+    entry = _mapping(data, where, path)
+    allowed = (_COMPUTER_KEYS - {"role"} if role else _COMPUTER_KEYS) | (extra or set())
+    _check_keys(entry, allowed, where, path)
+    if "fqdn" not in entry:
+        raise _fail(where, f"{path}.fqdn", "the computer's FQDN (required)")
+    fqdn = _fqdn(entry["fqdn"], where, f"{path}.fqdn")
+    if role is None:
+        if "role" not in entry:
+            raise _fail(where, f"{path}.role", f"{ROLE_HOST} or {ROLE_LIBRARY} (required)")
+        role = _choice(entry["role"], (ROLE_HOST, ROLE_LIBRARY), where, f"{path}.role")
+    placements = [k for k in ("added_year", "added_years_ago", "expires_in") if k in entry]
+    if len(placements) > 1:
+        raise _fail(where, f"{path}.{placements[1]}",
+                    f"only one of added_year, added_years_ago, expires_in; {placements[0]} "
+                    "is already set")  # fmt: skip
+    added_year = (
+        _int(entry["added_year"], where, f"{path}.added_year", 1990, 2200)
+        if "added_year" in entry
+        else None
+    )
+    added_years_ago = (
+        _int(entry["added_years_ago"], where, f"{path}.added_years_ago", 0, 100)
+        if "added_years_ago" in entry
+        else None
+    )
+    expires_in = (
+        parse_duration(entry["expires_in"], where, f"{path}.expires_in")
+        if "expires_in" in entry
+        else None
+    )
+    certificate = _choice(entry.get("certificate", CERT_PRESENT),
+                          (CERT_PRESENT, CERT_MISSING, CERT_DUPLICATE), where,
+                          f"{path}.certificate")  # fmt: skip
+    trusted = _choice(entry.get("trusted", TRUST_MATCH),
+                      (TRUST_MATCH, TRUST_MISMATCH, TRUST_MISSING), where,
+                      f"{path}.trusted")  # fmt: skip
+    faults = Faults()
+    if "faults" in entry:
+        raw_faults = _mapping(entry["faults"], where, f"{path}.faults")
+        known = Faults().to_dict()
+        for key, value in raw_faults.items():
+            fault_path = f"{path}.faults.{key}"
+            if key not in known:
+                raise _fail(
+                    where, fault_path, f"a fault name, one of {sorted(known)}; unknown fault"
+                )
+            if isinstance(known[key], bool):
+                _bool(value, where, fault_path)
+            elif isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise _fail(where, fault_path, "a number of seconds >= 0", value)
+        faults = Faults.from_dict(raw_faults)  # checked above, so it cannot raise
+    state = _str(entry["state"], where, f"{path}.state") if "state" in entry else None
+    agent_version = (
+        _str(entry["agent_version"], where, f"{path}.agent_version")
+        if "agent_version" in entry
+        else None
+    )
+    noise = _bool(entry["noise"], where, f"{path}.noise") if "noise" in entry else True
+    return ComputerSpec(
+        fqdn=fqdn,
+        role=role,
+        added_year=added_year,
+        added_years_ago=added_years_ago,
+        expires_in=expires_in,
+        certificate=certificate,
+        trusted=trusted,
+        faults=faults,
+        state=state,
+        agent_version=agent_version,
+        noise=noise,
+    )
+
+
+def _accounts(value: Any, where: str) -> list[Account]:
+    if not isinstance(value, list) or not value:
+        raise _fail(where, "accounts", "a non-empty list of {domain, username, password}", value)
+    accounts = []
+    for index, item in enumerate(value):
+        path = f"accounts[{index}]"
+        entry = _mapping(item, where, path)
+        _check_keys(entry, {"domain", "username", "password"}, where, path)
+        for key in ("domain", "username", "password"):
+            if key not in entry:
+                raise _fail(where, f"{path}.{key}", "a non-empty string (required)")
+        accounts.append(
+            Account(
+                domain=_str(entry["domain"], where, f"{path}.domain"),
+                username=_str(entry["username"], where, f"{path}.username"),
+                password=_str(entry["password"], where, f"{path}.password"),
+            )
+        )
+    return accounts
+
+
+def build_fleet(data: Any, where: str = "scenario") -> Fleet:
+    """Validate a parsed scenario document and build its fleet."""
+    top = _mapping(data, where, "")
+    _check_keys(top, _TOP_KEYS, where, "")
+    for key in ("name", "description"):
+        if key in top:
+            _str(top[key], where, key)
+    offset = 0.0
+    if "clock_offset" in top:
+        raw = top["clock_offset"]
+        if isinstance(raw, int | float) and not isinstance(raw, bool) and math.isfinite(raw):
+            offset = float(raw)
+        else:
+            offset = parse_duration(raw, where, "clock_offset").total_seconds()
+    validity = (
+        _int(top["validity_years"], where, "validity_years", 1, 100)
+        if "validity_years" in top
+        else 5
+    )
+    by_version: dict[str, int] = {}
+    if "validity_years_by_version" in top:
+        overrides = _mapping(top["validity_years_by_version"], where, "validity_years_by_version")
+        for key, years in overrides.items():
+            path = f"validity_years_by_version.{key}"
+            version = _version(key, where, path)
+            # a bare release ("2025") covers every Update Rollup of it; "2019 UR2" only that one
+            name = version.release if str(key).strip() == version.release else version.name
+            by_version[name] = _int(years, where, path, 1, 100)
+    accounts = _accounts(top["accounts"], where) if "accounts" in top else [DEFAULT_ACCOUNT]
+    run_as = [DEFAULT_RUN_AS]
+    if "run_as_accounts" in top:
+        raw_run_as = top["run_as_accounts"]
+        if not isinstance(raw_run_as, list) or not raw_run_as:
+            raise _fail(where, "run_as_accounts", "a non-empty list of Run As account names",
+                        raw_run_as)  # fmt: skip
+        run_as = [_str(v, where, f"run_as_accounts[{i}]") for i, v in enumerate(raw_run_as)]
+    if "vmm_server" not in top:
+        raise _fail(where, "vmm_server", "the VMM management server (required)")
+    vmm_entry = _mapping(top["vmm_server"], where, "vmm_server")
+    _check_keys(vmm_entry, _VMM_KEYS, where, "vmm_server")
+    if "version" not in vmm_entry:
+        raise _fail(where, "vmm_server.version", "a VMM version like '2019 UR2' (required)")
+    version = _version(vmm_entry["version"], where, "vmm_server.version")
+    flags = {
+        key: _bool(vmm_entry[key], where, f"vmm_server.{key}")
+        for key in ("high_availability", "trusted_self_copy", "trusted_noise")
+        if key in vmm_entry
+    }
+    vmm_spec = parse_computer(
+        {k: v for k, v in vmm_entry.items() if k in _COMPUTER_KEYS},
+        where=where, path="vmm_server", role=ROLE_VMM,
+    )  # fmt: skip
+    computers = top.get("computers", [])
+    if not isinstance(computers, list):
+        raise _fail(where, "computers", "a list of computers", computers)
+    specs = [
+        parse_computer(item, where=where, path=f"computers[{index}]")
+        for index, item in enumerate(computers)
+    ]
+    seen: dict[str, str] = {vmm_spec.fqdn.lower(): "vmm_server"}
+    for index, spec in enumerate(specs):
+        path = f"computers[{index}].fqdn"
+        if spec.fqdn.lower() in seen:
+            raise _fail(where, path, f"a unique FQDN (case-insensitive); {seen[spec.fqdn.lower()]} "
+                        "has it already", spec.fqdn)  # fmt: skip
+        seen[spec.fqdn.lower()] = f"computers[{index}]"
+
+    fleet = Fleet(
+        accounts=accounts,
+        clock=LabClock(offset),
+        validity_years=validity,
+        validity_by_version=by_version,
+        run_as_accounts=run_as,
+    )
+    fleet.add_vmm_server(
+        vmm_spec,
+        version=version,
+        high_availability=flags.get("high_availability", False),
+        trusted_self_copy=flags.get("trusted_self_copy", False),
+        trusted_noise=flags.get("trusted_noise", True),
+    )
+    for spec in specs:
+        fleet.add_managed(spec)
+    return fleet
+
+
+def load_scenario_file(path: str | Path) -> Fleet:
+    """Read, validate and build a scenario YAML file."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ScenarioError(f"{file}: cannot read the scenario: {error.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ScenarioError(f"{file}: not valid YAML: {error}") from None
+    return build_fleet(data, where=str(file))
+
+
+def demo_scenario_text() -> str:
+    return (
+        resources.files("vmm_cert_exporter.lab")
+        .joinpath("scenarios/demo.yaml")
+        .read_text(encoding="utf-8")
+    )
+
+
+def load_fleet(scenario: str = "demo", hosts: int | None = None, seed: int = 1) -> Fleet:
+    """``demo`` (built in), a YAML file path, or ``hosts=N``: a generated fleet of N managed
+    computers (plus one VMM server), deterministic for ``seed``."""
+    if hosts is not None:
+        if scenario != "demo":
+            raise ScenarioError("--hosts generates a fleet: it cannot be combined with a file")
+        from vmm_cert_exporter.lab.generate import generated_scenario
+
+        return build_fleet(generated_scenario(hosts, seed), where=f"generated(hosts={hosts})")
+    if scenario == "demo":
+        return build_fleet(yaml.safe_load(demo_scenario_text()), where="demo.yaml")
+    return load_scenario_file(scenario)

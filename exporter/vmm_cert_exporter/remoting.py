@@ -1,0 +1,278 @@
+"""Run one contract script on one computer over WinRM, within a hard deadline.
+
+pywinrm has no overall deadline: its read timeout bounds single socket reads, so a server
+that drips a byte now and then, or answers "operation timeout" for ever, could hold a call
+indefinitely. We therefore drive ``Protocol`` ourselves (open shell, run, receive in our own
+loop) and arm a watchdog that shuts the call's sockets down when the deadline passes. The
+sockets are found through an HTTP adapter mounted on the call's own ``requests`` session,
+so nothing inside pywinrm is patched and no other call is touched.
+
+One ``Protocol`` (one requests session, one NTLM context) per call: sessions are not
+shareable between threads (see docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+import winrm.exceptions
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from winrm.protocol import Protocol
+
+from vmm_cert_exporter import failures
+from vmm_cert_exporter.clixml import decode_stderr
+from vmm_cert_exporter.config import WinRMConfig
+from vmm_cert_exporter.failures import CollectError
+from vmm_cert_exporter.powershell import command_line
+
+# Signal + Delete after a failure get their own short allowance: they free the shell on the
+# computer (WinRM's MaxShellsPerUser is finite) but must not hold the refresh for long.
+_CLEANUP_SECONDS = 5.0
+_MAX_OUTPUT = 64 << 20  # refuse absurd output instead of holding it all in memory
+
+_local = threading.local()
+
+
+def _register(sock: socket.socket) -> None:
+    sockets: list[socket.socket] | None = getattr(_local, "sockets", None)
+    if sockets is not None:
+        sockets.append(sock)
+
+
+class _TrackedHTTPConnection(HTTPConnection):
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        _register(sock)
+        return sock
+
+
+class _TrackedHTTPSConnection(HTTPSConnection):
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        _register(sock)
+        return sock
+
+
+class _TrackedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _TrackedHTTPConnection
+
+
+class _TrackedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _TrackedHTTPSConnection
+
+
+class _TrackingAdapter(HTTPAdapter):
+    """An ordinary adapter whose connections report their sockets to the calling thread."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": _TrackedHTTPPool,
+            "https": _TrackedHTTPSPool,
+        }
+
+
+class _Watchdog:
+    """Shuts down every socket of the current call once the deadline passes."""
+
+    def __init__(self, deadline: float) -> None:
+        self.sockets: list[socket.socket] = []
+        self.fired = False
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(max(0.0, deadline - time.monotonic()), self._fire)
+        self._timer.daemon = True
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            for sock in self.sockets:
+                # shutdown (not close) wakes a recv blocked in another thread
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    @contextlib.contextmanager
+    def armed(self) -> Iterator[None]:
+        _local.sockets = self.sockets
+        self._timer.start()
+        try:
+            yield
+        finally:
+            self._timer.cancel()
+            _local.sockets = None
+
+
+@dataclass(frozen=True)
+class ScriptOutput:
+    """What a script left behind: decoded stdout, the error text of stderr, the exit code."""
+
+    stdout: str
+    stderr: str
+    exit_code: int
+
+
+def _timeouts(seconds: float) -> tuple[int, int]:
+    """pywinrm wants whole seconds with read > operation: derive both from the deadline."""
+    operation = min(20, max(1, int(seconds // 3)))
+    read = operation + min(10, max(1, int(seconds // 6)))
+    return operation, read
+
+
+def classify(exc: BaseException) -> CollectError:
+    """Map an exception from requests or pywinrm to a failure reason."""
+    if isinstance(exc, CollectError):
+        return exc
+    detail = f"{type(exc).__name__}: {exc}".strip()
+    if isinstance(
+        exc, winrm.exceptions.InvalidCredentialsError | winrm.exceptions.AuthenticationError
+    ):
+        return CollectError(failures.AUTH, "credentials rejected (HTTP 401)")
+    if isinstance(exc, winrm.exceptions.WSManFaultError):
+        if exc.wsman_fault_code == 5 or (exc.fault_subcode or "").endswith("AccessDenied"):
+            return CollectError(failures.AUTH, f"access denied: {exc.reason}")
+        return CollectError(failures.WSMAN_FAULT, f"{exc.fault_subcode or exc.code}: {exc.reason}")
+    if isinstance(exc, winrm.exceptions.WinRMTransportError):
+        if exc.code == 401:
+            return CollectError(failures.AUTH, "credentials rejected (HTTP 401)")
+        return CollectError(failures.WSMAN_FAULT, f"HTTP {exc.code} from the WinRM service")
+    if isinstance(exc, winrm.exceptions.WinRMOperationTimeoutError):
+        return CollectError(failures.TIMEOUT, "the command did not finish before the deadline")
+    if isinstance(exc, requests.exceptions.SSLError):
+        return CollectError(failures.TLS, detail)
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return CollectError(failures.CONNECT, detail)
+    if isinstance(exc, requests.exceptions.Timeout):
+        return CollectError(failures.TIMEOUT, detail)
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        return CollectError(failures.CONNECT, detail)
+    if isinstance(exc, winrm.exceptions.WinRMError):
+        return CollectError(failures.WSMAN_FAULT, detail)
+    if isinstance(exc, requests.exceptions.RequestException | OSError):
+        return CollectError(failures.CONNECT, detail)
+    # pywinrm parses replies with ElementTree and bare next()/asserts: a reply that is not
+    # WS-Management at all ends up here
+    return CollectError(failures.WSMAN_FAULT, f"unexpected reply: {detail}")
+
+
+class WinRMRunner:
+    """Runs contract scripts on computers named by FQDN, with the configured transport."""
+
+    def __init__(self, config: WinRMConfig) -> None:
+        self._config = config
+
+    @property
+    def timeout(self) -> float:
+        return self._config.timeout
+
+    def endpoint_for(self, host: str) -> str:
+        return self._config.endpoint.replace("{host}", host)
+
+    def _protocol(self, host: str, timeout: float) -> Protocol:
+        cfg = self._config
+        operation, read = _timeouts(timeout)
+        password = cfg.password.reveal() if cfg.password is not None else None
+        protocol = Protocol(
+            endpoint=self.endpoint_for(host),
+            transport=cfg.transport,
+            username=cfg.username,
+            password=password,
+            server_cert_validation=cfg.server_cert_validation,
+            ca_trust_path=cfg.ca_trust_path if cfg.ca_trust_path else None,
+            cert_pem=cfg.cert_pem,
+            cert_key_pem=cfg.cert_key_pem,
+            read_timeout_sec=read,
+            operation_timeout_sec=operation,
+            # encryption is set up below, after our adapter is mounted, so that even the
+            # NTLM handshake runs on tracked sockets
+            message_encryption="never",
+            proxy=None,
+        )
+        transport = protocol.transport
+        session = transport.build_session()
+        adapter = _TrackingAdapter()
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        # pywinrm's own rule: encrypt when the auth supports it and the endpoint is plain HTTP
+        if cfg.transport in ("ntlm", "kerberos", "credssp") and not self.endpoint_for(
+            host
+        ).lower().startswith("https"):
+            transport.message_encryption = "auto"
+            transport.setup_encryption(session)
+        return protocol
+
+    def run(self, host: str, script: str, timeout: float | None = None) -> ScriptOutput:
+        """Run ``script`` on ``host``; raise ``CollectError`` on any failure."""
+        seconds = self._config.timeout if timeout is None else timeout
+        deadline = time.monotonic() + seconds
+        watchdog = _Watchdog(deadline)
+        shell_id: str | None = None
+        command_id: str | None = None
+        protocol: Protocol | None = None
+        try:
+            with watchdog.armed():
+                protocol = self._protocol(host, seconds)
+                shell_id = protocol.open_shell(codepage=65001)
+                command, arguments = command_line(script)
+                command_id = protocol.run_command(shell_id, command, arguments)
+                stdout, stderr, exit_code = self._receive(protocol, shell_id, command_id, deadline)
+        except BaseException as exc:  # noqa: BLE001 - every failure is classified, none escapes
+            if watchdog.fired:
+                raise CollectError(
+                    failures.TIMEOUT, f"no complete answer within the {seconds:g}s deadline"
+                ) from exc
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                raise
+            raise classify(exc) from exc
+        finally:
+            if protocol is not None:
+                self._cleanup(protocol, shell_id, command_id)
+        out = stdout.decode("utf-8", errors="replace").lstrip("\ufeff")
+        err = decode_stderr(stderr.decode("utf-8", errors="replace"))
+        return ScriptOutput(stdout=out, stderr=err, exit_code=exit_code)
+
+    @staticmethod
+    def _receive(
+        protocol: Protocol, shell_id: str, command_id: str, deadline: float
+    ) -> tuple[bytes, bytes, int]:
+        out: list[bytes] = []
+        err: list[bytes] = []
+        size = 0
+        while True:
+            if time.monotonic() >= deadline:
+                raise CollectError(
+                    failures.TIMEOUT, "the command did not finish before the deadline"
+                )
+            try:
+                stdout, stderr, exit_code, done = protocol.get_command_output_raw(
+                    shell_id, command_id
+                )
+            except winrm.exceptions.WinRMOperationTimeoutError:
+                continue  # the server's "still running": ask again while time is left
+            out.append(stdout)
+            err.append(stderr)
+            size += len(stdout) + len(stderr)
+            if size > _MAX_OUTPUT:
+                raise CollectError(failures.PARSE, f"output larger than {_MAX_OUTPUT} bytes")
+            if done:
+                return b"".join(out), b"".join(err), exit_code
+
+    def _cleanup(self, protocol: Protocol, shell_id: str | None, command_id: str | None) -> None:
+        """Signal + Delete, always, within their own short deadline; never raises."""
+        allowance = min(_CLEANUP_SECONDS, max(1.0, self._config.timeout / 2))
+        cleanup = _Watchdog(time.monotonic() + allowance)
+        with contextlib.suppress(Exception), cleanup.armed():
+            if shell_id is not None:
+                if command_id is not None:
+                    with contextlib.suppress(Exception):
+                        protocol.cleanup_command(shell_id, command_id)
+                protocol.close_shell(shell_id, close_session=False)
+        with contextlib.suppress(Exception):
+            protocol.transport.close_session()

@@ -1,0 +1,39 @@
+# vmm-cert-exporter:list-trusted-certificates/1
+$Params = ''
+# Runs on the VMM server. Read-only: lists every certificate in LocalMachine\TrustedPeople,
+# where VMM keeps its copy of each managed computer's certificate. The exporter filters
+# (entries named by IP address and VMMWinPEAgentOSDBootstrap are not such copies).
+# Contract: docs/powershell-contract.md. Parameters: none. Windows PowerShell 5.1.
+$ErrorActionPreference = 'Stop'
+# Progress records would reach the caller as CLIXML on stderr.
+$ProgressPreference = 'SilentlyContinue'
+# Warnings and information records are printed on stdout by the console host.
+$WarningPreference = 'SilentlyContinue'
+$InformationPreference = 'SilentlyContinue'
+try {
+    # Best effort: some hosts have no console to set the encoding on.
+    try { [Console]::OutputEncoding = New-Object System.Text.UTF8Encoding $false } catch { }
+    # Decoded even when unused, so a broken transport fails here.
+    $p = [Text.Encoding]::UTF8.GetString([Convert]::FromBase64String($Params)) | ConvertFrom-Json
+    # Hostname + primary DNS suffix, as in collect-certificates.ps1.
+    $fqdn = [System.Net.Dns]::GetHostByName($env:COMPUTERNAME).HostName
+    $certs = @(Get-ChildItem -Path Cert:\LocalMachine\TrustedPeople | ForEach-Object {
+            [ordered]@{
+                store = 'TrustedPeople'
+                thumbprint = $_.Thumbprint
+                friendly_name = [string]$_.FriendlyName
+                has_private_key = $_.HasPrivateKey
+                # DER only: dates are never sent as text.
+                der_base64 = [Convert]::ToBase64String($_.RawData)
+                # DnsNameList (added by PowerShell's certificate provider) is how support
+                # engineers match a TrustedPeople entry to its computer.
+                dns_names = @($_.DnsNameList | ForEach-Object { [string]$_.Unicode })
+            }
+        })
+    $out = [ordered]@{ schema = 1; vmm_server = $fqdn; certificates = $certs }
+    [Console]::Out.Write((ConvertTo-Json -InputObject $out -Depth 6 -Compress))
+    exit 0
+} catch {
+    [Console]::Error.WriteLine('list-trusted-certificates failed: ' + $_.Exception.Message)
+    exit 1
+}

@@ -1,0 +1,152 @@
+"""The exporter's HTTP surface as a WSGI app: /metrics, /-/healthy, /-/ready and /.
+
+Served by cheroot (a production-grade threaded WSGI server). Every handler only reads the
+current snapshot, so a scrape is answered at once even while a refresh is running.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from cheroot import wsgi
+from prometheus_client import CollectorRegistry, make_wsgi_app
+
+from vmm_cert_exporter import __version__
+from vmm_cert_exporter.snapshot import HostSnapshot, Snapshot
+
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+DAY = 86400.0
+
+
+def parse_listen_address(address: str) -> tuple[str, int]:
+    """``host:port``, ``:port`` (all interfaces) or ``[v6]:port`` → (host, port)."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"listen address {address!r}: expected host:port, e.g. :9868")
+    host = host.strip("[]") or "0.0.0.0"  # noqa: S104 - ":port" means every interface, as in Go
+    return host, int(port_text)
+
+
+def _plain(start_response: StartResponse, status: str, body: str) -> list[bytes]:
+    data = body.encode()
+    start_response(
+        status,
+        [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(data)))],
+    )
+    return [data]
+
+
+def _days_left(host: HostSnapshot, now: float) -> float | None:
+    current = host.current
+    return None if current is None else (current.info.not_after.timestamp() - now) / DAY
+
+
+def render_overview(
+    snapshot: Snapshot, now: float, warn_days: float = 30, crit_days: float = 7
+) -> str:
+    """A plain page for the person who would rather look than query."""
+
+    def sort_key(h: HostSnapshot) -> tuple[int, float, str]:
+        left = _days_left(h, now)
+        # missing first, then by days left, never-read last
+        if h.present is False:
+            return (0, 0.0, h.computer.key)
+        if left is None:
+            return (2, 0.0, h.computer.key)
+        return (1, left, h.computer.key)
+
+    rows = []
+    for h in sorted(snapshot.hosts, key=sort_key):
+        left = _days_left(h, now)
+        marks = []
+        if h.present is False:
+            marks.append("MISSING")
+        if h.certificates and len(h.certificates) > 1:
+            marks.append(f"{len(h.certificates)} certificates")
+        if h.trusted is False:
+            marks.append("NOT TRUSTED by VMM")
+        if not h.last_ok:
+            marks.append(f"unreachable ({h.last_error_reason or 'not read yet'})")
+        if h.present is False or (left is not None and left <= crit_days) or h.trusted is False:
+            css = "crit"
+        elif (left is not None and left <= warn_days) or not h.last_ok:
+            css = "warn"
+        else:
+            css = "ok"
+        current = h.current
+        rows.append(
+            "<tr class='{}'><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>".format(
+                css,
+                html.escape(h.computer.fqdn),
+                html.escape(h.computer.role),
+                "" if left is None else f"{left:.1f}",
+                "" if current is None else html.escape(current.info.not_after.strftime("%Y-%m-%d")),
+                html.escape(h.computer.vmm_state or ""),
+                html.escape("; ".join(marks)),
+            )
+        )
+    updated = (
+        time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(snapshot.completed_at))
+        if snapshot.complete
+        else "not yet (first refresh running)"
+    )
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>vmm-cert-exporter</title>
+<style>
+body {{ font-family: sans-serif; margin: 1.5em; }}
+table {{ border-collapse: collapse; }} td, th {{ padding: .25em .6em; border-bottom: 1px solid #ddd; text-align: left; }}
+tr.crit {{ background: #f8d7da; }} tr.warn {{ background: #fff3cd; }} tr.ok {{ background: #e8f5e9; }}
+</style></head><body>
+<h1>SCVMM certificates</h1>
+<p>{len(snapshot.hosts)} computers &middot; last refresh: {updated} &middot;
+red: missing, not trusted or &le; {crit_days:g} days &middot; yellow: &le; {warn_days:g} days or unreachable &middot;
+<a href="metrics">/metrics</a> &middot; vmm-cert-exporter {html.escape(__version__)}</p>
+<table><thead><tr><th>computer</th><th>role</th><th>days left</th><th>NotAfter</th><th>VMM state</th><th>problems</th></tr></thead>
+<tbody>
+{chr(10).join(rows)}
+</tbody></table></body></html>
+"""
+
+
+def make_app(
+    registry: CollectorRegistry,
+    snapshot: Callable[[], Snapshot],
+    *,
+    clock: Callable[[], float] = time.time,
+) -> WSGIApp:
+    metrics_app = make_wsgi_app(registry)  # handles gzip when the scraper asks for it
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "/")
+        method = environ.get("REQUEST_METHOD", "GET")
+        if method not in ("GET", "HEAD"):
+            return _plain(start_response, "405 Method Not Allowed", "only GET and HEAD\n")
+        if path == "/metrics":
+            return metrics_app(environ, start_response)
+        if path == "/-/healthy":
+            return _plain(start_response, "200 OK", "Healthy\n")
+        if path == "/-/ready":
+            if snapshot().complete:
+                return _plain(start_response, "200 OK", "Ready\n")
+            return _plain(start_response, "503 Service Unavailable", "first refresh running\n")
+        if path == "/":
+            body = render_overview(snapshot(), clock()).encode()
+            start_response(
+                "200 OK",
+                [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(body)))],
+            )
+            return [body]
+        return _plain(start_response, "404 Not Found", "not found\n")
+
+    return app
+
+
+def make_server(app: WSGIApp, listen_address: str, threads: int = 8) -> wsgi.Server:
+    host, port = parse_listen_address(listen_address)
+    server = wsgi.Server((host, port), app, numthreads=threads, server_name="vmm-cert-exporter")
+    return server

@@ -1,0 +1,210 @@
+"""Scenario loading: the demo, YAML files, strict validation, generated fleets."""
+
+from __future__ import annotations
+
+import textwrap
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vmm_cert_exporter.lab.scenario import (
+    ScenarioError,
+    build_fleet,
+    demo_scenario_text,
+    load_fleet,
+    load_scenario_file,
+)
+
+VMM = "vmm01.lab.example"
+
+
+def minimal(**extra: object) -> dict[str, object]:
+    return {
+        "vmm_server": {"fqdn": VMM, "version": "2019 UR2", "added_years_ago": 1},
+        "computers": [{"fqdn": "hv01.lab.example", "role": "hyperv_host", "added_year": 2024}],
+        **extra,
+    }
+
+
+def not_after(fleet_describe: dict[str, object]) -> datetime:
+    value = fleet_describe["not_after"]
+    assert isinstance(value, str)
+    return datetime.fromisoformat(value)
+
+
+def test_demo_scenario_shape() -> None:
+    fleet = load_fleet()
+    listing = fleet.list_computers()
+    roles = Counter(c["role"] for c in listing)
+    assert roles == {"vmm_server": 1, "hyperv_host": 41, "library_server": 1}
+    assert all(c["fqdn"].endswith(".lab.example") for c in listing)
+    assert fleet.vmm_server_fqdns() == [VMM]
+    assert yaml.safe_load(demo_scenario_text())["name"] == "demo"
+
+
+def test_scenario_file_and_absolute_years(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(minimal()), encoding="utf-8")
+    fleet = load_fleet(str(path))
+    assert not_after(fleet.describe("hv01.lab.example")) == datetime(2029, 1, 1, tzinfo=UTC)
+    certs = fleet.describe("hv01.lab.example")["certificates"]
+    scvmm = [c for c in certs if c["scvmm"]]
+    assert [c["not_before"] for c in scvmm] == ["2024-01-01T00:00:00Z"]
+    assert len(certs) > len(scvmm)  # noise in My
+
+
+def test_validity_per_version_and_clock_offset() -> None:
+    fleet = build_fleet(
+        {
+            "clock_offset": "366d",
+            "validity_years": 5,
+            "validity_years_by_version": {2025: 10},
+            "vmm_server": {"fqdn": VMM, "version": 2025, "added_years_ago": 0},
+            "computers": [{"fqdn": "hv01.lab.example", "role": "hyperv_host"}],
+        }
+    )
+    assert fleet.clock_info()["offset_seconds"] == 366 * 86400
+    lab_year = fleet.now().year
+    assert lab_year > datetime.now(UTC).year
+    for fqdn in (VMM, "hv01.lab.example"):
+        assert not_after(fleet.describe(fqdn)) == datetime(lab_year + 10, 1, 1, tzinfo=UTC)
+    exact = build_fleet(minimal(validity_years_by_version={"2019 UR1": 10}))
+    assert not_after(exact.describe("hv01.lab.example")).year == 2029  # UR2 is not UR1
+
+
+def test_expires_in_is_midnight_utc_relative_to_the_lab_clock() -> None:
+    data = minimal(clock_offset=-86400 * 3)
+    data["computers"] = [{"fqdn": "hv01.lab.example", "role": "hyperv_host", "expires_in": "20d"}]
+    fleet = build_fleet(data)
+    expiry = not_after(fleet.describe("hv01.lab.example"))
+    assert (expiry - fleet.now()).total_seconds() / 86400 == pytest.approx(19.5, abs=0.5)
+    assert expiry.time().isoformat() == "00:00:00"
+
+
+def test_accounts_and_run_as_accounts() -> None:
+    fleet = build_fleet(
+        minimal(
+            accounts=[{"domain": "CORP", "username": "svc", "password": "pw"}],
+            run_as_accounts=["RA1", "RA2"],
+        )
+    )
+    assert [a.username for a in fleet.accounts()] == ["svc"]
+    assert fleet.run_as_accounts() == ["RA1", "RA2"]
+
+
+def _bad(**changes: object) -> dict[str, object]:
+    data = minimal()
+    for dotted, value in changes.items():
+        target: dict[str, object] = data
+        keys = dotted.split("__")
+        for key in keys[:-1]:
+            node = target[key]
+            if isinstance(node, list):
+                node = node[0]
+            assert isinstance(node, dict)
+            target = node
+        if value is DELETE:
+            del target[keys[-1]]
+        else:
+            target[keys[-1]] = value
+    return data
+
+
+DELETE = object()
+
+
+@pytest.mark.parametrize(
+    ("data", "path", "expected"),
+    [
+        ([1, 2], "(top level)", "a mapping"),
+        (_bad(colour="red"), "colour", "unknown field"),
+        (_bad(vmm_server=DELETE), "vmm_server", "required"),
+        (_bad(vmm_server__version="2012 R2"), "vmm_server.version", "a VMM version"),
+        (_bad(vmm_server__version=DELETE), "vmm_server.version", "required"),
+        (_bad(vmm_server__high_availability="yes"), "vmm_server.high_availability", "true or"),
+        (_bad(vmm_server__role="hyperv_host"), "vmm_server.role", "unknown field"),
+        (_bad(computers={"a": 1}), "computers", "a list"),
+        (_bad(computers__fqdn="hv01"), "computers[0].fqdn", "fully qualified"),
+        (_bad(computers__fqdn=DELETE), "computers[0].fqdn", "required"),
+        (_bad(computers__role="toaster"), "computers[0].role", "hyperv_host, library_server"),
+        (_bad(computers__role="vmm_server"), "computers[0].role", "hyperv_host"),
+        (_bad(computers__role=DELETE), "computers[0].role", "required"),
+        (_bad(computers__added_year="2023"), "computers[0].added_year", "an integer"),
+        (_bad(computers__expires_in="20d"), "computers[0].expires_in", "only one of"),
+        (
+            _bad(computers__added_year=DELETE, computers__expires_in="soon"),
+            "computers[0].expires_in",
+            "a duration",
+        ),
+        (_bad(computers__certificate="lost"), "computers[0].certificate", "present, missing"),
+        (_bad(computers__trusted=True), "computers[0].trusted", "match, mismatch"),
+        (_bad(computers__faults={"on_fire": True}), "computers[0].faults.on_fire", "unknown fault"),
+        (_bad(computers__faults={"latency": -1}), "computers[0].faults.latency", "seconds >= 0"),
+        (_bad(computers__state=""), "computers[0].state", "non-empty string"),
+        (_bad(computers__noise=1), "computers[0].noise", "true or false"),
+        (_bad(validity_years=0), "validity_years", "an integer from 1"),
+        (_bad(validity_years_by_version={"2030": 10}), "validity_years_by_version.2030", "VMM"),
+        (_bad(accounts=[]), "accounts", "non-empty list"),
+        (_bad(accounts=[{"domain": "LAB", "username": "u"}]), "accounts[0].password", "required"),
+        (_bad(run_as_accounts="VMM Host Admins"), "run_as_accounts", "non-empty list"),
+        (_bad(clock_offset="later"), "clock_offset", "a duration"),
+        (
+            _bad(computers=[{"fqdn": VMM.upper(), "role": "hyperv_host"}]),
+            "computers[0].fqdn",
+            "unique FQDN",
+        ),
+    ],
+)
+def test_bad_scenarios_name_file_path_and_expectation(
+    tmp_path: Path, data: object, path: str, expected: str
+) -> None:
+    file = tmp_path / "bad.yaml"
+    file.write_text(yaml.safe_dump(data), encoding="utf-8")
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario_file(file)
+    message = str(caught.value)
+    assert message.startswith(f"{file}: {path}: expected"), message
+    assert expected in message
+
+
+def test_unreadable_and_invalid_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ScenarioError, match="cannot read"):
+        load_fleet(str(tmp_path / "absent.yaml"))
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(textwrap.dedent("a: [1,\n"), encoding="utf-8")
+    with pytest.raises(ScenarioError, match="not valid YAML"):
+        load_fleet(str(broken))
+    with pytest.raises(ScenarioError, match="--hosts"):
+        load_fleet(str(broken), hosts=3)
+
+
+def test_generated_fleet_mix_and_determinism() -> None:
+    fleet = load_fleet(hosts=5000, seed=7)
+    listing = fleet.list_computers()
+    roles = Counter(c["role"] for c in listing)
+    assert roles["vmm_server"] == 1
+    assert roles["library_server"] == 150
+    assert roles["hyperv_host"] == 4850
+    assert sum(1 for c in listing if c["scvmm_certificates"] == 0) == 50  # missing
+    assert sum(1 for c in listing if c["scvmm_certificates"] == 2) == 50  # duplicate
+    states = Counter(c["state"] for c in listing)
+    assert states["AccessDenied"] == 100  # missing + mismatch
+    expiry_years = Counter(c["not_after"][:4] for c in listing if c["not_after"])
+    assert len(expiry_years) >= 5  # cohorts: one expiry day per year added
+
+    again = load_fleet(hosts=5000, seed=7).list_computers()
+    assert [(c["fqdn"], c["not_after"]) for c in again] == [
+        (c["fqdn"], c["not_after"]) for c in listing
+    ]
+    other = load_fleet(hosts=5000, seed=8).list_computers()
+    assert [c["not_after"] for c in other] != [c["not_after"] for c in listing]
+
+
+def test_generated_fleet_small_sizes() -> None:
+    assert len(load_fleet(hosts=0).list_computers()) == 1
+    assert Counter(c["role"] for c in load_fleet(hosts=3).list_computers())["hyperv_host"] == 3
+    with pytest.raises(ValueError):
+        load_fleet(hosts=-1)
