@@ -409,6 +409,15 @@ def test_other_der_structures_are_not_certificates() -> None:
     _reason(csr.public_bytes(serialization.Encoding.DER))
 
 
+def test_invalid_version_is_a_certificate_error() -> None:
+    # cryptography raises x509.InvalidVersion (not a ValueError) here: found by fuzzing.
+    der = make_cert().der
+    version = bytes.fromhex("a003020102")  # [0] EXPLICIT INTEGER 2 (v3)
+    assert der.count(version) == 1
+    reason = _reason(der.replace(version, bytes.fromhex("a003020105")))
+    assert "not a valid DER X.509 certificate" in reason
+
+
 def test_malformed_extension_is_a_certificate_error() -> None:
     bad_san = x509.UnrecognizedExtension(ExtensionOID.SUBJECT_ALTERNATIVE_NAME, b"\x01\x02")
     reason = _reason(make_cert(extensions=[bad_san]).der)

@@ -192,8 +192,7 @@ def test_grammar_check_fails_for_broken_scripts() -> None:
     }
     assert all(script != good for script in broken.values())
     report = run_grammar(
-        [{"name": "good", "source": good}]
-        + [{"name": n, "source": s} for n, s in broken.items()]
+        [{"name": "good", "source": good}] + [{"name": n, "source": s} for n, s in broken.items()]
     )
     assert report["good"]["ok"]
     for name in broken:
@@ -525,9 +524,7 @@ THUMB = "0123456789abcdef0123456789ABCDEF01234567"
         ("update-vmm-certificate", {"vmm_server": "vmm01.corp", "computer": "x"}, "unknown"),
     ],
 )
-def test_bad_parameters_get_a_specific_error(
-    operation: str, params: Any, message: str
-) -> None:
+def test_bad_parameters_get_a_specific_error(operation: str, params: Any, message: str) -> None:
     with pytest.raises(ValueError) as info:
         render_script(operation, params)
     assert message in str(info.value)

@@ -119,7 +119,12 @@ def managed_doc() -> dict[str, Any]:
                 "state": "Responding",
                 "agent_version": "10.22.1287.0",
             },
-            {"fqdn": "lib01.corp.example", "role": "Library", "state": "Responding", "agent_version": ""},
+            {
+                "fqdn": "lib01.corp.example",
+                "role": "Library",
+                "state": "Responding",
+                "agent_version": "",
+            },
         ],
     }
 
@@ -333,6 +338,8 @@ MUTATIONS: list[tuple[str, Callable[[dict[str, Any]], None], str, str]] = [
         "standard base64",
     ),
     ("collect", _set([*C0, "der_base64"], "QUJD"), "certificates[0].der_base64", "DER SEQUENCE"),
+    ("collect", _set([*C0, "der_base64"], "MA==MA=="), "certificates[0].der_base64", "base64"),
+    ("collect", _set([*C0, "der_base64"], "MA==\n"), "certificates[0].der_base64", "base64"),
     ("collect", _set([*C0, "der_base64"], "éé=="), "certificates[0].der_base64", "base64"),
     ("trusted", _del(["vmm_server"]), "", "missing field 'vmm_server'"),
     ("trusted", _set([*C0, "store"], "My"), "certificates[0].store", "'TrustedPeople'"),
@@ -448,7 +455,7 @@ def test_non_text_is_refused(kind: str) -> None:
 
 
 def test_job_parser_names_the_operation() -> None:
-    with pytest.raises(ScriptOutputError, match="^update-vmm-certificate output"):
+    with pytest.raises(ScriptOutputError, match=r"^update-vmm-certificate output"):
         parse_job_result("{}", operation="update-vmm-certificate")
 
 
@@ -477,8 +484,9 @@ json_values = st.recursive(
     | st.integers()
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=50),
-    lambda children: st.lists(children, max_size=5)
-    | st.dictionaries(st.text(max_size=20), children, max_size=6),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=20), children, max_size=6)
+    ),
     max_leaves=30,
 )
 
@@ -541,9 +549,7 @@ names = st.from_regex(r"[a-z][a-z0-9-]{0,20}(\.[a-z][a-z0-9-]{0,20}){0,3}", full
     ),
 )
 @settings(max_examples=200, deadline=None)
-def test_round_trip_collect(
-    computer: str, certs: list[tuple[str, str, bool, bytes]]
-) -> None:
+def test_round_trip_collect(computer: str, certs: list[tuple[str, str, bool, bytes]]) -> None:
     doc = {
         "schema": 1,
         "computer": computer,

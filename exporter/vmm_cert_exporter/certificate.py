@@ -43,6 +43,7 @@ _PARSE_ERRORS: Final = (
     ValueError,
     TypeError,
     UnsupportedAlgorithm,
+    x509.InvalidVersion,  # not a ValueError: a version field other than v1/v2/v3
     x509.DuplicateExtension,
     x509.UnsupportedGeneralNameType,
 )

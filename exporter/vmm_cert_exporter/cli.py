@@ -49,7 +49,7 @@ def _add_logging(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vmm-cert-exporter",
-        description="Watch SCVMM self-signed certificates over WinRM and publish them to Prometheus.",
+        description="Watch SCVMM self-signed certificates over WinRM; publish them to Prometheus.",
     )
     parser.add_argument("--version", action="version", version=f"vmm-cert-exporter {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

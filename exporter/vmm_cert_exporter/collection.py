@@ -271,8 +271,8 @@ class Refresher:
             server_futures = [
                 (s.host, pool.submit(vmm_server_calls, s.host, s.discover)) for s in cfg.vmm_servers
             ]
-            for host, future in server_futures:
-                for value, call in future.result():
+            for host, server_future in server_futures:
+                for value, call in server_future.result():
                     note(call)
                     if call.error is not None:
                         log.warning(
@@ -313,17 +313,17 @@ class Refresher:
                 for c in inventory.computers
                 if c.key not in auth_failed
             ]
-            for computer, future in host_futures:
-                certs, call = future.result()
-                note(call)
-                if call.error is not None:
+            for computer, host_future in host_futures:
+                certs, host_call = host_future.result()
+                note(host_call)
+                if host_call.error is not None:
                     log.warning(
                         "call failed",
                         extra={
                             "host": computer.fqdn,
-                            "operation": call.operation,
-                            "reason": call.error.reason,
-                            "detail": call.error.detail,
+                            "operation": host_call.operation,
+                            "reason": host_call.error.reason,
+                            "detail": host_call.error.detail,
                         },
                     )
                 elif certs is not None:

@@ -793,7 +793,6 @@ def _endpoint(ctx: _Ctx, at: _At) -> str:
     sample = text.replace("{host}", "host.invalid")
     try:
         parts = urlsplit(sample)
-        port = parts.port
     except ValueError as exc:
         ctx.fail_at(at, f"expected a URL template such as {DEFAULT_ENDPOINT}: {exc}")
     if parts.username is not None or parts.password is not None:
@@ -816,6 +815,10 @@ def _endpoint(ctx: _Ctx, at: _At) -> str:
         ctx.fail_at(at, f"expected an http:// or https:// URL, got {_short(text)}")
     if not parts.hostname:
         ctx.fail_at(at, f"the URL has no host part, got {_short(text)}")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        ctx.fail_at(at, f"{exc}, got {_short(text)}")
     if port == 0:
         ctx.fail_at(at, f"port 0 is not a port to connect to, got {_short(text)}")
     if parts.fragment or sample.endswith("#"):

@@ -47,7 +47,8 @@ def parse_duration(text: str) -> float:
         raise ValueError(
             f"expected a duration string such as {EXAMPLES}, got {type(text).__name__}"
         )
-    stripped = text.strip()
+    # No strip(): a duration has no spaces, and YAML already trims plain scalars.
+    stripped = text
     if stripped == "":
         raise ValueError(f"expected a duration such as {EXAMPLES}, got an empty string")
     if re.fullmatch(r"[+-]?[0-9]+(?:\.[0-9]+)?", stripped):

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import requests
 import winrm.exceptions
@@ -179,13 +179,15 @@ class WinRMRunner:
         cfg = self._config
         operation, read = _timeouts(timeout)
         password = cfg.password.reveal() if cfg.password is not None else None
+        # the config module validated these strings against pywinrm's literals
         protocol = Protocol(
             endpoint=self.endpoint_for(host),
-            transport=cfg.transport,
+            transport=cast(Any, cfg.transport),
             username=cfg.username,
             password=password,
-            server_cert_validation=cfg.server_cert_validation,
-            ca_trust_path=cfg.ca_trust_path if cfg.ca_trust_path else None,
+            server_cert_validation=cast(Any, cfg.server_cert_validation),
+            # None (not pywinrm's "legacy_requests") keeps REQUESTS_CA_BUNDLE out of it
+            ca_trust_path=cast(Any, cfg.ca_trust_path or None),
             cert_pem=cfg.cert_pem,
             cert_key_pem=cfg.cert_key_pem,
             read_timeout_sec=read,
@@ -223,7 +225,7 @@ class WinRMRunner:
                 command, arguments = command_line(script)
                 command_id = protocol.run_command(shell_id, command, arguments)
                 stdout, stderr, exit_code = self._receive(protocol, shell_id, command_id, deadline)
-        except BaseException as exc:  # noqa: BLE001 - every failure is classified, none escapes
+        except BaseException as exc:
             if watchdog.fired:
                 raise CollectError(
                     failures.TIMEOUT, f"no complete answer within the {seconds:g}s deadline"

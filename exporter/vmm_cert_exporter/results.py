@@ -230,7 +230,8 @@ def _document(operation: str, stdout: object) -> tuple[_Reader, dict[str, object
 def _der(reader: _Reader, value: object, path: str) -> bytes:
     if not isinstance(value, str) or not value:
         reader.fail(path, f"expected non-empty base64 text, got {_type_name(value)}")
-    # b64decode(validate=True) still accepts some odd padding; the regex pins the alphabet.
+    # The regex pins alphabet and padding position whatever the Python release's b64decode
+    # tolerates (data after '=' was silently accepted by older releases).
     if len(value) % 4 or not _BASE64.fullmatch(value):
         reader.fail(path, "expected standard base64 (A-Z a-z 0-9 + /, '=' padding)")
     try:

@@ -21,6 +21,13 @@ StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 DAY = 86400.0
+_HEADINGS = ("computer", "role", "days left", "NotAfter", "VMM state", "problems")
+_CSS = """
+body { font-family: sans-serif; margin: 1.5em; }
+table { border-collapse: collapse; }
+td, th { padding: .25em .6em; border-bottom: 1px solid #ddd; text-align: left; }
+tr.crit { background: #f8d7da; } tr.warn { background: #fff3cd; } tr.ok { background: #e8f5e9; }
+"""
 
 
 def parse_listen_address(address: str) -> tuple[str, int]:
@@ -79,34 +86,31 @@ def render_overview(
         else:
             css = "ok"
         current = h.current
-        rows.append(
-            "<tr class='{}'><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>".format(
-                css,
-                html.escape(h.computer.fqdn),
-                html.escape(h.computer.role),
-                "" if left is None else f"{left:.1f}",
-                "" if current is None else html.escape(current.info.not_after.strftime("%Y-%m-%d")),
-                html.escape(h.computer.vmm_state or ""),
-                html.escape("; ".join(marks)),
-            )
+        cells = (
+            h.computer.fqdn,
+            h.computer.role,
+            "" if left is None else f"{left:.1f}",
+            "" if current is None else current.info.not_after.strftime("%Y-%m-%d"),
+            h.computer.vmm_state or "",
+            "; ".join(marks),
         )
+        tds = "".join(f"<td>{html.escape(c)}</td>" for c in cells)
+        rows.append(f"<tr class='{css}'>{tds}</tr>")
     updated = (
         time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(snapshot.completed_at))
         if snapshot.complete
         else "not yet (first refresh running)"
     )
+    head = "".join(f"<th>{t}</th>" for t in _HEADINGS)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>vmm-cert-exporter</title>
-<style>
-body {{ font-family: sans-serif; margin: 1.5em; }}
-table {{ border-collapse: collapse; }} td, th {{ padding: .25em .6em; border-bottom: 1px solid #ddd; text-align: left; }}
-tr.crit {{ background: #f8d7da; }} tr.warn {{ background: #fff3cd; }} tr.ok {{ background: #e8f5e9; }}
-</style></head><body>
+<style>{_CSS}</style></head><body>
 <h1>SCVMM certificates</h1>
 <p>{len(snapshot.hosts)} computers &middot; last refresh: {updated} &middot;
-red: missing, not trusted or &le; {crit_days:g} days &middot; yellow: &le; {warn_days:g} days or unreachable &middot;
-<a href="metrics">/metrics</a> &middot; vmm-cert-exporter {html.escape(__version__)}</p>
-<table><thead><tr><th>computer</th><th>role</th><th>days left</th><th>NotAfter</th><th>VMM state</th><th>problems</th></tr></thead>
+red: missing, not trusted or &le; {crit_days:g} days &middot;
+yellow: &le; {warn_days:g} days or unreachable &middot; <a href="metrics">/metrics</a> &middot;
+vmm-cert-exporter {html.escape(__version__)}</p>
+<table><thead><tr>{head}</tr></thead>
 <tbody>
 {chr(10).join(rows)}
 </tbody></table></body></html>
@@ -127,7 +131,8 @@ def make_app(
         if method not in ("GET", "HEAD"):
             return _plain(start_response, "405 Method Not Allowed", "only GET and HEAD\n")
         if path == "/metrics":
-            return metrics_app(environ, start_response)
+            served: Iterable[bytes] = metrics_app(environ, start_response)
+            return served
         if path == "/-/healthy":
             return _plain(start_response, "200 OK", "Healthy\n")
         if path == "/-/ready":

@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import requests
 import winrm
+import xmltodict  # type: ignore[import-untyped]  # pywinrm builds its envelopes with it
 from winrm.exceptions import (
     InvalidCredentialsError,
     WinRMOperationTimeoutError,
@@ -32,6 +32,8 @@ from vmm_cert_exporter.lab.server import LabServer
 from vmm_cert_exporter.lab.tls import LabTLS, create_lab_tls
 from vmm_cert_exporter.lab.wsman import CODE_SHELL_NOT_FOUND, decode_encoded_command
 
+Transport = Literal["basic", "ntlm"]
+TRANSPORTS: tuple[Transport, ...] = ("basic", "ntlm")
 HOST = "hv0001.lab.example"
 ACCOUNT = Account("LAB", "svc-vmmcert", "Lab-Passw0rd!")  # the light fleet's account
 USER = f"{ACCOUNT.domain}\\{ACCOUNT.username}"
@@ -39,7 +41,7 @@ USER = f"{ACCOUNT.domain}\\{ACCOUNT.username}"
 
 def protocol(
     endpoint: str,
-    transport: str = "basic",
+    transport: Transport = "basic",
     username: str = USER,
     password: str = ACCOUNT.password,
     read_timeout: int = 3,
@@ -186,7 +188,9 @@ def test_basic_user_forms(lab: LabServer) -> None:
 def test_basic_https_with_lab_ca_validated(tls_lab: LabServer, lab_tls: LabTLS) -> None:
     assert tls_lab.url.startswith("https://127.0.0.1:")
     p = protocol(
-        tls_lab.endpoint(HOST), server_cert_validation="validate", ca_trust_path=str(lab_tls.ca_path)
+        tls_lab.endpoint(HOST),
+        server_cert_validation="validate",
+        ca_trust_path=str(lab_tls.ca_path),
     )
     out, _, code, _ = run_raw(p, f"powershell -encodedcommand {encode('tls')}")
     assert code == 0 and b'"script": "tls"' in out
@@ -198,7 +202,7 @@ def test_basic_https_with_lab_ca_validated(tls_lab: LabServer, lab_tls: LabTLS) 
 
 def test_ntlm_http_with_message_encryption(lab: LabServer) -> None:
     p = protocol(lab.endpoint(HOST), transport="ntlm")
-    out, err, code, receives = run_raw(p, f"powershell -encodedcommand {encode('big:2500')}")
+    out, _err, code, receives = run_raw(p, f"powershell -encodedcommand {encode('big:2500')}")
     assert code == 0 and len(out) == 2500 and receives == 3
     # pywinrm set up WinRM message encryption, and the lab answered encrypted bodies.
     assert p.transport.encryption is not None
@@ -214,8 +218,14 @@ def test_ntlm_request_on_the_wire_is_encrypted(lab: LabServer) -> None:
     p.open_shell()
     sess = p.transport.session
     assert sess is not None
-    body = p.transport.encryption.prepare_encrypted_request(sess, lab.endpoint(HOST), b"<x/>").body
-    assert b"<x/>" not in body and b"application/HTTP-SPNEGO-session-encrypted" in body
+    encryption = p.transport.encryption
+    assert encryption is not None
+    body = encryption.prepare_encrypted_request(sess, lab.endpoint(HOST), b"<x/>").body
+    assert (
+        isinstance(body, bytes)
+        and b"<x/>" not in body
+        and b"application/HTTP-SPNEGO-session-encrypted" in body
+    )
 
 
 def test_ntlm_https_and_wrong_password(tls_lab: LabServer, lab_tls: LabTLS) -> None:
@@ -255,7 +265,7 @@ def test_unknown_shell_fault(lab: LabServer) -> None:
 
 def test_access_denied_fault(lab: LabServer, light_fleet: Any) -> None:
     light_fleet.set_faults(HOST, Faults(access_denied=True))
-    for transport in ("basic", "ntlm"):
+    for transport in TRANSPORTS:
         with pytest.raises(WSManFaultError) as exc:
             protocol(lab.endpoint(HOST), transport=transport).open_shell()
         assert exc.value.fault_subcode == "w:AccessDenied"
@@ -366,7 +376,7 @@ def test_drip_outlives_the_read_timeout(lab: LabServer, light_fleet: Any) -> Non
 
 def test_http_401_fault(lab: LabServer, light_fleet: Any) -> None:
     light_fleet.set_faults(HOST, Faults(http_401=True))
-    for transport in ("basic", "ntlm"):
+    for transport in TRANSPORTS:
         with pytest.raises(InvalidCredentialsError):
             protocol(lab.endpoint(HOST), transport=transport).open_shell()
 
@@ -470,9 +480,10 @@ def test_demo_scenario_through_pywinrm(tmp_path: Path) -> None:
         acc = running.account
         user = f"{acc.domain}\\{acc.username}"
         [vmm] = running.vmm_servers
-        for transport in ("basic", "ntlm"):
-            sess = session(running.endpoint(vmm), transport=transport, username=user,
-                           password=acc.password)
+        for transport in TRANSPORTS:
+            sess = session(
+                running.endpoint(vmm), transport=transport, username=user, password=acc.password
+            )
             r = sess.run_ps(_script("list-managed-computers", {}))
             assert r.status_code == 0, r.std_err
             doc = json.loads(r.std_out)
@@ -483,12 +494,51 @@ def test_demo_scenario_through_pywinrm(tmp_path: Path) -> None:
         assert refused
         host = next(h for h in hosts if h not in refused and h != vmm)
         p = protocol(running.endpoint(host), username=user, password=acc.password)
-        out, err, code, receives = run_raw(
+        out, err, code, _receives = run_raw(
             p, f"powershell -encodedcommand {encode(_script('collect-certificates', {}))}"
         )
         assert code == 0, err
         cert_doc = json.loads(out)
         assert cert_doc["computer"] == host and cert_doc["certificates"]
         with pytest.raises(requests.exceptions.ConnectionError):
-            protocol(running.endpoint(refused[0]), username=user, password=acc.password).open_shell()
+            protocol(
+                running.endpoint(refused[0]), username=user, password=acc.password
+            ).open_shell()
         assert running.server.stats()["open_shells_total"] == 0
+
+
+def test_ntlm_account_of_the_latest_lab_wins(light_fleet: FleetModel) -> None:
+    # pyspnego reads one process-wide user file: a lab started later with the same account
+    # name and another password must still accept NTLM logons (tests start many labs).
+    from vmm_cert_exporter.lab.runner import start_lab
+
+    with start_lab(fleet=light_fleet) as first:
+        assert session(first.endpoint(HOST), transport="ntlm").run_ps("a").status_code == 0
+    other = Account(ACCOUNT.domain, ACCOUNT.username, "another-password")
+    light_fleet._accounts = [other]  # type: ignore[attr-defined]
+    with LabServer(light_fleet) as second:
+        r = session(second.endpoint(HOST), transport="ntlm", password="another-password")
+        assert r.run_ps("b").status_code == 0
+        with pytest.raises(InvalidCredentialsError):
+            protocol(second.endpoint(HOST), transport="ntlm").open_shell()
+
+
+def test_ctrl_c_signal_drops_unsent_output(lab: LabServer) -> None:
+    p = protocol(lab.endpoint(HOST))
+    shell = p.open_shell()
+    cid = p.run_command(shell, f"powershell -encodedcommand {encode('big:3000')}")
+    out, _, _, done = p.get_command_output_raw(shell, cid)
+    assert len(out) == 1000 and not done
+    message = p.build_wsman_header(
+        resource_uri="http://schemas.microsoft.com/wbem/wsman/1/windows/shell/cmd",
+        action="http://schemas.microsoft.com/wbem/wsman/1/windows/shell/Signal",
+        shell_id=shell,
+    )
+    message.setdefault("env:Body", {})["rsp:Signal"] = {
+        "@CommandId": cid,
+        "rsp:Code": "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/signal/ctrl_c",
+    }
+    p.send_message(xmltodict.unparse({"env:Envelope": message}))
+    out, _, code, done = p.get_command_output_raw(shell, cid)
+    assert (out, done, code) == (b"", True, 0)
+    p.close_shell(shell)

@@ -35,7 +35,8 @@ NEGOTIATE = 1
 AUTHENTICATE = 3
 
 _lock = threading.Lock()
-_lines: set[str] = set()
+# (DOMAIN, USER) upper-cased -> the line for it; pyspnego takes the first matching line.
+_lines: dict[tuple[str, str], str] = {}
 _file: Path | None = None
 
 
@@ -45,18 +46,29 @@ def _cleanup() -> None:
 
 
 def register_accounts(accounts: list[Account]) -> None:
-    """Make ``accounts`` acceptable to every NTLM context created from now on."""
+    """Make ``accounts`` acceptable to every NTLM context created from now on.
+
+    pyspnego matches users by (domain, name) only, so one process can know one password per
+    account: a later registration of the same account with another password replaces the
+    earlier one (two labs in one process must not reuse a name with different passwords).
+    """
     global _file
     with _lock:
-        new = set()
+        new: dict[tuple[str, str], str] = {}
         for acc in accounts:
-            if ":" in acc.domain or ":" in acc.username or "\n" in acc.password:
-                raise ValueError(f"account {acc.domain}\\{acc.username}: ':' or newline in name")
+            # The Heimdal line format DOMAIN:USER:PASSWORD cannot hold these characters.
+            if any(c in f"{acc.domain}{acc.username}{acc.password}" for c in ":\r\n"):
+                raise ValueError(
+                    f"account {acc.domain}\\{acc.username}: ':' or a line break cannot be used "
+                    "in a lab account's domain, name or password (NTLM user file format)"
+                )
             # DOMAIN\user and a bare "user" (no domain in the NTLM message) both log on, as a
             # local account on a Windows host would.
-            new.add(f"{acc.domain}:{acc.username}:{acc.password}")
-            new.add(f":{acc.username}:{acc.password}")
-        if new <= _lines and _file is not None:
+            new[(acc.domain.upper(), acc.username.upper())] = (
+                f"{acc.domain}:{acc.username}:{acc.password}"
+            )
+            new[("", acc.username.upper())] = f":{acc.username}:{acc.password}"
+        if _file is not None and all(_lines.get(k) == v for k, v in new.items()):
             return
         _lines.update(new)
         if _file is None:
@@ -69,7 +81,7 @@ def register_accounts(accounts: list[Account]) -> None:
         tmp = _file.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write("\n".join(sorted(_lines)) + "\n")
+            fh.write("\n".join(_lines[k] for k in sorted(_lines)) + "\n")
         tmp.replace(_file)
         os.environ["NTLM_USER_FILE"] = str(_file)
 
@@ -139,7 +151,7 @@ class NTLMConnection:
             header_bytes, sealed = payload[4 : 4 + sig_len], payload[4 + sig_len :]
             try:
                 plain = bytes(self._ctx.unwrap_winrm(header_bytes, sealed))
-            except Exception as exc:  # noqa: BLE001 - a bad signature is a bad message
+            except Exception as exc:
                 raise ValueError(f"cannot decrypt the message: {exc}") from exc
             if len(plain) != expected:
                 raise ValueError("decrypted length does not match OriginalContent")
@@ -150,7 +162,7 @@ class NTLMConnection:
         """Encrypt a response body the way Windows does (one part, the closing boundary)."""
         res = self._ctx.wrap_winrm(plain)
         sealed = struct.pack("<I", len(res.header)) + res.header + res.data
-        return (
+        framed: bytes = (
             BOUNDARY + b"\r\n"
             b"\tContent-Type: " + PROTOCOL.encode() + b"\r\n"
             b"\tOriginalContent: type=application/soap+xml;charset=UTF-8;Length="
@@ -163,6 +175,7 @@ class NTLMConnection:
             + BOUNDARY
             + b"--\r\n"
         )
+        return framed
 
 
 def b64(data: bytes) -> str:

@@ -94,7 +94,7 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.address_string(), *args)
 
     # --- plumbing --------------------------------------------------------------------------
@@ -220,7 +220,7 @@ class _Handler(BaseHTTPRequestHandler):
         except ControlError as exc:
             self._send_json(exc.status, {"error": exc.message})
             return
-        except Exception as exc:  # noqa: BLE001 - the control API must answer, not die
+        except Exception as exc:
             log.exception("control request %s %s failed", method, path)
             self._send_json(500, {"error": f"{type(exc).__name__}: {exc}"})
             return
@@ -286,12 +286,12 @@ class _Handler(BaseHTTPRequestHandler):
         except KeyError:
             # The computer left the model mid-request: the host is gone.
             return 404, b""
-        except Exception as exc:  # noqa: BLE001 - a model bug must look like a Windows error
+        except Exception as exc:
             log.exception("request for %s failed", fqdn)
-            fault = WSManFault(
+            internal = WSManFault(
                 "w:InternalError", f"Internal error: {type(exc).__name__}: {exc}", sender=False
             )
-            return 500, fault_envelope(fault, relates_to_of(body), fqdn)
+            return 500, fault_envelope(internal, relates_to_of(body), fqdn)
 
     def _unauthorized(self, token: str | None = None) -> None:
         if token is None:

@@ -197,7 +197,7 @@ def envelope(action: str, relates_to: str, body: str) -> bytes:
         f"<a:MessageID>uuid:{str(uuid.uuid4()).upper()}</a:MessageID>"
         f"<a:To>{_ANONYMOUS}</a:To><a:RelatesTo>{escape(relates_to)}</a:RelatesTo>"
         f"</s:Header><s:Body>{body}</s:Body></s:Envelope>"
-    ).encode("utf-8")
+    ).encode()
 
 
 def fault_envelope(fault: WSManFault, relates_to: str, machine: str) -> bytes:

@@ -1,0 +1,87 @@
+"""A real Prometheus scrapes the exporter (running against the demo lab) and answers queries."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+import yaml
+
+from vmm_cert_exporter.config import load_config
+from vmm_cert_exporter.lab.runner import start_lab
+from vmm_cert_exporter.promstack import Process, start_prometheus
+from vmm_cert_exporter.serve import Exporter, start_exporter
+
+D = ".lab.example"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Exporter, Process]]:
+    work = tmp_path_factory.mktemp("e2e")
+    with start_lab(scenario="demo", state_dir=work / "lab") as lab:
+        config = load_config(lab.write_config(work / "exporter.yml"))
+        exporter = start_exporter(config, "127.0.0.1:0")
+        try:
+            assert exporter.refresher.wait_first(timeout=60)
+            target = exporter.url.removeprefix("http://")
+            prom_cfg = work / "prometheus.yml"
+            prom_cfg.write_text(
+                yaml.safe_dump(
+                    {
+                        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                        "scrape_configs": [
+                            {
+                                "job_name": "vmm-cert-exporter",
+                                "static_configs": [{"targets": [target]}],
+                            }
+                        ],
+                    }
+                )
+            )
+            prometheus = start_prometheus(prom_cfg, work)
+            try:
+                yield exporter, prometheus
+            finally:
+                prometheus.stop()
+        finally:
+            exporter.stop()
+
+
+def query(prometheus: Process, expr: str, timeout: float = 30.0) -> list[dict[str, object]]:
+    """Run ``promtool query instant`` until it returns data (the first scrape takes a moment)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = subprocess.run(
+            ["promtool", "query", "instant", "-o", "json", prometheus.url, expr],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        data: list[dict[str, object]] = json.loads(result.stdout)
+        if data or time.monotonic() > deadline:
+            return data
+        time.sleep(0.5)
+
+
+def hosts(data: list[dict[str, object]]) -> set[str]:
+    return {str(item["metric"]["host"]) for item in data}  # type: ignore[index]
+
+
+def test_prometheus_scrapes_every_case(stack: tuple[Exporter, Process]) -> None:
+    _, prometheus = stack
+    assert hosts(query(prometheus, "vmm_cert_expiry_seconds < 0")) == {f"hv37{D}"}
+    assert hosts(query(prometheus, "vmm_cert_expiry_seconds > 0 < 7*86400")) == {f"hv36{D}"}
+    assert hosts(query(prometheus, "vmm_cert_expiry_seconds > 7*86400 < 30*86400")) == {
+        *(f"hv{n}{D}" for n in range(31, 36)),
+        f"vmm01{D}",
+    }
+    assert hosts(query(prometheus, "vmm_cert_present == 0")) == {f"hv38{D}"}
+    assert hosts(query(prometheus, "vmm_cert_trusted == 0")) == {f"hv39{D}"}
+    assert hosts(query(prometheus, "vmm_cert_certificates > 1")) == {f"hv41{D}"}
+    assert hosts(query(prometheus, "vmm_cert_collect_success == 0")) == {f"hv40{D}"}
+    up = query(prometheus, 'up{job="vmm-cert-exporter"}')
+    assert up and up[0]["value"][1] == "1"  # type: ignore[index]
