@@ -636,7 +636,7 @@ def test_full_config(workdir: Path) -> None:
     assert config.winrm.ca_trust_path == str(workdir / "ca.pem")
     assert config.winrm.timeout == 90.0
     assert config.vmm_servers == (
-        VmmServerConfig("vmm01.corp.example", True),  # lower-cased
+        VmmServerConfig("VMM01.corp.example", True),  # spelled as configured
         VmmServerConfig("vmm02.corp.example", False),
     )
     assert [h.role for h in config.hosts] == ["hyperv_host", "library_server", "other"]
@@ -943,7 +943,7 @@ def test_duration_round_trip(milliseconds: int) -> None:
 
 
 def test_validate_fqdn() -> None:
-    assert validate_fqdn("HV01.Corp.Example") == "hv01.corp.example"
+    assert validate_fqdn("HV01.Corp.Example") == "HV01.Corp.Example"
     assert validate_fqdn("a-b.c1.example") == "a-b.c1.example"
     for bad in ("hv01", "hv01.corp.", ".corp.example", "a..b", "1.2.3.4", "hv_01.corp.example"):
         with pytest.raises(ValueError):

@@ -260,7 +260,11 @@ def test_every_alert_has_labels_annotations_and_a_runbook(rule: dict[str, Any]) 
     if name in PER_HOST:
         assert "$labels.host" in ann["summary"] and "$labels.host" in ann["description"]
         # no aggregation may drop the host label on the way
-        assert "host" in rule["expr"]
+        aggregations = re.findall(
+            r"\b(?:sum|count|min|max|avg)\s*(?:by|without)?\s*\(", rule["expr"]
+        )
+        assert all(a.startswith("sum by (") for a in aggregations), aggregations
+        assert rule["expr"].count("sum by (instance, job, host) (") == len(aggregations)
     if name.startswith("VMMCertificateExpir"):
         assert "humanizeDuration" in ann["summary"]
         assert "humanizeDuration" in ann["description"]
@@ -291,37 +295,54 @@ def test_other_thresholds_change_only_the_numbers(tmp_path: Path) -> None:
     res = run_promtool("check", "rules", "--lint=all", "--lint-fatal", "rules.yml", cwd=tmp_path)
     assert res.returncode == 0, res.stdout
     # and they really fire at the new marks, to the second
-    series = "".join(
-        f"""
-      - series: 'vmm_cert_expiry_seconds{{instance="e:9868",job="vmm-cert-exporter",host="{h}",role="hyperv_host"}}'
-        values: {v}x70"""
-        for h, v in (("a", 5184000), ("b", 5184001), ("c", 1209600), ("d", 1209601))
-    )
-    (tmp_path / "t.test.yml").write_text(
-        f"""
-rule_files: [rules.yml]
-evaluation_interval: 1m
-tests:
-  - interval: 1m
-    input_series:
-      - series: 'up{{instance="e:9868",job="vmm-cert-exporter"}}'
-        values: 1x70
-      - series: 'vmm_cert_collect_success{{instance="e:9868",job="vmm-cert-exporter",host="a",role="hyperv_host"}}'
-        values: 1x70{series}
-    promql_expr_test:
-      - expr: ALERTS{{alertstate="firing"}}
-        eval_time: 60m
-        exp_samples:
-          - labels: 'ALERTS{{alertname="VMMCertificateExpiringSoon",alertstate="firing",host="a",instance="e:9868",job="vmm-cert-exporter",role="hyperv_host",severity="warning"}}'
-            value: 1
-          - labels: 'ALERTS{{alertname="VMMCertificateExpiringSoon",alertstate="firing",host="c",instance="e:9868",job="vmm-cert-exporter",role="hyperv_host",severity="warning"}}'
-            value: 1
-          - labels: 'ALERTS{{alertname="VMMCertificateExpiringSoon",alertstate="firing",host="d",instance="e:9868",job="vmm-cert-exporter",role="hyperv_host",severity="warning"}}'
-            value: 1
-          - labels: 'ALERTS{{alertname="VMMCertificateExpiringCritical",alertstate="firing",host="c",instance="e:9868",job="vmm-cert-exporter",role="critical",severity="critical"}}'
-            value: 1
-"""
-    )
+    scrape = 'instance="e:9868",job="vmm-cert-exporter"'
+    series = [
+        {"series": f"up{{{scrape}}}", "values": "1x70"},
+        {
+            "series": f'vmm_cert_collect_success{{{scrape},host="a",role="hyperv_host"}}',
+            "values": "1x70",
+        },
+    ]
+    for host, left in (("a", 5184000), ("b", 5184001), ("c", 1209600), ("d", 1209601)):
+        series.append(
+            {
+                "series": f'vmm_cert_expiry_seconds{{{scrape},host="{host}",role="hyperv_host"}}',
+                "values": f"{left}x70",
+            }
+        )
+
+    def firing(alert: str, host: str, severity: str, role: str = "hyperv_host") -> dict[str, Any]:
+        labels = (
+            f'alertname="{alert}",alertstate="firing",host="{host}",{scrape},'
+            f'role="{role}",severity="{severity}"'
+        )
+        return {"labels": f"ALERTS{{{labels}}}", "value": 1}
+
+    soon, crit = "VMMCertificateExpiringSoon", "VMMCertificateExpiringCritical"
+    expected = [
+        firing(soon, "a", "warning"),
+        firing(soon, "c", "warning"),
+        firing(soon, "d", "warning"),
+        firing(crit, "c", "critical", role="critical"),
+    ]
+    test = {
+        "rule_files": ["rules.yml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": series,
+                "promql_expr_test": [
+                    {
+                        "expr": 'ALERTS{alertstate="firing"}',
+                        "eval_time": "60m",
+                        "exp_samples": expected,
+                    }
+                ],
+            }
+        ],
+    }
+    (tmp_path / "t.test.yml").write_text(yaml.safe_dump(test, sort_keys=False))
     # the last expected sample has a deliberate typo (role="critical"): promtool must fail ...
     res = run_promtool("test", "rules", "t.test.yml", cwd=tmp_path)
     assert res.returncode == 1 and 'host="c"' in res.stdout

@@ -620,12 +620,13 @@ _HOSTNAME_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 
 
 def validate_fqdn(name: str) -> str:
-    """Return ``name`` lower-cased if it is a fully qualified DNS name, else raise ValueError.
+    """Return ``name`` (spelled as given) if it is a fully qualified DNS name, else ValueError.
 
     ASCII letters, digits and hyphens in dot-separated labels of at most 63 characters, at
     least two labels, at most 253 characters, no trailing dot, and a last label that is not
     all digits (an IP address is not an FQDN; VMM names computers by FQDN). These names go
-    into URLs and metric labels, so anything else is refused early.
+    into URLs and metric labels, so anything else is refused early. The spelling is kept
+    (it becomes the ``host`` label); compare names with ``.lower()``.
     """
     if not isinstance(name, str):
         raise ValueError(f"expected a host name, got {_describe(name)}")
@@ -654,7 +655,7 @@ def validate_fqdn(name: str) -> str:
         raise ValueError(
             f"{_short(name)} looks like an IP address: VMM identifies computers by FQDN"
         )
-    return name.lower()
+    return name
 
 
 def _fqdn(ctx: _Ctx, at: _At) -> str:
@@ -930,14 +931,14 @@ def _check_unique_hosts(ctx: _Ctx, top: _Map, values: Mapping[str, object]) -> N
         items = _list(ctx, top.get(section))
         for index, entry in enumerate(entries):
             host_at = _Map(ctx, items[index], allowed=("host", "discover", "role")).get("host")
-            first = seen.get(entry.host)
+            first = seen.get(entry.host.lower())
             if first is not None:
                 ctx.fail_at(
                     host_at,
                     f"{entry.host} is listed twice (also at {first}; host names are compared "
                     "case-insensitively)",
                 )
-            seen[entry.host] = host_at.path
+            seen[entry.host.lower()] = host_at.path
 
 
 def _check_some_computers(ctx: _Ctx, top: _Map, values: Mapping[str, object]) -> None:

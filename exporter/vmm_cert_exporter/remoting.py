@@ -146,6 +146,10 @@ def classify(exc: BaseException) -> CollectError:
     if isinstance(exc, winrm.exceptions.WinRMOperationTimeoutError):
         return CollectError(failures.TIMEOUT, "the command did not finish before the deadline")
     if isinstance(exc, requests.exceptions.SSLError):
+        # a peer that resets or closes the connection during or right after the handshake
+        # surfaces as SSLError(EOF): that is a connection problem, not a certificate one
+        if any(m in detail for m in ("UNEXPECTED_EOF", "EOF occurred", "Connection reset")):
+            return CollectError(failures.CONNECT, detail)
         return CollectError(failures.TLS, detail)
     if isinstance(exc, requests.exceptions.ConnectTimeout):
         return CollectError(failures.CONNECT, detail)
