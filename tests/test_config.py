@@ -109,6 +109,22 @@ MALFORMED: list[tuple[str, str, str, str]] = [
         "(syntax)",
         "could not determine a constructor",
     ),
+    (
+        "impossible date",
+        GOOD + "  - host: 2020-13-45\n",
+        "(syntax)",
+        "cannot be read as timestamp (quote it",
+    ),
+    ("explicit int tag", winrm("timeout: !!int abc\n"), "(syntax)", "cannot be read as int"),
+    ("explicit bool tag", winrm("allow_unencrypted_basic: !!bool maybe\n"), "(syntax)", "bool"),
+    ("explicit timestamp tag", winrm("timeout: !!timestamp x\n"), "(syntax)", "timestamp"),
+    ("explicit float tag, no value", winrm("timeout: !!float\n"), "(syntax)", "as float"),
+    (
+        "5000-digit integer",
+        GOOD + "collection:\n  concurrency: " + "9" * 5000 + "\n",
+        "(syntax)",
+        "int",
+    ),
     ("duplicate section", GOOD + "hosts: []\n", "hosts", "duplicate key 'hosts'"),
     (
         "duplicate nested key",
@@ -1006,6 +1022,8 @@ YAML_WORDS = st.sampled_from(
         "'https://{host}:5986/wsman'", "http://{host}/wsman", ":9868", "[", "]", "{", "}",
         ":", "- ", "&a", "*a", "<<", "!!binary", "!!python/name:os.system", "'", '"', "#",
         "\n", "\n  ", "\n    ", "\t", "---", "...", "%YAML 1.1", "\x00", "\ufeff", "é",
+        "2020-13-45", "2020-01-01", "!!int", "!!bool", "!!float", "!!timestamp", "!!set", "!!omap",
+        "!!str", "? ", "1:60", "0x1F", ".inf", "!local",
     ]
 )  # fmt: skip
 
@@ -1128,3 +1146,39 @@ def _no_stray_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for name in ("VMMCERT_UNSET", CANARY_IDENT, "OTHER_VAR"):
         monkeypatch.delenv(name, raising=False)
     yield
+
+
+# --------------------------------------------------------------------------------------------
+# The documentation's examples are valid configurations
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+
+
+def _doc_examples() -> list[str]:
+    text = DOCS.read_text(encoding="utf-8")
+    examples = text.split("## A full example", 1)[1]
+    blocks = examples.split("```yaml\n")[1:]
+    return [block.split("```", 1)[0] for block in blocks]
+
+
+def test_docs_have_examples() -> None:
+    assert len(_doc_examples()) >= 3
+
+
+@pytest.mark.parametrize("index", range(4))
+def test_docs_examples_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, index: int) -> None:
+    examples = _doc_examples()
+    assert index < len(examples)
+    text = examples[index]
+    # Point the absolute paths of the example at real files of the right kind.
+    for absolute in ("/etc/vmm-cert-exporter/winrm.password", "/run/secrets/winrm-password"):
+        local = tmp_path / Path(absolute).name
+        local.write_text("example-password\n")
+        local.chmod(0o600)
+        text = text.replace(absolute, str(local))
+    ca = tmp_path / "corp-root-ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    text = text.replace("/etc/ssl/certs/corp-root-ca.pem", str(ca))
+    monkeypatch.setenv("LAB_WINRM_PASSWORD", "lab")
+    config = loads_config(text, file="example.yml", base_dir=tmp_path)
+    assert config.vmm_servers or config.hosts

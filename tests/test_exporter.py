@@ -351,3 +351,47 @@ def test_ready_only_after_the_first_refresh(tmp_path: Path) -> None:
             assert _get(exporter.url + "/-/ready")[0] == 200
         finally:
             exporter.stop()
+
+
+def test_fast_exposition_equals_the_reference_collector(
+    demo: tuple[Refresher, Snapshot, str],
+) -> None:
+    """The cached /metrics path must produce exactly what generate_latest would."""
+    from vmm_cert_exporter.metrics import Exposition
+
+    refresher, _, _ = demo
+    instant = 1_800_000_000.25
+    collector = SnapshotCollector(
+        lambda: refresher.snapshot, lambda: refresher.histogram, clock=lambda: instant
+    )
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    reference = generate_latest(registry)
+    exposition = Exposition(
+        collector, lambda: refresher.snapshot, lambda: refresher.histogram.count
+    )
+    assert exposition.render(now=instant) == reference
+    assert gzip.decompress(exposition.render_gzip(now=instant)) == reference
+    # a new snapshot (a refresh) is picked up, not served stale from the cache
+    refresher.refresh_once()
+    registry2 = CollectorRegistry(auto_describe=False)
+    registry2.register(collector)
+    assert exposition.render(now=instant) == generate_latest(registry2)
+
+
+def test_label_values_are_escaped_like_prometheus_client() -> None:
+    from vmm_cert_exporter.metrics import _escape_label_value
+
+    registry = CollectorRegistry(auto_describe=False)
+    from prometheus_client.core import GaugeMetricFamily
+
+    value = 'a"b\\c\nd'
+    family = GaugeMetricFamily("x", "x", labels=["host"])
+    family.add_metric([value], 1.0)
+
+    class One:
+        def collect(self):
+            return [family]
+
+    registry.register(One())
+    assert f'x{{host="{_escape_label_value(value)}"}} 1.0' in generate_latest(registry).decode()

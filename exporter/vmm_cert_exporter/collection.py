@@ -218,6 +218,7 @@ class Refresher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._first_done = threading.Event()
+        self.listeners: list[Callable[[Snapshot], None]] = []
 
     # ---- calls -------------------------------------------------------------------------
     def _call(self, host: str, operation: str, parse: Callable[[str], T]) -> tuple[T | None, _Call]:
@@ -331,10 +332,14 @@ class Refresher:
 
         now = self._clock()
         snapshot = self._build_snapshot(inventory, calls, host_certs, now, started)
+        # histogram first: readers key caches on (snapshot, histogram count)
+        self.histogram.observe(snapshot.duration)
         self.inventory = inventory
         self.snapshot = snapshot
-        self.histogram.observe(snapshot.duration)
         self.refreshes += 1
+        for listener in self.listeners:
+            # e.g. pre-render /metrics here, in the refresher, not in the first scrape
+            listener(snapshot)
         failed = sum(1 for h in snapshot.hosts if not h.last_ok)
         log.info(
             "refresh done",

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 import yaml
 from yaml.constructor import ConstructorError
-from yaml.nodes import MappingNode, Node, SequenceNode
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from vmm_cert_exporter.durations import EXAMPLES as DURATION_EXAMPLES
 from vmm_cert_exporter.durations import format_duration, parse_duration
@@ -223,6 +223,24 @@ class StrictSafeLoader(yaml.SafeLoader):
         self.deep_construct = True
         self._path: list[object] = []
 
+    def construct_object(self, node: Node, deep: bool = False) -> Any:
+        if not isinstance(node, ScalarNode):
+            return super().construct_object(node, deep)
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, TypeError, LookupError, AttributeError, ArithmeticError):
+            # PyYAML's scalar constructors raise plain Python errors for values that match a
+            # type's pattern but are impossible (`2020-13-45`, a 5000-digit integer) or carry
+            # an explicit tag they do not fit (`!!int abc`, `!!bool maybe`). Their messages
+            # quote the value, so this one does not.
+            kind = str(node.tag).rsplit(":", 1)[-1]
+            raise ConstructorError(
+                None,
+                None,
+                f"this value cannot be read as {kind} (quote it to make it a string)",
+                node.start_mark,
+            ) from None
+
     def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Hashable, Any]:
         if not isinstance(node, MappingNode):
             raise ConstructorError(
@@ -295,8 +313,16 @@ def _format_path(parts: Iterable[object]) -> str:
         if isinstance(part, int) and not isinstance(part, bool):
             out += f"[{part}]"
         else:
-            out += f".{part}" if out else str(part)
+            out += f".{_key_text(part)}" if out else _key_text(part)
     return out or FIELD_ROOT
+
+
+def _key_text(key: object) -> str:
+    # Plain keys as they are; anything odd (empty, spaces, not a string) quoted, so that a
+    # field path like `collection.'interval '` shows what is wrong with the key.
+    if isinstance(key, str) and re.fullmatch(r"[A-Za-z0-9_-]+", key):
+        return key
+    return _short(key)
 
 
 # --------------------------------------------------------------------------------------------
@@ -455,8 +481,8 @@ class _Map:
 
     def child_path(self, key: object) -> str:
         if self.at.path == FIELD_ROOT:
-            return str(key)
-        return f"{self.at.path}.{key}"
+            return _key_text(key)
+        return f"{self.at.path}.{_key_text(key)}"
 
     def _key_line(self, key: object) -> int | None:
         if isinstance(self.data, YamlMapping):

@@ -11,12 +11,11 @@ from dataclasses import dataclass
 from types import FrameType
 
 from cheroot import wsgi
-from prometheus_client import CollectorRegistry
 
 from vmm_cert_exporter.collection import Refresher
 from vmm_cert_exporter.config import Config, ConfigError, load_config
 from vmm_cert_exporter.logs import setup_logging
-from vmm_cert_exporter.metrics import SnapshotCollector
+from vmm_cert_exporter.metrics import Exposition, SnapshotCollector
 from vmm_cert_exporter.web import make_app, make_server, parse_listen_address
 
 log = logging.getLogger(__name__)
@@ -47,9 +46,12 @@ class Exporter:
 def start_exporter(config: Config, listen_address: str | None = None) -> Exporter:
     """Start refreshing and serving; returns once the server listens."""
     refresher = Refresher(config)
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(SnapshotCollector(lambda: refresher.snapshot, lambda: refresher.histogram))
-    app = make_app(registry, lambda: refresher.snapshot)
+    collector = SnapshotCollector(lambda: refresher.snapshot, lambda: refresher.histogram)
+    exposition = Exposition(
+        collector, lambda: refresher.snapshot, lambda: refresher.histogram.count
+    )
+    refresher.listeners.append(exposition.warm)
+    app = make_app(exposition, lambda: refresher.snapshot)
     server = make_server(app, listen_address or config.web.listen_address)
     server.prepare()  # binds now, so a taken port fails before we report success
     thread = threading.Thread(target=server.serve, name="http", daemon=True)

@@ -12,9 +12,10 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from cheroot import wsgi
-from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from vmm_cert_exporter import __version__
+from vmm_cert_exporter.metrics import Exposition
 from vmm_cert_exporter.snapshot import HostSnapshot, Snapshot
 
 StartResponse = Callable[..., Any]
@@ -117,13 +118,24 @@ vmm-cert-exporter {html.escape(__version__)}</p>
 """
 
 
+def _metrics(
+    exposition: Exposition, environ: dict[str, Any], start_response: StartResponse
+) -> list[bytes]:
+    gzipped = "gzip" in environ.get("HTTP_ACCEPT_ENCODING", "").lower()
+    body = exposition.render_gzip() if gzipped else exposition.render()
+    headers = [("Content-Type", CONTENT_TYPE_PLAIN_0_0_4), ("Content-Length", str(len(body)))]
+    if gzipped:
+        headers.append(("Content-Encoding", "gzip"))
+    start_response("200 OK", headers)
+    return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
+
+
 def make_app(
-    registry: CollectorRegistry,
+    exposition: Exposition,
     snapshot: Callable[[], Snapshot],
     *,
     clock: Callable[[], float] = time.time,
 ) -> WSGIApp:
-    metrics_app = make_wsgi_app(registry)  # handles gzip when the scraper asks for it
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
@@ -131,8 +143,7 @@ def make_app(
         if method not in ("GET", "HEAD"):
             return _plain(start_response, "405 Method Not Allowed", "only GET and HEAD\n")
         if path == "/metrics":
-            served: Iterable[bytes] = metrics_app(environ, start_response)
-            return served
+            return _metrics(exposition, environ, start_response)
         if path == "/-/healthy":
             return _plain(start_response, "200 OK", "Healthy\n")
         if path == "/-/ready":
