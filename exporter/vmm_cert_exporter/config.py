@@ -471,7 +471,9 @@ class _Map:
                     close = difflib.get_close_matches(key, allowed, n=1)
                     hint = f" (did you mean {close[0]!r}?)" if close else ""
                     if key in ("password", "token", "bearer_token"):
-                        hint += "; secrets are never written in the file: use *_file or *_env"
+                        hint += (
+                            f"; secrets are never written in the file: use {key}_file or {key}_env"
+                        )
                 # The value under an unknown key is never echoed: it may be a pasted secret.
                 self.ctx.fail(
                     self.child_path(key),
@@ -987,7 +989,9 @@ class _SectionSpec:
 # Top-level sections, in the order they are validated. Each name is also a Config field.
 _SECTIONS: Final[dict[str, _SectionSpec]] = {
     "winrm": _SectionSpec(
-        _parse_winrm, required=True, hint="expected a mapping with at least endpoint/username"
+        _parse_winrm,
+        required=True,
+        hint="how to connect to the computers (transport, username, password_file, ...)",
     ),
     "vmm_servers": _SectionSpec(_parse_server_list),
     "hosts": _SectionSpec(_parse_hosts),

@@ -13,10 +13,10 @@ from types import FrameType
 from cheroot import wsgi
 
 from vmm_cert_exporter.collection import Refresher
-from vmm_cert_exporter.config import Config, ConfigError, load_config
+from vmm_cert_exporter.config import Config, ConfigError, load_config, parse_listen_address
 from vmm_cert_exporter.logs import setup_logging
 from vmm_cert_exporter.metrics import Exposition, SnapshotCollector
-from vmm_cert_exporter.web import make_app, make_server, parse_listen_address
+from vmm_cert_exporter.web import make_app, make_server
 
 log = logging.getLogger(__name__)
 

@@ -15,6 +15,7 @@ from cheroot import wsgi
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from vmm_cert_exporter import __version__
+from vmm_cert_exporter.config import parse_listen_address
 from vmm_cert_exporter.metrics import Exposition
 from vmm_cert_exporter.snapshot import HostSnapshot, Snapshot
 
@@ -29,15 +30,6 @@ table { border-collapse: collapse; }
 td, th { padding: .25em .6em; border-bottom: 1px solid #ddd; text-align: left; }
 tr.crit { background: #f8d7da; } tr.warn { background: #fff3cd; } tr.ok { background: #e8f5e9; }
 """
-
-
-def parse_listen_address(address: str) -> tuple[str, int]:
-    """``host:port``, ``:port`` (all interfaces) or ``[v6]:port`` → (host, port)."""
-    host, sep, port_text = address.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"listen address {address!r}: expected host:port, e.g. :9868")
-    host = host.strip("[]") or "0.0.0.0"  # noqa: S104 - ":port" means every interface, as in Go
-    return host, int(port_text)
 
 
 def _plain(start_response: StartResponse, status: str, body: str) -> list[bytes]:
@@ -164,5 +156,6 @@ def make_app(
 
 def make_server(app: WSGIApp, listen_address: str, threads: int = 8) -> wsgi.Server:
     host, port = parse_listen_address(listen_address)
+    host = host or "0.0.0.0"  # noqa: S104 - ":port" means every interface, as in Go exporters
     server = wsgi.Server((host, port), app, numthreads=threads, server_name="vmm-cert-exporter")
     return server
