@@ -315,23 +315,25 @@ def test_every_expression_returns_data_for_a_small_fleet(tmp_path: Path) -> None
         yaml.safe_dump({"groups": [{"name": "empty", "rules": alerts}]}, sort_keys=False)
     )
     cases = [{"eval_time": "120m", "alertname": a["alert"], "exp_alerts": []} for a in alerts]
-    test = {
-        "rule_files": ["empty.yml"],
-        "evaluation_interval": "1m",
-        "tests": [{"interval": "1m", "input_series": fleet_series(), "alert_rule_test": cases}],
-    }
-    (tmp_path / "empty.test.yml").write_text(yaml.safe_dump(test, sort_keys=False))
-    res = run_promtool("test", "rules", "empty.test.yml", cwd=tmp_path)
+
+    def run_with(series: list[dict[str, str]]) -> subprocess.CompletedProcess[str]:
+        test = {
+            "rule_files": ["empty.yml"],
+            "evaluation_interval": "1m",
+            "tests": [{"interval": "1m", "input_series": series, "alert_rule_test": cases}],
+        }
+        (tmp_path / "empty.test.yml").write_text(yaml.safe_dump(test, sort_keys=False))
+        return run_promtool("test", "rules", "empty.test.yml", cwd=tmp_path)
+
+    res = run_with(fleet_series())
     assert res.returncode == 0, "\n".join(
         [res.stdout, *(f"Empty{i}: {e}" for i, e in enumerate(exprs))]
     )
 
     # the same check sees an empty panel: drop the VMM state series
-    test["tests"][0]["input_series"] = [
-        s for s in fleet_series() if not s["series"].startswith("vmm_managed_computer_state")
-    ]
-    (tmp_path / "empty.test.yml").write_text(yaml.safe_dump(test, sort_keys=False))
-    res = run_promtool("test", "rules", "empty.test.yml", cwd=tmp_path)
+    res = run_with(
+        [s for s in fleet_series() if not s["series"].startswith("vmm_managed_computer_state")]
+    )
     assert res.returncode == 1
     assert "alertname: Empty" in res.stdout
 

@@ -18,17 +18,23 @@ from __future__ import annotations
 import json
 import re
 import sys
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from grafana_foundation_sdk.builders import bargauge, stat, table, timeseries
-from grafana_foundation_sdk.builders import common as common_builders
-from grafana_foundation_sdk.builders import dashboard as dash
-from grafana_foundation_sdk.builders import prometheus as prom
-from grafana_foundation_sdk.cog.encoder import JSONEncoder
-from grafana_foundation_sdk.models import common
-from grafana_foundation_sdk.models import dashboard as model
-from grafana_foundation_sdk.models.prometheus import PromQueryFormat
+# The SDK warns that its v2 dashboard schema is preferred; Grafana's file provisioning loads
+# the classic JSON this module writes, so the classic builders are the right ones here.
+_SDK_WARNING = "Prefer using dashboardv2.Dashboard instead."
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=_SDK_WARNING, category=DeprecationWarning)
+    from grafana_foundation_sdk.builders import bargauge, stat, table, timeseries
+    from grafana_foundation_sdk.builders import common as common_builders
+    from grafana_foundation_sdk.builders import dashboard as dash
+    from grafana_foundation_sdk.builders import prometheus as prom
+    from grafana_foundation_sdk.cog.encoder import JSONEncoder
+    from grafana_foundation_sdk.models import common
+    from grafana_foundation_sdk.models import dashboard as model
+    from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
 __all__ = [
     "DASHBOARD_UID",
@@ -530,6 +536,12 @@ def _variables() -> list[Any]:
 
 def build_dashboard(warn_days: int = 30, critical_days: int = 7) -> Any:
     """The dashboard model (``grafana_foundation_sdk.models.dashboard.Dashboard``)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_SDK_WARNING, category=DeprecationWarning)
+        return _build(warn_days, critical_days)
+
+
+def _build(warn_days: int, critical_days: int) -> Any:
     builder = (
         dash.Dashboard("SCVMM certificates")
         .uid(DASHBOARD_UID)

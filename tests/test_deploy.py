@@ -1,0 +1,389 @@
+"""deploy/: the example Prometheus, Alertmanager and docker-compose configurations.
+
+promtool and amtool check the configurations; a real Alertmanager proves the inhibit rules
+and the routes; the compose file is checked for what can be checked without a Docker engine
+(every file it mounts exists, and the paths inside the containers line up).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pytest
+import yaml
+
+from vmm_cert_exporter import dashboard, rules
+from vmm_cert_exporter.promstack import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+PROMETHEUS_YML = DEPLOY / "prometheus.yml"
+ALERTMANAGER_YML = DEPLOY / "alertmanager.yml"
+COMPOSE_YML = DEPLOY / "docker-compose.yml"
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name) or f"/usr/bin/{name}"
+    assert Path(path).exists(), f"{name} not found: install Debian's prometheus packages"
+    return path
+
+
+def run(*args: str, cwd: Path = DEPLOY) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        list(args),
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def load(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(path.read_text())
+    return data
+
+
+# ---- prometheus.yml ----------------------------------------------------------------------
+
+
+def test_promtool_checks_the_prometheus_config_and_its_rules() -> None:
+    res = run(tool("promtool"), "check", "config", "prometheus.yml")
+    assert res.returncode == 0, res.stdout
+    assert "SUCCESS: 1 rule files found" in res.stdout
+    assert f"SUCCESS: {len(rules.ALERT_NAMES)} rules found" in res.stdout
+
+
+def test_prometheus_config_scrapes_the_job_the_rules_expect() -> None:
+    config = load(PROMETHEUS_YML)
+    jobs = {j["job_name"]: j for j in config["scrape_configs"]}
+    job = jobs[rules.DEFAULT_JOB]
+    assert job["static_configs"][0]["targets"] == ["exporter:9868"]
+    assert [(DEPLOY / f).resolve() for f in config["rule_files"]] == [
+        ROOT / "alerts" / "vmm-certificates.rules.yml"
+    ]
+    targets = config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
+    assert targets == ["alertmanager:9093"]
+
+
+def test_a_broken_prometheus_config_fails(tmp_path: Path) -> None:
+    bad = PROMETHEUS_YML.read_text().replace("scrape_interval: 60s", "scrape_interval: soon", 1)
+    (tmp_path / "prometheus.yml").write_text(bad)
+    res = run(tool("promtool"), "check", "config", "prometheus.yml", cwd=tmp_path)
+    assert res.returncode != 0
+
+
+# ---- alertmanager.yml --------------------------------------------------------------------
+
+
+def test_amtool_checks_the_alertmanager_config() -> None:
+    res = run(tool("amtool"), "check-config", "alertmanager.yml")
+    assert res.returncode == 0, res.stdout
+    assert "SUCCESS" in res.stdout
+
+
+def test_a_broken_alertmanager_config_fails(tmp_path: Path) -> None:
+    bad = ALERTMANAGER_YML.read_text().replace("receiver: default", "receiver: nobody", 1)
+    (tmp_path / "alertmanager.yml").write_text(bad)
+    res = run(tool("amtool"), "check-config", "alertmanager.yml", cwd=tmp_path)
+    assert res.returncode != 0
+
+
+def routes_for(**labels: str) -> list[str]:
+    """The receivers an alert with ``labels`` goes to (amtool's routing, offline)."""
+    res = subprocess.run(
+        [
+            tool("amtool"),
+            "config",
+            "routes",
+            "test",
+            "--config.file=alertmanager.yml",
+            *(f"{k}={v}" for k, v in labels.items()),
+        ],
+        cwd=DEPLOY,
+        capture_output=True,  # amtool warns on stderr that --config.file wins over the URL
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res.stdout.strip().split(",")
+
+
+@pytest.mark.parametrize("alert", rules.ALERT_NAMES)
+def test_routes(alert: str) -> None:
+    severity = load(ROOT / "alerts" / "vmm-certificates.rules.yml")
+    found = {r["alert"]: r["labels"]["severity"] for g in severity["groups"] for r in g["rules"]}[
+        alert
+    ]
+    receivers = routes_for(alertname=alert, severity=found, host="hv01.lab.example")
+    # people by severity; the renewal receiver as well for the alerts a renewal fixes
+    expected = ["vmm-cert-renewal", found] if alert in rules.TRIGGER_ALERTS else [found]
+    assert receivers == expected
+
+
+def test_the_renewal_webhook() -> None:
+    config = load(ALERTMANAGER_YML)
+    receivers = {r["name"]: r for r in config["receivers"]}
+    hook = receivers["vmm-cert-renewal"]["webhook_configs"]
+    assert len(hook) == 1
+    assert hook[0]["url"] == "http://receiver:9869/alertmanager"
+    assert hook[0]["send_resolved"] is True
+    auth = hook[0]["http_config"]["authorization"]
+    assert auth["type"] == "Bearer" and auth["credentials_file"].startswith("/run/secrets/")
+    route = next(r for r in config["route"]["routes"] if r["receiver"] == "vmm-cert-renewal")
+    (matcher,) = route["matchers"]
+    assert matcher.startswith('alertname=~"') and matcher.endswith('"')
+    assert matcher[len('alertname=~"') : -1].split("|") == list(rules.TRIGGER_ALERTS)
+    assert route["continue"] is True
+
+
+def test_inhibit_rules_only_name_real_alerts() -> None:
+    text = ALERTMANAGER_YML.read_text()
+    for rule in load(ALERTMANAGER_YML)["inhibit_rules"]:
+        assert rule["equal"] == ["host"]
+        for matcher in rule["source_matchers"] + rule["target_matchers"]:
+            names = matcher.split("=", 1)[1].lstrip("~").strip('"').split("|")
+            assert set(names) <= set(rules.ALERT_NAMES), names
+    assert "VMMCertificate" in text
+
+
+@pytest.fixture
+def alertmanager(tmp_path: Path) -> Iterator[str]:
+    """A real Alertmanager on the deploy config, with short group timers (inhibition unchanged)."""
+    config = load(ALERTMANAGER_YML)
+    config["route"]["group_wait"] = "1s"
+    config["route"]["group_interval"] = "1s"
+    for route in config["route"]["routes"]:
+        route["group_wait"] = "1s"
+    (tmp_path / "am.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    log = (tmp_path / "am.log").open("w")
+    proc = subprocess.Popen(
+        [
+            tool("prometheus-alertmanager"),
+            f"--config.file={tmp_path / 'am.yml'}",
+            f"--storage.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            assert proc.poll() is None, (tmp_path / "am.log").read_text()
+            try:
+                with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "alertmanager did not become ready"
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def test_a_real_alertmanager_inhibits_per_host(alertmanager: str) -> None:
+    severity = {
+        "VMMCertificateExpiringSoon": "warning",
+        "VMMCertificateExpiringCritical": "critical",
+        "VMMCertificateExpired": "critical",
+    }
+    firing = {
+        "a": [
+            "VMMCertificateExpiringSoon",
+            "VMMCertificateExpiringCritical",
+            "VMMCertificateExpired",
+        ],
+        "b": ["VMMCertificateExpiringSoon", "VMMCertificateExpiringCritical"],
+        "c": ["VMMCertificateExpiringSoon"],
+        "d": ["VMMCertificateExpiringSoon", "VMMCertificateExpired"],
+        "e": ["VMMCertificateExpiringCritical"],  # does not silence another host's alerts
+    }
+    now = datetime.now(UTC)
+    alerts = [
+        {
+            "labels": {
+                "alertname": name,
+                "host": f"{host}.lab.example",
+                "severity": severity[name],
+            },
+            "startsAt": now.isoformat(),
+            "endsAt": (now + timedelta(minutes=10)).isoformat(),
+        }
+        for host, names in firing.items()
+        for name in names
+    ]
+    request = urllib.request.Request(
+        f"{alertmanager}/api/v2/alerts",
+        data=json.dumps(alerts).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        assert resp.status == 200
+
+    short = {
+        "VMMCertificateExpiringSoon": "soon",
+        "VMMCertificateExpiringCritical": "critical",
+        "VMMCertificateExpired": "expired",
+    }
+    expected_muted = {("a", "soon"), ("a", "critical"), ("b", "soon"), ("d", "soon")}
+    muted: set[tuple[str, str]] = set()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"{alertmanager}/api/v2/alerts", timeout=5) as resp:
+            got = json.load(resp)
+        assert len(got) == len(alerts)
+        muted = {
+            (a["labels"]["host"].split(".")[0], short[a["labels"]["alertname"]])
+            for a in got
+            if a["status"]["inhibitedBy"]
+        }
+        if muted == expected_muted:
+            break
+        time.sleep(0.2)
+    assert muted == expected_muted
+
+
+# ---- docker-compose.yml ------------------------------------------------------------------
+
+
+def compose() -> dict[str, Any]:
+    return load(COMPOSE_YML)
+
+
+def mounts(service: dict[str, Any]) -> list[tuple[str, str]]:
+    """(source, container path) of every volume entry of a service."""
+    found = []
+    for entry in service.get("volumes", []):
+        source, target = entry.split(":")[:2]
+        found.append((source, target))
+    return found
+
+
+def host_path(service: dict[str, Any], container_path: str) -> Path:
+    """Where a path inside the container comes from, through the service's bind mounts."""
+    target = PurePosixPath(container_path)
+    for source, mount in sorted(mounts(service), key=lambda m: -len(m[1])):
+        if source.startswith((".", "/")) and (
+            target == PurePosixPath(mount) or PurePosixPath(mount) in target.parents
+        ):
+            return (DEPLOY / source / target.relative_to(mount)).resolve()
+    raise AssertionError(f"{container_path} is not bind-mounted")
+
+
+def test_compose_has_the_whole_stack() -> None:
+    services = compose()["services"]
+    assert {"lab", "exporter", "prometheus", "alertmanager", "grafana"} <= set(services)
+
+
+def test_compose_references_existing_files() -> None:
+    data = compose()
+    checked = 0
+    for name, service in data["services"].items():
+        for source, _ in mounts(service):
+            if source.startswith((".", "/")):
+                assert (DEPLOY / source).exists(), f"{name}: {source}"
+                checked += 1
+            else:
+                assert source in data["volumes"], f"{name}: unknown volume {source}"
+        build = service.get("build")
+        if build:
+            context = DEPLOY / build["context"]
+            assert (context / build.get("dockerfile", "Dockerfile")).is_file()
+            assert (context / "pyproject.toml").is_file()
+    for secret in data["secrets"].values():
+        assert (DEPLOY / secret["file"]).is_file()
+    assert checked >= 6
+
+
+def test_compose_paths_line_up_inside_the_containers() -> None:
+    services = compose()["services"]
+    # Prometheus: its config, and the rules relative to it
+    prometheus = services["prometheus"]
+    config_arg = next(a for a in prometheus["command"] if a.startswith("--config.file="))
+    config_in_container = PurePosixPath(config_arg.split("=", 1)[1])
+    assert host_path(prometheus, str(config_in_container)) == PROMETHEUS_YML
+    for rule_file in load(PROMETHEUS_YML)["rule_files"]:
+        in_container = PurePosixPath(*_normalise(config_in_container.parent / rule_file).parts)
+        assert host_path(prometheus, str(in_container)) == (
+            ROOT / "alerts" / "vmm-certificates.rules.yml"
+        )
+    # Alertmanager: its config, and the secret its webhook reads
+    alertmanager = services["alertmanager"]
+    config_arg = next(a for a in alertmanager["command"] if a.startswith("--config.file="))
+    assert host_path(alertmanager, config_arg.split("=", 1)[1]) == ALERTMANAGER_YML
+    credentials = load(ALERTMANAGER_YML)["receivers"][-1]["webhook_configs"][0]["http_config"]
+    secret = PurePosixPath(credentials["authorization"]["credentials_file"])
+    assert secret.parent == PurePosixPath("/run/secrets")
+    assert secret.name in alertmanager["secrets"]
+    # Grafana: provisioning, the provider's path, the datasource, the home dashboard
+    grafana = services["grafana"]
+    assert host_path(grafana, "/etc/grafana/provisioning/datasources/prometheus.yaml") == (
+        ROOT / "grafana" / "provisioning" / "datasources" / "prometheus.yaml"
+    )
+    provider = load(ROOT / "grafana" / "provisioning" / "dashboards" / "vmm-certificates.yaml")
+    assert host_path(grafana, "/etc/grafana/provisioning/dashboards/vmm-certificates.yaml")
+    path = provider["providers"][0]["options"]["path"]
+    assert host_path(grafana, f"{path}/vmm-certificates.json") == (
+        ROOT / "grafana" / "dashboards" / "vmm-certificates.json"
+    )
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert host_path(grafana, home).is_file()
+    source = load(ROOT / "grafana" / "provisioning" / "datasources" / "prometheus.yaml")
+    (ds,) = source["datasources"]
+    assert ds["uid"] == dashboard.DATASOURCE_UID
+    assert ds["url"] == "http://prometheus:9090"
+    assert "9090:9090" in prometheus["ports"]
+
+
+def _normalise(path: PurePosixPath) -> PurePosixPath:
+    parts: list[str] = []
+    for part in path.parts:
+        if part == "..":
+            parts.pop()
+        else:
+            parts.append(part)
+    return PurePosixPath(*parts)
+
+
+def test_compose_runs_the_lab_on_loopback_and_the_exporter_beside_it() -> None:
+    services = compose()["services"]
+    lab, exporter = services["lab"], services["exporter"]
+    listen = lab["command"][lab["command"].index("--listen") + 1]
+    assert listen.startswith("127.0.0.1:")  # the lab refuses anything else
+    assert exporter["network_mode"] == "service:lab"
+    assert "exporter" in lab["networks"]["default"]["aliases"]  # Prometheus' target
+    assert "9868:9868" in lab["ports"]
+    # the exporter reads the configuration the lab writes, from the volume they share
+    written = lab["command"][lab["command"].index("--write-config") + 1]
+    read = exporter["command"][exporter["command"].index("--config") + 1]
+    assert written == read
+    (lab_volume,) = [s for s, t in mounts(lab) if PurePosixPath(written).is_relative_to(t)]
+    (exp_volume,) = [s for s, t in mounts(exporter) if PurePosixPath(read).is_relative_to(t)]
+    assert lab_volume == exp_volume
+    assert exporter["depends_on"]["lab"]["condition"] == "service_healthy"
+    assert exporter["command"][exporter["command"].index("--web.listen-address") + 1] == (
+        "0.0.0.0:9868"
+    )
