@@ -128,3 +128,9 @@ def test_serve_runs_and_stops_on_sigterm(lab: RunningLab, tmp_path: Path) -> Non
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_rules_with_another_runbook_base_url(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["rules", "--runbook-base-url", "https://wiki.example/rb/"]) == 0
+    out = capsys.readouterr().out
+    assert "runbook_url: https://wiki.example/rb/VMMCertificateExpired.md" in out

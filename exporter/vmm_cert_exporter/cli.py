@@ -102,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="prometheus",
         help="a Prometheus rule file, or a Kubernetes PrometheusRule manifest",
     )
+    p.add_argument(
+        "--runbook-base-url",
+        default=None,
+        metavar="URL",
+        help="where the runbooks are published (each alert links <URL><AlertName>.md)",
+    )
 
     p = sub.add_parser("demo", help="start the lab and the exporter against it, print the URLs")
     _add_logging(p)

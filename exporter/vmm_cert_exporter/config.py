@@ -47,12 +47,16 @@ __all__ = [
     "DEFAULT_ENDPOINT",
     "DEFAULT_LISTEN_ADDRESS",
     "DEFAULT_PORT",
+    "DEFAULT_RECEIVER_LISTEN_ADDRESS",
+    "RECEIVER_MODES",
     "ROLES",
     "TRANSPORTS",
     "CollectionConfig",
     "Config",
     "ConfigError",
     "HostConfig",
+    "MaintenanceWindow",
+    "ReceiverConfig",
     "StrictSafeLoader",
     "VmmServerConfig",
     "WebConfig",
@@ -81,6 +85,31 @@ FIELD_ROOT: Final = "(root)"  # the document as a whole
 
 # A configuration file is a few KiB; a huge one is a wrong path (or an attack on the parser).
 MAX_CONFIG_BYTES: Final = 1024 * 1024
+
+# The renewal receiver (issue 5): its own port, on loopback unless configured otherwise.
+DEFAULT_RECEIVER_PORT: Final = 9869
+DEFAULT_RECEIVER_LISTEN_ADDRESS: Final = f"127.0.0.1:{DEFAULT_RECEIVER_PORT}"
+DEFAULT_JOURNAL: Final = "/var/lib/vmm-cert-exporter/renewals.sqlite"
+RECEIVER_MODES: Final = ("dry-run", "execute")
+WEEKDAYS: Final = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+# Roles renewed unless allow_roles says otherwise: "other" is a computer VMM reports with a
+# role we do not know, and nothing should be changed on it without someone deciding so.
+DEFAULT_ALLOW_ROLES: Final = ("vmm_server", "hyperv_host", "library_server")
+# Alerts that a renewal cannot fix: acting on them would renew healthy certificates (a
+# collection failure is not a certificate problem) or loop on the receiver's own failure.
+NOT_TRIGGERS: Final = (
+    "VMMCertificateCollectionFailing",
+    "VMMCertificateExporterDown",
+    "VMMCertificateRenewalFailed",
+)
+_ALERTNAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_GLOB_RE = re.compile(r"[A-Za-z0-9.*?\[\]!-]+")
+_CLOCK_RE = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])|24:00")
+MAX_BODY_RANGE: Final = (1024, 64 * 1024 * 1024)
+STEP_TIMEOUT_RANGE: Final = (10.0, 6 * 3600.0)
+BACKOFF_RANGE: Final = (1.0, 30 * 86400.0)
+COOLDOWN_RANGE: Final = (0.0, 30 * 86400.0)
+MIN_VALIDITY_RANGE: Final = (86400.0, 20 * 365 * 86400.0)
 
 TIMEOUT_RANGE: Final = (1.0, 3600.0)
 INTERVAL_RANGE: Final = (10.0, 86400.0)
@@ -137,6 +166,54 @@ class WebConfig:
 
 
 @dataclass(frozen=True)
+class MaintenanceWindow:
+    """Renewals may start on ``weekdays`` between ``start`` and ``end`` (minutes after local
+    midnight in ``timezone``). ``end <= start`` wraps past midnight: the window belongs to the
+    day it starts on. Weekdays are 0 (Monday) to 6 (Sunday), as ``datetime.weekday()``."""
+
+    weekdays: tuple[int, ...]
+    start: int
+    end: int
+    timezone: str = "UTC"
+
+
+@dataclass(frozen=True)
+class ReceiverConfig:
+    """The ``receiver:`` section: the renewal receiver (docs/renewal.md)."""
+
+    run_as_account: str
+    listen_address: str = DEFAULT_RECEIVER_LISTEN_ADDRESS
+    bearer_token: Secret | None = None
+    basic_auth_username: str | None = None
+    basic_auth_password: Secret | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_client_ca_file: str | None = None
+    max_request_bytes: int = 1024 * 1024
+    mode: str = "dry-run"
+    trigger_alerts: tuple[str, ...] = ()
+    allow_hosts: tuple[str, ...] = ("*",)
+    deny_hosts: tuple[str, ...] = ()
+    allow_roles: tuple[str, ...] = DEFAULT_ALLOW_ROLES
+    max_concurrent: int = 1
+    max_concurrent_per_vmm_server: int = 1
+    min_validity: float = 365 * 86400.0
+    cooldown: float = 6 * 3600.0
+    backoff_initial: float = 3600.0
+    backoff_max: float = 32 * 3600.0
+    max_attempts: int = 8
+    require_approval: bool = False
+    maintenance_windows: tuple[MaintenanceWindow, ...] = ()
+    pause_file: str | None = None
+    journal: str = DEFAULT_JOURNAL
+    step_timeout: float = 600.0
+
+    @property
+    def execute(self) -> bool:
+        return self.mode == "execute"
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     winrm: WinRMConfig
@@ -144,6 +221,7 @@ class Config:
     hosts: tuple[HostConfig, ...]
     collection: CollectionConfig
     web: WebConfig
+    receiver: ReceiverConfig | None = None
 
     def summary(self) -> str:
         return (

@@ -86,6 +86,7 @@ def _spawn(name: str, argv: list[str], workdir: Path, url: str) -> Process:
 def start_prometheus(config_file: Path, workdir: Path, port: int | None = None) -> Process:
     """Start Prometheus with ``config_file``; data under ``workdir``; returns when ready."""
     port = port or free_port()
+    workdir, config_file = workdir.resolve(), config_file.resolve()
     data = workdir / "prometheus-data"
     data.mkdir(parents=True, exist_ok=True)
     argv = [
@@ -108,6 +109,7 @@ def start_prometheus(config_file: Path, workdir: Path, port: int | None = None) 
 def start_alertmanager(config_file: Path, workdir: Path, port: int | None = None) -> Process:
     """Start Alertmanager (clustering off) with ``config_file``; returns when ready."""
     port = port or free_port()
+    workdir, config_file = workdir.resolve(), config_file.resolve()
     data = workdir / "alertmanager-data"
     data.mkdir(parents=True, exist_ok=True)
     argv = [
