@@ -57,6 +57,9 @@ demo: venv tools
 	$(BIN)/vmm-cert-exporter demo
 
 bench: venv tools
+	$(BIN)/pip install -q -e '.[test,bench]'
+	@command -v prometheus-blackbox-exporter >/dev/null 2>&1 || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus-blackbox-exporter; }
 	$(BIN)/python -m bench
 
 clean:
