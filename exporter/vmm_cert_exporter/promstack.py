@@ -83,47 +83,36 @@ def _spawn(name: str, argv: list[str], workdir: Path, url: str) -> Process:
     return Process(name=name, url=url, proc=proc, log_path=log_path)
 
 
-def start_prometheus(config_file: Path, workdir: Path, port: int | None = None) -> Process:
-    """Start Prometheus with ``config_file``; data under ``workdir``; returns when ready."""
+def _start(
+    name: str, binary: str, flags: list[str], config_file: Path, workdir: Path, port: int | None
+) -> Process:
     port = port or free_port()
     workdir, config_file = workdir.resolve(), config_file.resolve()
-    data = workdir / "prometheus-data"
+    data = workdir / f"{name}-data"
     data.mkdir(parents=True, exist_ok=True)
     argv = [
-        find_binary(PROMETHEUS),
+        find_binary(binary),
         f"--config.file={config_file}",
-        f"--storage.tsdb.path={data}",
         f"--web.listen-address=127.0.0.1:{port}",
-        "--web.enable-lifecycle",
         "--log.level=warn",
+        *(flag.format(data=data) for flag in flags),
     ]
-    process = _spawn("prometheus", argv, workdir, f"http://127.0.0.1:{port}")
+    process = _spawn(name, argv, workdir, f"http://127.0.0.1:{port}")
     try:
         process.wait_ready("/-/ready")
     except BaseException:
         process.stop()
         raise
     return process
+
+
+def start_prometheus(config_file: Path, workdir: Path, port: int | None = None) -> Process:
+    """Start Prometheus with ``config_file``; data under ``workdir``; returns when ready."""
+    flags = ["--storage.tsdb.path={data}", "--web.enable-lifecycle"]
+    return _start("prometheus", PROMETHEUS, flags, config_file, workdir, port)
 
 
 def start_alertmanager(config_file: Path, workdir: Path, port: int | None = None) -> Process:
     """Start Alertmanager (clustering off) with ``config_file``; returns when ready."""
-    port = port or free_port()
-    workdir, config_file = workdir.resolve(), config_file.resolve()
-    data = workdir / "alertmanager-data"
-    data.mkdir(parents=True, exist_ok=True)
-    argv = [
-        find_binary(ALERTMANAGER),
-        f"--config.file={config_file}",
-        f"--storage.path={data}",
-        f"--web.listen-address=127.0.0.1:{port}",
-        "--cluster.listen-address=",
-        "--log.level=warn",
-    ]
-    process = _spawn("alertmanager", argv, workdir, f"http://127.0.0.1:{port}")
-    try:
-        process.wait_ready("/-/ready")
-    except BaseException:
-        process.stop()
-        raise
-    return process
+    flags = ["--storage.path={data}", "--cluster.listen-address="]
+    return _start("alertmanager", ALERTMANAGER, flags, config_file, workdir, port)
