@@ -40,6 +40,11 @@ METRICS = {
     "vmm_cert_exporter_hosts",
     "vmm_cert_exporter_build_info",
     "vmm_cert_exporter_refresh_interval_seconds",
+    # the renewal receiver's own
+    "vmm_renewal_jobs_total",
+    "vmm_renewal_jobs_in_progress",
+    "vmm_renewal_last_success_timestamp_seconds",
+    "vmm_receiver_webhooks_total",
 }
 
 
@@ -129,7 +134,9 @@ def test_the_required_panels_are_there() -> None:
         "Missing",
         "Not trusted",
         "Collection failing",
+        "Renewals running",  # the Renewals row, last
     ]
+    assert "Renewal jobs finished, by procedure and result" in titles
     by_title = {p["title"]: p for p in panels(data)}
     computers = by_title["Computers by days left"]
     assert computers["type"] == "table"
@@ -304,6 +311,29 @@ def fleet_series() -> list[dict[str, str]]:
     add("vmm_cert_exporter_refresh_duration_seconds_count", "", "0+1x120")
     add("vmm_cert_exporter_refresh_interval_seconds", "", "900x120")
     add("up", "", "1x120")
+    # the renewal receiver, scraped as another job
+    receiver = 'instance="r:9869",job="vmm-cert-receiver"'
+    series.append({"series": f"vmm_renewal_jobs_in_progress{{{receiver}}}", "values": "1x120"})
+    series.append(
+        {
+            "series": "vmm_renewal_jobs_total"
+            f'{{{receiver},procedure="remove-register",result="succeeded"}}',
+            "values": "0+1x120",
+        }
+    )
+    series.append(
+        {
+            "series": "vmm_renewal_last_success_timestamp_seconds"
+            f'{{{receiver},host="hv36.lab.example"}}',
+            "values": "1767225600x120",
+        }
+    )
+    series.append(
+        {
+            "series": f'vmm_receiver_webhooks_total{{{receiver},outcome="accepted"}}',
+            "values": "0+1x120",
+        }
+    )
     return series
 
 

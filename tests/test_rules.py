@@ -38,6 +38,7 @@ CONTRACT = {
     "VMMCertificateDuplicate": "warning",
     "VMMCertificateCollectionFailing": "warning",
     "VMMCertificateExporterDown": "critical",
+    "VMMCertificateRenewalFailed": "warning",
 }
 PER_HOST = set(CONTRACT) - {"VMMCertificateExporterDown"}
 

@@ -22,6 +22,9 @@ _HANDLERS: dict[str, tuple[str, str]] = {
     "print-script": ("vmm_cert_exporter.powershell", "print_script_command"),
     "demo": ("vmm_cert_exporter.demo", "run"),
     "rules": ("vmm_cert_exporter.rules", "rules_command"),
+    "receiver": ("vmm_cert_exporter.receiver.commands", "receiver_command"),
+    "renew": ("vmm_cert_exporter.receiver.commands", "renew_command"),
+    "jobs": ("vmm_cert_exporter.receiver.commands", "jobs_command"),
 }
 
 
@@ -46,6 +49,30 @@ def _add_logging(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_shard(p: argparse.ArgumentParser) -> None:
+    from vmm_cert_exporter.sharding import shard_argument
+
+    p.add_argument(
+        "--shard",
+        type=shard_argument,
+        default=None,
+        metavar="K/N",
+        help="read only shard K (0-based) of N: N exporters split the fleet by a hash of "
+        "each FQDN, with no overlap and no gap (docs/scaling.md)",
+    )
+
+
+def _add_web_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        default=None,
+        metavar="FILE",
+        help="exporter-toolkit web configuration (TLS, client certificates, basic auth); "
+        "see docs/security.md",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vmm-cert-exporter",
@@ -63,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ADDR",
         help="address to listen on (overrides web.listen_address; default :9868)",
     )
+    _add_web_config(p)
+    _add_shard(p)
     _add_logging(p)
 
     p = sub.add_parser("check", help="one refresh, a table, exit 0 ok / 1 warning / 2 critical")
@@ -70,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warn-days", type=float, default=30.0, metavar="N")
     p.add_argument("--critical-days", type=float, default=7.0, metavar="M")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_shard(p)
     _add_logging(p)
 
     p = sub.add_parser("check-config", help="validate a configuration file and exit")
@@ -108,6 +138,38 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="where the runbooks are published (each alert links <URL><AlertName>.md)",
     )
+
+    p = sub.add_parser(
+        "receiver", help="the renewal receiver: Alertmanager webhook -> guarded renewals"
+    )
+    _add_config(p)
+    p.add_argument(
+        "--web.listen-address",
+        dest="listen_address",
+        default=None,
+        metavar="ADDR",
+        help="address to listen on (overrides receiver.listen_address; default 127.0.0.1:9869)",
+    )
+    _add_logging(p)
+
+    p = sub.add_parser(
+        "renew", help="renew one host's certificate by hand (a dry run unless --execute)"
+    )
+    _add_config(p)
+    p.add_argument("--host", required=True, metavar="FQDN", help="the computer to renew")
+    p.add_argument(
+        "--execute",
+        action="store_true",
+        help="change the host (default: print the plan and the exact PowerShell only)",
+    )
+    _add_logging(p)
+
+    p = sub.add_parser("jobs", help="list the renewal journal")
+    _add_config(p)
+    p.add_argument("--host", default=None, metavar="FQDN", help="only this host's jobs")
+    p.add_argument("--status", default=None, metavar="STATUS", help="only jobs in STATUS")
+    p.add_argument("--limit", type=int, default=50, metavar="N", help="newest N jobs (50)")
+    p.add_argument("--json", action="store_true", help="JSON with every job's steps")
 
     p = sub.add_parser("demo", help="start the lab and the exporter against it, print the URLs")
     _add_logging(p)

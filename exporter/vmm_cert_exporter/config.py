@@ -21,6 +21,7 @@ import ipaddress
 import os
 import re
 import sys
+import zoneinfo
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -34,6 +35,8 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from vmm_cert_exporter.durations import EXAMPLES as DURATION_EXAMPLES
 from vmm_cert_exporter.durations import format_duration, parse_duration
+from vmm_cert_exporter.powershell import validate_params
+from vmm_cert_exporter.rules import TRIGGER_ALERTS as DEFAULT_TRIGGER_ALERTS
 from vmm_cert_exporter.secrets import (
     Secret,
     SecretError,
@@ -48,6 +51,8 @@ __all__ = [
     "DEFAULT_LISTEN_ADDRESS",
     "DEFAULT_PORT",
     "DEFAULT_RECEIVER_LISTEN_ADDRESS",
+    "DEFAULT_TLS_PORT",
+    "METHODS",
     "RECEIVER_MODES",
     "ROLES",
     "TRANSPORTS",
@@ -58,6 +63,7 @@ __all__ = [
     "MaintenanceWindow",
     "ReceiverConfig",
     "StrictSafeLoader",
+    "TlsConfig",
     "VmmServerConfig",
     "WebConfig",
     "WinRMConfig",
@@ -112,6 +118,12 @@ COOLDOWN_RANGE: Final = (0.0, 30 * 86400.0)
 MIN_VALIDITY_RANGE: Final = (86400.0, 20 * 365 * 86400.0)
 
 TIMEOUT_RANGE: Final = (1.0, 3600.0)
+# How a computer is read (issue 6): its store over WinRM, or the certificate its TLS listener
+# presents (sources/tls.py). The TLS probe's own deadline defaults to less than WinRM's.
+METHODS: Final = ("winrm", "tls")
+DEFAULT_TLS_PORT: Final = 443
+DEFAULT_TLS_ADDRESS: Final = "{host}"
+DEFAULT_TLS_TIMEOUT: Final = 10.0
 INTERVAL_RANGE: Final = (10.0, 86400.0)
 CONCURRENCY_RANGE: Final = (1, 1024)
 
@@ -146,12 +158,14 @@ class WinRMConfig:
 class VmmServerConfig:
     host: str
     discover: bool = True
+    discovered_method: str = "winrm"  # how the computers it reports are read
 
 
 @dataclass(frozen=True)
 class HostConfig:
     host: str
     role: str = "hyperv_host"
+    method: str = "winrm"
 
 
 @dataclass(frozen=True)
@@ -163,6 +177,18 @@ class CollectionConfig:
 @dataclass(frozen=True)
 class WebConfig:
     listen_address: str = DEFAULT_LISTEN_ADDRESS
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """The ``tls:`` section: how ``method: tls`` computers are read (sources/tls.py)."""
+
+    address: str = DEFAULT_TLS_ADDRESS  # where to connect; {host} is the FQDN (also the SNI)
+    port: int = DEFAULT_TLS_PORT
+    timeout: float = DEFAULT_TLS_TIMEOUT  # hard deadline per computer: connect + handshake
+
+    def address_for(self, host: str) -> str:
+        return self.address.replace("{host}", host)
 
 
 @dataclass(frozen=True)
@@ -222,13 +248,17 @@ class Config:
     collection: CollectionConfig
     web: WebConfig
     receiver: ReceiverConfig | None = None
+    tls: TlsConfig = TlsConfig()
 
     def summary(self) -> str:
-        return (
+        text = (
             f"{len(self.hosts)} static hosts, {len(self.vmm_servers)} VMM servers, "
             f"interval {format_duration(self.collection.interval)}, "
             f"concurrency {self.collection.concurrency}"
         )
+        if self.receiver is not None:
+            text += f", receiver in {self.receiver.mode} mode"
+        return text
 
 
 class ConfigError(Exception):
@@ -987,11 +1017,17 @@ def _password(ctx: _Ctx, section: _Map, transport: str, needed: bool) -> Secret 
 def _parse_server_list(ctx: _Ctx, at: _At) -> tuple[VmmServerConfig, ...]:
     servers = []
     for item in _list(ctx, at):
-        entry = _Map(ctx, item, allowed=("host", "discover"), null_ok=False)
+        entry = _Map(ctx, item, allowed=("host", "discover", "discovered_method"), null_ok=False)
+        discover = _bool(ctx, entry.get("discover"), True)
+        method_at = entry.get("discovered_method")
+        method = _choice(ctx, method_at, METHODS, "winrm")
+        if method != "winrm" and not discover:
+            ctx.fail_at(method_at, "only used with discover: true (no computers are reported)")
         servers.append(
             VmmServerConfig(
                 host=_fqdn(ctx, entry.get("host")),
-                discover=_bool(ctx, entry.get("discover"), True),
+                discover=discover,
+                discovered_method=method,
             )
         )
     return tuple(servers)
@@ -1000,11 +1036,12 @@ def _parse_server_list(ctx: _Ctx, at: _At) -> tuple[VmmServerConfig, ...]:
 def _parse_hosts(ctx: _Ctx, at: _At) -> tuple[HostConfig, ...]:
     hosts = []
     for item in _list(ctx, at):
-        entry = _Map(ctx, item, allowed=("host", "role"), null_ok=False)
+        entry = _Map(ctx, item, allowed=("host", "role", "method"), null_ok=False)
         hosts.append(
             HostConfig(
                 host=_fqdn(ctx, entry.get("host")),
                 role=_choice(ctx, entry.get("role"), ROLES, "hyperv_host"),
+                method=_choice(ctx, entry.get("method"), METHODS, "winrm"),
             )
         )
     return tuple(hosts)
@@ -1029,6 +1066,357 @@ def _parse_web(ctx: _Ctx, at: _At) -> WebConfig:
     return WebConfig(listen_address=address)
 
 
+def _parse_tls(ctx: _Ctx, at: _At) -> TlsConfig:
+    # the agentless TLS source (issue 6): used by computers with method: tls
+    section = _Map(ctx, at, allowed=("address", "port", "timeout"))
+    address_at = section.get("address")
+    address = _string(ctx, address_at, DEFAULT_TLS_ADDRESS, what="a host name or IP template")
+    if address.count("{host}") > 1:
+        ctx.fail_at(address_at, f"{{host}} may appear at most once, got {_short(address)}")
+    sample = address.replace("{host}", "hv01.corp.example")
+    literal = sample[1:-1] if sample.startswith("[") and sample.endswith("]") else sample
+    try:
+        ipaddress.ip_address(literal)
+    except ValueError:
+        if _HOSTNAME_RE.fullmatch(sample) is None or len(sample) > 253:
+            ctx.fail_at(
+                address_at,
+                "expected a host name or IP address to connect to, optionally with {host} "
+                f"(the computer's FQDN), e.g. {{host}} or {{host}}.mgmt.corp.example; got "
+                f"{_short(address)} (the port is set with tls.port)",
+            )
+    else:
+        address = literal if "{host}" not in address else address
+    return TlsConfig(
+        address=address,
+        port=_int(ctx, section.get("port"), DEFAULT_TLS_PORT, 1, 65535),
+        timeout=_duration(ctx, section.get("timeout"), DEFAULT_TLS_TIMEOUT, *TIMEOUT_RANGE),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# receiver: the renewal receiver (issue 5, docs/renewal.md)
+
+_RECEIVER_KEYS: Final = (
+    "listen_address",
+    "bearer_token_file",
+    "bearer_token_env",
+    "basic_auth",
+    "tls",
+    "max_request_bytes",
+    "mode",
+    "run_as_account",
+    "trigger_alerts",
+    "allow_hosts",
+    "deny_hosts",
+    "allow_roles",
+    "max_concurrent",
+    "max_concurrent_per_vmm_server",
+    "min_validity",
+    "cooldown",
+    "backoff_initial",
+    "backoff_max",
+    "max_attempts",
+    "require_approval",
+    "maintenance_windows",
+    "pause_file",
+    "journal",
+    "step_timeout",
+)
+
+
+def _parse_receiver(ctx: _Ctx, at: _At) -> ReceiverConfig | None:
+    # `receiver:` with nothing under it is YAML null: no receiver, like a missing section
+    # (the receiver command then says the section is needed).
+    if at.value is None:
+        return None
+    section = _Map(ctx, at, allowed=_RECEIVER_KEYS, null_ok=False)
+
+    address_at = section.get("listen_address")
+    address = _string(ctx, address_at, DEFAULT_RECEIVER_LISTEN_ADDRESS, what="host:port")
+    try:
+        parse_listen_address(address)
+    except ValueError as exc:
+        ctx.fail_at(address_at, str(exc))
+
+    bearer = _secret(ctx, section, "bearer_token_file", "bearer_token_env", what="bearer token")
+    basic_user, basic_password = _basic_auth(ctx, section.get("basic_auth"))
+    if bearer is None and basic_user is None:
+        ctx.fail(
+            f"{at.path}.bearer_token_file",
+            section.at.line,
+            "the receiver changes production hosts and never runs without authentication: "
+            "set bearer_token_file (or bearer_token_env) and/or basic_auth, and give "
+            "Alertmanager's webhook http_config the same credentials",
+        )
+    tls_cert, tls_key, tls_ca = _receiver_tls(ctx, section.get("tls"))
+
+    run_as_at = section.get("run_as_account")
+    run_as = _string(ctx, run_as_at, what="the name of a VMM Run As account")
+    try:
+        validate_params(
+            "register-managed-computer",
+            {"computer": "host.invalid", "run_as_account": run_as},
+        )
+    except ValueError as exc:
+        ctx.fail_at(run_as_at, str(exc).split(": ", 2)[-1])
+
+    mode = _choice(ctx, section.get("mode"), RECEIVER_MODES, "dry-run")
+    triggers = _alert_names(ctx, section.get("trigger_alerts"))
+    allow_hosts = _globs(ctx, section.get("allow_hosts"), ("*",))
+    deny_hosts = _globs(ctx, section.get("deny_hosts"), ())
+    allow_roles = _roles(ctx, section.get("allow_roles"))
+
+    max_concurrent = _int(ctx, section.get("max_concurrent"), 1, 1, 64)
+    per_server_at = section.get("max_concurrent_per_vmm_server")
+    per_server = _int(ctx, per_server_at, min(max_concurrent, 1), 1, 64)
+    if per_server > max_concurrent:
+        ctx.fail_at(
+            per_server_at,
+            f"cannot exceed max_concurrent ({max_concurrent}), the limit over all VMM servers",
+        )
+    backoff_initial = _duration(ctx, section.get("backoff_initial"), 3600.0, *BACKOFF_RANGE)
+    backoff_max_at = section.get("backoff_max")
+    backoff_max = _duration(ctx, backoff_max_at, 32 * 3600.0, *BACKOFF_RANGE)
+    if backoff_max < backoff_initial:
+        ctx.fail_at(
+            backoff_max_at,
+            f"must be at least backoff_initial ({format_duration(backoff_initial)}): the delay "
+            "doubles from backoff_initial up to backoff_max",
+        )
+    journal_at = section.get("journal")
+    return ReceiverConfig(
+        run_as_account=run_as,
+        listen_address=address,
+        bearer_token=bearer,
+        basic_auth_username=basic_user,
+        basic_auth_password=basic_password,
+        tls_cert_file=tls_cert,
+        tls_key_file=tls_key,
+        tls_client_ca_file=tls_ca,
+        max_request_bytes=_int(ctx, section.get("max_request_bytes"), 1024 * 1024, *MAX_BODY_RANGE),
+        mode=mode,
+        trigger_alerts=triggers,
+        allow_hosts=allow_hosts,
+        deny_hosts=deny_hosts,
+        allow_roles=allow_roles,
+        max_concurrent=max_concurrent,
+        max_concurrent_per_vmm_server=per_server,
+        min_validity=_duration(
+            ctx, section.get("min_validity"), 365 * 86400.0, *MIN_VALIDITY_RANGE
+        ),
+        cooldown=_duration(ctx, section.get("cooldown"), 6 * 3600.0, *COOLDOWN_RANGE),
+        backoff_initial=backoff_initial,
+        backoff_max=backoff_max,
+        max_attempts=_int(ctx, section.get("max_attempts"), 8, 1, 100),
+        require_approval=_bool(ctx, section.get("require_approval"), False),
+        maintenance_windows=_windows(ctx, section.get("maintenance_windows")),
+        pause_file=_optional_new_file(ctx, section.get("pause_file"), what="pause file"),
+        journal=_new_file(ctx, journal_at, DEFAULT_JOURNAL, what="journal"),
+        step_timeout=_duration(ctx, section.get("step_timeout"), 600.0, *STEP_TIMEOUT_RANGE),
+    )
+
+
+def _secret(ctx: _Ctx, section: _Map, file_key: str, env_key: str, *, what: str) -> Secret | None:
+    """An optional secret from ``file_key`` (a path) or ``env_key`` (a variable name).
+
+    Like the WinRM password: values under these keys are never echoed in errors.
+    """
+    file_at, env_at = section.get(file_key), section.get(env_key)
+    if file_at.value is not None and env_at.value is not None:
+        ctx.fail_at(env_at, f"give exactly one of {file_key} and {env_key}, not both")
+    if file_at.value is not None:
+        raw = file_at.value
+        if not isinstance(raw, str) or raw.strip() == "":
+            ctx.fail_at(
+                file_at,
+                f"expected the path of a file holding only the {what}, "
+                f"got {_describe(raw, redact=True)}",
+            )
+        path = Path(raw).expanduser()
+        note = ""
+        if not path.is_absolute():
+            path = ctx.base_dir / path
+            note = (
+                f" (relative paths are resolved from the configuration's directory {ctx.base_dir})"
+            )
+        try:
+            return read_secret_file(path)
+        except SecretError as exc:
+            ctx.fail_at(file_at, f"the {what} file {exc}{note}")
+    if env_at.value is not None:
+        name = env_at.value
+        if not isinstance(name, str) or not is_env_var_name(name):
+            ctx.fail_at(
+                env_at,
+                f"expected the NAME of an environment variable holding the {what} (letters, "
+                f"digits, underscores; not the {what} itself), got {_describe(name, redact=True)}",
+            )
+        try:
+            return read_secret_env(name, ctx.environ)
+        except SecretError as exc:
+            ctx.fail_at(env_at, f"the environment variable named here {exc}")
+    return None
+
+
+def _basic_auth(ctx: _Ctx, at: _At) -> tuple[str | None, Secret | None]:
+    if at.value is None:
+        return None, None
+    section = _Map(ctx, at, allowed=("username", "password_file", "password_env"), null_ok=False)
+    username_at = section.get("username")
+    username = _string(ctx, username_at, what="the user name Alertmanager sends")
+    if ":" in username:
+        # RFC 7617: the user-id cannot contain a colon (it separates user and password).
+        ctx.fail_at(username_at, "a basic auth user name cannot contain ':'")
+    password = _secret(ctx, section, "password_file", "password_env", what="password")
+    if password is None:
+        ctx.fail(
+            f"{at.path}.password_file",
+            at.line,
+            "basic_auth needs a password: set password_file (a file holding only the "
+            "password) or password_env (the name of an environment variable)",
+        )
+    return username, password
+
+
+def _receiver_tls(ctx: _Ctx, at: _At) -> tuple[str | None, str | None, str | None]:
+    if at.value is None:
+        return None, None, None
+    section = _Map(ctx, at, allowed=("cert_file", "key_file", "client_ca_file"), null_ok=False)
+    for key in ("cert_file", "key_file"):
+        if not section.has(key):
+            ctx.fail_at(section.get(key), "required when tls is set: expected a PEM file path")
+    cert = _path(ctx, section.get("cert_file"), what="TLS certificate")
+    key = _path(ctx, section.get("key_file"), what="TLS private key")
+    warn_if_readable_by_others(key)
+    ca_at = section.get("client_ca_file")
+    ca = None if ca_at.value is None else _path(ctx, ca_at, what="client CA bundle")
+    return cert, key, ca
+
+
+def _alert_names(ctx: _Ctx, at: _At) -> tuple[str, ...]:
+    if at.value is None:
+        return tuple(DEFAULT_TRIGGER_ALERTS)
+    items = _list(ctx, at)
+    if not items:
+        ctx.fail_at(at, "expected at least one alert name (leave the key out for the default)")
+    names: list[str] = []
+    for item in items:
+        name = _string(ctx, item, what="an alert name")
+        if _ALERTNAME_RE.fullmatch(name) is None:
+            ctx.fail_at(item, f"expected an alert name (letters, digits, _), got {_short(name)}")
+        if name in NOT_TRIGGERS:
+            ctx.fail_at(
+                item,
+                f"{name} cannot trigger a renewal: a renewal does not fix what it reports",
+            )
+        if name in names:
+            ctx.fail_at(item, f"{name} is listed twice")
+        names.append(name)
+    return tuple(names)
+
+
+def _globs(ctx: _Ctx, at: _At, default: tuple[str, ...]) -> tuple[str, ...]:
+    if at.value is None:
+        return default
+    patterns: list[str] = []
+    for item in _list(ctx, at):
+        pattern = _string(ctx, item, what="a host name pattern")
+        if _GLOB_RE.fullmatch(pattern) is None:
+            ctx.fail_at(
+                item,
+                "expected a glob pattern on the FQDN (letters, digits, '.', '-', and the "
+                f"wildcards * ? [...]), got {_short(pattern)}",
+            )
+        patterns.append(pattern)
+    return tuple(patterns)
+
+
+def _roles(ctx: _Ctx, at: _At) -> tuple[str, ...]:
+    if at.value is None:
+        return DEFAULT_ALLOW_ROLES
+    roles: list[str] = []
+    for item in _list(ctx, at):
+        role = _choice(ctx, item, ROLES, "")
+        if role in roles:
+            ctx.fail_at(item, f"{role} is listed twice")
+        roles.append(role)
+    return tuple(roles)
+
+
+def _clock_time(ctx: _Ctx, at: _At) -> int:
+    text = _string(ctx, at, what='a time of day as "HH:MM" (24-hour, quoted)')
+    match = _CLOCK_RE.fullmatch(text)
+    if match is None:
+        ctx.fail_at(
+            at, f'expected a time of day as "HH:MM" from 00:00 to 24:00, got {_short(text)}'
+        )
+    if text == "24:00":
+        return 24 * 60
+    return int(match.group(1)) * 60 + int(match.group(2))
+
+
+def _windows(ctx: _Ctx, at: _At) -> tuple[MaintenanceWindow, ...]:
+    windows: list[MaintenanceWindow] = []
+    for item in _list(ctx, at):
+        entry = _Map(ctx, item, allowed=("weekdays", "start", "end", "timezone"), null_ok=False)
+        days_at = entry.get("weekdays")
+        days: list[int] = []
+        if days_at.value is None:
+            days = list(range(7))
+        else:
+            day_items = _list(ctx, days_at)
+            if not day_items:
+                ctx.fail_at(days_at, "expected at least one weekday (leave it out for every day)")
+            for day_at in day_items:
+                day = _choice(ctx, day_at, WEEKDAYS, "")
+                if WEEKDAYS.index(day) in days:
+                    ctx.fail_at(day_at, f"{day} is listed twice")
+                days.append(WEEKDAYS.index(day))
+        for key in ("start", "end"):
+            if not entry.has(key):
+                ctx.fail_at(entry.get(key), 'required: expected a time of day as "HH:MM"')
+        start = _clock_time(ctx, entry.get("start"))
+        end_at = entry.get("end")
+        end = _clock_time(ctx, end_at)
+        if start == end:
+            ctx.fail_at(end_at, "start and end are equal: the window would be empty")
+        if start == 24 * 60:
+            ctx.fail_at(entry.get("start"), "a window cannot start at 24:00; use 00:00")
+        zone_at = entry.get("timezone")
+        zone = _string(ctx, zone_at, "UTC", what="an IANA time zone such as Europe/Berlin")
+        try:
+            zoneinfo.ZoneInfo(zone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            ctx.fail_at(
+                zone_at,
+                f"expected an IANA time zone such as Europe/Berlin or UTC, got {_short(zone)}",
+            )
+        windows.append(MaintenanceWindow(tuple(sorted(days)), start, end, zone))
+    return tuple(windows)
+
+
+def _optional_new_file(ctx: _Ctx, at: _At, *, what: str) -> str | None:
+    return None if at.value is None else _new_file(ctx, at, None, what=what)
+
+
+def _new_file(ctx: _Ctx, at: _At, default: str | None, *, what: str) -> str:
+    """A file the receiver creates: its directory must exist (the file need not)."""
+    text = _string(ctx, at, default, what=f"the path of the {what}")
+    path = Path(text).expanduser()
+    if not path.is_absolute():
+        path = ctx.base_dir / path
+    if path.is_dir():
+        ctx.fail_at(at, f"the {what} {path} is a directory; expected a file path")
+    if not path.parent.is_dir():
+        ctx.fail_at(
+            at,
+            f"the directory of the {what} ({path.parent}) does not exist; create it "
+            "(writable by the receiver) or set another path",
+        )
+    return str(path)
+
+
 def _check_unique_hosts(ctx: _Ctx, top: _Map, values: Mapping[str, object]) -> None:
     # One computer listed twice would be collected twice and published as duplicate series.
     seen: dict[str, str] = {}
@@ -1036,7 +1424,11 @@ def _check_unique_hosts(ctx: _Ctx, top: _Map, values: Mapping[str, object]) -> N
         entries = cast(Sequence[VmmServerConfig | HostConfig], values[section])
         items = _list(ctx, top.get(section))
         for index, entry in enumerate(entries):
-            host_at = _Map(ctx, items[index], allowed=("host", "discover", "role")).get("host")
+            host_at = _Map(
+                ctx,
+                items[index],
+                allowed=("host", "discover", "discovered_method", "role", "method"),
+            ).get("host")
             first = seen.get(entry.host.lower())
             if first is not None:
                 ctx.fail_at(
@@ -1075,6 +1467,8 @@ _SECTIONS: Final[dict[str, _SectionSpec]] = {
     "hosts": _SectionSpec(_parse_hosts),
     "collection": _SectionSpec(_parse_collection),
     "web": _SectionSpec(_parse_web),
+    "receiver": _SectionSpec(_parse_receiver),
+    "tls": _SectionSpec(_parse_tls),
 }
 
 _CROSS_CHECKS: Final[tuple[Callable[[_Ctx, _Map, Mapping[str, object]], None], ...]] = (

@@ -501,6 +501,75 @@ def _collection_panels() -> list[Any]:
     return [refresh, errors, slowest]
 
 
+def _renewal_panels() -> list[Any]:
+    """The renewal receiver's own metrics (job vmm-cert-receiver), when it is deployed."""
+    in_progress = (
+        stat.Panel()
+        .title("Renewals running")
+        .description("vmm_renewal_jobs_in_progress: renewal jobs the receiver is running now.")
+        .datasource(_DS)
+        .with_target(_instant("sum(vmm_renewal_jobs_in_progress)", "A"))
+        .height(8)
+        .span(4)
+        .unit("none")
+        .color_mode(common.BigValueColorMode.VALUE)
+    )
+    results = (
+        timeseries.Panel()
+        .title("Renewal jobs finished, by procedure and result")
+        .description(
+            "vmm_renewal_jobs_total: succeeded, failed, already-fresh, cancelled... A failed "
+            "job is retried on the receiver's backoff (VMMCertificateRenewalFailed)."
+        )
+        .datasource(_DS)
+        .with_target(
+            _query(
+                "sum by (procedure, result) (increase(vmm_renewal_jobs_total[$__rate_interval]))",
+                "A",
+                "{{procedure}} {{result}}",
+            )
+        )
+        .height(8)
+        .span(8)
+        .unit("none")
+        .draw_style(common.GraphDrawStyle.BARS)
+        .fill_opacity(60)
+        .stacking(common_builders.StackingConfig().mode(common.StackingMode.NORMAL))
+    )
+    last = (
+        table.Panel()
+        .title("Last successful renewal per computer")
+        .datasource(_DS)
+        .with_target(
+            _instant(
+                "1000 * max by (host) "
+                '(vmm_renewal_last_success_timestamp_seconds{host=~"$host"})',
+                "A",
+            )
+        )
+        .height(8)
+        .span(6)
+        .unit("dateTimeAsIso")
+    )
+    webhooks = (
+        timeseries.Panel()
+        .title("Alertmanager webhooks, by outcome")
+        .description("vmm_receiver_webhooks_total: accepted, no_action, unauthorized, invalid...")
+        .datasource(_DS)
+        .with_target(
+            _query(
+                "sum by (outcome) (increase(vmm_receiver_webhooks_total[$__rate_interval]))",
+                "A",
+                "{{outcome}}",
+            )
+        )
+        .height(8)
+        .span(6)
+        .unit("none")
+    )
+    return [in_progress, results, last, webhooks]
+
+
 def _variables() -> list[Any]:
     def query_var(name: str, label: str, query: str) -> Any:
         return (
@@ -578,6 +647,9 @@ def _build(warn_days: int, critical_days: int) -> Any:
         builder = builder.with_panel(panel)
     builder = builder.with_row(dash.Row("Collection health"))
     for panel in _collection_panels():
+        builder = builder.with_panel(panel)
+    builder = builder.with_row(dash.Row("Renewals"))
+    for panel in _renewal_panels():
         builder = builder.with_panel(panel)
     built = builder.build()
     for number, panel in enumerate(built.panels or [], start=1):  # stable ids, rows included

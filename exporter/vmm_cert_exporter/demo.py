@@ -1,9 +1,11 @@
 """``vmm-cert-exporter demo`` (what ``make demo`` runs): the whole loop on one machine.
 
-Starts the built-in ``demo`` lab on 127.0.0.1, the exporter against it, and — when Debian's
-``prometheus`` and ``prometheus-alertmanager`` are installed (``make demo`` installs them as
-root) — a real Prometheus with the shipped rules and a real Alertmanager with the shipped
-routes. Everything lives under ``.demo/``; Ctrl-C stops every process it started.
+Starts the built-in ``demo`` lab on 127.0.0.1, the exporter against it, the renewal receiver
+in execute mode against the lab only, and — when Debian's ``prometheus`` and
+``prometheus-alertmanager`` are installed (``make demo`` installs them as root) — a real
+Prometheus with the shipped rules and a real Alertmanager with the shipped routes, whose
+webhook reaches the receiver. A newcomer watches alerts fire, renewals run and alerts resolve
+by themselves. Everything lives under ``.demo/``; Ctrl-C stops every process it started.
 
 The demo rules are the shipped ones with short ``for:`` durations, so that a newcomer sees
 alerts fire in the Prometheus UI within a minute instead of after an hour.
@@ -19,6 +21,7 @@ import socket
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -29,6 +32,8 @@ from vmm_cert_exporter.config import load_config
 from vmm_cert_exporter.lab.runner import RunningLab, start_lab
 from vmm_cert_exporter.logs import setup_logging
 from vmm_cert_exporter.promstack import Process, find_binary, start_alertmanager, start_prometheus
+from vmm_cert_exporter.receiver.labconfig import write_lab_receiver_config
+from vmm_cert_exporter.receiver.service import Receiver, start_receiver
 from vmm_cert_exporter.rules import FOR_DURATIONS, render_rules
 from vmm_cert_exporter.serve import Exporter, start_exporter
 
@@ -36,7 +41,7 @@ log = logging.getLogger(__name__)
 
 DEMO_DIR = Path(".demo")
 DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy"
-EXPORTER_PORT, PROMETHEUS_PORT, ALERTMANAGER_PORT = 9868, 9090, 9093
+EXPORTER_PORT, RECEIVER_PORT, PROMETHEUS_PORT, ALERTMANAGER_PORT = 9868, 9869, 9090, 9093
 DEMO_FOR = "10s"  # alerts fire 10 s after the condition holds (shipped: 15 min to 1 h)
 DEMO_TOKEN = "demo-token-for-the-renewal-receiver"  # noqa: S105 - the lab only, nothing real
 
@@ -81,15 +86,26 @@ def alertmanager_config(workdir: Path, webhook_url: str | None) -> Path:
     return path
 
 
-def prometheus_config(workdir: Path, exporter: str, alertmanager: str | None) -> Path:
+def prometheus_config(
+    workdir: Path,
+    exporter: str,
+    alertmanager: str | None,
+    receiver: str | None = None,
+    *,
+    for_durations: dict[str, str] | None = None,
+    scrape_interval: str = "5s",
+) -> Path:
     rules = workdir / "vmm-certificates.rules.yml"
-    rules.write_text(render_rules(for_durations=dict.fromkeys(FOR_DURATIONS, DEMO_FOR)))
+    rules.write_text(
+        render_rules(for_durations=for_durations or dict.fromkeys(FOR_DURATIONS, DEMO_FOR))
+    )
+    jobs = [{"job_name": "vmm-cert-exporter", "static_configs": [{"targets": [exporter]}]}]
+    if receiver is not None:
+        jobs.append({"job_name": "vmm-cert-receiver", "static_configs": [{"targets": [receiver]}]})
     data: dict[str, Any] = {
-        "global": {"scrape_interval": "5s", "evaluation_interval": "5s"},
+        "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
         "rule_files": [str(rules.resolve())],
-        "scrape_configs": [
-            {"job_name": "vmm-cert-exporter", "static_configs": [{"targets": [exporter]}]}
-        ],
+        "scrape_configs": jobs,
     }
     if alertmanager is not None:
         data["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
@@ -98,30 +114,78 @@ def prometheus_config(workdir: Path, exporter: str, alertmanager: str | None) ->
     return path
 
 
+@dataclass
+class Stack:
+    """Everything the demo (and the closed-loop test) runs, each part reachable."""
+
+    lab: RunningLab
+    exporter: Exporter
+    receiver: Receiver | None
+    processes: dict[str, Process] = field(default_factory=dict)
+
+
+def _host_port(url: str) -> str:
+    return url.split("://", 1)[1]
+
+
 @contextlib.contextmanager
-def running_stack(workdir: Path) -> Iterator[tuple[RunningLab, Exporter, list[Process]]]:
-    """Lab, exporter and (when installed) Prometheus + Alertmanager; all stopped on exit."""
+def running_stack(
+    workdir: Path,
+    *,
+    receiver_mode: str | None = "execute",
+    interval: str = "15s",
+    scrape_interval: str = "5s",
+    for_durations: dict[str, str] | None = None,
+    preferred_ports: bool = True,
+) -> Iterator[Stack]:
+    """Lab, exporter, the renewal receiver (against the lab only) and, when installed,
+    Prometheus + Alertmanager; everything is stopped on exit, in reverse order."""
+    workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    processes: list[Process] = []
-    with start_lab(scenario="demo", state_dir=workdir / "lab") as lab:
+
+    def port(preferred: int) -> int:
+        return free_port(preferred if preferred_ports else 0)
+
+    with contextlib.ExitStack() as stack:
+        lab = stack.enter_context(start_lab(scenario="demo", state_dir=workdir / "lab"))
         config_path = lab.write_config(workdir / "exporter.yml")
         data = yaml.safe_load(config_path.read_text())
-        data["collection"]["interval"] = "15s"  # the demo shows renewals quickly
+        data["collection"]["interval"] = interval  # the demo shows renewals quickly
         config_path.write_text(yaml.safe_dump(data, sort_keys=False))
-        exporter = start_exporter(load_config(config_path), f"127.0.0.1:{free_port(EXPORTER_PORT)}")
-        try:
-            if _have("prometheus-alertmanager"):
-                am_cfg = alertmanager_config(workdir, None)
-                processes.append(start_alertmanager(am_cfg, workdir, free_port(ALERTMANAGER_PORT)))
-            if _have("prometheus"):
-                am = processes[0].url.removeprefix("http://") if processes else None
-                prom_cfg = prometheus_config(workdir, exporter.url.removeprefix("http://"), am)
-                processes.append(start_prometheus(prom_cfg, workdir, free_port(PROMETHEUS_PORT)))
-            yield lab, exporter, processes
-        finally:
-            for process in reversed(processes):
-                process.stop()
-            exporter.stop()
+        exporter = start_exporter(load_config(config_path), f"127.0.0.1:{port(EXPORTER_PORT)}")
+        stack.callback(exporter.stop)
+        receiver: Receiver | None = None
+        if receiver_mode is not None:
+            receiver_path = write_lab_receiver_config(
+                lab,
+                workdir / "receiver.yml",
+                token=DEMO_TOKEN,
+                mode=receiver_mode,
+                listen_address=f"127.0.0.1:{port(RECEIVER_PORT)}",
+            )
+            receiver = start_receiver(load_config(receiver_path))
+            stack.callback(receiver.stop)
+        result = Stack(lab=lab, exporter=exporter, receiver=receiver)
+        if _have("prometheus-alertmanager"):
+            hook = receiver.url + "/alertmanager" if receiver is not None else None
+            am_cfg = alertmanager_config(workdir, hook)
+            am = start_alertmanager(am_cfg, workdir, port(ALERTMANAGER_PORT))
+            stack.callback(am.stop)
+            result.processes["alertmanager"] = am
+        if _have("prometheus"):
+            am_process = result.processes.get("alertmanager")
+            prom_cfg = prometheus_config(
+                workdir,
+                _host_port(exporter.url),
+                _host_port(am_process.url) if am_process else None,
+                _host_port(receiver.url) if receiver is not None else None,
+                for_durations=for_durations,
+                scrape_interval=scrape_interval,
+            )
+            prom = start_prometheus(prom_cfg, workdir, port(PROMETHEUS_PORT))
+            stack.callback(prom.stop)
+            result.processes["prometheus"] = prom
+        yield result
 
 
 def run(args: argparse.Namespace) -> int:
@@ -133,9 +197,10 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    with running_stack(DEMO_DIR) as (lab, exporter, processes):
+    with running_stack(DEMO_DIR) as stack:
+        lab, exporter = stack.lab, stack.exporter
         exporter.refresher.wait_first(timeout=120)
-        urls = {p.name: p.url for p in processes}
+        urls = {name: p.url for name, p in stack.processes.items()}
         lines = [
             "",
             "vmm-cert-exporter demo is running (Ctrl-C stops everything):",
@@ -153,6 +218,11 @@ def run(args: argparse.Namespace) -> int:
         else:
             lines.append(
                 "  Alertmanager        not installed (apt-get install prometheus-alertmanager)"
+            )
+        if stack.receiver is not None:
+            lines.append(
+                f"  renewal receiver    {stack.receiver.url}/api/jobs   "
+                "(execute mode, the lab only; bearer token in .demo/receiver.token)"
             )
         lines += [
             f"  lab WS-Management   {lab.endpoint_template}",

@@ -98,6 +98,9 @@ FOR_DURATIONS: Mapping[str, str] = {
     # is also shorter than HOLD, so there is no blind spot between the per-computer alerts
     # resolving and this one firing.
     "VMMCertificateExporterDown": "5m",
+    # A renewal that failed is retried on the receiver's backoff; a failure fixed within 5
+    # minutes (the resume after a receiver crash) is not worth a notification.
+    "VMMCertificateRenewalFailed": "5m",
 }
 
 ALERT_NAMES: tuple[str, ...] = tuple(FOR_DURATIONS)
@@ -125,21 +128,23 @@ RULE_GROUPS: Mapping[str, tuple[str, ...]] = {
         "VMMCertificateCollectionFailing",
         "VMMCertificateExporterDown",
     ),
+    "vmm-cert-renewal": ("VMMCertificateRenewalFailed",),
 }
 
 
-def held(metric: str) -> str:
-    """``metric``, or its last value of the past HOLD while the exporter publishes no computer.
+def held(metric: str, alive: str = "vmm_cert_collect_success") -> str:
+    """``metric``, or its last value of the past HOLD while its publisher publishes nothing.
 
     ``vmm_cert_collect_success`` exists for every computer in the exporter's inventory, so
     its absence for an (instance, job) means the exporter is down or has not finished its
-    first refresh since a restart - not that one computer went away.
+    first refresh since a restart - not that one computer went away. For the renewal
+    receiver, ``vmm_receiver_info`` plays that part.
     """
     return (
         "(\n"
         f"  {metric}\n"
         "  or\n"
-        f"  (last_over_time({metric}[{HOLD}]) unless on (instance, job) vmm_cert_collect_success)\n"
+        f"  (last_over_time({metric}[{HOLD}]) unless on (instance, job) {alive})\n"
         ")"
     )
 
@@ -270,6 +275,18 @@ def _alerts(
             f"{durations['VMMCertificateExporterDown']}: SCVMM certificates are not watched. "
             f"Certificate alerts keep their last values for {HOLD}, then resolve until the "
             "exporter is back.",
+        ),
+        _Alert(
+            "VMMCertificateRenewalFailed",
+            "warning",
+            held("vmm_renewal_host_failed", alive="vmm_receiver_info") + " == 1",
+            f"Renewal of the SCVMM certificate of {_HOST} failed at {{{{ $labels.step }}}}",
+            f"The renewal receiver's latest job for {_HOST} (procedure "
+            "{{ $labels.procedure }}) failed at step {{ $labels.step }}; it retries on its "
+            "backoff schedule unless it gave up (vmm-cert-exporter jobs --host "
+            f"{_HOST})."
+            '{{ if eq $labels.step "register-managed-computer" }} The host\'s certificate was '
+            "deleted and not re-registered: VMM cannot manage it until it is.{{ end }}",
         ),
     ]
     return {a.name: a for a in alerts}

@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from vmm_cert_exporter.lab.interfaces import Account, FleetModel
 from vmm_cert_exporter.lab.server import LabServer
 from vmm_cert_exporter.lab.tls import create_lab_tls
+
+if TYPE_CHECKING:
+    from vmm_cert_exporter.lab.tls_listener import TlsListener
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -59,8 +63,10 @@ class RunningLab:
         model: FleetModel,
         state_dir: Path,
         owns_state_dir: bool,
+        tls_listener: TlsListener | None = None,
     ) -> None:
         self.server = server
+        self.tls_listener = tls_listener  # every computer's certificate by SNI (method: tls)
         self.model = model
         self.state_dir = state_dir
         self._owns_state_dir = owns_state_dir
@@ -76,6 +82,11 @@ class RunningLab:
     def endpoint_template(self) -> str:
         """The exporter's ``winrm.endpoint``: ``{host}`` is replaced by the computer's FQDN."""
         return self.server.url + "/wsman/{host}"
+
+    @property
+    def tls_probe_address(self) -> tuple[str, int] | None:
+        """``(host, port)`` of the TLS listener presenting each computer's certificate by SNI."""
+        return self.tls_listener.address if self.tls_listener is not None else None
 
     @property
     def control_url(self) -> str:
@@ -120,15 +131,41 @@ class RunningLab:
         }
         if self.ca_path is not None:
             winrm["ca_trust_path"] = str(self.ca_path)
-        return {
+        config: dict[str, Any] = {
             "winrm": winrm,
             "vmm_servers": [{"host": fqdn, "discover": True} for fqdn in self.vmm_servers],
             "collection": {"interval": "30s", "concurrency": 16},
             "web": {"listen_address": "127.0.0.1:9868"},
         }
+        if self.tls_probe_address is not None:
+            # for computers switched to method: tls (every name on one port, told apart by SNI)
+            host, port = self.tls_probe_address
+            config["tls"] = {"address": host, "port": port, "timeout": "5s"}
+        return config
+
+    def _receiver_section(self, target: Path) -> dict[str, Any]:
+        """The renewal receiver's section: dry-run (it only plans), the lab's Run As account.
+
+        ``vmm-cert-exporter receiver --config`` on the same file then renews against this
+        lab; a random bearer token is written beside the config (mode 0600).
+        """
+        token_file = target.with_name(target.stem + ".token")
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(secrets.token_hex(16))
+        os.chmod(token_file, 0o600)
+        finder = getattr(self.model, "run_as_accounts", None)
+        names = [str(n) for n in finder()] if callable(finder) else []
+        return {
+            "listen_address": "127.0.0.1:9869",
+            "bearer_token_file": str(token_file.resolve()),
+            "mode": "dry-run",
+            "run_as_account": names[0] if names else "VMM Host Admins",
+            "journal": str(target.with_name(target.stem + ".sqlite").resolve()),
+        }
 
     def write_config(self, path: str | os.PathLike[str]) -> Path:
-        """Write a ready exporter config, and the password beside it (mode 0600)."""
+        """Write a ready config (exporter and receiver sections) and its secrets (0600)."""
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         password_file = target.with_name(target.stem + ".password")
@@ -136,12 +173,16 @@ class RunningLab:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(self.account.password)
         os.chmod(password_file, 0o600)  # an existing file keeps its old mode otherwise
-        text = yaml.safe_dump(self.exporter_config(password_file.resolve()), sort_keys=False)
+        config = self.exporter_config(password_file.resolve())
+        config["receiver"] = self._receiver_section(target)
+        text = yaml.safe_dump(config, sort_keys=False)
         header = f"# Written by the vmm-cert-exporter lab listening at {self.url}\n"
         target.write_text(header + text, encoding="utf-8")
         return target
 
     def stop(self) -> None:
+        if self.tls_listener is not None:
+            self.tls_listener.stop()
         self.server.stop()
         if self._owns_state_dir:
             shutil.rmtree(self.state_dir, ignore_errors=True)
@@ -169,11 +210,14 @@ def start_lab(
     *,
     receive_chunk: int = 8192,
     max_operation_wait: float = 60.0,
+    tls_listener: bool = True,
 ) -> RunningLab:
     """Load the scenario (or use ``fleet``), start serving, return the running lab.
 
     Usable as a context manager (``with start_lab() as lab:``) or stopped with ``.stop()``.
     ``state_dir`` receives the lab CA; a temporary one is made (and removed) if omitted.
+    ``tls_listener`` also starts the TLS listener that presents every computer's current
+    certificate by SNI (``.tls_probe_address``), for models that are a ``Fleet``.
     """
     host, port = parse_listen(listen)
     if fleet is None:
@@ -194,4 +238,12 @@ def start_lab(
         max_operation_wait=max_operation_wait,
     )
     server.start()
-    return RunningLab(server, fleet, directory, owns)
+    from vmm_cert_exporter.lab.model import Fleet
+    from vmm_cert_exporter.lab.tls_listener import TlsListener
+
+    listener = None
+    if tls_listener and isinstance(fleet, Fleet):
+        # the agentless TLS source's counterpart: a free port on the same loopback address
+        listener = TlsListener(fleet, host=host)
+        listener.start()
+    return RunningLab(server, fleet, directory, owns, listener)

@@ -1,0 +1,18 @@
+"""The renewal receiver: Alertmanager webhook → guarded SCVMM renewal runbooks (issue 5).
+
+Modules, in the order data flows through them:
+
+- ``webhook`` parses Alertmanager's webhook (version 4) strictly; ``auth`` checks credentials.
+- ``intake`` turns firing alerts into journaled jobs, or records why it would not.
+- ``journal`` is the SQLite (WAL) memory: jobs, attempts, steps, alerts, events.
+- ``guards`` decides whether a job may start now (mode, pause, approval, windows, limits).
+- ``planner`` chooses the procedure and is the only place that says what "fresh" means.
+- ``discovery`` keeps the inventory (the exporter's own inventory code, refreshed).
+- ``runbook`` reads state and runs the contract scripts over WinRM; ``engine`` schedules
+  jobs and journals every step; ``metrics`` is the receiver's /metrics; ``service`` is the
+  HTTP side and ``start_receiver``; ``commands`` the CLI.
+- ``labconfig`` writes a receiver configuration for the lab (``make demo``); ``testing``
+  holds the test helpers (fake clock, counting lab model, hooked runner).
+
+docs/renewal.md explains the safety model.
+"""

@@ -1,0 +1,135 @@
+"""The receiver's own ``/metrics``: read from the journal at scrape time, plus counters.
+
+Names are a contract (issue 5): ``vmm_renewal_jobs_total{procedure,result}`` (one per
+finished attempt; every procedure/result pair is published, zero included, so ``rate()``
+works from the first scrape), ``vmm_renewal_jobs_in_progress``,
+``vmm_renewal_last_success_timestamp_seconds{host}`` and
+``vmm_receiver_webhooks_total{outcome}``. Added for the alert and the dashboard:
+``vmm_renewal_host_failed{host,procedure,step}`` (1 while a host's latest job failed, the
+series ``VMMCertificateRenewalFailed`` fires on), ``vmm_renewal_jobs_active{status}``,
+``vmm_receiver_paused`` and ``vmm_receiver_info{version,mode}``.
+
+Counts come from the journal, so they survive restarts (a counter only resets if the
+journal file is replaced); webhook counts are per process (unauthenticated requests are not
+written to disk).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Final
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from vmm_cert_exporter import __version__
+from vmm_cert_exporter.receiver.journal import ACTIVE_STATUSES, ATTEMPT_RESULTS, Journal
+from vmm_cert_exporter.receiver.planner import PROCEDURES
+
+WEBHOOK_OUTCOMES: Final = (
+    "accepted",  # at least one alert created or joined a job
+    "no_action",  # valid, authenticated, but every alert was rejected (reasons journaled)
+    "unauthorized",  # 401: missing or wrong credentials
+    "forbidden",  # 403: a browser's cross-site request
+    "invalid",  # 400/405/415: not a valid Alertmanager webhook
+    "too_large",  # 413
+    "unavailable",  # 503: the inventory is not loaded yet (Alertmanager retries)
+    "error",  # 500: a bug; the request changed nothing
+)
+
+
+class WebhookCounter:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts = dict.fromkeys(WEBHOOK_OUTCOMES, 0)
+
+    def inc(self, outcome: str) -> None:
+        with self._lock:
+            self._counts[outcome] = self._counts.get(outcome, 0) + 1
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+
+class ReceiverCollector(Collector):
+    def __init__(
+        self,
+        journal: Journal,
+        webhooks: WebhookCounter,
+        mode: str,
+        paused: Callable[[], bool],
+    ) -> None:
+        self._journal = journal
+        self._webhooks = webhooks
+        self._mode = mode
+        self._paused = paused
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # registering must not query the journal
+
+    def collect(self) -> Iterator[Metric]:
+        counts = self._journal.attempt_counts()
+        jobs = CounterMetricFamily(
+            "vmm_renewal_jobs",
+            "Renewal attempts that ended, by procedure and result (planned = a dry run).",
+            labels=["procedure", "result"],
+        )
+        for procedure in PROCEDURES:
+            for result in ATTEMPT_RESULTS:
+                jobs.add_metric([procedure, result], counts.get((procedure, result), 0))
+        yield jobs
+
+        statuses = self._journal.status_counts()
+        yield GaugeMetricFamily(
+            "vmm_renewal_jobs_in_progress",
+            "Renewal jobs running now (across every process using this journal).",
+            value=statuses.get("running", 0),
+        )
+        active = GaugeMetricFamily(
+            "vmm_renewal_jobs_active",
+            "Jobs not finished yet, by status (failed = a retry is scheduled).",
+            labels=["status"],
+        )
+        for status in ACTIVE_STATUSES:
+            active.add_metric([status], statuses.get(status, 0))
+        yield active
+
+        last = GaugeMetricFamily(
+            "vmm_renewal_last_success_timestamp_seconds",
+            "When the last renewal of the host succeeded (verified), as a Unix timestamp.",
+            labels=["host"],
+        )
+        for host, when in sorted(self._journal.last_success_by_host().items()):
+            last.add_metric([host], when)
+        yield last
+
+        failed = GaugeMetricFamily(
+            "vmm_renewal_host_failed",
+            "1 while the host's most recent renewal job failed (retry pending or given up).",
+            labels=["host", "procedure", "step"],
+        )
+        for job in self._journal.failed_hosts():
+            failed.add_metric([job.host, job.procedure, job.failed_step or "unknown"], 1)
+        yield failed
+
+        webhooks = CounterMetricFamily(
+            "vmm_receiver_webhooks",
+            "Requests to POST /alertmanager, by outcome.",
+            labels=["outcome"],
+        )
+        for outcome, count in self._webhooks.snapshot().items():
+            webhooks.add_metric([outcome], count)
+        yield webhooks
+
+        yield GaugeMetricFamily(
+            "vmm_receiver_paused",
+            "1 while the global pause switch (API or pause file) is on.",
+            value=1 if self._paused() else 0,
+        )
+        info = GaugeMetricFamily(
+            "vmm_receiver_info", "The receiver's version and mode.", labels=["version", "mode"]
+        )
+        info.add_metric([__version__, self._mode], 1)
+        yield info

@@ -1,0 +1,54 @@
+"""Fixtures for the renewal receiver tests: a demo lab per test (counting every script it
+receives) and harnesses on it. Helpers live in ``vmm_cert_exporter.receiver.testing``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vmm_cert_exporter.lab.runner import RunningLab, start_lab
+from vmm_cert_exporter.lab.scenario import load_fleet
+from vmm_cert_exporter.receiver.testing import CountingFleet, Harness, make_harness
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """Commands run in-process call setup_logging (a handler on the captured stderr); put
+    the root logger back so later threads do not log into a closed capture."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[RunningLab]:
+    """The demo lab, fresh for each test (renewals change it); ~50 ms to start."""
+    fleet = CountingFleet(load_fleet("demo"))
+    with start_lab(fleet=fleet, state_dir=tmp_path / "lab") as running:
+        yield running
+
+
+@pytest.fixture
+def harness_factory(lab: RunningLab, tmp_path: Path) -> Iterator[Callable[..., Harness]]:
+    made: list[Harness] = []
+
+    def make(**kwargs: Any) -> Harness:
+        harness = make_harness(lab, tmp_path / f"receiver{len(made)}", **kwargs)
+        made.append(harness)
+        return harness
+
+    yield make
+    for harness in made:
+        harness.close()
+
+
+@pytest.fixture
+def harness(harness_factory: Callable[..., Harness]) -> Harness:
+    """Execute mode, defaults otherwise (backoff 1h..32h, cooldown 6h), fake clock at now."""
+    return harness_factory()

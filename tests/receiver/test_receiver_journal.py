@@ -1,0 +1,229 @@
+"""The journal: rules the database itself enforces, claims, recovery after a crash."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from vmm_cert_exporter.receiver.journal import (
+    ActiveJobExists,
+    JobConflict,
+    Journal,
+    OwnerLock,
+    clip,
+    owner_alive,
+)
+from vmm_cert_exporter.receiver.testing import FakeClock
+
+
+def new_job(journal: Journal, host: str = "hv01.lab.example", mode: str = "execute") -> int:
+    return journal.create_job(
+        host=host,
+        role="hyperv_host",
+        vmm_server="vmm01.lab.example",
+        is_vmm_server=False,
+        procedure="remove-register",
+        mode=mode,
+        source="alertmanager",
+    ).id
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Journal:
+    return Journal(tmp_path / "j.sqlite", clock=FakeClock(1_900_000_000.0))
+
+
+def test_wal_full_sync_and_private_file(journal: Journal) -> None:
+    db = sqlite3.connect(journal.path)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    db.close()
+    assert os.stat(journal.path).st_mode & 0o777 == 0o600
+    # reopening keeps everything (and the schema version)
+    job_id = new_job(journal)
+    journal.close()
+    again = Journal(journal.path)
+    job = again.get(job_id)
+    assert job is not None and job.status == "planned"
+
+
+def test_one_active_job_per_host_case_insensitive(journal: Journal) -> None:
+    first = new_job(journal, "hv01.lab.example")
+    with pytest.raises(ActiveJobExists) as caught:
+        new_job(journal, "HV01.Lab.Example")
+    assert caught.value.job_id == first
+    # a dry run of another host is fine; after cancelling, the host can have a new job
+    new_job(journal, "hv02.lab.example", mode="dry-run")
+    journal.cancel(first, "test")
+    assert new_job(journal, "hv01.lab.example") != first
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        # a second active job for the same host, behind the code's back
+        "INSERT INTO jobs (host, host_key, role, is_vmm_server, procedure, mode, source, status,"
+        " created_at, updated_at) VALUES ('x', 'hv01.lab.example', 'hyperv_host', 0,"
+        " 'remove-register', 'execute', 'alertmanager', 'waiting', 0, 0)",
+        # running without an owner
+        "UPDATE jobs SET status = 'running' WHERE id = 1",
+        # an owner without running
+        "UPDATE jobs SET owner = 'someone' WHERE id = 1",
+        # a terminal status that is still active
+        "UPDATE jobs SET status = 'succeeded' WHERE id = 1",
+        # an active failure without a retry time
+        "UPDATE jobs SET status = 'failed' WHERE id = 1",
+        # an execute job finished as 'planned' (only dry runs end planned)
+        "UPDATE jobs SET finished_at = 1 WHERE id = 1",
+        # statuses, procedures and modes outside the contract
+        "UPDATE jobs SET status = 'done' WHERE id = 1",
+        "UPDATE jobs SET procedure = 'remove-and-add' WHERE id = 1",
+        "UPDATE jobs SET mode = 'yolo' WHERE id = 1",
+    ],
+)
+def test_schema_refuses_impossible_states(journal: Journal, sql: str) -> None:
+    assert new_job(journal) == 1
+    db = sqlite3.connect(journal.path)
+    with pytest.raises(sqlite3.IntegrityError):
+        db.execute(sql)
+        db.commit()
+    db.close()
+
+
+def test_claim_is_compare_and_set_with_limits(journal: Journal) -> None:
+    a = new_job(journal, "hv01.lab.example")
+    b = new_job(journal, "hv02.lab.example")
+    owner = "receiver-test-1"
+    assert journal.claim(a, expected=("waiting",), owner=owner).attempt is None
+    assert journal.claim(a, expected=("planned",), owner=owner, max_running=1).attempt == 1
+    blocked = journal.claim(b, expected=("planned",), owner=owner, max_running=1)
+    assert blocked.attempt is None and blocked.blocked == "max_concurrent reached (1 running)"
+    blocked = journal.claim(b, expected=("planned",), owner=owner, max_per_server=1)
+    assert blocked.blocked is not None and "per_vmm_server" in blocked.blocked
+    assert journal.claim(b, expected=("planned",), owner=owner, max_running=2).attempt == 1
+    assert journal.running_counts("execute") == (2, {"vmm01.lab.example": 2})
+
+
+def _hold_lock_in_child(journal_path: str) -> tuple[subprocess.Popen[str], str]:
+    code = (
+        "import sys, time\n"
+        "from vmm_cert_exporter.receiver.journal import OwnerLock\n"
+        "lock = OwnerLock(sys.argv[1])\n"
+        "print(lock.id, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code, journal_path], stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout is not None
+    return child, child.stdout.readline().strip()
+
+
+def test_recover_interrupts_jobs_of_a_killed_owner(journal: Journal) -> None:
+    child, owner = _hold_lock_in_child(journal.path)
+    try:
+        assert owner_alive(journal.path, owner)
+        job_id = new_job(journal)
+        attempt = journal.claim(job_id, expected=("planned",), owner=owner).attempt
+        assert attempt == 1
+        journal.step_finished(
+            journal.step_started(job_id, 1, "preflight", "hv01.lab.example"), "succeeded"
+        )
+        journal.step_started(job_id, 1, "remove-certificates", "hv01.lab.example", {"t": 1})
+        me = OwnerLock(journal.path)
+        # the owner is alive: nothing to recover
+        assert journal.recover(lambda o: owner_alive(journal.path, o), exclude=me.id) == []
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=10)
+        assert not owner_alive(journal.path, owner)
+        assert journal.recover(lambda o: owner_alive(journal.path, o), exclude=me.id) == [job_id]
+        job = journal.get(job_id)
+        assert job is not None and job.status == "interrupted" and job.owner is None
+        assert [(s.name, s.status) for s in journal.steps(job_id)] == [
+            ("preflight", "succeeded"),
+            ("remove-certificates", "unknown"),
+        ]
+        assert journal.attempts(job_id)[0].result == "interrupted"
+        assert journal.attempts(job_id)[0].reason == "interrupted during remove-certificates"
+        me.release()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+def test_owner_alive_in_process_and_for_nonsense(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    lock = OwnerLock(path)
+    assert owner_alive(path, lock.id)
+    lock.release()
+    assert not owner_alive(path, lock.id)
+    for bad in ("", "../../etc/passwd", ".hidden", "nobody"):
+        assert not owner_alive(path, bad)
+
+
+def test_pause_is_persisted(journal: Journal) -> None:
+    assert not journal.pause_state().paused
+    journal.set_paused(True, "basic:ops", "change freeze")
+    journal.close()
+    again = Journal(journal.path)
+    state = again.pause_state()
+    assert state.paused and state.by == "basic:ops" and state.reason == "change freeze"
+
+
+def test_approve_and_cancel_rules(journal: Journal) -> None:
+    job_id = new_job(journal)
+    dry = new_job(journal, "hv02.lab.example", mode="dry-run")
+    with pytest.raises(JobConflict, match="dry run"):
+        journal.approve(dry, "ops")
+    assert journal.approve(job_id, "ops").approved_by == "ops"
+    with pytest.raises(JobConflict, match="already approved"):
+        journal.approve(job_id, "ops")
+    journal.claim(job_id, expected=("planned",), owner="o")
+    with pytest.raises(JobConflict, match="cannot be stopped half-way"):
+        journal.cancel(job_id, "ops")
+    journal.finish_attempt(job_id, 1, result="succeeded", status="succeeded")
+    with pytest.raises(JobConflict, match="finished"):
+        journal.cancel(job_id, "ops")
+    with pytest.raises(KeyError):
+        journal.cancel(999, "ops")
+
+
+def test_text_is_clipped_and_made_storable(journal: Journal) -> None:
+    assert clip("x" * 5000, 100) == "x" * 97 + "..."
+    assert clip("bad \ud800 surrogate") == "bad \\ud800 surrogate"
+    journal.record_alert(
+        webhook_id=None,
+        alertname="\ud83d" * 10,
+        host="h" * 10_000,
+        status="firing",
+        fingerprint="0" * 16,
+        starts_at="2030-01-01T00:00:00Z",
+        mode="execute",
+        outcome="rejected",
+        reason="r" * 1_000_000,
+        job_id=None,
+    )
+    rejected = journal.rejected_alerts()
+    assert len(rejected[0]["host"]) == 256 and len(rejected[0]["reason"]) == 2000
+
+
+def test_finish_attempt_needs_a_retry_time_for_active_failures(journal: Journal) -> None:
+    job_id = new_job(journal)
+    journal.claim(job_id, expected=("planned",), owner="o")
+    with pytest.raises(sqlite3.IntegrityError):
+        journal.finish_attempt(job_id, 1, result="failed", status="failed", terminal=False)
+    # the refused transaction left the job as it was
+    job = journal.get(job_id)
+    assert job is not None and job.status == "running"
+    when = time.time() + 3600
+    job = journal.finish_attempt(
+        job_id, 1, result="failed", status="failed", terminal=False, next_attempt_at=when
+    )
+    assert job.active and job.next_attempt_at == when

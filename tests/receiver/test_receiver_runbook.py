@@ -1,0 +1,326 @@
+"""The runbooks against the demo lab over real pywinrm: execute, dry run, each procedure,
+and a failure at each step with its journal entry and its retry on the backoff schedule."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vmm_cert_exporter.lab.interfaces import Faults
+from vmm_cert_exporter.lab.runner import start_lab
+from vmm_cert_exporter.lab.scenario import load_fleet
+from vmm_cert_exporter.powershell import render_script
+from vmm_cert_exporter.receiver import planner
+from vmm_cert_exporter.receiver.journal import Job
+from vmm_cert_exporter.receiver.testing import CountingFleet, Harness, make_harness
+
+HOUR = 3600.0
+D = ".lab.example"
+
+
+def scvmm(description: dict[str, Any]) -> list[dict[str, Any]]:
+    return [c for c in description["certificates"] if c["scvmm"]]
+
+
+def lab_year(harness: Harness) -> int:
+    return int(harness.lab.model.clock_info()["now"][:4])
+
+
+def steps(harness: Harness, job: Job) -> list[tuple[int, str, str]]:
+    return [(s.attempt, s.name, s.status) for s in harness.journal.steps(job.id)]
+
+
+def run(harness: Harness, host: str) -> Job:
+    decision = harness.submit(host)
+    assert decision.outcome == "created", decision
+    harness.tick()
+    return harness.job(decision.job_id)
+
+
+def assert_renewed(harness: Harness, host: str, old: str | None) -> str:
+    """One SCVMM certificate until 1 January of (lab year + 5), and VMM trusts it."""
+    described = harness.describe(host)
+    certs = scvmm(described)
+    assert len(certs) == 1
+    assert certs[0]["not_after"].startswith(f"{lab_year(harness) + 5}-01-01T00:00:00")
+    assert certs[0]["thumbprint"] != old
+    if not host.startswith("vmm01"):
+        assert described["trusted"]["thumbprint"] == certs[0]["thumbprint"]
+        assert described["trusted"]["matches"] is True
+        assert described["state"] == "Responding"
+    return str(certs[0]["thumbprint"])
+
+
+def test_execute_renews_hv36_and_journals_everything(harness: Harness) -> None:
+    host = f"hv36{D}"
+    old = scvmm(harness.describe(host))[0]
+    job = run(harness, host)
+    assert job.status == "succeeded", job.reason
+    assert job.procedure == planner.REMOVE_REGISTER
+    new = assert_renewed(harness, host, old["thumbprint"])
+    assert steps(harness, job) == [
+        (1, "preflight", "succeeded"),
+        (1, "remove-certificates", "succeeded"),
+        (1, "register-managed-computer", "succeeded"),
+        (1, "verify", "succeeded"),
+    ]
+    journal_steps = harness.journal.steps(job.id)
+    assert journal_steps[1].params == {"thumbprints": [old["thumbprint"]]}
+    assert journal_steps[1].result == {"removed": [old["thumbprint"]]}
+    assert journal_steps[2].params == {
+        "computer": host,
+        "run_as_account": "VMM Host Admins",
+    }
+    assert job.certificates_before is not None and job.certificates_after is not None
+    assert [c["thumbprint"] for c in job.certificates_before] == [old["thumbprint"]]
+    assert job.certificates_before[0]["not_after"][:10] == old["not_after"][:10]
+    assert [c["thumbprint"] for c in job.certificates_after] == [new]
+    assert job.finished_at is not None and job.attempt == 1 and job.failures == 0
+    # the plan keeps the exact scripts that were sent
+    assert job.plan is not None
+    sent = [s["script"] for s in job.plan["steps"]]
+    assert sent[0] == render_script("remove-certificates", {"thumbprints": [old["thumbprint"]]})
+    assert harness.fleet.count("remove-certificates", host) == 1
+    assert harness.fleet.count("register-managed-computer", f"vmm01{D}") == 1
+    counts = harness.journal.attempt_counts()
+    assert counts == {(planner.REMOVE_REGISTER, "succeeded"): 1}
+
+
+def test_dry_run_plans_and_changes_nothing(harness_factory: Callable[..., Harness]) -> None:
+    harness = harness_factory(mode="dry-run")
+    hosts = [f"hv36{D}", f"hv38{D}", f"hv41{D}", f"vmm01{D}", f"hv01{D}", f"hv40{D}"]
+    before = {c["fqdn"]: harness.describe(c["fqdn"]) for c in harness.lab.model.list_computers()}
+    jobs = {h: harness.submit(h).job_id for h in hosts}
+    harness.settle()
+    after = {c["fqdn"]: harness.describe(c["fqdn"]) for c in harness.lab.model.list_computers()}
+    assert after == before
+    for operation in ("remove-certificates", "register-managed-computer", "update-vmm-certificate"):
+        assert harness.fleet.count(operation) == 0
+    statuses = {h: harness.job(j).status for h, j in jobs.items()}
+    assert statuses == {
+        f"hv36{D}": "planned",
+        f"hv38{D}": "planned",
+        f"hv41{D}": "planned",
+        f"vmm01{D}": "planned",
+        f"hv01{D}": "already-fresh",
+        f"hv40{D}": "failed",
+    }
+    plan = harness.job(jobs[f"hv36{D}"]).plan
+    assert plan is not None
+    assert [s["name"] for s in plan["steps"]] == [
+        "remove-certificates",
+        "register-managed-computer",
+    ]
+    assert plan["steps"][1]["script"] == render_script(
+        "register-managed-computer",
+        {"computer": f"hv36{D}", "run_as_account": "VMM Host Admins"},
+    )
+    assert plan["execute_mode_would"] == "start at once"
+    vmm_plan = harness.job(jobs[f"vmm01{D}"]).plan
+    assert vmm_plan is not None and vmm_plan["procedure"] == planner.UPDATE_CERTIFICATE
+    # dry runs are final: nothing is active, a repeat in the cooldown joins the plan
+    assert harness.journal.active_jobs() == []
+    again = harness.submit(f"hv36{D}")
+    assert again.outcome == "joined" and again.job_id == jobs[f"hv36{D}"]
+
+
+def test_each_demo_case_gets_its_procedure(harness: Harness) -> None:
+    expired, deleted, mismatch, two = f"hv37{D}", f"hv38{D}", f"hv39{D}", f"hv41{D}"
+    olds = {
+        h: [c["thumbprint"] for c in scvmm(harness.describe(h))] for h in (expired, mismatch, two)
+    }
+    for host in (f"vmm01{D}", expired, deleted, mismatch, two, f"lib01{D}"):
+        assert harness.submit(host).outcome == "created"
+    harness.settle()  # max_concurrent 2 (the lab config): several passes
+    jobs = {j.host: j for j in harness.journal.list_jobs()}
+    assert {h: j.status for h, j in jobs.items()} == {
+        f"vmm01{D}": "succeeded",
+        expired: "succeeded",
+        deleted: "succeeded",
+        mismatch: "succeeded",
+        two: "succeeded",
+        f"lib01{D}": "already-fresh",
+    }
+    assert jobs[f"vmm01{D}"].procedure == planner.UPDATE_CERTIFICATE
+    assert [s.name for s in harness.journal.steps(jobs[f"vmm01{D}"].id)] == [
+        "preflight",
+        "update-vmm-certificate",
+        "verify",
+    ]
+    assert_renewed(harness, f"vmm01{D}", None)
+    # deleted: nothing to remove, the step is journaled as skipped
+    assert steps(harness, jobs[deleted])[1] == (1, "remove-certificates", "skipped")
+    assert harness.fleet.count("remove-certificates", deleted) == 0
+    # two certificates: both removed by thumbprint in one call
+    remove = harness.journal.steps(jobs[two].id)[1]
+    assert remove.params is not None
+    assert sorted(remove.params["thumbprints"]) == sorted(olds[two])
+    for host in (expired, deleted, mismatch, two):
+        assert_renewed(harness, host, None)
+    # lib01 was fresh: read only
+    assert harness.fleet.count("remove-certificates", f"lib01{D}") == 0
+
+
+def _scenario(tmp_path: Path, version: str, ha: bool) -> Path:
+    path = tmp_path / "scenario.yaml"
+    path.write_text(
+        "name: ha\n"
+        "vmm_server:\n"
+        "  fqdn: vmm01.lab.example\n"
+        f'  version: "{version}"\n'
+        f"  high_availability: {str(ha).lower()}\n"
+        "  expires_in: 20d\n"
+        "computers:\n"
+        "  - {fqdn: hv01.lab.example, role: hyperv_host, expires_in: 5d}\n"
+    )
+    return path
+
+
+def test_ha_vmm_server_without_update_gets_nothing(tmp_path: Path) -> None:
+    fleet = CountingFleet(load_fleet(str(_scenario(tmp_path, "2019", ha=True))))
+    with start_lab(fleet=fleet, state_dir=tmp_path / "lab") as lab:
+        harness = make_harness(lab, tmp_path / "r")
+        try:
+            decision = harness.submit(f"vmm01{D}")
+            assert decision.outcome == "rejected"
+            assert "highly available" in decision.reason
+            # its hosts are renewed as usual (procedure 1 runs on the hosts, not on VMM)
+            job = run(harness, f"hv01{D}")
+            assert job.status == "succeeded", job.reason
+            assert fleet.count("remove-certificates", f"vmm01{D}") == 0
+        finally:
+            harness.close()
+
+
+def test_vmm_server_without_update_uses_procedure_1_on_itself(tmp_path: Path) -> None:
+    fleet = CountingFleet(load_fleet(str(_scenario(tmp_path, "2016 UR9", ha=False))))
+    with start_lab(fleet=fleet, state_dir=tmp_path / "lab") as lab:
+        harness = make_harness(lab, tmp_path / "r")
+        try:
+            job = run(harness, f"vmm01{D}")
+            assert job.status == "succeeded", job.reason
+            assert job.procedure == planner.REMOVE_REGISTER
+            assert fleet.count("update-vmm-certificate") == 0
+            assert fleet.count("remove-certificates", f"vmm01{D}") == 1
+            certs = scvmm(lab.model.describe(f"vmm01{D}"))
+            assert len(certs) == 1 and certs[0]["not_after"].startswith(
+                f"{int(lab.model.clock_info()['now'][:4]) + 5}-01-01"
+            )
+        finally:
+            harness.close()
+
+
+# --------------------------------------------------------------------------------------------
+# A failure at each step: a clear journal entry, and a retry on the backoff schedule
+
+
+def test_host_unreachable_after_the_delete(harness: Harness) -> None:
+    host = f"hv36{D}"
+    harness.runner.after[(host, "remove-certificates")] = lambda: harness.lab.model.set_faults(
+        host, Faults(connection_refused=True)
+    )
+    t0 = harness.clock()
+    job = run(harness, host)
+    assert job.status == "failed" and job.active
+    assert job.failed_step == "register-managed-computer"
+    assert job.reason is not None and "cannot contact" in job.reason
+    assert steps(harness, job) == [
+        (1, "preflight", "succeeded"),
+        (1, "remove-certificates", "succeeded"),
+        (1, "register-managed-computer", "failed"),
+    ]
+    assert job.next_attempt_at == pytest.approx(t0 + HOUR)
+    assert scvmm(harness.describe(host)) == []  # the delete happened: VMM cannot manage it
+    # not before the backoff has passed
+    harness.clock.advance(HOUR - 60)
+    harness.tick()
+    assert harness.job(job.id).attempt == 1
+    # the host comes back; after the hour the retry registers it (nothing left to remove)
+    harness.lab.model.set_faults(host, Faults())
+    harness.clock.advance(61)
+    harness.tick()
+    job = harness.job(job.id)
+    assert job.status == "succeeded", job.reason
+    assert steps(harness, job)[3:] == [
+        (2, "preflight", "succeeded"),
+        (2, "remove-certificates", "skipped"),
+        (2, "register-managed-computer", "succeeded"),
+        (2, "verify", "succeeded"),
+    ]
+    assert harness.fleet.count("remove-certificates", host) == 1  # never a second delete
+    assert_renewed(harness, host, None)
+
+
+def test_register_fails_and_backs_off_doubling_then_gives_up(
+    harness_factory: Callable[..., Harness],
+) -> None:
+    harness = harness_factory(run_as_account="Nobody Knows This", max_attempts=4)
+    host = f"hv31{D}"
+    job = run(harness, host)
+    delays = []
+    for attempt in range(1, 5):
+        job = harness.job(job.id)
+        assert job.status == "failed" and job.attempt == attempt and job.failures == attempt
+        assert job.failed_step == "register-managed-computer"
+        assert job.reason is not None and "Run As account" in job.reason
+        if attempt == 4:
+            break
+        assert job.next_attempt_at is not None
+        delays.append(job.next_attempt_at - harness.clock())
+        harness.clock.advance(job.next_attempt_at - harness.clock())
+        harness.tick()
+    assert delays == [HOUR, 2 * HOUR, 4 * HOUR]
+    assert not job.active and job.next_attempt_at is None
+    assert job.reason is not None and "gave up after 4 failed attempts" in job.reason
+    # only the first attempt removed anything; later ones found nothing to remove
+    assert harness.fleet.count("remove-certificates", host) == 1
+    assert harness.fleet.count("register-managed-computer", f"vmm01{D}") == 4
+    failed = harness.journal.failed_hosts()
+    assert [(j.host, j.failed_step) for j in failed] == [(host, "register-managed-computer")]
+
+
+def test_verification_fails_then_the_retry_fixes_it(harness: Harness) -> None:
+    host = f"hv36{D}"
+    # VMM's TrustedPeople copy is replaced right after the register: verification must see it
+    harness.runner.after[(f"vmm01{D}", "register-managed-computer")] = lambda: (
+        harness.lab.model.set_trusted_mismatch(host)
+    )
+    job = run(harness, host)
+    assert job.status == "failed" and job.failed_step == "verify"
+    assert job.reason is not None and "TrustedPeople holds no copy" in job.reason
+    assert steps(harness, job)[-1] == (1, "verify", "failed")
+    assert job.certificates_after is not None and len(job.certificates_after) == 1
+    assert job.next_attempt_at == pytest.approx(harness.clock() + HOUR)
+    harness.clock.advance(HOUR)
+    harness.tick()
+    job = harness.job(job.id)
+    assert job.status == "succeeded", job.reason
+    assert [s for s in steps(harness, job) if s[0] == 2] == [
+        (2, "preflight", "succeeded"),
+        (2, "remove-certificates", "succeeded"),
+        (2, "register-managed-computer", "succeeded"),
+        (2, "verify", "succeeded"),
+    ]
+    assert_renewed(harness, host, None)
+    assert harness.journal.failed_hosts() == []
+
+
+def test_preflight_failure_changes_nothing(harness: Harness) -> None:
+    job = run(harness, f"hv40{D}")  # connection refused
+    assert job.status == "failed" and job.failed_step == "preflight"
+    assert job.reason is not None and "connect" in job.reason
+    assert steps(harness, job) == [(1, "preflight", "failed")]
+    assert harness.fleet.count("remove-certificates") == 0
+    assert harness.fleet.count("register-managed-computer") == 0
+    assert job.next_attempt_at == pytest.approx(harness.clock() + HOUR)
+
+
+def test_verification_needs_min_validity(harness_factory: Callable[..., Harness]) -> None:
+    # 20 years: no certificate the lab makes (5 years) is ever fresh enough
+    harness = harness_factory(min_validity="7300d")
+    job = run(harness, f"hv01{D}")
+    assert job.status == "failed" and job.failed_step == "verify"
+    assert job.reason is not None and "at least 7300.0 days required" in job.reason
