@@ -8,10 +8,12 @@ LABEL org.opencontainers.image.title="vmm-cert-exporter" \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY exporter ./exporter
-# one layer: install, then drop the sources and pip's cache
+# one layer: install, then drop the sources and pip's cache; the receiver's journal directory
+# (receiver.journal's default), owned by the user, so a volume mounted there is writable
 RUN pip install --no-cache-dir . \
     && rm -rf /src \
-    && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin vmmcert
+    && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin vmmcert \
+    && install -d -o vmmcert -m 0700 /var/lib/vmm-cert-exporter
 
 WORKDIR /
 USER 10001

@@ -1,8 +1,10 @@
-"""deploy/: the example Prometheus, Alertmanager and docker-compose configurations.
+"""deploy/: the example Prometheus, Alertmanager, receiver and docker-compose configurations.
 
 promtool and amtool check the configurations; a real Alertmanager proves the inhibit rules
 and the routes; the compose file is checked for what can be checked without a Docker engine
-(every file it mounts exists, and the paths inside the containers line up).
+(every file it mounts exists, and the paths inside the containers line up). The receiver's
+configuration passes check-config and starts a receiver against the demo lab, with
+stand-ins for the files that exist only in its container.
 """
 
 from __future__ import annotations
@@ -10,24 +12,32 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
 from vmm_cert_exporter import dashboard, rules
+from vmm_cert_exporter.config import load_config
+from vmm_cert_exporter.lab.runner import start_lab
 from vmm_cert_exporter.promstack import free_port
+from vmm_cert_exporter.receiver.labconfig import lab_run_as_account
+from vmm_cert_exporter.receiver.service import start_receiver
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 PROMETHEUS_YML = DEPLOY / "prometheus.yml"
 ALERTMANAGER_YML = DEPLOY / "alertmanager.yml"
 COMPOSE_YML = DEPLOY / "docker-compose.yml"
+RECEIVER_YML = DEPLOY / "receiver.yml"
+EXE = str(Path(sys.executable).parent / "vmm-cert-exporter")
 
 
 def tool(name: str) -> str:
@@ -295,7 +305,7 @@ def host_path(service: dict[str, Any], container_path: str) -> Path:
 
 def test_compose_has_the_whole_stack() -> None:
     services = compose()["services"]
-    assert {"lab", "exporter", "prometheus", "alertmanager", "grafana"} <= set(services)
+    assert {"lab", "exporter", "receiver", "prometheus", "alertmanager", "grafana"} <= set(services)
 
 
 def test_compose_references_existing_files() -> None:
@@ -387,3 +397,151 @@ def test_compose_runs_the_lab_on_loopback_and_the_exporter_beside_it() -> None:
     assert exporter["command"][exporter["command"].index("--web.listen-address") + 1] == (
         "0.0.0.0:9868"
     )
+
+
+# ---- receiver.yml and the receiver service -----------------------------------------------
+
+
+def test_prometheus_scrapes_the_receiver() -> None:
+    jobs = {j["job_name"]: j for j in load(PROMETHEUS_YML)["scrape_configs"]}
+    assert jobs["vmm-cert-receiver"]["static_configs"][0]["targets"] == ["receiver:9869"]
+
+
+def test_compose_runs_the_receiver_beside_the_lab() -> None:
+    services = compose()["services"]
+    lab, receiver = services["lab"], services["receiver"]
+    assert receiver["image"] == services["exporter"]["image"] == lab["image"]
+    command = receiver["command"]
+    assert command[0] == "receiver"
+    assert host_path(receiver, command[command.index("--config") + 1]) == RECEIVER_YML
+    # in the lab's network namespace: the lab's WinRM on loopback, the alias for Alertmanager
+    assert receiver["network_mode"] == "service:lab"
+    assert receiver["depends_on"]["lab"]["condition"] == "service_healthy"
+    assert "receiver" in lab["networks"]["default"]["aliases"]
+    assert "127.0.0.1:9869:9869" in lab["ports"]
+    config = load(RECEIVER_YML)
+    listen = lab["command"][lab["command"].index("--listen") + 1]
+    assert urlsplit(config["winrm"]["endpoint"]).netloc == listen
+    section = config["receiver"]
+    assert section["mode"] == "dry-run"
+    assert section["listen_address"] == ":9869"  # every interface of the shared namespace
+    hooks = {r["name"]: r for r in load(ALERTMANAGER_YML)["receivers"]}
+    url = urlsplit(hooks["vmm-cert-renewal"]["webhook_configs"][0]["url"])
+    assert (url.hostname, url.port, url.path) == ("receiver", 9869, "/alertmanager")
+    # its own health check: the image's probes 9868, the exporter's port in this namespace
+    assert "http://127.0.0.1:9869/-/healthy" in " ".join(receiver["healthcheck"]["test"])
+
+
+def test_the_receiver_shares_the_token_with_alertmanager_and_has_its_own_password() -> None:
+    data = compose()
+    services = data["services"]
+    receiver, alertmanager, exporter = (
+        services["receiver"],
+        services["alertmanager"],
+        services["exporter"],
+    )
+    config = load(RECEIVER_YML)
+    webhook = next(
+        r for r in load(ALERTMANAGER_YML)["receivers"] if r["name"] == "vmm-cert-renewal"
+    )
+    sent = webhook["webhook_configs"][0]["http_config"]["authorization"]["credentials_file"]
+    token = PurePosixPath(config["receiver"]["bearer_token_file"])
+    assert token == PurePosixPath(sent)
+    assert token.parent == PurePosixPath("/run/secrets")
+    assert token.name in receiver["secrets"] and token.name in alertmanager["secrets"]
+    password = PurePosixPath(config["winrm"]["password_file"])
+    assert password.parent == PurePosixPath("/run/secrets")
+    assert password.name in receiver["secrets"]
+    assert password.name not in alertmanager["secrets"]
+    assert "secrets" not in exporter  # the exporter reads the lab's file, not the receiver's
+    # the journal lives on a named volume of its own
+    journal = PurePosixPath(config["receiver"]["journal"])
+    (volume,) = [s for s, t in mounts(receiver) if PurePosixPath(t) == journal.parent]
+    assert volume in data["volumes"]
+    assert all(
+        volume != s
+        for other in services.values()
+        if other is not receiver
+        for s, _ in mounts(other)
+    )
+
+
+def receiver_config_with_stand_ins(tmp_path: Path) -> Path:
+    """deploy/receiver.yml with what exists only in its container made under ``tmp_path``:
+    the secrets compose mounts at /run/secrets/NAME (copied from their files) and the
+    journal's volume (an empty directory)."""
+    data = compose()
+    receiver = data["services"]["receiver"]
+    text = RECEIVER_YML.read_text()
+    secrets_dir = tmp_path / "run-secrets"
+    secrets_dir.mkdir()
+    for name in receiver["secrets"]:
+        target = secrets_dir / name
+        shutil.copyfile(DEPLOY / data["secrets"][name]["file"], target)
+        target.chmod(0o600)
+        assert f"/run/secrets/{name}" in text, name
+        text = text.replace(f"/run/secrets/{name}", str(target))
+    for source, mount in mounts(receiver):
+        if source in data["volumes"]:
+            (tmp_path / source).mkdir()
+            assert f"{mount}/" in text, mount
+            text = text.replace(f"{mount}/", f"{tmp_path / source}/")
+    path = tmp_path / "receiver.yml"
+    path.write_text(text)
+    written = load(path)
+    for value in (
+        written["winrm"]["password_file"],
+        written["receiver"]["bearer_token_file"],
+        written["receiver"]["journal"],
+    ):
+        assert Path(value).is_relative_to(tmp_path), value
+    return path
+
+
+def test_check_config_accepts_the_receiver_config(tmp_path: Path) -> None:
+    path = receiver_config_with_stand_ins(tmp_path)
+    res = run(EXE, "check-config", "--config", str(path), cwd=tmp_path)
+    assert res.returncode == 0, res.stdout
+    assert "1 VMM servers" in res.stdout and "receiver in dry-run mode" in res.stdout
+    receiver = load_config(path).receiver
+    assert receiver is not None and not receiver.execute
+    assert receiver.bearer_token is not None
+
+
+def test_check_config_refuses_the_receiver_config_without_its_token(tmp_path: Path) -> None:
+    path = receiver_config_with_stand_ins(tmp_path)
+    (tmp_path / "run-secrets" / "receiver-token").unlink()
+    res = run(EXE, "check-config", "--config", str(path), cwd=tmp_path)
+    assert res.returncode == 1
+    assert "receiver.bearer_token_file" in res.stdout
+
+
+def test_the_receiver_config_starts_a_receiver_against_the_demo_lab(tmp_path: Path) -> None:
+    path = receiver_config_with_stand_ins(tmp_path)
+    config = load(RECEIVER_YML)
+    with start_lab() as lab:  # the compose lab's scenario: demo
+        # the demo lab's one account, its Run As account and its VMM server
+        assert config["winrm"]["username"] == lab.username
+        assert (tmp_path / "run-secrets" / "receiver-winrm-password").read_text().strip() == (
+            lab.account.password
+        )
+        assert config["receiver"]["run_as_account"] == lab_run_as_account(lab)
+        assert [s["host"] for s in config["vmm_servers"]] == lab.vmm_servers
+        # as in the container, but the lab and the receiver on free ports
+        text = path.read_text()
+        assert config["winrm"]["endpoint"] in text
+        path.write_text(text.replace(config["winrm"]["endpoint"], lab.endpoint_template))
+        receiver = start_receiver(load_config(path), listen_address="127.0.0.1:0")
+        try:
+            assert receiver.inventory.loaded.wait(30)
+            token = (tmp_path / "run-secrets" / "receiver-token").read_text().strip()
+            request = urllib.request.Request(
+                f"{receiver.url}/api/status", headers={"Authorization": f"Bearer {token}"}
+            )
+            with urllib.request.urlopen(request, timeout=10) as resp:
+                status = json.load(resp)
+        finally:
+            receiver.stop()
+        assert status["mode"] == "dry-run"
+        assert status["inventory"]["discovery_errors"] == {}
+        assert status["inventory"]["computers"] == len(lab.model.list_computers())

@@ -518,8 +518,9 @@ def _renewal_panels() -> list[Any]:
         timeseries.Panel()
         .title("Renewal jobs finished, by procedure and result")
         .description(
-            "vmm_renewal_jobs_total: succeeded, failed, already-fresh, cancelled... A failed "
-            "job is retried on the receiver's backoff (VMMCertificateRenewalFailed)."
+            "vmm_renewal_jobs_total: succeeded, failed, already-fresh, planned (dry run), "
+            "interrupted. A failed job is retried on the receiver's backoff "
+            "(VMMCertificateRenewalFailed)."
         )
         .datasource(_DS)
         .with_target(
