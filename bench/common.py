@@ -11,7 +11,13 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -80,3 +86,104 @@ def write_result(name: str, text: str) -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.txt").write_text(text + "\n")
     os.environ.setdefault("VMM_BENCH_QUIET", "")
+
+
+# ---- added for the fleet-scale benchmarks (issue 6) ---------------------------------------
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of another process (its threads included), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def process_rss_mb(pid: int) -> float:
+    """Current resident set size of another process."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
+def run_child(argv: list[str], timeout: float = 1800) -> dict[str, Any]:
+    """Run ``python -m <argv>`` in a fresh process; its last stdout line is a JSON object.
+
+    One measurement per process keeps peak RSS and CPU figures of different runs apart.
+    """
+    result = subprocess.run(
+        [sys.executable, "-m", *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    lines = result.stdout.strip().splitlines()
+    if result.returncode != 0 or not lines:
+        raise RuntimeError(f"{' '.join(argv)} failed ({result.returncode}):\n{result.stderr}")
+    import json
+
+    data = json.loads(lines[-1])
+    if not isinstance(data, dict):
+        raise RuntimeError(f"{' '.join(argv)}: expected a JSON object, got {lines[-1]!r}")
+    return data
+
+
+@dataclass(frozen=True)
+class LabChild:
+    """A lab running in a child process: the exporter config it wrote, and its pid."""
+
+    config: Path
+    pid: int
+
+    @property
+    def tls_address(self) -> tuple[str, int]:
+        return lab_tls_address(self.config)
+
+
+@contextmanager
+def lab_child(hosts: int, *, tls: bool = False, seed: int = 1) -> Iterator[LabChild]:
+    """``lab_process`` that also tells the lab's pid (to measure the lab's own CPU)."""
+    with lab_process(hosts, tls=tls, seed=seed) as config:
+        yield LabChild(config=config, pid=_lab_pid(config))
+
+
+def _lab_pid(config: Path) -> int:
+    # the lab's working directory holds the config it writes; find the process by its argv
+    target = str(config).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if target in argv and b"lab" in argv:
+            return int(entry.name)
+    raise RuntimeError(f"no lab process writing {config}")
+
+
+def lab_tls_address(config: Path) -> tuple[str, int]:
+    """The lab's TLS listener, from the ``tls:`` section of the config the lab wrote."""
+    import yaml
+
+    section = yaml.safe_load(config.read_text())["tls"]
+    return str(section["address"]), int(section["port"])
+
+
+def save_chart(name: str, figure: Figure) -> Path:
+    """Write a matplotlib figure as ``bench/results/<name>.png``."""
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.png"
+    figure.savefig(path, dpi=110, bbox_inches="tight")
+    return path
+
+
+def new_figure(columns: int = 1, width: float = 6.0) -> tuple[Figure, list[Axes]]:
+    """A figure with ``columns`` side-by-side axes, drawn by the file-only Agg backend."""
+    from matplotlib.figure import Figure as _Figure
+
+    figure = _Figure(figsize=(width * columns, 4.2))
+    axes = [figure.add_subplot(1, columns, i + 1) for i in range(columns)]
+    return figure, axes

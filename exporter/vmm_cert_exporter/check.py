@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
-    snapshot = Refresher(config).refresh_once()
+    snapshot = Refresher(config, shard=getattr(args, "shard", None)).refresh_once()
     rows = findings(snapshot, time.time(), args.warn_days, args.critical_days)
     worst = max((f.status for f in rows), default=OK)
     if args.json:

@@ -150,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ADDR",
         help="address to listen on (overrides receiver.listen_address; default 127.0.0.1:9869)",
     )
+    _add_web_config(p)
     _add_logging(p)
 
     p = sub.add_parser(

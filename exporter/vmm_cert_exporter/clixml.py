@@ -16,7 +16,10 @@ _MAX_INPUT = 1 << 20  # a longer stderr is cut: we only need enough to say what 
 
 
 def _unescape(text: str) -> str:
-    return _ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), text)
+    decoded = _ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), text)
+    # Each escape is one UTF-16 unit: rejoin surrogate pairs and replace lone surrogates, which
+    # no UTF-8 stream (a log line, a terminal) can carry (found by tests/test_fuzz.py).
+    return decoded.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
 
 def decode_stderr(stderr: str) -> str:

@@ -10,11 +10,12 @@ Refreshes run in one background thread, so they can never overlap.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import ipaddress
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
@@ -41,12 +42,15 @@ from vmm_cert_exporter.results import (
     parse_managed_computers,
     parse_trusted_certificates,
 )
+from vmm_cert_exporter.sharding import Shard
 from vmm_cert_exporter.snapshot import (
     SCVMM_FRIENDLY_PREFIX,
     HostSnapshot,
     Snapshot,
     StoredCertificate,
 )
+from vmm_cert_exporter.sources import TLS, MethodTable
+from vmm_cert_exporter.sources.tls import TlsProber
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +196,10 @@ def stored_certificates(result: CertificatesResult) -> tuple[StoredCertificate, 
     return tuple(out)
 
 
+class RefreshAbandoned(Exception):
+    """The refresher was stopped during a refresh: nothing more is started or published."""
+
+
 class Refresher:
     """Owns the refresh loop and the current snapshot.
 
@@ -204,9 +212,15 @@ class Refresher:
         runner: WinRMRunner | None = None,
         *,
         clock: Callable[[], float] = time.time,
+        shard: Shard | None = None,
+        tls_prober: TlsProber | None = None,
     ) -> None:
         self._config = config
         self._runner = runner or WinRMRunner(config.winrm)
+        # method: tls computers (sources/tls.py); --shard K/N keeps this exporter's share
+        self._methods = MethodTable(config)
+        self._tls = tls_prober or TlsProber(config.tls)
+        self.shard = shard
         self._clock = clock
         self._states: dict[str, _HostState] = {}
         self._views: dict[str, VmmView] = {}
@@ -222,6 +236,8 @@ class Refresher:
 
     # ---- calls -------------------------------------------------------------------------
     def _call(self, host: str, operation: str, parse: Callable[[str], T]) -> tuple[T | None, _Call]:
+        if self._stop.is_set():  # shutting down: start no new call
+            raise RefreshAbandoned
         started = time.monotonic()
         try:
             output = self._runner.run(host, render_script(operation))
@@ -229,6 +245,16 @@ class Refresher:
             return value, _Call(fqdn_key(host), operation, None, time.monotonic() - started)
         except CollectError as exc:
             return None, _Call(fqdn_key(host), operation, exc, time.monotonic() - started)
+
+    def _probe(self, computer: Computer) -> tuple[tuple[StoredCertificate, ...] | None, _Call]:
+        """method: tls: the certificate the computer presents (no credentials, no script)."""
+        started = time.monotonic()
+        try:
+            certs: tuple[StoredCertificate, ...] | None = self._tls.read(computer.fqdn)
+            error = None
+        except CollectError as exc:
+            certs, error = None, exc
+        return certs, _Call(computer.key, "tls-handshake", error, time.monotonic() - started)
 
     @staticmethod
     def _parse(output: ScriptOutput, parse: Callable[[str], T]) -> T:
@@ -254,9 +280,12 @@ class Refresher:
             if call.error is not None and call.error.reason == failures.AUTH:
                 auth_failed.add(call.key)
 
-        with ThreadPoolExecutor(
-            max_workers=cfg.collection.concurrency, thread_name_prefix="collect"
-        ) as pool:
+        with (
+            ThreadPoolExecutor(
+                max_workers=cfg.collection.concurrency, thread_name_prefix="collect"
+            ) as pool,
+            self._abort_on_interrupt(),  # exits first: before the pool waits for its calls
+        ):
             # 1. each VMM server: what it manages, then its TrustedPeople
             def vmm_server_calls(host: str, discover: bool) -> list[tuple[object, _Call]]:
                 done: list[tuple[object, _Call]] = []
@@ -296,9 +325,15 @@ class Refresher:
             discovering = {fqdn_key(s.host) for s in cfg.vmm_servers if s.discover}
             views = [v for k, v in self._views.items() if k in discovering]
             inventory = build_inventory(cfg, views)
+            if self.shard is not None:  # after discovery: every shard asks every VMM server
+                inventory = self.shard.select(inventory)
 
             # 3. every computer's store, skipping those that refused our credentials
             def collect(computer: Computer) -> tuple[tuple[StoredCertificate, ...] | None, _Call]:
+                if self._stop.is_set():
+                    raise RefreshAbandoned
+                if self._methods.of(computer) == TLS:
+                    return self._probe(computer)
                 result, call = self._call(
                     computer.fqdn, "collect-certificates", parse_collect_certificates
                 )
@@ -341,12 +376,20 @@ class Refresher:
             # e.g. pre-render /metrics here, in the refresher, not in the first scrape
             listener(snapshot)
         failed = sum(1 for h in snapshot.hosts if not h.last_ok)
+        by_reason: dict[str, int] = {}
+        for call in calls:
+            if call.error is not None:
+                by_reason[call.error.reason] = by_reason.get(call.error.reason, 0) + 1
         log.info(
             "refresh done",
             extra={
+                "refresh": self.refreshes,
                 "computers": len(snapshot.hosts),
+                "ok": len(snapshot.hosts) - failed,
                 "failed": failed,
                 "calls": len(calls),
+                # failed calls by reason, e.g. "auth:1,timeout:2" ("" when none failed)
+                "reasons": ",".join(f"{k}:{v}" for k, v in sorted(by_reason.items())),
                 "duration_seconds": round(snapshot.duration, 3),
             },
         )
@@ -397,17 +440,20 @@ class Refresher:
             copies = (
                 self._trusted.get(fqdn_key(computer.vmm_server)) if computer.vmm_server else None
             )
+            method = self._methods.of(computer)
             hosts.append(
                 HostSnapshot(
                     computer=computer,
                     certificates=state.certificates,
-                    trusted=trust_of(computer, current, copies),
+                    # over TLS only the presented certificate is seen: no trust verdict
+                    trusted=None if method == TLS else trust_of(computer, current, copies),
                     last_success=state.last_success,
                     last_ok=state.last_ok,
                     last_duration=state.last_duration,
                     last_error=state.last_error,
                     last_error_reason=state.last_error_reason,
                     errors_total=dict(state.errors_total),
+                    method=method,
                 )
             )
         self._states = states
@@ -433,6 +479,12 @@ class Refresher:
             began = time.monotonic()
             try:
                 self.refresh_once()
+            except RefreshAbandoned:
+                log.info(
+                    "refresh abandoned: shutting down; in-flight calls ended, nothing published",
+                    extra={"seconds": round(time.monotonic() - began, 3)},
+                )
+                break
             except Exception:  # a bug must not end the loop: log it, keep the last snapshot
                 log.exception("refresh crashed; keeping the previous snapshot")
             finally:
@@ -447,7 +499,34 @@ class Refresher:
     def ready(self) -> bool:
         return self.snapshot.complete
 
-    def stop(self, timeout: float | None = None) -> None:
+    @property
+    def drain_seconds(self) -> float:
+        """How long a stop may wait: the calls in flight run to their deadline, then clean up."""
+        bound = getattr(self._runner, "max_call_seconds", None)
+        return float(bound) if bound is not None else self._config.winrm.timeout + 5.0
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Start no new call; wait up to ``timeout`` for the calls in flight (Signal + Delete
+        included). Returns whether the refresher has stopped."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+            return not self._thread.is_alive()
+        return True
+
+    @contextlib.contextmanager
+    def _abort_on_interrupt(self) -> Iterator[None]:
+        """Ctrl-C during a refresh (``check``): start nothing more, end the calls in flight
+        now (each still sends Signal + Delete) instead of finishing the whole refresh."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        """Stop, and end the calls in flight now (each still sends Signal + Delete)."""
+        self._stop.set()
+        abort = getattr(self._runner, "abort", None)
+        if callable(abort):
+            abort()

@@ -543,8 +543,7 @@ def _renewal_panels() -> list[Any]:
         .datasource(_DS)
         .with_target(
             _instant(
-                "1000 * max by (host) "
-                '(vmm_renewal_last_success_timestamp_seconds{host=~"$host"})',
+                '1000 * max by (host) (vmm_renewal_last_success_timestamp_seconds{host=~"$host"})',
                 "A",
             )
         )

@@ -7,12 +7,15 @@ connection to VMM must not make its hosts vanish from /metrics and silently reso
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 
-from vmm_cert_exporter.config import Config
+from vmm_cert_exporter.config import Config, validate_fqdn
 from vmm_cert_exporter.results import ManagedComputersResult
+
+log = logging.getLogger(__name__)
 
 ROLES = ("vmm_server", "hyperv_host", "library_server", "other")
 
@@ -60,22 +63,37 @@ class VmmView:
 
 
 def view_from_result(vmm_server: str, result: ManagedComputersResult) -> VmmView:
-    managed = tuple(
-        Computer(
-            fqdn=mc.fqdn,
-            role=normalise_role(mc.role),
-            vmm_server=vmm_server,
-            vmm_state=mc.state,
-            is_vmm_server=fqdn_key(mc.fqdn) == fqdn_key(vmm_server),
+    """What VMM reported, minus names that are not FQDNs.
+
+    Discovered names go into the WinRM endpoint URL (``{host}``) exactly as configured names
+    do, so they pass the same check: a name with ``:`` or ``/`` could otherwise choose the
+    port or path a credentialed request is sent to.
+    """
+    managed: list[Computer] = []
+    for mc in result.managed_computers:
+        try:
+            validate_fqdn(mc.fqdn)
+        except ValueError as exc:
+            log.warning(
+                "skipping a computer VMM reported",
+                extra={"vmm_server": vmm_server, "reason": "parse", "detail": str(exc)},
+            )
+            continue
+        managed.append(
+            Computer(
+                fqdn=mc.fqdn,
+                role=normalise_role(mc.role),
+                vmm_server=vmm_server,
+                vmm_state=mc.state,
+                is_vmm_server=fqdn_key(mc.fqdn) == fqdn_key(vmm_server),
+            )
         )
-        for mc in result.managed_computers
-    )
     return VmmView(
         vmm_server=vmm_server,
         version=result.vmm_version,
         high_availability=result.high_availability,
         supports_update_certificate=result.supports_update_certificate,
-        managed=managed,
+        managed=tuple(managed),
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
 from typing import Any, TextIO
 
@@ -68,6 +69,18 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(doc, default=str)
 
 
+def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
+    """An exception that ends a thread becomes one structured error line (not a bare
+    traceback on stderr), with the thread's name."""
+    if args.exc_type is SystemExit:
+        return
+    logging.getLogger("vmm_cert_exporter").error(
+        "uncaught exception in a thread",
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),  # type: ignore[arg-type]
+        extra={"thread_name": args.thread.name if args.thread is not None else ""},
+    )
+
+
 def setup_logging(level: str = "info", fmt: str = "logfmt", stream: TextIO | None = None) -> None:
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JSONFormatter() if fmt == "json" else LogfmtFormatter())
@@ -76,6 +89,7 @@ def setup_logging(level: str = "info", fmt: str = "logfmt", stream: TextIO | Non
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(LEVELS.get(level, logging.INFO))
+    threading.excepthook = _log_thread_exception
     # urllib3 and pywinrm debug lines can carry request bodies: keep them quiet
     for noisy in ("urllib3", "winrm", "requests_ntlm", "spnego", "cheroot"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -1,15 +1,17 @@
 """Turn the current snapshot into metric families: no I/O, no locks, nothing but arithmetic.
 
 The names and labels are a contract (docs/metrics.md). ``vmm_cert_expiry_seconds`` is
-computed at scrape time so that it keeps counting down between refreshes.
+computed at scrape time, in whole seconds, so that it keeps counting down between refreshes.
 """
 
 from __future__ import annotations
 
 import gzip
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from prometheus_client import generate_latest
 from prometheus_client.core import (
@@ -31,6 +33,15 @@ EXPIRY_HELP = (
     "Seconds from the scrape until NotAfter of the computer's SCVMM certificate "
     "(the latest if several); negative once expired; absent when the store holds none."
 )
+
+
+def scrape_second(now: float) -> float:
+    """The instant ``vmm_cert_expiry_seconds`` is computed at: the scrape's whole second.
+
+    A second is far below the precision anyone needs of "time until NotAfter", and it lets
+    every scrape within one second share one rendering (see ``Exposition``).
+    """
+    return float(math.floor(now))
 
 
 def expiry_points(snapshot: Snapshot) -> Iterator[tuple[HostSnapshot, float]]:
@@ -68,8 +79,9 @@ class SnapshotCollector(Collector):
     def expiry_family(snapshot: Snapshot, now: float) -> GaugeMetricFamily:
         """The one family that depends on the scrape time."""
         expiry = GaugeMetricFamily(EXPIRY_NAME, EXPIRY_HELP, labels=HOST_LABELS)
+        second = scrape_second(now)
         for host, after in expiry_points(snapshot):
-            expiry.add_metric([host.computer.fqdn, host.computer.role], after - now)
+            expiry.add_metric([host.computer.fqdn, host.computer.role], after - second)
         return expiry
 
     def static_families(self, snapshot: Snapshot) -> Iterator[Metric]:
@@ -86,13 +98,15 @@ class SnapshotCollector(Collector):
         )
         present = GaugeMetricFamily(
             "vmm_cert_present",
-            "1 if the computer's LocalMachine\\My store holds an SCVMM certificate, 0 if it "
-            "was read and holds none; absent until the store has been read once.",
+            "1 if the computer's LocalMachine\\My store holds an SCVMM certificate (method tls: "
+            "if the certificate it presents is self-signed with its FQDN as CN), 0 if it was "
+            "read and holds none; absent until the store has been read once.",
             labels=HOST_LABELS,
         )
         count = GaugeMetricFamily(
             "vmm_cert_certificates",
-            "Number of SCVMM certificates in the computer's store (more than 1 is a smell).",
+            "Number of SCVMM certificates in the computer's store (more than 1 is a smell); "
+            "not published for method tls.",
             labels=HOST_LABELS,
         )
         trusted = GaugeMetricFamily(
@@ -103,7 +117,8 @@ class SnapshotCollector(Collector):
         )
         info = GaugeMetricFamily(
             "vmm_cert_info",
-            "One series per SCVMM certificate in the computer's store, with its identity.",
+            "One series per SCVMM certificate in the computer's store (method tls: the one it "
+            "presents), with its identity and how it was read (method winrm or tls).",
             labels=[
                 *HOST_LABELS,
                 "thumbprint",
@@ -112,6 +127,7 @@ class SnapshotCollector(Collector):
                 "issuer",
                 "self_signed",
                 "key_algorithm",
+                "method",
             ],
         )
         state = GaugeMetricFamily(
@@ -145,7 +161,8 @@ class SnapshotCollector(Collector):
             labels = [host.computer.fqdn, host.computer.role]
             if host.certificates is not None:
                 present.add_metric(labels, 1.0 if host.certificates else 0.0)
-                count.add_metric(labels, float(len(host.certificates)))
+                if host.method != "tls":  # one presented certificate says nothing of the store
+                    count.add_metric(labels, float(len(host.certificates)))
                 for cert in host.certificates:
                     ci = cert.info
                     info.add_metric(
@@ -157,6 +174,7 @@ class SnapshotCollector(Collector):
                             ci.issuer,
                             "true" if ci.self_signed else "false",
                             ci.key_algorithm,
+                            host.method,
                         ],
                         1.0,
                     )
@@ -243,14 +261,38 @@ def _escape_label_value(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
+@dataclass(frozen=True)
+class _Rendered:
+    """Everything of one snapshot that a scrape needs, swapped in whole."""
+
+    key: tuple[int, int] | None
+    static: bytes  # every family but the expiry one, rendered by generate_latest
+    static_gz: bytes
+    points: tuple[tuple[bytes, float], ...]  # (expiry line up to the value, NotAfter)
+
+
+@dataclass(frozen=True)
+class _ExpiryBlock:
+    """The expiry family rendered for one second of one snapshot (gzip made on demand)."""
+
+    key: tuple[int, int] | None
+    second: float
+    plain: bytes
+    gz: list[bytes]  # [] until a gzip scrape asks, then [member]
+
+
 class Exposition:
     """Serves the collector's output at fleet scale.
 
     Rendering 10,000 computers through ``generate_latest`` takes about a second, far too
     long for a scrape. Everything but ``vmm_cert_expiry_seconds`` changes only with the
-    snapshot, so it is rendered (and gzipped) once per snapshot; the expiry lines are
-    re-formatted from cached prefixes at each scrape. A test proves the bytes equal
-    ``generate_latest`` over ``SnapshotCollector`` at the same instant.
+    snapshot, so it is rendered (and gzipped) once per snapshot; the expiry family changes
+    with the scrape's second (``scrape_second``), so it is rendered once per second, from
+    cached line prefixes and one formatted value per distinct NotAfter (whole cohorts share
+    one), and shared by every scrape in that second. A scrape then only hands the cached
+    parts to the server: no copy of the body, no formatting, no compression. While a new
+    snapshot is being rendered, scrapes keep getting the previous complete one. A test
+    proves the bytes equal ``generate_latest`` over ``SnapshotCollector`` at the same instant.
     """
 
     def __init__(
@@ -267,48 +309,95 @@ class Exposition:
         self._histogram_count = histogram_count
         self._clock = clock
         self._gzip_level = gzip_level
-        self._lock = threading.Lock()
-        self._key: tuple[int, int] | None = None
-        self._static = b""
-        self._static_gz = b""
-        self._points: list[tuple[bytes, float]] = []
+        self._render_lock = threading.Lock()  # one rendering of a snapshot at a time
+        self._expiry_lock = threading.Lock()  # one rendering of a second at a time
+        self._rendered = _Rendered(None, b"", b"", ())
+        self._expiry = _ExpiryBlock(None, math.nan, b"", [])
 
-    def _refresh_cache(self) -> list[tuple[bytes, float]]:
+    def _current(self) -> _Rendered:
         snapshot = self._source()
         key = (id(snapshot), self._histogram_count())
-        with self._lock:
-            if key != self._key:
-                static = generate_latest(_Families(list(self._collector.static_families(snapshot))))
-                self._points = [
-                    (
-                        f'{EXPIRY_NAME}{{host="{_escape_label_value(h.computer.fqdn)}",'
-                        f'role="{_escape_label_value(h.computer.role)}"}} '.encode(),
-                        after,
-                    )
-                    for h, after in expiry_points(snapshot)
-                ]
-                self._static = static
-                self._static_gz = gzip.compress(static, self._gzip_level)
-                self._key = key
-            return self._points
+        rendered = self._rendered
+        if rendered.key == key:
+            return rendered
+        if rendered.key is not None and not self._render_lock.acquire(blocking=False):
+            return rendered  # being rendered by another thread: serve the previous one
+        if rendered.key is None:
+            self._render_lock.acquire()
+        try:
+            if self._rendered.key != key:
+                self._rendered = self._render(snapshot, key)
+            return self._rendered
+        finally:
+            self._render_lock.release()
 
-    def _expiry_bytes(self, points: list[tuple[bytes, float]], now: float) -> bytes:
+    def _render(self, snapshot: Snapshot, key: tuple[int, int]) -> _Rendered:
+        # one family at a time: only one family's samples exist at once
+        static = b"".join(
+            generate_latest(_Families([family]))
+            for family in self._collector.static_families(snapshot)
+        )
+        points = tuple(
+            (
+                f'{EXPIRY_NAME}{{host="{_escape_label_value(h.computer.fqdn)}",'
+                f'role="{_escape_label_value(h.computer.role)}"}} '.encode(),
+                after,
+            )
+            for h, after in expiry_points(snapshot)
+        )
+        return _Rendered(key, static, gzip.compress(static, self._gzip_level), points)
+
+    def _expiry_block(self, rendered: _Rendered, now: float) -> _ExpiryBlock:
+        second = scrape_second(now)
+        block = self._expiry
+        if block.key == rendered.key and block.second == second:
+            return block
+        with self._expiry_lock:
+            block = self._expiry
+            if block.key != rendered.key or block.second != second:
+                block = _ExpiryBlock(
+                    rendered.key, second, self._expiry_bytes(rendered.points, second), []
+                )
+                self._expiry = block
+            return block
+
+    @staticmethod
+    def _expiry_bytes(points: tuple[tuple[bytes, float], ...], second: float) -> bytes:
         head = f"# HELP {EXPIRY_NAME} {EXPIRY_HELP}\n# TYPE {EXPIRY_NAME} gauge\n".encode()
         go_float: Callable[[float], str] = floatToGoString  # untyped in prometheus_client
-        lines = [prefix + go_float(after - now).encode() + b"\n" for prefix, after in points]
-        return head + b"".join(lines)
+        values: dict[float, bytes] = {}
+        parts = [head]
+        for prefix, after in points:
+            value = values.get(after)
+            if value is None:
+                value = values[after] = go_float(after - second).encode() + b"\n"
+            parts.append(prefix)
+            parts.append(value)
+        return b"".join(parts)
 
     def warm(self, snapshot: Snapshot | None = None) -> None:
         """Render the cache now (called by the refresher right after a refresh)."""
-        self._refresh_cache()
+        self._current()
+
+    def render_parts(self, now: float | None = None) -> list[bytes]:
+        """The body as parts to write one after the other (no copy of the whole)."""
+        rendered = self._current()
+        moment = self._clock() if now is None else now
+        return [self._expiry_block(rendered, moment).plain, rendered.static]
+
+    def render_gzip_parts(self, now: float | None = None) -> list[bytes]:
+        """Two gzip members back to back: valid gzip (RFC 1952), read whole by every client."""
+        rendered = self._current()
+        moment = self._clock() if now is None else now
+        block = self._expiry_block(rendered, moment)
+        if not block.gz:
+            with self._expiry_lock:
+                if not block.gz:
+                    block.gz.append(gzip.compress(block.plain, 1))
+        return [block.gz[0], rendered.static_gz]
 
     def render(self, now: float | None = None) -> bytes:
-        points = self._refresh_cache()
-        moment = self._clock() if now is None else now
-        return self._expiry_bytes(points, moment) + self._static
+        return b"".join(self.render_parts(now))
 
     def render_gzip(self, now: float | None = None) -> bytes:
-        """Two gzip members back to back: valid gzip (RFC 1952), read whole by every client."""
-        points = self._refresh_cache()
-        moment = self._clock() if now is None else now
-        return gzip.compress(self._expiry_bytes(points, moment), 1) + self._static_gz
+        return b"".join(self.render_gzip_parts(now))

@@ -43,9 +43,9 @@ _local = threading.local()
 
 
 def _register(sock: socket.socket) -> None:
-    sockets: list[socket.socket] | None = getattr(_local, "sockets", None)
-    if sockets is not None:
-        sockets.append(sock)
+    watchdog: _Watchdog | None = getattr(_local, "watchdog", None)
+    if watchdog is not None:
+        watchdog.track(sock)
 
 
 class _TrackedHTTPConnection(HTTPConnection):
@@ -99,15 +99,27 @@ class _Watchdog:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
 
+    def fire(self) -> None:
+        """End the call now, as if the deadline had passed."""
+        self._timer.cancel()
+        self._fire()
+
+    def track(self, sock: socket.socket) -> None:
+        with self._lock:
+            self.sockets.append(sock)
+            if self.fired:  # a connection opened after the deadline never gets to wait
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
     @contextlib.contextmanager
     def armed(self) -> Iterator[None]:
-        _local.sockets = self.sockets
+        _local.watchdog = self
         self._timer.start()
         try:
             yield
         finally:
             self._timer.cancel()
-            _local.sockets = None
+            _local.watchdog = None
 
 
 @dataclass(frozen=True)
@@ -171,10 +183,33 @@ class WinRMRunner:
 
     def __init__(self, config: WinRMConfig) -> None:
         self._config = config
+        # watchdogs of the calls in flight, so that abort() can end them all at once
+        self._active: set[_Watchdog] = set()
+        self._active_lock = threading.Lock()
+        self._aborted = False
 
     @property
     def timeout(self) -> float:
         return self._config.timeout
+
+    @property
+    def cleanup_seconds(self) -> float:
+        """The allowance of Signal + Delete after a call (its own, beyond the deadline)."""
+        return min(_CLEANUP_SECONDS, max(1.0, self._config.timeout / 2))
+
+    @property
+    def max_call_seconds(self) -> float:
+        """The longest one call can take: its deadline, then Signal + Delete."""
+        return self._config.timeout + self.cleanup_seconds + 0.5
+
+    def abort(self) -> None:
+        """End every call in flight now, as if its deadline had passed (graceful shutdown's
+        second signal). Each still sends Signal + Delete; calls started later fail at once."""
+        with self._active_lock:
+            self._aborted = True
+            active = list(self._active)
+        for watchdog in active:
+            watchdog.fire()
 
     def endpoint_for(self, host: str) -> str:
         return self._config.endpoint.replace("{host}", host)
@@ -219,6 +254,10 @@ class WinRMRunner:
         seconds = self._config.timeout if timeout is None else timeout
         deadline = time.monotonic() + seconds
         watchdog = _Watchdog(deadline)
+        with self._active_lock:
+            if self._aborted:
+                raise CollectError(failures.TIMEOUT, "not started: the exporter is shutting down")
+            self._active.add(watchdog)
         shell_id: str | None = None
         command_id: str | None = None
         protocol: Protocol | None = None
@@ -231,6 +270,10 @@ class WinRMRunner:
                 stdout, stderr, exit_code = self._receive(protocol, shell_id, command_id, deadline)
         except BaseException as exc:
             if watchdog.fired:
+                if self._aborted:
+                    raise CollectError(
+                        failures.TIMEOUT, "abandoned: the exporter is shutting down"
+                    ) from exc
                 raise CollectError(
                     failures.TIMEOUT, f"no complete answer within the {seconds:g}s deadline"
                 ) from exc
@@ -238,6 +281,8 @@ class WinRMRunner:
                 raise
             raise classify(exc) from exc
         finally:
+            with self._active_lock:
+                self._active.discard(watchdog)
             if protocol is not None:
                 self._cleanup(protocol, shell_id, command_id)
         out = stdout.decode("utf-8", errors="replace").lstrip("\ufeff")
@@ -272,7 +317,7 @@ class WinRMRunner:
 
     def _cleanup(self, protocol: Protocol, shell_id: str | None, command_id: str | None) -> None:
         """Signal + Delete, always, within their own short deadline; never raises."""
-        allowance = min(_CLEANUP_SECONDS, max(1.0, self._config.timeout / 2))
+        allowance = self.cleanup_seconds
         cleanup = _Watchdog(time.monotonic() + allowance)
         with contextlib.suppress(Exception), cleanup.armed():
             if shell_id is not None:

@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from types import FrameType
 
@@ -16,7 +17,9 @@ from vmm_cert_exporter.collection import Refresher
 from vmm_cert_exporter.config import Config, ConfigError, load_config, parse_listen_address
 from vmm_cert_exporter.logs import setup_logging
 from vmm_cert_exporter.metrics import Exposition, SnapshotCollector
+from vmm_cert_exporter.sharding import Shard
 from vmm_cert_exporter.web import make_app, make_server
+from vmm_cert_exporter.webconfig import WebConfigFile, load_web_config, server_url
 
 log = logging.getLogger(__name__)
 
@@ -32,27 +35,35 @@ class Exporter:
 
     @property
     def url(self) -> str:
-        host, port = self.server.bind_addr[:2]
-        if host in ("0.0.0.0", "::"):  # noqa: S104 - we connect, not bind, here
-            host = "127.0.0.1"
-        return f"http://{host}:{port}"
+        return server_url(self.server)
 
-    def stop(self) -> None:
-        self.refresher.stop(timeout=1.0)
+    def stop(self, drain: float | None = None) -> bool:
+        """Graceful: no new WinRM call; the calls in flight finish or reach their deadline and
+        send Signal + Delete (at most ``refresher.drain_seconds``); /metrics keeps serving the
+        last snapshot meanwhile. Returns whether the refresher stopped in time."""
+        stopped = self.refresher.stop(
+            timeout=self.refresher.drain_seconds if drain is None else drain
+        )
         self.server.stop()
         self.thread.join(timeout=5.0)
+        return stopped
 
 
-def start_exporter(config: Config, listen_address: str | None = None) -> Exporter:
+def start_exporter(
+    config: Config,
+    listen_address: str | None = None,
+    shard: Shard | None = None,
+    web_config: WebConfigFile | None = None,
+) -> Exporter:
     """Start refreshing and serving; returns once the server listens."""
-    refresher = Refresher(config)
+    refresher = Refresher(config, shard=shard)
     collector = SnapshotCollector(lambda: refresher.snapshot, lambda: refresher.histogram)
     exposition = Exposition(
         collector, lambda: refresher.snapshot, lambda: refresher.histogram.count
     )
     refresher.listeners.append(exposition.warm)
     app = make_app(exposition, lambda: refresher.snapshot)
-    server = make_server(app, listen_address or config.web.listen_address)
+    server = make_server(app, listen_address or config.web.listen_address, web_config=web_config)
     server.prepare()  # binds now, so a taken port fails before we report success
     thread = threading.Thread(target=server.serve, name="http", daemon=True)
     thread.start()
@@ -68,11 +79,15 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(args.config)
         if args.listen_address is not None:
             parse_listen_address(args.listen_address)
+        web_config_file = getattr(args, "web_config_file", None)
+        web_config = load_web_config(web_config_file) if web_config_file else None
     except (ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     try:
-        exporter = start_exporter(config, args.listen_address)
+        exporter = start_exporter(
+            config, args.listen_address, getattr(args, "shard", None), web_config
+        )
     except OSError as exc:
         print(
             f"error: cannot listen on {args.listen_address or config.web.listen_address}: {exc}",
@@ -82,11 +97,23 @@ def run(args: argparse.Namespace) -> int:
     stopping = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
+        if stopping.is_set():
+            # a second signal: end the calls in flight now (they still send Signal + Delete)
+            log.warning("second signal: abandoning the WinRM calls in flight")
+            exporter.refresher.abort()
         stopping.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     stopping.wait()
-    log.info("shutting down")
-    exporter.stop()
+    began = time.monotonic()
+    log.info(
+        "shutting down: no new WinRM calls; waiting for the calls in flight",
+        extra={"max_wait_seconds": round(exporter.refresher.drain_seconds, 1)},
+    )
+    stopped = exporter.stop()
+    log.info(
+        "stopped" if stopped else "stopped without waiting for every call",
+        extra={"seconds": round(time.monotonic() - began, 3)},
+    )
     return 0

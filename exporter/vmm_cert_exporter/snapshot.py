@@ -38,6 +38,9 @@ class HostSnapshot:
     last_error: str | None  # "<reason>: <detail>" of the last failure, for humans
     last_error_reason: str | None
     errors_total: Mapping[str, int] = field(default_factory=dict)
+    # how it was read: "winrm" (its store) or "tls" (the certificate it presents, which
+    # tells no store count and no trust verdict; see sources/tls.py)
+    method: str = "winrm"
 
     @property
     def current(self) -> StoredCertificate | None:

@@ -53,6 +53,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"account:   {lab.username}  password: {lab.account.password}")
         if lab.ca_path is not None:
             print(f"lab CA:    {lab.ca_path}")
+        if lab.tls_probe_address is not None:
+            host, port = lab.tls_probe_address
+            print(f"tls probe: {host}:{port} (every computer's certificate, chosen by SNI)")
         print(f"computers: {len(lab.model.list_computers())}  vmm servers: {lab.vmm_servers}")
         sys.stdout.flush()
         while not stop.wait(0.5):

@@ -63,6 +63,9 @@ _ENVELOPE_OPEN = (
 )
 _ANONYMOUS = "http://schemas.xmlsoap.org/ws/2004/08/addressing/role/anonymous"
 _FORBIDDEN_XML = re.compile(rb"<!(DOCTYPE|ENTITY)", re.IGNORECASE)
+_DECLARED_ENCODING = re.compile(
+    rb"\s*<\?xml[^>]*?encoding\s*=\s*[\"']([^\"']*)[\"']", re.IGNORECASE
+)
 _DURATION = re.compile(r"^P(?:T(?:(\d+(?:\.\d*)?)H)?(?:(\d+(?:\.\d*)?)M)?(?:(\d+(?:\.\d*)?)S)?)?$")
 _POWERSHELL = {"powershell", "powershell.exe", "pwsh", "pwsh.exe"}
 
@@ -152,12 +155,21 @@ def parse_request(data: bytes) -> Request:
             "in the request is too large. ",
             detail="http://schemas.dmtf.org/wbem/wsman/1/wsman/faultDetail/MaxEnvelopeSize",
         )
+    # UTF-8 only: in UTF-16 or EBCDIC a DTD would slip past the byte search below
+    # (found by tests/test_fuzz.py).
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise WSManFault("w:SchemaValidationError", "The message is not UTF-8 encoded. ") from None
+    declared = _DECLARED_ENCODING.match(data.removeprefix(b"\xef\xbb\xbf"))
+    if declared and declared.group(1).lower() not in (b"utf-8", b"utf8"):
+        raise WSManFault("w:SchemaValidationError", "Only UTF-8 envelopes are accepted. ")
     # No DTDs at all: xml.etree would expand internal entities (billion laughs).
     if _FORBIDDEN_XML.search(data):
         raise WSManFault("w:SchemaValidationError", "DTDs are not allowed in WS-Man messages. ")
     try:
         root = ET.fromstring(data)  # noqa: S314 - DTDs rejected above
-    except ET.ParseError as exc:
+    except (ET.ParseError, ValueError) as exc:
         raise WSManFault(
             "w:SchemaValidationError",
             f"The SOAP XML in the message is not well formed: {exc}. ",

@@ -73,9 +73,16 @@ def receiver_command(args: argparse.Namespace) -> int:
     if config is None or config.receiver is None:
         return 2
     from vmm_cert_exporter.receiver.service import start_receiver  # cheroot only when serving
+    from vmm_cert_exporter.webconfig import load_web_config
 
+    web_config_file = getattr(args, "web_config_file", None)
     try:
-        receiver = start_receiver(config, listen_address=args.listen_address)
+        web_config = load_web_config(web_config_file) if web_config_file else None
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        receiver = start_receiver(config, listen_address=args.listen_address, web_config=web_config)
     except (OSError, JournalError, ValueError) as exc:
         print(f"error: cannot start the receiver: {exc}", file=sys.stderr)
         return 1

@@ -54,6 +54,7 @@ from vmm_cert_exporter.receiver.metrics import ReceiverCollector, WebhookCounter
 from vmm_cert_exporter.receiver.runbook import ScriptRunner
 from vmm_cert_exporter.receiver.webhook import PayloadError, parse_webhook
 from vmm_cert_exporter.remoting import WinRMRunner
+from vmm_cert_exporter.webconfig import WebConfigFile, apply_web_config
 
 log = logging.getLogger(__name__)
 
@@ -429,6 +430,23 @@ def make_receiver_server(app: ReceiverApp, config: ReceiverConfig, listen: str) 
     return server
 
 
+def _check_web_config(rcfg: ReceiverConfig, web_config: WebConfigFile | None) -> None:
+    """--web.config.file may secure the receiver, but not twice over what its section does."""
+    if web_config is None:
+        return
+    if web_config.tls is not None and rcfg.tls_cert_file is not None:
+        raise ValueError(
+            f"TLS is configured twice, in receiver.tls and in {web_config.path}: keep one"
+        )
+    own_auth = rcfg.bearer_token is not None or rcfg.basic_auth_username is not None
+    if web_config.basic_auth_users and own_auth:
+        raise ValueError(
+            f"{web_config.path}: basic_auth_users cannot be combined with the receiver's own "
+            "credentials (bearer_token_file / basic_auth): Alertmanager sends one Authorization "
+            "header, which cannot satisfy both; keep the receiver's"
+        )
+
+
 def _loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -478,6 +496,7 @@ def start_receiver(
     listen_address: str | None = None,
     poll_interval: float = 1.0,
     background: bool = True,
+    web_config: WebConfigFile | None = None,
 ) -> Receiver:
     """Open the journal, start discovery, the engine and the HTTP server; return at once.
 
@@ -487,6 +506,7 @@ def start_receiver(
     rcfg = config.receiver
     if rcfg is None:
         raise ValueError(f"{config.path}: the configuration has no receiver section")
+    _check_web_config(rcfg, web_config)
     journal = Journal(rcfg.journal, clock=clock)
     owner = OwnerLock(rcfg.journal)
     try:
@@ -497,6 +517,7 @@ def start_receiver(
         )
         app = ReceiverApp(rcfg, journal, engine, inventory, clock=clock)
         server = make_receiver_server(app, rcfg, listen_address or rcfg.listen_address)
+        apply_web_config(server, web_config)  # --web.config.file: TLS, headers, rate limit
         server.prepare()  # binds now: a taken port fails here, before we report success
     except BaseException:
         owner.release()
@@ -509,7 +530,7 @@ def start_receiver(
         engine.start()
     receiver = Receiver(config, journal, engine, inventory, app, server, thread, owner)
     host = parse_listen_address(listen_address or rcfg.listen_address)[0]
-    if not _loopback(host) and rcfg.tls_cert_file is None:
+    if not _loopback(host) and server.ssl_adapter is None:
         log.warning(
             "listening beyond loopback without TLS: the bearer token crosses the network in "
             "clear text; set receiver.tls or put a TLS proxy in front",

@@ -1,0 +1,83 @@
+"""``--shard K/N``: N exporters split one fleet, with no overlap and no gap.
+
+Rendezvous (highest-random-weight) hashing of the lower-cased FQDN: every shard index
+``i`` in ``0..N-1`` gets the score ``blake2b("<i>:<fqdn>", 8 bytes)`` read as a big-endian
+integer, and the computer belongs to the shard with the highest score. Consequences:
+
+- every computer has exactly one owner, computed from its name alone: N exporters with the
+  same N and different K agree without talking to each other;
+- adding or removing computers never moves any other computer;
+- going from N to N+1 shards moves only the computers the new shard wins (about 1/(N+1)),
+  each to the new shard;
+- the spelling of a name does not matter (``HV01.corp.example`` = ``hv01.corp.example``).
+
+The split is applied after discovery: every shard still asks every VMM server what it manages
+(and reads its TrustedPeople, needed for the trust verdict of its hosts); the VMM server's own
+certificate belongs to one shard like any other computer. See docs/scaling.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Final
+
+from vmm_cert_exporter.inventory import Inventory, fqdn_key
+
+MAX_SHARDS: Final = 1024
+
+
+@lru_cache(maxsize=1 << 17)
+def owner(fqdn: str, total: int) -> int:
+    """The shard (0-based) that owns ``fqdn`` among ``total`` shards."""
+    key = fqdn_key(fqdn).encode("utf-8")
+    best, best_score = 0, -1
+    for index in range(total):
+        digest = hashlib.blake2b(b"%d:%s" % (index, key), digest_size=8).digest()
+        score = int.from_bytes(digest, "big")
+        if score > best_score:
+            best, best_score = index, score
+    return best
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` (0-based) of ``total``."""
+
+    index: int
+    total: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.total <= MAX_SHARDS:
+            raise ValueError(f"N must be from 1 to {MAX_SHARDS}, got {self.total}")
+        if not 0 <= self.index < self.total:
+            raise ValueError(f"K must be from 0 to N-1 ({self.total - 1}), got {self.index}")
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.total}"
+
+    def owns(self, fqdn: str) -> bool:
+        return self.total == 1 or owner(fqdn, self.total) == self.index
+
+    def select(self, inventory: Inventory) -> Inventory:
+        """The part of ``inventory`` this shard reads and publishes."""
+        mine = tuple(c for c in inventory.computers if self.owns(c.fqdn))
+        return Inventory(computers=mine, vmm_views=inventory.vmm_views)
+
+
+def parse_shard(text: str) -> Shard:
+    """``"K/N"`` -> ``Shard(K, N)``; ValueError with the reason otherwise."""
+    index_text, sep, total_text = text.strip().partition("/")
+    if not sep or not index_text.isdigit() or not total_text.isdigit():
+        raise ValueError(f"expected K/N with 0 <= K < N (e.g. 0/3), got {text!r}")
+    return Shard(int(index_text), int(total_text))
+
+
+def shard_argument(text: str) -> Shard:
+    """``argparse`` type for ``--shard``."""
+    try:
+        return parse_shard(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

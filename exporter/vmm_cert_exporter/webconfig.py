@@ -1,0 +1,941 @@
+"""``--web.config.file``: TLS and basic auth for any of our HTTP servers, exporter-toolkit style.
+
+The file format is the Prometheus exporter-toolkit's (docs/web-configuration.md there), so a
+Prometheus administrator can reuse what they already know::
+
+    tls_server_config:
+      cert_file: server.crt            # PEM; relative paths are relative to this file
+      key_file: server.key
+      client_ca_file: clients-ca.pem   # needed by the two Verify* client_auth_types
+      client_auth_type: RequireAndVerifyClientCert
+      min_version: TLS12               # TLS12 | TLS13
+      max_version: TLS13
+    http_server_config:
+      headers: {X-Content-Type-Options: nosniff}
+    basic_auth_users:
+      prometheus: $2y$10$...           # bcrypt hash, never the password
+    rate_limit: {interval: 1s, burst: 20}
+
+The file is validated strictly, like the main configuration: one ``WebConfigError`` (a
+``ConfigError``) naming the file, the field and what was expected, before anything listens.
+Certificates and keys are loaded into an ``ssl.SSLContext`` at load time, so a wrong key, an
+encrypted key or a certificate that does not match its key also fails before listening.
+
+Where we differ from the toolkit, on purpose (docs/security.md):
+
+- The file is read once at start (the toolkit re-reads it on every request): restart the
+  process to pick up a new certificate or user.
+- ``RequestClientCert`` and ``RequireAnyClientCert`` ask for a client certificate without
+  verifying it. Python's ``ssl`` cannot accept an unverified client certificate, and such a
+  certificate authenticates nobody, so both are refused with an error saying what to use.
+- Inline ``cert``/``key``/``client_ca`` (a private key inside a config file), ``cipher_suites``
+  and ``curve_preferences`` (Go names; OpenSSL's defaults apply), ``client_allowed_sans`` and
+  ``http2: true`` are refused by name rather than silently ignored.
+
+``apply_web_config(server, web_config)`` secures any cheroot WSGI server: the exporter's and
+the renewal receiver's. TLS handshakes run in the worker threads (not in cheroot's single
+accept loop, where one silent client would hold every new connection for the socket timeout).
+Basic auth compares every user name in constant time, checks an unknown user against a dummy
+hash of the same cost (no user enumeration by timing), serialises bcrypt and caches outcomes
+under a per-process key, as the toolkit does.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+import difflib
+import hashlib
+import hmac
+import logging
+import os
+import re
+import secrets as pysecrets
+import socket
+import ssl
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, NoReturn
+
+import bcrypt
+import yaml
+from cheroot import server as cheroot_server
+from cheroot import wsgi
+from cheroot.makefile import StreamReader, StreamWriter
+from cheroot.ssl import Adapter
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from vmm_cert_exporter.config import (
+    ConfigError,
+    DuplicateKeyError,
+    StrictSafeLoader,
+    YamlMapping,
+)
+from vmm_cert_exporter.durations import EXAMPLES as DURATION_EXAMPLES
+from vmm_cert_exporter.durations import parse_duration
+from vmm_cert_exporter.secrets import Secret, warn_if_readable_by_others
+
+__all__ = [
+    "CLIENT_AUTH_TYPES",
+    "BasicAuth",
+    "RateLimit",
+    "TLSServerConfig",
+    "WebConfigError",
+    "WebConfigFile",
+    "apply_web_config",
+    "load_web_config",
+    "loads_web_config",
+    "secure_app",
+]
+
+log = logging.getLogger(__name__)
+
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+MAX_WEB_CONFIG_BYTES: Final = 1024 * 1024
+CLIENT_AUTH_TYPES: Final = (
+    "NoClientCert",
+    "RequestClientCert",
+    "RequireAnyClientCert",
+    "VerifyClientCertIfGiven",
+    "RequireAndVerifyClientCert",
+)
+# Accepted by the toolkit as an old spelling of RequireAnyClientCert.
+_LEGACY_CLIENT_AUTH: Final = {"RequireClientCert": "RequireAnyClientCert"}
+_UNVERIFIED_CLIENT_AUTH: Final = ("RequestClientCert", "RequireAnyClientCert")
+_VERIFY_CLIENT_AUTH: Final = {
+    "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
+    "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
+}
+TLS_VERSIONS: Final = {"TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
+_OBSOLETE_TLS: Final = ("TLS10", "TLS11")
+
+_TOP_KEYS: Final = ("tls_server_config", "http_server_config", "basic_auth_users", "rate_limit")
+_TLS_KEYS: Final = (
+    "cert_file",
+    "key_file",
+    "client_ca_file",
+    "client_auth_type",
+    "min_version",
+    "max_version",
+    "prefer_server_cipher_suites",
+)
+# exporter-toolkit keys we know and refuse, each with the reason and what to do instead.
+_TLS_REFUSED: Final = {
+    "cert": "inline certificates are not supported: put the PEM in a file and use cert_file",
+    "key": "a private key is never written inside a configuration file: put it in a file "
+    "readable only by this service (chmod 600) and use key_file",
+    "client_ca": "inline CA certificates are not supported: use client_ca_file",
+    "cipher_suites": "Go cipher suite names are not supported: OpenSSL's default TLS 1.2 "
+    "suites (ECDHE with AES-GCM or ChaCha20) apply; use min_version: TLS13 to restrict further",
+    "curve_preferences": "Go curve names are not supported: OpenSSL's default groups apply",
+    "client_allowed_sans": "not supported: issue client certificates from a CA used only for "
+    "this service (client_ca_file) instead",
+}
+_HTTP_KEYS: Final = ("http2", "headers")
+# The toolkit's allowed response headers, with the values it allows (None: any value).
+_HEADERS: Final[dict[str, tuple[str, ...] | None]] = {
+    "Content-Security-Policy": None,
+    "X-Frame-Options": ("deny", "sameorigin"),
+    "X-Content-Type-Options": ("nosniff",),
+    "X-XSS-Protection": None,
+    "Strict-Transport-Security": None,
+}
+_RATE_KEYS: Final = ("interval", "burst")
+_BCRYPT_RE = re.compile(r"\$2[aby]\$([0-9]{2})\$[./A-Za-z0-9]{53}")
+BCRYPT_COSTS: Final = (4, 31)
+# Above this cost every uncached login takes seconds of CPU (and bcrypt is serialised).
+_SLOW_BCRYPT_COST: Final = 16
+_AUTH_CACHE_SIZE: Final = 1024
+_HASH_HELP: Final = (
+    "generate one with: htpasswd -nBC 10 '' | tr -d ':\\n'  or  python3 -c "
+    "'import bcrypt,getpass; print(bcrypt.hashpw(getpass.getpass().encode(), "
+    "bcrypt.gensalt(10)).decode())'"
+)
+
+
+class WebConfigError(ConfigError):
+    """A bad web configuration file: ``str()`` is ``"<file>: <field>: <message>"``."""
+
+
+# --------------------------------------------------------------------------------------------
+# The result
+
+
+@dataclass(frozen=True)
+class TLSServerConfig:
+    cert_file: str
+    key_file: str
+    client_ca_file: str | None
+    client_auth_type: str
+    min_version: str
+    max_version: str
+    prefer_server_cipher_suites: bool = True
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """A token bucket shared by all requests: one token every ``interval``, ``burst`` at most."""
+
+    interval: float
+    burst: int
+
+
+@dataclass(frozen=True)
+class WebConfigFile:
+    """A validated web configuration file, with its TLS context already built."""
+
+    path: str
+    tls: TLSServerConfig | None = None
+    # user name -> bcrypt hash (kept in a Secret: hashes are attackable offline)
+    basic_auth_users: Mapping[str, Secret] = field(default_factory=dict)
+    headers: tuple[tuple[str, str], ...] = ()
+    rate_limit: RateLimit | None = None
+    ssl_context: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls is not None else "http"
+
+    def summary(self) -> str:
+        parts = []
+        if self.tls is not None:
+            parts.append(f"TLS {self.tls.min_version}+, client auth {self.tls.client_auth_type}")
+        else:
+            parts.append("no TLS")
+        parts.append(
+            f"basic auth for {len(self.basic_auth_users)} users"
+            if self.basic_auth_users
+            else "no basic auth"
+        )
+        if self.rate_limit is not None:
+            parts.append(f"rate limit burst {self.rate_limit.burst}")
+        return ", ".join(parts)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and validation
+
+
+def load_web_config(path: str | os.PathLike[str]) -> WebConfigFile:
+    """Read and validate the web configuration file at ``path``; raise ``WebConfigError``."""
+    display = os.fspath(path)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_WEB_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        raise WebConfigError(display, "(file)", "the web config file does not exist") from None
+    except IsADirectoryError:
+        raise WebConfigError(display, "(file)", "expected a file, found a directory") from None
+    except PermissionError:
+        raise WebConfigError(display, "(file)", "permission denied reading the file") from None
+    except OSError as exc:
+        raise WebConfigError(display, "(file)", f"cannot read the file: {exc.strerror}") from None
+    if len(data) > MAX_WEB_CONFIG_BYTES:
+        raise WebConfigError(
+            display, "(file)", f"larger than {MAX_WEB_CONFIG_BYTES} bytes: not a web config file"
+        )
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise WebConfigError(
+            display, "(file)", f"not valid UTF-8 (byte offset {exc.start})"
+        ) from None
+    return loads_web_config(text, file=display, base_dir=Path(os.path.abspath(display)).parent)
+
+
+def loads_web_config(
+    text: str, *, file: str = "<string>", base_dir: str | os.PathLike[str] | None = None
+) -> WebConfigFile:
+    """Validate web configuration ``text`` (as if read from ``file``); raise ``WebConfigError``."""
+    v = _Validator(file, Path(base_dir) if base_dir is not None else Path.cwd())
+    root = v.parse_yaml(text)
+    if root is None:
+        # The toolkit accepts an empty file: no TLS, no authentication.
+        log.warning("web config file has no settings: serving plain HTTP without auth")
+        return WebConfigFile(path=file)
+    top = v.mapping(root, "(root)", 1, _TOP_KEYS, what="section")
+    tls = v.tls(top.get("tls_server_config"), "tls_server_config", v.at("tls_server_config"))
+    headers = v.http(
+        top.get("http_server_config"), "http_server_config", v.at("http_server_config")
+    )
+    users = v.users(top.get("basic_auth_users"), "basic_auth_users", v.at("basic_auth_users"))
+    rate = v.rate(top.get("rate_limit"), "rate_limit", v.at("rate_limit"))
+    context = None if tls is None else v.ssl_context(tls)
+    if users and tls is None:
+        log.warning(
+            "basic auth without TLS: passwords cross the network base64-encoded; "
+            "set tls_server_config in the web config file",
+            extra={"file": file},
+        )
+    return WebConfigFile(
+        path=file,
+        tls=tls,
+        basic_auth_users=users,
+        headers=headers,
+        rate_limit=rate,
+        ssl_context=context,
+    )
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
+
+
+def _describe(value: object) -> str:
+    if value is None:
+        return "null (nothing)"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, int | float):
+        return f"the number {value}"
+    if isinstance(value, str):
+        return f"the string {_short(value)}"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return f"a {type(value).__name__}"
+
+
+class _Validator:
+    def __init__(self, file: str, base_dir: Path) -> None:
+        self.file = file
+        self.base_dir = base_dir
+        self._lines: dict[str, int] = {}
+
+    # ---- errors and positions --------------------------------------------------------------
+    def fail(self, field_path: str, message: str, line: int | None = None) -> NoReturn:
+        raise WebConfigError(self.file, field_path, message, line)
+
+    def parse_yaml(self, text: str) -> object:
+        try:
+            loader = StrictSafeLoader(text)
+            try:
+                return loader.get_single_data()
+            finally:
+                loader.dispose()
+        except DuplicateKeyError as exc:
+            self.fail(exc.path, str(exc.problem), exc.line)
+        except yaml.MarkedYAMLError as exc:
+            # problem/context only: str(exc) quotes the source line, which may hold a hash
+            mark = exc.problem_mark or exc.context_mark
+            what = " ".join(p for p in (exc.context, exc.problem) if p) or "syntax error"
+            where = f" at column {mark.column + 1}" if mark is not None else ""
+            self.fail("(syntax)", f"not valid YAML: {what}{where}", mark.line + 1 if mark else None)
+        except yaml.YAMLError:
+            self.fail("(syntax)", "not valid YAML")
+        except RecursionError:
+            self.fail("(syntax)", "not valid YAML: nested too deeply")
+
+    def mapping(
+        self,
+        value: object,
+        path: str,
+        line: int | None,
+        allowed: Iterable[str],
+        *,
+        what: str = "key",
+        refused: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        allowed = list(allowed)
+        if not isinstance(value, dict):
+            self.fail(path, f"expected a mapping, got {_describe(value)}", line)
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            key_line = value.key_lines.get(key) if isinstance(value, YamlMapping) else line
+            # odd keys (empty, spaces, not a string) are quoted so the field shows what is wrong
+            text = key if isinstance(key, str) and re.fullmatch(r"[A-Za-z0-9_-]+", key) else None
+            text = text or _short(key)
+            child = text if path == "(root)" else f"{path}.{text}"
+            if not isinstance(key, str):
+                self.fail(path, f"expected {what} names, got {_describe(key)}", key_line)
+            if refused and key in refused:
+                self.fail(child, refused[key], key_line)
+            if key not in allowed:
+                close = difflib.get_close_matches(key, allowed, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                # the value is never echoed: under an unknown key it may be anything
+                self.fail(
+                    child,
+                    f"unknown {what} {_short(key)}{hint}; allowed: {', '.join(allowed)}",
+                    key_line,
+                )
+            out[key] = item
+            if isinstance(value, YamlMapping):
+                self._lines[child] = value.value_lines.get(key) or key_line or 0
+        return out
+
+    def at(self, path: str) -> int | None:
+        return self._lines.get(path) or None
+
+    def string(self, value: object, path: str, what: str) -> str:
+        if not isinstance(value, str):
+            self.fail(path, f"expected {what}, got {_describe(value)}", self.at(path))
+        if value.strip() == "":
+            self.fail(path, f"expected {what}, got an empty string", self.at(path))
+        if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+            self.fail(path, f"expected {what}, got a string with control characters", self.at(path))
+        return value
+
+    def file_path(self, value: object, path: str, what: str) -> str:
+        text = self.string(value, path, f"the path of {what}")
+        resolved = Path(text).expanduser()
+        if not resolved.is_absolute():
+            resolved = self.base_dir / resolved
+        if not resolved.exists():
+            self.fail(
+                path,
+                f"{what} {resolved} does not exist (relative paths are resolved from the web "
+                f"config file's directory {self.base_dir})",
+                self.at(path),
+            )
+        if not resolved.is_file():
+            self.fail(path, f"{what} {resolved} is not a file", self.at(path))
+        if not os.access(resolved, os.R_OK):
+            self.fail(path, f"{what} {resolved} is not readable by this process", self.at(path))
+        return str(resolved)
+
+    # ---- sections ----------------------------------------------------------------------------
+    def tls(self, value: object, path: str, line: int | None) -> TLSServerConfig | None:
+        if value is None:
+            return None
+        section = self.mapping(value, path, line, _TLS_KEYS, refused=_TLS_REFUSED)
+        for key in ("cert_file", "key_file"):
+            if section.get(key) is None:
+                self.fail(
+                    f"{path}.{key}",
+                    f"required when tls_server_config is set: expected the path of the "
+                    f"server's {'certificate' if key == 'cert_file' else 'private key'} (PEM)",
+                    self.at(f"{path}.{key}") or line,
+                )
+        cert = self.file_path(section["cert_file"], f"{path}.cert_file", "the certificate file")
+        key = self.file_path(section["key_file"], f"{path}.key_file", "the private key file")
+        auth_path = f"{path}.client_auth_type"
+        auth = section.get("client_auth_type")
+        if auth is None:
+            auth = "NoClientCert"
+        if not isinstance(auth, str):
+            self.fail(
+                auth_path,
+                f"expected one of {', '.join(CLIENT_AUTH_TYPES)}, got {_describe(auth)}",
+                self.at(auth_path),
+            )
+        auth = _LEGACY_CLIENT_AUTH.get(auth, auth)
+        if auth not in CLIENT_AUTH_TYPES:
+            close = difflib.get_close_matches(auth, CLIENT_AUTH_TYPES, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            self.fail(
+                auth_path,
+                f"expected one of {', '.join(CLIENT_AUTH_TYPES)}, got {_short(auth)}{hint}",
+                self.at(auth_path),
+            )
+        if auth in _UNVERIFIED_CLIENT_AUTH:
+            self.fail(
+                auth_path,
+                f"{auth} asks for a client certificate without verifying it: such a certificate "
+                "proves nothing, and Python's ssl module cannot accept one unverified; use "
+                "RequireAndVerifyClientCert (or VerifyClientCertIfGiven) with client_ca_file",
+                self.at(auth_path),
+            )
+        ca_path = f"{path}.client_ca_file"
+        ca = None
+        if section.get("client_ca_file") is not None:
+            ca = self.file_path(section["client_ca_file"], ca_path, "the client CA file")
+            if auth == "NoClientCert":
+                self.fail(
+                    auth_path,
+                    "client_ca_file is set but client_auth_type is NoClientCert (the default), so "
+                    "client certificates would never be checked; set client_auth_type: "
+                    "RequireAndVerifyClientCert",
+                    self.at(auth_path) or self.at(ca_path),
+                )
+        elif auth in _VERIFY_CLIENT_AUTH:
+            self.fail(
+                ca_path,
+                f"client_auth_type {auth} needs client_ca_file: the CA certificates (PEM) that "
+                "issue the client certificates to accept",
+                self.at(auth_path) or line,
+            )
+        low = self.version(section.get("min_version"), f"{path}.min_version", "TLS12")
+        high = self.version(section.get("max_version"), f"{path}.max_version", "TLS13")
+        if TLS_VERSIONS[high] < TLS_VERSIONS[low]:
+            self.fail(
+                f"{path}.max_version",
+                f"max_version {high} is lower than min_version {low}: no version would remain",
+                self.at(f"{path}.max_version"),
+            )
+        prefer_path = f"{path}.prefer_server_cipher_suites"
+        prefer = section.get("prefer_server_cipher_suites")
+        if prefer is None:
+            prefer = True
+        if not isinstance(prefer, bool):
+            self.fail(
+                prefer_path,
+                f"expected true or false, got {_describe(prefer)}",
+                self.at(prefer_path),
+            )
+        return TLSServerConfig(cert, key, ca, auth, low, high, prefer)
+
+    def version(self, value: object, path: str, default: str) -> str:
+        if value is None:
+            return default
+        if isinstance(value, str) and value in _OBSOLETE_TLS:
+            self.fail(
+                path,
+                f"{value} is obsolete and refused (RFC 8996); expected TLS12 or TLS13",
+                self.at(path),
+            )
+        if not isinstance(value, str) or value not in TLS_VERSIONS:
+            self.fail(path, f"expected TLS12 or TLS13, got {_describe(value)}", self.at(path))
+        return value
+
+    def http(self, value: object, path: str, line: int | None) -> tuple[tuple[str, str], ...]:
+        if value is None:
+            return ()
+        section = self.mapping(value, path, self.at(path) or line, _HTTP_KEYS)
+        http2 = section.get("http2")
+        if http2 is not None and not isinstance(http2, bool):
+            self.fail(
+                f"{path}.http2", f"expected true or false, got {_describe(http2)}", self.at(path)
+            )
+        if http2 is True:
+            self.fail(
+                f"{path}.http2",
+                "HTTP/2 is not supported (this server speaks HTTP/1.1, which every Prometheus "
+                "scrapes); remove the key or set it to false",
+                self.at(f"{path}.http2"),
+            )
+        headers_value = section.get("headers")
+        if headers_value is None:
+            return ()
+        hpath = f"{path}.headers"
+        headers = self.mapping(headers_value, hpath, self.at(hpath), _HEADERS, what="header")
+        out: list[tuple[str, str]] = []
+        for name, raw in headers.items():
+            hp = f"{hpath}.{name}"
+            if raw is None or raw == "":
+                continue  # "unset if blank", as in the toolkit
+            text = self.string(raw, hp, "a header value")
+            allowed = _HEADERS[name]
+            if allowed is not None and text.lower() not in allowed:
+                self.fail(
+                    hp, f"expected one of {', '.join(allowed)}, got {_short(text)}", self.at(hp)
+                )
+            if not text.isascii():
+                self.fail(hp, "expected an ASCII header value", self.at(hp))
+            out.append((name, text))
+        return tuple(out)
+
+    def users(self, value: object, path: str, line: int | None) -> dict[str, Secret]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.fail(
+                path,
+                f"expected a mapping of user names to bcrypt hashes, got {_describe(value)}",
+                self.at(path) or line,
+            )
+        out: dict[str, Secret] = {}
+        for user, hashed in value.items():
+            key_line = value.key_lines.get(user) if isinstance(value, YamlMapping) else line
+            if not isinstance(user, str) or user == "":
+                self.fail(path, f"expected user names (strings), got {_describe(user)}", key_line)
+            upath = f"{path}.{user}" if re.fullmatch(r"[A-Za-z0-9_.@-]+", user) else path
+            if ":" in user:
+                self.fail(upath, "a basic auth user name cannot contain ':'", key_line)
+            if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in user):
+                self.fail(upath, "a user name cannot contain control characters", key_line)
+            # The value is never echoed: it is a hash, or a password pasted by mistake.
+            if not isinstance(hashed, str):
+                self.fail(
+                    upath,
+                    f"expected a bcrypt hash (a string), got {_describe(hashed).split(' ')[1]} "
+                    f"value; {_HASH_HELP}",
+                    key_line,
+                )
+            match = _BCRYPT_RE.fullmatch(hashed)
+            if match is None:
+                self.fail(
+                    upath,
+                    "expected a bcrypt hash ($2a$, $2b$ or $2y$, a two-digit cost, 53 more "
+                    f"characters: 60 in all), got a string of {len(hashed)} characters that is "
+                    f"not one (passwords are never written here); {_HASH_HELP}",
+                    key_line,
+                )
+            cost = int(match.group(1))
+            if not BCRYPT_COSTS[0] <= cost <= BCRYPT_COSTS[1]:
+                self.fail(
+                    upath,
+                    f"bcrypt cost {cost} is out of range {BCRYPT_COSTS[0]}-{BCRYPT_COSTS[1]}",
+                    key_line,
+                )
+            if cost > _SLOW_BCRYPT_COST:
+                log.warning(
+                    "bcrypt cost above %d: every new login costs seconds of CPU",
+                    _SLOW_BCRYPT_COST,
+                    extra={"file": self.file, "user": user, "cost": cost},
+                )
+            out[user] = Secret(hashed, source=f"web config {self.file}")
+        return out
+
+    def rate(self, value: object, path: str, line: int | None) -> RateLimit | None:
+        if value is None:
+            return None
+        section = self.mapping(value, path, self.at(path) or line, _RATE_KEYS)
+        ipath, bpath = f"{path}.interval", f"{path}.burst"
+        interval_value = section.get("interval")
+        if not isinstance(interval_value, str):
+            self.fail(
+                ipath,
+                f"expected a duration such as {DURATION_EXAMPLES} (0s disables the limit), "
+                f"got {_describe(interval_value)}",
+                self.at(ipath) or line,
+            )
+        try:
+            interval = parse_duration(interval_value)
+        except ValueError as exc:
+            self.fail(ipath, f"expected a duration: {exc}", self.at(ipath))
+        if interval == 0:
+            return None
+        burst = section.get("burst")
+        if isinstance(burst, bool) or not isinstance(burst, int) or not 1 <= burst <= 1_000_000:
+            self.fail(
+                bpath,
+                f"expected an integer from 1 to 1000000, got {_describe(burst)}",
+                self.at(bpath) or line,
+            )
+        return RateLimit(interval, burst)
+
+    # ---- certificates ------------------------------------------------------------------------
+    def ssl_context(self, tls: TLSServerConfig) -> ssl.SSLContext:
+        base = "tls_server_config"
+        certs = self._certificates(tls.cert_file, f"{base}.cert_file", "the certificate file")
+        key_path = f"{base}.key_file"
+        try:
+            key_pem = Path(tls.key_file).read_bytes()
+        except OSError as exc:
+            self.fail(
+                key_path, f"cannot read the private key file: {exc.strerror}", self.at(key_path)
+            )
+        try:
+            key = serialization.load_pem_private_key(key_pem, password=None)
+        except TypeError:
+            self.fail(
+                key_path,
+                "the private key is encrypted: a service cannot type its passphrase; store it "
+                "unencrypted in a file readable only by this service (chmod 600)",
+                self.at(key_path),
+            )
+        except (ValueError, ImportError) as exc:
+            del exc  # its text may quote the key material
+            self.fail(
+                key_path,
+                "expected a PEM private key (-----BEGIN PRIVATE KEY----- or a PKCS#1/SEC1 "
+                "equivalent); this file is not one",
+                self.at(key_path),
+            )
+        warn_if_readable_by_others(tls.key_file)
+        leaf = certs[0]
+        if leaf.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        ) != key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        ):
+            self.fail(
+                key_path,
+                f"the private key does not belong to the certificate in {tls.cert_file} (the "
+                "first certificate of the file must be the server's own)",
+                self.at(key_path),
+            )
+        now = datetime.datetime.now(datetime.UTC)
+        if leaf.not_valid_after_utc < now:
+            log.warning(
+                "the server certificate has expired: clients will refuse it",
+                extra={"file": tls.cert_file, "not_after": leaf.not_valid_after_utc.isoformat()},
+            )
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = TLS_VERSIONS[tls.min_version]
+        context.maximum_version = TLS_VERSIONS[tls.max_version]
+        context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+        if tls.prefer_server_cipher_suites:
+            context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+        else:
+            context.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
+
+        def no_passphrase() -> str:
+            raise _EncryptedKey
+
+        try:
+            context.load_cert_chain(tls.cert_file, tls.key_file, password=no_passphrase)
+        except _EncryptedKey:
+            self.fail(key_path, "the private key is encrypted", self.at(key_path))
+        except (ssl.SSLError, OSError) as exc:
+            self.fail(
+                key_path,
+                f"OpenSSL refused the certificate and key: {getattr(exc, 'reason', None) or exc}",
+                self.at(key_path),
+            )
+        if tls.client_auth_type in _VERIFY_CLIENT_AUTH:
+            assert tls.client_ca_file is not None  # checked in tls()
+            ca_path = f"{base}.client_ca_file"
+            self._certificates(tls.client_ca_file, ca_path, "the client CA file")
+            try:
+                context.load_verify_locations(cafile=tls.client_ca_file)
+            except (ssl.SSLError, OSError) as exc:
+                self.fail(ca_path, f"OpenSSL refused the CA file: {exc}", self.at(ca_path))
+            context.verify_mode = _VERIFY_CLIENT_AUTH[tls.client_auth_type]
+        else:
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+    def _certificates(self, path: str, field_path: str, what: str) -> list[x509.Certificate]:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            self.fail(field_path, f"cannot read {what}: {exc.strerror}", self.at(field_path))
+        if b"PRIVATE KEY-----" in data and field_path.endswith("client_ca_file"):
+            self.fail(field_path, f"{what} contains a private key: it must hold only certificates")
+        try:
+            certs = x509.load_pem_x509_certificates(data)
+        except ValueError:
+            self.fail(
+                field_path,
+                f"expected PEM certificates (-----BEGIN CERTIFICATE-----) in {what} {path}",
+                self.at(field_path),
+            )
+        return certs
+
+
+class _EncryptedKey(Exception):
+    pass
+
+
+# --------------------------------------------------------------------------------------------
+# Basic auth
+
+
+class BasicAuth:
+    """Checks ``Authorization: Basic`` headers against bcrypt hashes, as the toolkit does."""
+
+    def __init__(self, users: Mapping[str, Secret]) -> None:
+        self._users = [(u.encode(), h.reveal().encode()) for u, h in users.items()]
+        costs = sorted(int(h[4:6]) for _, h in self._users) or [10]
+        # the dummy hash an unknown user is checked against costs what a real one costs;
+        # made on first use, so that a high cost does not delay the start
+        self._dummy_cost = costs[len(costs) // 2]
+        self._dummy: bytes | None = None
+        self._key = pysecrets.token_bytes(32)
+        self._cache: OrderedDict[bytes, bool] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self._bcrypt_lock = threading.Lock()
+
+    def _dummy_hash(self) -> bytes:
+        with self._bcrypt_lock:
+            if self._dummy is None:
+                salt = bcrypt.gensalt(self._dummy_cost)
+                self._dummy = bcrypt.hashpw(pysecrets.token_bytes(16), salt)
+            return self._dummy
+
+    def check(self, header: str | None) -> bool:
+        """True when ``header`` (the Authorization value) names a user with the right password."""
+        creds = parse_basic_auth(header)
+        if creds is None:
+            return False
+        user, password = creds
+        hashed: bytes | None = None
+        for name, candidate in self._users:
+            # every name is compared, in constant time, whatever matches
+            if hmac.compare_digest(name, user):
+                hashed = candidate
+        known = hashed is not None
+        if hashed is None:
+            hashed = self._dummy_hash()
+        key = hmac.new(self._key, b"\0".join((hashed, user, password)), hashlib.sha256).digest()
+        with self._cache_lock:
+            cached = self._cache.get(key)
+            if cached is not None:
+                self._cache.move_to_end(key)
+                return cached and known
+        with self._bcrypt_lock:
+            try:
+                ok = bcrypt.checkpw(password, hashed)
+            except ValueError:  # longer than 72 bytes, as Go's bcrypt refuses too
+                ok = False
+        ok = ok and known
+        with self._cache_lock:
+            self._cache[key] = ok
+            while len(self._cache) > _AUTH_CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return ok
+
+
+_MAX_AUTH_HEADER = 8192
+
+
+def parse_basic_auth(header: str | None) -> tuple[bytes, bytes] | None:
+    """``(user, password)`` from an ``Authorization: Basic`` value, or None if it is not one."""
+    if not header or len(header) > _MAX_AUTH_HEADER:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        raw = base64.b64decode(token.strip().encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError, ValueError):
+        return None
+    user, sep, password = raw.partition(b":")
+    if not sep:
+        return None
+    return user, password
+
+
+class _TokenBucket:
+    def __init__(self, limit: RateLimit, clock: Callable[[], float] = time.monotonic) -> None:
+        self._rate = 1.0 / limit.interval
+        self._burst = float(limit.burst)
+        self._tokens = float(limit.burst)
+        self._clock = clock
+        self._last = clock()
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+            self._last = now
+            if self._tokens >= 1.0:
+                self._tokens -= 1.0
+                return True
+            return False
+
+
+def _refuse(
+    start_response: StartResponse, status: str, extra: list[tuple[str, str]]
+) -> list[bytes]:
+    body = (status.split(" ", 1)[1] + "\n").encode()
+    start_response(
+        status,
+        [
+            ("Content-Type", "text/plain; charset=utf-8"),
+            ("Content-Length", str(len(body))),
+            *extra,
+        ],
+    )
+    return [body]
+
+
+def secure_app(app: WSGIApp, web_config: WebConfigFile | None) -> WSGIApp:
+    """``app`` behind the web config's rate limit, basic auth and response headers."""
+    if web_config is None:
+        return app
+    auth = BasicAuth(web_config.basic_auth_users) if web_config.basic_auth_users else None
+    bucket = _TokenBucket(web_config.rate_limit) if web_config.rate_limit else None
+    headers = list(web_config.headers)
+    names = {name.lower() for name, _ in headers}
+
+    def secured(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        def start(status: str, response_headers: list[tuple[str, str]], *exc: Any) -> Any:
+            # a configured header replaces the app's own of the same name
+            kept = [(k, v) for k, v in response_headers if k.lower() not in names]
+            return start_response(status, [*kept, *headers], *exc)
+
+        if bucket is not None and not bucket.take():
+            return _refuse(start, "429 Too Many Requests", [])
+        if auth is not None and not auth.check(environ.get("HTTP_AUTHORIZATION")):
+            log.debug(
+                "request refused",
+                extra={
+                    "remote": environ.get("REMOTE_ADDR", ""),
+                    "path": environ.get("PATH_INFO", ""),
+                    "reason": "auth",
+                    "detail": "missing or wrong basic auth credentials",
+                },
+            )
+            return _refuse(
+                start,
+                "401 Unauthorized",
+                [("WWW-Authenticate", 'Basic realm="vmm-cert-exporter", charset="UTF-8"')],
+            )
+        return app(environ, start)
+
+    return secured
+
+
+# --------------------------------------------------------------------------------------------
+# TLS on cheroot
+
+
+class _TLSAdapter(Adapter):
+    """Wraps accepted sockets without a handshake; ``_TLSConnection`` runs it in a worker."""
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        super().__init__("", "")
+        self.context = context
+
+    def bind(self, sock: socket.socket) -> socket.socket:
+        return sock
+
+    def wrap(self, sock: socket.socket) -> tuple[ssl.SSLSocket, dict[str, str]]:
+        wrapped = self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return wrapped, {"wsgi.url_scheme": "https", "HTTPS": "on"}
+
+    def get_environ(self) -> dict[str, str]:
+        return {"wsgi.url_scheme": "https", "HTTPS": "on"}
+
+    def makefile(self, sock: socket.socket, mode: str = "r", bufsize: int = -1) -> Any:
+        cls = StreamReader if "r" in mode else StreamWriter
+        return cls(sock, mode, bufsize if bufsize > 0 else 8192)
+
+
+class _TLSConnection(cheroot_server.HTTPConnection):
+    """Runs the TLS handshake on the first read, in a worker thread, within the socket timeout."""
+
+    _handshaken = False
+
+    def communicate(self) -> bool:
+        if not self._handshaken:
+            try:
+                self.socket.do_handshake()
+            except (ssl.SSLError, OSError) as exc:
+                # a wrong or missing client certificate, plain HTTP, a scanner, a timeout
+                log.debug(
+                    "TLS handshake refused",
+                    extra={
+                        "remote": getattr(self, "remote_addr", ""),
+                        "reason": "tls",
+                        "detail": getattr(exc, "reason", None) or type(exc).__name__,
+                    },
+                )
+                return False
+            self._handshaken = True
+        return bool(super().communicate())  # type: ignore[no-untyped-call]
+
+
+def apply_web_config(server: wsgi.Server, web_config: WebConfigFile | None) -> None:
+    """Secure a cheroot WSGI server (not yet started) with ``web_config``."""
+    if web_config is None:
+        return
+    server.wsgi_app = secure_app(server.wsgi_app, web_config)
+    if web_config.ssl_context is not None:
+        server.ssl_adapter = _TLSAdapter(web_config.ssl_context)
+        server.ConnectionClass = _TLSConnection
+
+
+def server_url(server: wsgi.Server) -> str:
+    """``http(s)://host:port`` of a bound server (loopback for a wildcard address)."""
+    host, port = server.bind_addr[:2]
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - we connect, not bind, here
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    scheme = "https" if server.ssl_adapter is not None else "http"
+    return f"{scheme}://{host}:{port}"

@@ -1,0 +1,152 @@
+"""The fleet-scale /metrics path: caches per snapshot and per second, chunked writes."""
+
+from __future__ import annotations
+
+import datetime
+import gzip
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from prometheus_client import CollectorRegistry, generate_latest
+
+from vmm_cert_exporter.certificate import parse_certificate
+from vmm_cert_exporter.collection import RefreshHistogram
+from vmm_cert_exporter.inventory import Computer
+from vmm_cert_exporter.metrics import Exposition, SnapshotCollector, scrape_second
+from vmm_cert_exporter.snapshot import HostSnapshot, Snapshot, StoredCertificate
+from vmm_cert_exporter.web import make_app, make_server
+
+
+def synthetic_snapshot(n: int) -> Snapshot:
+    key = ec.generate_private_key(ec.SECP256R1())
+    hosts = []
+    for i in range(n):
+        fqdn = f"hv{i:05d}.scale.example"
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, fqdn)])
+        start = datetime.datetime(2022 + i % 5, 1, 1, tzinfo=datetime.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(i + 1)
+            .not_valid_before(start)
+            .not_valid_after(start.replace(year=start.year + 5))
+            .sign(key, hashes.SHA256())
+        )
+        info = parse_certificate(cert.public_bytes(serialization.Encoding.DER))
+        hosts.append(
+            HostSnapshot(
+                computer=Computer(fqdn, "hyperv_host", "vmm01.scale.example", "Responding"),
+                certificates=(StoredCertificate(info, "SCVMM_CERTIFICATE_KEY_CONTAINER", True),),
+                trusted=True,
+                last_success=1_700_000_000.0,
+                last_ok=True,
+                last_duration=0.05,
+                last_error=None,
+                last_error_reason=None,
+            )
+        )
+    return Snapshot(tuple(hosts), 1_700_000_000.0, 60.0, 900.0, True)
+
+
+@pytest.fixture(scope="module")
+def big() -> Snapshot:
+    return synthetic_snapshot(3000)  # ~3.6 MB of text: several write chunks
+
+
+def reference(snapshot: Snapshot, histogram: RefreshHistogram, instant: float) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(lambda: snapshot, lambda: histogram, clock=lambda: instant))
+    return generate_latest(registry)
+
+
+def test_expiry_is_computed_at_the_whole_second() -> None:
+    assert scrape_second(1_800_000_000.999) == 1_800_000_000.0
+    assert scrape_second(-0.5) == -1.0
+
+
+def test_one_rendering_per_second_equal_to_generate_latest(big: Snapshot) -> None:
+    histogram = RefreshHistogram()
+    collector = SnapshotCollector(lambda: big, lambda: histogram)
+    exposition = Exposition(collector, lambda: big, lambda: histogram.count)
+    t = 1_800_000_000.1
+    first = exposition.render_parts(now=t)
+    again = exposition.render_parts(now=t + 0.8)  # same second: the very same bytes objects
+    assert all(a is b for a, b in zip(first, again, strict=True))
+    assert b"".join(first) == reference(big, histogram, t)
+    later = exposition.render(now=t + 1)
+    assert later == reference(big, histogram, t + 1) != b"".join(first)
+    assert gzip.decompress(exposition.render_gzip(now=t + 1)) == later
+
+
+def test_a_scrape_during_a_rendering_gets_the_previous_snapshot(big: Snapshot) -> None:
+    current = {"snapshot": big}
+    collector = SnapshotCollector(lambda: current["snapshot"])
+    exposition = Exposition(collector, lambda: current["snapshot"])
+    t = 1_800_000_000.0
+    before = exposition.render(now=t)
+    current["snapshot"] = Snapshot(big.hosts[:10], t, 1.0, 900.0, True)
+    with exposition._render_lock:  # another thread is rendering the new snapshot
+        assert exposition.render(now=t) == before
+    assert exposition.render(now=t) != before  # then the new one is served
+
+
+@pytest.fixture()
+def server(big: Snapshot) -> Iterator[tuple[str, Exposition]]:
+    histogram = RefreshHistogram()
+    collector = SnapshotCollector(lambda: big, lambda: histogram)
+    exposition = Exposition(collector, lambda: big, lambda: histogram.count)
+    httpd = make_server(make_app(exposition, lambda: big), "127.0.0.1:0")
+    httpd.prepare()
+    thread = threading.Thread(target=httpd.serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.bind_addr[1]}/metrics", exposition
+    finally:
+        httpd.stop()
+        thread.join(timeout=5)
+
+
+def test_large_bodies_are_served_whole_in_chunks(server: tuple[str, Exposition]) -> None:
+    url, exposition = server
+    for _ in range(3):  # retry across a second boundary between the two reads
+        second = int(time.time())
+        with urllib.request.urlopen(url, timeout=30) as answer:
+            body = answer.read()
+            length = int(answer.headers["Content-Length"])
+        expected = exposition.render(now=second)
+        if int(time.time()) == second:
+            break
+    assert len(body) == length > 3 << 20
+    assert body == expected
+    request = urllib.request.Request(url, headers={"Accept-Encoding": "gzip"})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        assert answer.headers["Content-Encoding"] == "gzip"
+        assert b"vmm_cert_expiry_seconds" in gzip.decompress(answer.read())
+
+
+def test_many_scrapers_at_once_are_all_answered(server: tuple[str, Exposition]) -> None:
+    url, _ = server
+    sizes: list[int] = []
+
+    def scrape() -> None:
+        request = urllib.request.Request(url, headers={"Accept-Encoding": "gzip"})
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            sizes.append(len(gzip.decompress(answer.read())))
+
+    threads = [threading.Thread(target=scrape) for _ in range(24)]  # more than the workers
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(sizes) == 24
+    assert time.monotonic() - started < 30  # no 1 s SYN-retry stalls piling up
