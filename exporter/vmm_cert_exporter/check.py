@@ -109,7 +109,12 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
-    snapshot = Refresher(config, shard=getattr(args, "shard", None)).refresh_once()
+    try:
+        snapshot = Refresher(config, shard=getattr(args, "shard", None)).refresh_once()
+    except KeyboardInterrupt:
+        # in-flight calls were aborted (with Signal + Delete) by the refresher; no traceback
+        print("interrupted", file=sys.stderr)
+        return 130
     rows = findings(snapshot, time.time(), args.warn_days, args.critical_days)
     worst = max((f.status for f in rows), default=OK)
     if args.json:
