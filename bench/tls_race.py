@@ -1,9 +1,10 @@
 """Side by side with the real prometheus-blackbox-exporter on the same lab TLS endpoints.
 
-    .venv/bin/python -m bench.tls_race [--endpoints 500] [--concurrency 32] [--rounds 5]
+    .venv/bin/python -m bench.tls_race [--endpoints 500] [--concurrency 32] [--rounds 6]
 
 The lab (a child process) presents every computer's certificate on one port, chosen by SNI.
-On the same endpoints, in one run, alternating round by round:
+On the same endpoints, in one run, alternating round by round (blackbox first in odd rounds,
+the exporter first in even ones):
 
 - **blackbox_exporter** (the Debian package, started once and kept warm) probes each through
   ``/probe`` with a tcp module (``tls: true``, ``insecure_skip_verify: true``). Go's TLS
@@ -271,7 +272,9 @@ def race(endpoints: int, concurrency: int, rounds: int) -> dict[str, Any]:
             _children_cpu()
             results: dict[str, list[dict[str, Any]]] = {"blackbox": [], "exporter": []}
             for r in range(rounds):
-                for side in ("blackbox", "exporter"):
+                # ABBA: who goes first alternates too, so that order effects cancel out
+                order = ("blackbox", "exporter") if r % 2 == 0 else ("exporter", "blackbox")
+                for side in order:
                     lab0 = process_cpu_seconds(lab.pid)
                     if side == "blackbox":
                         result = blackbox_round(box, concurrency, directory)
@@ -406,7 +409,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--endpoints", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--exporter-round", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
