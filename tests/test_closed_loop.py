@@ -104,8 +104,13 @@ def test_execute_mode_renews_and_the_alerts_resolve(stack: Stack) -> None:
     assert {j.status for j in jobs} <= {"succeeded", "already-fresh"}, [
         (j.host, j.status) for j in jobs
     ]
-    # what is left is what a renewal does not fix
-    assert _firing(prometheus).get("VMMCertificateCollectionFailing") == {f"hv40{D}"}
+    # what is left is what a renewal does not fix (CollectionFailing needs three failed
+    # refreshes, so it may come after the renewals on a busy machine)
+    _wait(
+        lambda: _firing(prometheus).get("VMMCertificateCollectionFailing") == {f"hv40{D}"},
+        60,
+        lambda: f"firing: {_firing(prometheus)}",
+    )
 
     # the dashboard: every expression parses and returns data, the renewal panels included
     expressions = panel_expressions(
