@@ -383,6 +383,18 @@ class Fleet:
         with self._lock:
             return fqdn.lower() in self._computers
 
+    def presented(self, fqdn: str) -> tuple[str, StoreEntry | None, dict[str, Any]] | None:
+        """What a TLS listener needs of one computer, read under the model's lock.
+
+        ``(fqdn, current SCVMM store entry or None, faults as a dict)``, or None when the fleet
+        does not know the name. One consistent view: a renewal cannot land half-way through.
+        """
+        with self._lock:
+            computer = self._computers.get(fqdn.lower())
+            if computer is None:
+                return None
+            return computer.fqdn, computer.current(), computer.faults.to_dict()
+
     def _get(self, fqdn: str) -> Computer:
         try:
             return self._computers[fqdn.lower()]

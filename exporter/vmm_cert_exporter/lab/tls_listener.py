@@ -230,14 +230,10 @@ class TlsListener:
 
     # ---- the model and certificates --------------------------------------------------------
     def _lookup(self, name: str) -> tuple[LabCertificate | ssl.SSLContext, dict[str, Any]] | None:
-        model = self._model
-        with model._lock:  # the model's own lock: a consistent view of one computer
-            computer = model._computers.get(name.lower())
-            if computer is None:
-                return None
-            current = computer.current()
-            faults = computer.faults.to_dict()
-            fqdn = computer.fqdn
+        found = self._model.presented(name)
+        if found is None:
+            return None
+        fqdn, current, faults = found
         if current is not None:
             return current.cert, faults
         return self._fallback_context(fqdn), faults
