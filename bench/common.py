@@ -99,10 +99,10 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def process_rss_mb(pid: int) -> float:
-    """Current resident set size of another process."""
+def process_rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """Resident set size of another process: current (``VmRSS``) or peak (``VmHWM``)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024.0
     return 0.0
 

@@ -6,9 +6,11 @@ Each fleet size is measured in a fresh exporter process, wired as ``serve`` wire
 (``SnapshotCollector`` -> ``Exposition`` -> the WSGI app -> cheroot with its production
 settings). The served snapshot holds N computers with real certificates (made with
 cryptography, EC P-256 keys so that 50,000 are made in seconds; parsed by the exporter's own
-parser). Meanwhile the same process refreshes a 1,000-computer lab (another process) over
-WinRM, back to back, at the default concurrency: the scrapes compete with a running refresh
-for the interpreter, as they do in production.
+parser). Meanwhile the exporter's refresh process (``refresh_process.py``, as ``serve`` runs
+it) refreshes a 2,000-computer lab (another process) over WinRM at the default concurrency
+with the shortest interval (10 s), so refreshes run back to back: against the lab a refresh
+is CPU-bound, the worst case for the scrapes, which share the machine's two cores with it.
+The refresh process's CPU use during the measurement is printed to show it was running.
 
 Scrapers are separate processes (as Prometheus is), each asking ``--per-scraper`` times over
 one HTTP/1.1 keep-alive connection, as Prometheus does, and reading the whole body;
@@ -21,21 +23,28 @@ concurrent scrapers; peak RSS <= 300 MB at 10,000.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import logging
+import socket
 import statistics
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from bench.common import (
     lab_child,
     new_figure,
     peak_rss_mb,
+    process_cpu_seconds,
+    process_rss_mb,
     run_child,
     save_chart,
     table,
@@ -158,11 +167,55 @@ def scrape(port: int, scrapers: int, per_scraper: int, gzip: bool) -> tuple[list
     return latencies, size
 
 
+def bare_floor(body: bytes, scrapers: int, per_scraper: int) -> float:
+    """p50 of the same scrapers reading ``body`` from a bare socket server (no HTTP stack).
+
+    The machine's floor for moving these bytes: one thread per connection, ``sendall`` of the
+    whole body, nothing else running in the process. No server can answer faster than this.
+    """
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+    listener = socket.create_server(("127.0.0.1", 0), backlog=128)
+
+    def handle(conn: socket.socket) -> None:
+        with conn, conn.makefile("rb") as requests:
+            for line in requests:
+                if line == b"\r\n":  # the end of one request's headers
+                    conn.sendall(head)
+                    conn.sendall(body)
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):  # closed: the measurement is over
+            while True:
+                conn, _ = listener.accept()
+                threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        latencies, _ = scrape(listener.getsockname()[1], scrapers, per_scraper, gzip=False)
+    finally:
+        listener.close()
+    return statistics.median(latencies)
+
+
+def measure(port: int, count: int, per_scraper: int, gzip: bool, refresh: bool) -> dict[str, Any]:
+    lat, size = scrape(port, count, per_scraper, gzip)
+    lat.sort()
+    return {
+        "scrapers": count,
+        "gzip": gzip,
+        "refresh": refresh,
+        "p50": statistics.median(lat),
+        "p99": lat[int(0.99 * (len(lat) - 1))],
+        "bytes": size,
+    }
+
+
 def one(n: int, lab_config: str, scrapers: int, per_scraper: int) -> dict[str, Any]:
     """The child side: one fleet size, served while a refresh runs."""
-    from vmm_cert_exporter.collection import Refresher, RefreshHistogram
+    from vmm_cert_exporter.collection import RefreshHistogram
     from vmm_cert_exporter.config import load_config
     from vmm_cert_exporter.metrics import Exposition, SnapshotCollector
+    from vmm_cert_exporter.refresh_process import RefreshProcess
     from vmm_cert_exporter.web import make_app, make_server
 
     snapshot = synthetic_snapshot(n)
@@ -173,48 +226,61 @@ def one(n: int, lab_config: str, scrapers: int, per_scraper: int) -> dict[str, A
     t0 = time.perf_counter()
     exposition.warm()  # what the refresher does right after a refresh
     render_seconds = time.perf_counter() - t0
+    # the floor first, with nothing else running: the same plain bytes from a bare socket
+    floor = bare_floor(b"".join(exposition.render_parts()), scrapers, per_scraper)
     server = make_server(make_app(exposition, lambda: snapshot), "127.0.0.1:0")
     server.prepare()
     threading.Thread(target=server.serve, daemon=True).start()
     port = int(server.bind_addr[1])
+    # then the exporter with no refresh running (what it does between refreshes, and most
+    # of the time against real hosts, where a refresh waits on the network)
+    phases = [measure(port, scrapers, per_scraper, gzip, False) for gzip in (True, False)]
 
-    refresher = Refresher(load_config(lab_config))
-    stop = threading.Event()
-
-    def refresh_loop() -> None:
-        while not stop.is_set():
-            refresher.refresh_once()
-
-    background = threading.Thread(target=refresh_loop, daemon=True)
-    background.start()
-    time.sleep(2.0)  # the refresh is well under way
-    phases: list[dict[str, Any]] = []
+    # the refresh as serve runs it, in its own process (refresh_process.py), back to back:
+    # the lab is sized so that one refresh outlasts the shortest interval (10 s)
+    refresher = RefreshProcess(load_config(back_to_back(Path(lab_config))))
+    refresher.start()
+    _wait(lambda: refresher.pid is not None, 30)
+    pid = int(refresher.pid or 0)
+    time.sleep(3.0)  # the refresh process has started and its refresh is well under way
+    cpu0, t0 = process_cpu_seconds(pid), time.monotonic()
     try:
         for count in (1, scrapers):
             for gzip in (True, False):
-                lat, size = scrape(port, count, per_scraper, gzip)
-                lat.sort()
-                phases.append(
-                    {
-                        "scrapers": count,
-                        "gzip": gzip,
-                        "p50": statistics.median(lat),
-                        "p99": lat[int(0.99 * (len(lat) - 1))],
-                        "bytes": size,
-                    }
-                )
+                phases.append(measure(port, count, per_scraper, gzip, True))
+        busy = (process_cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
+        refresh_rss = process_rss_mb(pid, "VmHWM")
     finally:
-        stop.set()
-        background.join(timeout=120)
+        refresher.stop(timeout=60)
         server.stop()
     return {
         "computers": n,
         "render": render_seconds,
         "rss": peak_rss_mb(),
+        "refresh_rss": refresh_rss,
+        "refresh_busy": busy,
+        "floor": floor,
         "refreshes": refresher.refreshes,
         "refresh_computers": len(refresher.snapshot.hosts),
         "phases": phases,
     }
+
+
+def back_to_back(lab_config: Path) -> Path:
+    """The lab's exporter config with the shortest interval, so refreshes follow each other."""
+    data = yaml.safe_load(lab_config.read_text())
+    data["collection"]["interval"] = "10s"
+    path = lab_config.with_name("bench-back-to-back.yml")
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _wait(condition: Callable[[], bool], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise SystemExit("the refresh process did not start")
+        time.sleep(0.05)
 
 
 def warm_up(lab_config: Path) -> None:
@@ -233,29 +299,47 @@ def report(results: list[dict[str, Any]]) -> str:
                     f"{r['computers']:,}",
                     str(p["scrapers"]),
                     "gzip" if p["gzip"] else "plain",
+                    "yes" if p["refresh"] else "no",
                     f"{1000 * p['p50']:.1f}",
                     f"{1000 * p['p99']:.1f}",
                     f"{p['bytes'] / 1e6:.2f}",
                     f"{r['render']:.2f}",
                     f"{r['rss']:.0f}",
+                    f"{r['refresh_rss']:.0f}",
+                    f"{100 * r['refresh_busy']:.0f}",
                     str(r["refreshes"]),
                 ]
             )
-    return table(
-        "/metrics through cheroot while the same process refreshes a 1,000-computer lab; "
-        "scrapers are separate processes",
+    floors = [
+        f"floor at {r['computers']:,}: {r['phases'][0]['scrapers']} scrapers reading the same "
+        f"{r['phases'][1]['bytes'] / 1e6:.2f} MB (plain) from a bare socket server, nothing else "
+        f"running: p50 {1000 * r['floor']:.1f} ms"
+        for r in results
+    ]
+    return "\n".join(
         [
-            "computers",
-            "scrapers",
-            "encoding",
-            "p50 ms",
-            "p99 ms",
-            "MB",
-            "render s",
-            "peak RSS MB",
-            "refreshes during",
-        ],
-        rows,
+            table(
+                f"/metrics through cheroot while the refresh process refreshes a "
+                f"{results[0]['refresh_computers']:,}-computer lab back to back; scrapers are "
+                "separate processes",
+                [
+                    "computers",
+                    "scrapers",
+                    "encoding",
+                    "refresh running",
+                    "p50 ms",
+                    "p99 ms",
+                    "MB",
+                    "render s",
+                    "server RSS MB",
+                    "refresh proc RSS MB",
+                    "refresh proc CPU %",
+                    "refreshes",
+                ],
+                rows,
+            ),
+            *floors,
+        ]
     )
 
 
@@ -264,20 +348,29 @@ def verdicts(results: list[dict[str, Any]], scrapers: int) -> list[str]:
     for r in results:
         n = r["computers"]
         for p in r["phases"]:
-            if n in TARGETS_P50_MS and p["scrapers"] == scrapers:
+            if n in TARGETS_P50_MS and p["scrapers"] == scrapers and p["refresh"]:
                 limit = TARGETS_P50_MS[n]
                 ms = 1000 * p["p50"]
-                enc = "gzip" if p["gzip"] else "plain"
+                enc = "gzip, as Prometheus asks" if p["gzip"] else "plain"
                 verdict = "met" if ms <= limit else "MISSED"
-                out.append(
-                    f"target: p50 <= {limit:.0f} ms at {n:,} with {scrapers} scrapers ({enc}) "
-                    f"-> {verdict} ({ms:.1f} ms)"
+                line = (
+                    f"target: p50 <= {limit:.0f} ms at {n:,} with {scrapers} scrapers, refresh "
+                    f"running ({enc}) -> {verdict} ({ms:.1f} ms)"
                 )
+                if not p["gzip"]:
+                    idle = next(q for q in r["phases"] if not q["refresh"] and not q["gzip"])
+                    line += (
+                        f"; no refresh: {1000 * idle['p50']:.1f} ms; bare-socket floor: "
+                        f"{1000 * r['floor']:.1f} ms"
+                    )
+                out.append(line)
         if n in TARGET_RSS_MB:
             limit = TARGET_RSS_MB[n]
-            verdict = "met" if r["rss"] <= limit else "MISSED"
+            both = r["rss"] + r["refresh_rss"]
+            verdict = "met" if both <= limit else "MISSED"
             out.append(
-                f"target: peak RSS <= {limit:.0f} MB at {n:,} -> {verdict} ({r['rss']:.0f} MB)"
+                f"target: peak RSS <= {limit:.0f} MB at {n:,} -> {verdict} ({both:.0f} MB: "
+                f"server {r['rss']:.0f} + refresh process {r['refresh_rss']:.0f})"
             )
     return out
 
@@ -288,7 +381,11 @@ def chart(results: list[dict[str, Any]], scrapers: int) -> None:
     for gzip, colour in ((True, "tab:blue"), (False, "tab:orange")):
         enc = "gzip" if gzip else "plain"
         picked = [
-            next(p for p in r["phases"] if p["scrapers"] == scrapers and p["gzip"] == gzip)
+            next(
+                p
+                for p in r["phases"]
+                if p["scrapers"] == scrapers and p["gzip"] == gzip and p["refresh"]
+            )
             for r in results
         ]
         p50 = [1000 * p["p50"] for p in picked]
@@ -297,6 +394,9 @@ def chart(results: list[dict[str, Any]], scrapers: int) -> None:
             sizes, [1000 * p["p99"] for p in picked], "o--", color=colour, label=f"{enc} p99"
         )
         size.plot(sizes, [p["bytes"] / 1e6 for p in picked], "o-", color=colour, label=enc)
+    latency.plot(
+        sizes, [1000 * r["floor"] for r in results], "s:", color="grey", label="plain, bare socket"
+    )
     for n, limit in TARGETS_P50_MS.items():
         latency.plot([n], [limit], "rx", markersize=10)
     latency.plot([], [], "rx", label="p50 target")
@@ -320,7 +420,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,10000,50000")
     parser.add_argument("--scrapers", type=int, default=10)
     parser.add_argument("--per-scraper", type=int, default=20)
-    parser.add_argument("--lab-hosts", type=int, default=1000)
+    parser.add_argument("--lab-hosts", type=int, default=2000)
     parser.add_argument("--one", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--lab-config", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()

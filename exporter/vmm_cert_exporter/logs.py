@@ -81,6 +81,14 @@ def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
     )
 
 
+def current_settings() -> tuple[str, str]:
+    """The (level, format) ``setup_logging`` was last given: for a child process to log alike."""
+    root = logging.getLogger()
+    level = next((name for name, value in LEVELS.items() if value == root.level), "info")
+    json_handler = any(isinstance(h.formatter, JSONFormatter) for h in root.handlers)
+    return level, "json" if json_handler else "logfmt"
+
+
 def setup_logging(level: str = "info", fmt: str = "logfmt", stream: TextIO | None = None) -> None:
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JSONFormatter() if fmt == "json" else LogfmtFormatter())

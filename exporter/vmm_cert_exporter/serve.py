@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 
 from cheroot import wsgi
@@ -17,6 +18,7 @@ from vmm_cert_exporter.collection import Refresher
 from vmm_cert_exporter.config import Config, ConfigError, load_config, parse_listen_address
 from vmm_cert_exporter.logs import setup_logging
 from vmm_cert_exporter.metrics import Exposition, SnapshotCollector
+from vmm_cert_exporter.refresh_process import RefreshProcess
 from vmm_cert_exporter.sharding import Shard
 from vmm_cert_exporter.web import make_app, make_server
 from vmm_cert_exporter.webconfig import WebConfigFile, load_web_config, server_url
@@ -29,7 +31,7 @@ class Exporter:
     """A running exporter: the refresher and the HTTP server, for the CLI and tests."""
 
     config: Config
-    refresher: Refresher
+    refresher: Refresher | RefreshProcess
     server: wsgi.Server
     thread: threading.Thread
 
@@ -54,9 +56,20 @@ def start_exporter(
     listen_address: str | None = None,
     shard: Shard | None = None,
     web_config: WebConfigFile | None = None,
+    *,
+    isolate: bool = True,
 ) -> Exporter:
-    """Start refreshing and serving; returns once the server listens."""
-    refresher = Refresher(config, shard=shard)
+    """Start refreshing and serving; returns once the server listens.
+
+    ``isolate``: refresh in a child process (``refresh_process.py``), so that scrapes never
+    wait for a refresh; a configuration that is not a file (built in code) refreshes in a
+    thread of this process instead.
+    """
+    refresher: Refresher | RefreshProcess
+    if isolate and Path(config.path).is_file():
+        refresher = RefreshProcess(config, shard=shard)
+    else:
+        refresher = Refresher(config, shard=shard)
     collector = SnapshotCollector(lambda: refresher.snapshot, lambda: refresher.histogram)
     exposition = Exposition(
         collector, lambda: refresher.snapshot, lambda: refresher.histogram.count

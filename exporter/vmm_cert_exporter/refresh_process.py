@@ -1,0 +1,305 @@
+"""The refresh in a child process of its own, so that a scrape never waits for it.
+
+Why: a refresh is Python work (HTTP, SOAP, NTLM, X.509 parsing: ~7 ms of CPU per computer).
+In the serving process it shares the one interpreter lock with every scrape; in its own
+process it has its own interpreter, and the server only receives the finished snapshots.
+Measured (docs/scaling.md): 10 concurrent uncompressed scrapes of 10,000 computers while a
+CPU-bound refresh runs took p50 ~170 ms with the refresh in a thread, ~60 ms with it here.
+It also keeps a refresh's memory and any crash inside it away from the server: a refresh
+process that dies is started again, and /metrics keeps serving the last snapshot meanwhile.
+
+The child is a ``spawn``-ed Python (no fork of a threaded process). It reads the same
+configuration file (secrets are never pickled: ``secrets.Secret`` refuses it) and runs the
+ordinary ``collection.Refresher``. One pipe, pickled messages:
+
+- child -> server: ``("snapshot", Snapshot, RefreshHistogram, refreshes)`` after every
+  refresh; ``("first",)`` once the first refresh has ended, published or not;
+  ``("failed", message)`` when the child cannot start (a configuration that no longer
+  loads); ``("stopped", in_time)`` as it exits.
+- server -> child: ``"stop"`` (graceful: no new call, the calls in flight finish or reach
+  their deadline and send Signal + Delete) and ``"abort"`` (end the calls in flight now; each
+  still sends Signal + Delete).
+
+The server owns the shutdown: the child ignores SIGINT (Ctrl-C reaches the whole process
+group; the server turns the first into "stop", the second into "abort"). SIGTERM sent to
+the child itself (systemd signals the whole control group) means "stop". A server that dies
+closes the pipe: the child then aborts its calls and exits, so no refresh outlives it.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import signal
+import threading
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from vmm_cert_exporter.collection import Refresher, RefreshHistogram
+from vmm_cert_exporter.config import Config, ConfigError, load_config
+from vmm_cert_exporter.logs import current_settings, setup_logging
+from vmm_cert_exporter.remoting import WinRMRunner
+from vmm_cert_exporter.sharding import Shard
+from vmm_cert_exporter.snapshot import Snapshot
+
+log = logging.getLogger(__name__)
+
+# Starting the child (a fresh interpreter, imports) and its exit take about a second: the
+# server's wait for it is the refresher's own drain plus this.
+_PROCESS_SECONDS = 2.0
+# A child that died is started again after 1 s, doubling per failure up to the interval.
+_FIRST_RESTART_DELAY = 1.0
+
+
+class RefreshProcess:
+    """``collection.Refresher``'s surface for the server, with the refresh in a child process."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        shard: Shard | None = None,
+        log_settings: tuple[str, str] | None = None,
+    ) -> None:
+        if not Path(config.path).is_file():
+            raise ValueError(f"the refresh process reads the configuration file: {config.path}")
+        self._config = config
+        self._shard = shard
+        self._log_settings = log_settings or current_settings()
+        self._context = multiprocessing.get_context("spawn")
+        self.histogram = RefreshHistogram()
+        self.refreshes = 0
+        self.snapshot: Snapshot = Snapshot.empty(config.collection.interval)
+        self.listeners: list[Callable[[Snapshot], None]] = []
+        self.restarts = 0
+        self._first_done = threading.Event()
+        self._stopping = threading.Event()
+        self._exited = threading.Event()
+        self._lock = threading.Lock()  # the current child and its pipe
+        self._process: Any = None  # multiprocessing's SpawnProcess
+        self._conn: Connection | None = None
+        self._stopped_in_time = False
+        self._supervisor: threading.Thread | None = None
+
+    # ---- what the server reads ---------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self.snapshot.complete
+
+    def wait_first(self, timeout: float | None = None) -> bool:
+        return self._first_done.wait(timeout)
+
+    @property
+    def drain_seconds(self) -> float:
+        """How long a stop may wait: the calls in flight run to their deadline, clean up, and
+        the child exits."""
+        return WinRMRunner(self._config.winrm).max_call_seconds + _PROCESS_SECONDS
+
+    @property
+    def pid(self) -> int | None:
+        with self._lock:
+            return None if self._process is None else int(self._process.pid)
+
+    # ---- life cycle ----------------------------------------------------------------------
+    def start(self) -> None:
+        if self._supervisor is not None:
+            raise RuntimeError("refresh process already started")
+        self._supervisor = threading.Thread(
+            target=self._supervise, name="refresh-process", daemon=True
+        )
+        self._supervisor.start()
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Ask the child to stop gracefully; wait up to ``timeout`` for it to exit, then end it.
+        Returns whether it stopped in time (every call in flight finished and cleaned up)."""
+        self._stopping.set()
+        self._send("stop")
+        exited = self._exited.wait(timeout)
+        if not exited:
+            self._end_child()
+        if self._supervisor is not None:
+            self._supervisor.join(timeout=5.0)
+        return exited and self._stopped_in_time
+
+    def abort(self) -> None:
+        """End the calls in flight now (each still sends Signal + Delete), then stop."""
+        self._stopping.set()
+        self._send("abort")
+
+    # ---- the supervisor thread -------------------------------------------------------------
+    def _send(self, command: str) -> None:
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                return
+            try:
+                conn.send(command)
+            except OSError:  # the child is gone: nothing left to stop
+                pass
+
+    def _spawn(self) -> Connection:
+        ours, theirs = self._context.Pipe(duplex=True)
+        process = self._context.Process(
+            target=child_main,
+            args=(self._config.path, self._shard, self._log_settings, theirs),
+            name="vmm-cert-exporter-refresh",
+            daemon=True,  # never outlives the server, even if the server is killed
+        )
+        with self._lock:
+            process.start()
+            self._process, self._conn = process, ours
+        theirs.close()  # the child holds its end: EOF here means the child is gone
+        log.debug("refresh process started", extra={"pid": process.pid})
+        return ours
+
+    def _supervise(self) -> None:
+        delay = _FIRST_RESTART_DELAY
+        while True:
+            try:
+                conn = self._spawn()
+            except OSError:
+                log.exception("cannot start the refresh process")
+                if self._stopping.wait(self._max_delay):
+                    break
+                continue
+            if self._stopping.is_set():  # stop() came while the child was starting
+                self._send("stop")
+            published = self._receive(conn)
+            with self._lock:
+                process, self._conn = self._process, None
+            process.join(timeout=_PROCESS_SECONDS)
+            conn.close()
+            if self._stopping.is_set():
+                break
+            # a refresh process that died (a crash, the OOM killer, kill -9): start another;
+            # /metrics keeps the last snapshot, and its age shows in the refresh timestamp
+            self.restarts += 1
+            delay = _FIRST_RESTART_DELAY if published else min(delay * 2, self._max_delay)
+            log.error(
+                "refresh process ended unexpectedly; starting another",
+                extra={"exit_code": process.exitcode, "restart_in_seconds": delay},
+            )
+            if self._stopping.wait(delay):
+                break
+        self._exited.set()
+
+    @property
+    def _max_delay(self) -> float:
+        return max(_FIRST_RESTART_DELAY, self._config.collection.interval)
+
+    def _receive(self, conn: Connection) -> bool:
+        """Apply the child's messages until its pipe closes; whether it published anything."""
+        published = False
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                return published
+            kind = message[0]
+            if kind == "snapshot":
+                _, snapshot, histogram, refreshes = message
+                # histogram first: readers key caches on (snapshot, histogram count)
+                self.histogram = histogram
+                self.snapshot = snapshot
+                self.refreshes = refreshes
+                published = True
+                for listener in self.listeners:
+                    try:  # e.g. pre-render /metrics: here, not in the first scrape
+                        listener(snapshot)
+                    except Exception:
+                        log.exception("snapshot listener failed")
+            elif kind == "first":
+                self._first_done.set()
+            elif kind == "stopped":
+                self._stopped_in_time = bool(message[1])
+            elif kind == "failed":
+                log.error("refresh process cannot start", extra={"error": message[1]})
+
+    def _end_child(self) -> None:
+        with self._lock:
+            process = self._process
+        if process is None or not process.is_alive():
+            return
+        log.warning("refresh process did not stop in time; ending it")
+        process.terminate()
+        process.join(timeout=_PROCESS_SECONDS)
+        if process.is_alive():
+            process.kill()
+            process.join(timeout=_PROCESS_SECONDS)
+
+
+# ---- the child side ----------------------------------------------------------------------
+def child_main(
+    config_path: str,
+    shard: Shard | None,
+    log_settings: tuple[str, str],
+    conn: Connection,
+) -> None:
+    """The refresh process: refresh on the configured interval, publish to the server."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server turns Ctrl-C into commands
+    commands: list[str] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: commands.append("stop"))
+    setup_logging(*log_settings)
+    send_lock = threading.Lock()
+
+    def send(message: tuple[Any, ...]) -> bool:
+        with send_lock:
+            try:
+                conn.send(message)
+                return True
+            except OSError:  # the server is gone
+                return False
+
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        send(("failed", str(exc)))
+        raise SystemExit(2) from None
+    refresher = Refresher(config, shard=shard)
+
+    def publish(snapshot: Snapshot) -> None:
+        # runs in the refresher's thread, the only writer of its histogram and count
+        if not send(("snapshot", snapshot, refresher.histogram, refresher.refreshes)):
+            refresher.abort()
+
+    refresher.listeners.append(publish)
+
+    def first() -> None:
+        refresher.wait_first()
+        send(("first",))
+
+    threading.Thread(target=first, name="first-refresh", daemon=True).start()
+    refresher.start()
+    in_time = _serve_commands(refresher, conn, commands)
+    send(("stopped", in_time))
+    conn.close()
+
+
+def _serve_commands(refresher: Refresher, conn: Connection, commands: list[str]) -> bool:
+    """Wait for "stop" / "abort" (or the server's end); return whether the stop was in time."""
+    deadline: float | None = None
+    while True:
+        command = commands.pop(0) if commands else _next_command(conn)
+        if command in ("stop", "abort") and deadline is None:
+            deadline = time.monotonic() + refresher.drain_seconds
+        if command == "abort":
+            refresher.abort()
+        if deadline is not None:
+            if refresher.stop(timeout=0):
+                return True
+            if time.monotonic() > deadline:
+                return False
+
+
+def _next_command(conn: Connection) -> str | None:
+    try:
+        if conn.poll(0.1):
+            command = conn.recv()
+            return command if command in ("stop", "abort") else None
+    except (EOFError, OSError):
+        time.sleep(0.1)  # the pipe stays closed: do not spin while the calls end
+        return "abort"  # the server is gone: nobody to publish to, end the calls now
+    return None

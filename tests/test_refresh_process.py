@@ -1,0 +1,205 @@
+"""The refresh runs in a child process of ``serve`` (refresh_process.py).
+
+Real processes throughout: a spawned child refreshing the lab over pywinrm, killed with
+SIGKILL to prove the server survives it and starts another, and a server killed with SIGKILL
+to prove its child does not outlive it (and still closes its WinRM shells).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vmm_cert_exporter.config import Config, load_config
+from vmm_cert_exporter.lab.interfaces import Faults
+from vmm_cert_exporter.lab.runner import RunningLab, start_lab
+from vmm_cert_exporter.refresh_process import RefreshProcess
+from vmm_cert_exporter.serve import Exporter, start_exporter
+
+EXE = str(Path(sys.executable).parent / "vmm-cert-exporter")
+D = ".lab.example"
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[RunningLab]:
+    with start_lab(scenario="demo", state_dir=tmp_path / "lab", max_operation_wait=5.0) as running:
+        yield running
+
+
+def _until(condition: Callable[[], object], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for: {what}")
+        time.sleep(0.05)
+
+
+def _metrics(exporter: Exporter) -> str:
+    with urllib.request.urlopen(exporter.url + "/metrics", timeout=10) as resp:
+        return str(resp.read().decode())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is dead for our purpose
+    state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    return state != "Z"
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(p) for p in (task / "children").read_text().split()]
+    return found
+
+
+def test_serve_refreshes_in_a_child_process(lab: RunningLab, tmp_path: Path) -> None:
+    exporter = start_exporter(_config(lab, tmp_path), "127.0.0.1:0")
+    try:
+        refresher = exporter.refresher
+        assert isinstance(refresher, RefreshProcess)
+        assert refresher.wait_first(timeout=60)
+        assert refresher.pid is not None and refresher.pid != os.getpid()
+        assert refresher.ready and refresher.refreshes >= 1
+        text = _metrics(exporter)
+        assert f'vmm_cert_present{{host="hv38{D}",role="hyperv_host"}} 0.0' in text
+        assert "vmm_cert_exporter_refresh_duration_seconds_count 1.0" in text
+    finally:
+        assert exporter.stop()
+
+
+def _config(lab: RunningLab, tmp_path: Path) -> Config:
+    return load_config(lab.write_config(tmp_path / "exporter.yml"))
+
+
+def test_a_killed_refresh_process_is_replaced_and_metrics_keep_serving(
+    lab: RunningLab, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    exporter = start_exporter(_config(lab, tmp_path), "127.0.0.1:0")
+    try:
+        refresher = exporter.refresher
+        assert isinstance(refresher, RefreshProcess)
+        assert refresher.wait_first(timeout=60)
+        first_pid, published = refresher.pid, refresher.snapshot
+        assert first_pid is not None
+        with caplog.at_level(logging.ERROR):
+            os.kill(first_pid, signal.SIGKILL)
+            _until(lambda: not _alive(first_pid), 10, "the child to die")
+            # the last snapshot is still served while there is no refresh process
+            assert f'host="hv01{D}"' in _metrics(exporter)
+            _until(lambda: refresher.restarts == 1, 10, "a restart")
+            _until(lambda: refresher.snapshot is not published, 60, "a new snapshot")
+        assert refresher.pid not in (None, first_pid)
+        assert "refresh process ended unexpectedly" in caplog.text
+        assert f'host="hv01{D}"' in _metrics(exporter)
+    finally:
+        assert exporter.stop()
+
+
+def test_a_configuration_that_no_longer_loads_is_reported_by_the_server(
+    lab: RunningLab, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = _config(lab, tmp_path)
+    exporter = start_exporter(config, "127.0.0.1:0")
+    try:
+        refresher = exporter.refresher
+        assert isinstance(refresher, RefreshProcess)
+        assert refresher.wait_first(timeout=60)
+        pid = refresher.pid
+        assert pid is not None
+        # someone breaks the file, then the refresh process dies: the new one cannot start
+        path = Path(config.path)
+        data = yaml.safe_load(path.read_text())
+        data["winrm"]["timeout"] = "soon"
+        path.write_text(yaml.safe_dump(data))
+        with caplog.at_level(logging.ERROR):
+            os.kill(pid, signal.SIGKILL)
+            _until(lambda: "refresh process cannot start" in caplog.text, 30, "the error")
+        failed = next(r for r in caplog.records if r.getMessage() == "refresh process cannot start")
+        error = str(failed.__dict__["error"])
+        assert config.path in error and "winrm.timeout" in error, error
+        assert f'host="hv01{D}"' in _metrics(exporter)  # still serving what it had
+    finally:
+        exporter.stop(drain=10)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_the_refresh_process_does_not_outlive_a_killed_server(
+    lab: RunningLab, tmp_path: Path
+) -> None:
+    # slow answers, so that calls are in flight when the server dies
+    for computer in lab.model.list_computers():
+        if computer["fqdn"] != f"vmm01{D}":
+            lab.model.set_faults(computer["fqdn"], Faults(latency=0.5))
+    config = lab.write_config(tmp_path / "exporter.yml")
+    proc = subprocess.Popen(
+        [EXE, "serve", "--config", str(config), f"--web.listen-address=127.0.0.1:{_free_port()}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    child = 0
+    try:
+        _until(lambda: _children(proc.pid), 30, "the refresh process")
+        child = _children(proc.pid)[0]
+        _until(lambda: lab.server.stats()["open_shells_total"], 60, "calls in flight")
+        proc.kill()
+        proc.wait()
+        # the child sees its pipe close, ends its calls (Signal + Delete) and exits
+        _until(lambda: not _alive(child), 20, "the refresh process to exit")
+        _until(lambda: lab.server.stats()["open_shells_total"] == 0, 10, "no shell left")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if child and _alive(child):
+            os.kill(child, signal.SIGKILL)
+        proc.communicate()
+
+
+def test_ctrl_c_to_the_process_group_is_one_graceful_stop(lab: RunningLab, tmp_path: Path) -> None:
+    """Ctrl-C reaches the server and its child at once: that is one stop, not an abort."""
+    for computer in lab.model.list_computers():
+        if computer["fqdn"] != f"vmm01{D}":
+            lab.model.set_faults(computer["fqdn"], Faults(latency=0.5))
+    config = lab.write_config(tmp_path / "exporter.yml")
+    proc = subprocess.Popen(
+        [EXE, "serve", "--config", str(config), f"--web.listen-address=127.0.0.1:{_free_port()}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        _until(lambda: lab.server.stats()["open_shells_total"], 60, "calls in flight")
+        os.killpg(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 0, stderr
+    assert "second signal" not in stderr
+    assert 'msg="refresh abandoned: shutting down' in stderr
+    assert "msg=stopped" in stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    _until(lambda: lab.server.stats()["open_shells_total"] == 0, 5, "no shell left")
