@@ -5,7 +5,8 @@
 Not part of ``make test``. A lab of ``--hosts`` computers runs in one child process, the
 exporter (``vmm-cert-exporter serve``) in another; this process changes faults through the
 lab's control API after every refresh, scrapes ``/metrics`` every ``--scrape`` seconds and
-samples the exporter's memory and threads from /proc. At the end it stops the exporter with
+samples the exporter's memory and threads from /proc (the server and its refresh process,
+summed). At the end it stops the exporter with
 SIGTERM and prints:
 
 - peak RSS growth after the first five minutes (target < 10 %), and RSS over time;
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import calendar
+import contextlib
 import json
 import os
 import random
@@ -73,11 +75,18 @@ def _free_port() -> int:
 
 
 def _proc_status(pid: int) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM", "Threads"):
-            out[key] = int(value.split()[0])
+    """Memory and threads of the exporter: the server and its refresh process, summed."""
+    out = {"VmRSS": 0, "VmHWM": 0, "Threads": 0}
+    pids = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            pids += [int(p) for p in (task / "children").read_text().split()]
+    for one in pids:
+        with contextlib.suppress(OSError):  # a child that just exited
+            for line in Path(f"/proc/{one}/status").read_text().splitlines():
+                key, _, value = line.partition(":")
+                if key in out:
+                    out[key] += int(value.split()[0])
     return out
 
 
