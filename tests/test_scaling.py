@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime
 import gzip
+import http.client
+import socket
 import threading
 import time
 import urllib.request
@@ -115,7 +117,7 @@ def server(big: Snapshot) -> Iterator[tuple[str, Exposition]]:
         thread.join(timeout=5)
 
 
-def test_large_bodies_are_served_whole_in_chunks(server: tuple[str, Exposition]) -> None:
+def test_large_bodies_are_served_whole(server: tuple[str, Exposition]) -> None:
     url, exposition = server
     for _ in range(3):  # retry across a second boundary between the two reads
         second = int(time.time())
@@ -150,3 +152,38 @@ def test_many_scrapers_at_once_are_all_answered(server: tuple[str, Exposition]) 
         t.join(timeout=60)
     assert len(sizes) == 24
     assert time.monotonic() - started < 30  # no 1 s SYN-retry stalls piling up
+
+
+def test_keep_alive_after_a_large_body_and_head(server: tuple[str, Exposition]) -> None:
+    """httpio.SendallWriter: whole bodies, then the next response on the same connection."""
+    url, _ = server
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        lengths = []
+        for method in ("GET", "HEAD", "GET"):
+            conn.request(method, "/metrics")
+            answer = conn.getresponse()
+            body = answer.read()
+            lengths.append(len(body))
+            assert answer.status == 200
+            assert int(answer.headers["Content-Length"]) > 3 << 20
+        assert lengths[0] > 3 << 20 and lengths[1] == 0 and lengths[2] > 3 << 20
+    finally:
+        conn.close()
+
+
+def test_a_client_that_stops_reading_holds_no_other_scrape(server: tuple[str, Exposition]) -> None:
+    url, _ = server
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    stalled = socket.create_connection((host, int(port)))
+    try:
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")  # and never read
+        time.sleep(0.5)  # its worker is now blocked in sendall on a full socket
+        started = time.monotonic()
+        with urllib.request.urlopen(url, timeout=30) as answer:
+            assert len(answer.read()) > 3 << 20
+        assert time.monotonic() - started < 10
+    finally:
+        stalled.close()

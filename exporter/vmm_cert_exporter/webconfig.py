@@ -64,13 +64,13 @@ from typing import Any, Final, NoReturn
 
 import bcrypt
 import yaml
-from cheroot import server as cheroot_server
 from cheroot import wsgi
 from cheroot.makefile import StreamReader, StreamWriter
 from cheroot.ssl import Adapter
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from vmm_cert_exporter import httpio
 from vmm_cert_exporter.config import (
     ConfigError,
     DuplicateKeyError,
@@ -896,7 +896,7 @@ class _TLSAdapter(Adapter):
         return cls(sock, mode, bufsize if bufsize > 0 else 8192)
 
 
-class _TLSConnection(cheroot_server.HTTPConnection):
+class _TLSConnection(httpio.Connection):
     """Runs the TLS handshake on the first read, in a worker thread, within the socket timeout."""
 
     _handshaken = False
