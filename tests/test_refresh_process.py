@@ -26,6 +26,7 @@ from vmm_cert_exporter.lab.interfaces import Faults
 from vmm_cert_exporter.lab.runner import RunningLab, start_lab
 from vmm_cert_exporter.refresh_process import RefreshProcess
 from vmm_cert_exporter.serve import Exporter, start_exporter
+from vmm_cert_exporter.sharding import Shard
 
 EXE = str(Path(sys.executable).parent / "vmm-cert-exporter")
 D = ".lab.example"
@@ -78,6 +79,7 @@ def test_serve_refreshes_in_a_child_process(lab: RunningLab, tmp_path: Path) -> 
         text = _metrics(exporter)
         assert f'vmm_cert_present{{host="hv38{D}",role="hyperv_host"}} 0.0' in text
         assert "vmm_cert_exporter_refresh_duration_seconds_count 1.0" in text
+        assert "vmm_cert_exporter_refresh_process_restarts_total 0.0" in text
     finally:
         assert exporter.stop()
 
@@ -102,6 +104,8 @@ def test_a_killed_refresh_process_is_replaced_and_metrics_keep_serving(
             # the last snapshot is still served while there is no refresh process
             assert f'host="hv01{D}"' in _metrics(exporter)
             _until(lambda: refresher.restarts == 1, 10, "a restart")
+            # the restart is counted at once, although the snapshot has not changed
+            assert "vmm_cert_exporter_refresh_process_restarts_total 1.0" in _metrics(exporter)
             _until(lambda: refresher.snapshot is not published, 60, "a new snapshot")
         assert refresher.pid not in (None, first_pid)
         assert "refresh process ended unexpectedly" in caplog.text
@@ -203,3 +207,15 @@ def test_ctrl_c_to_the_process_group_is_one_graceful_stop(lab: RunningLab, tmp_p
     assert "msg=stopped" in stderr
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
     _until(lambda: lab.server.stats()["open_shells_total"] == 0, 5, "no shell left")
+
+
+def test_the_refresh_process_reads_only_its_shard(lab: RunningLab, tmp_path: Path) -> None:
+    shard = Shard(1, 3)
+    exporter = start_exporter(_config(lab, tmp_path), "127.0.0.1:0", shard=shard)
+    try:
+        assert exporter.refresher.wait_first(timeout=60)
+        hosts = {h.computer.fqdn for h in exporter.refresher.snapshot.hosts}
+        everyone = {c["fqdn"] for c in lab.model.list_computers()}
+        assert hosts and hosts == {fqdn for fqdn in everyone if shard.owns(fqdn)}
+    finally:
+        assert exporter.stop()
