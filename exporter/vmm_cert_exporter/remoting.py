@@ -14,6 +14,8 @@ shareable between threads (see docs/architecture.md).
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 import socket
 import threading
 import time
@@ -81,28 +83,80 @@ class _TrackingAdapter(HTTPAdapter):
         }
 
 
+class _Deadlines:
+    """One thread that fires every watchdog whose deadline has passed.
+
+    A ``threading.Timer`` per call meant two new threads per computer and refresh (the call
+    and its Signal + Delete): ~15 % of a refresh's CPU, and hundreds of short-lived threads
+    at high concurrency. Deadlines are kept in a heap instead; the thread sleeps until the
+    earliest one (or until an earlier one is added) and is started on first use.
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, _Watchdog]] = []
+        self._counter = itertools.count()  # ties never compare watchdogs
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def add(self, deadline: float, watchdog: _Watchdog) -> None:
+        with self._wake:
+            heapq.heappush(self._heap, (deadline, next(self._counter), watchdog))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="deadlines", daemon=True)
+                self._thread.start()
+            elif self._heap[0][2] is watchdog:
+                self._wake.notify()  # it is the earliest: sleep less
+
+    def _run(self) -> None:
+        while True:
+            due: list[_Watchdog] = []
+            with self._wake:
+                now = time.monotonic()
+                while self._heap and (self._heap[0][0] <= now or self._heap[0][2].disarmed):
+                    _, _, watchdog = heapq.heappop(self._heap)
+                    if not watchdog.disarmed:
+                        due.append(watchdog)
+                if not due:
+                    self._wake.wait(self._heap[0][0] - now if self._heap else None)
+                    continue
+            for watchdog in due:  # outside the heap's lock: firing shuts sockets down
+                watchdog.expire()
+
+
+_deadlines = _Deadlines()
+
+
 class _Watchdog:
     """Shuts down every socket of the current call once the deadline passes."""
 
     def __init__(self, deadline: float) -> None:
         self.sockets: list[socket.socket] = []
         self.fired = False
+        self.disarmed = False  # the call ended first: the deadline thread forgets it
+        self._deadline = deadline
         self._lock = threading.Lock()
-        self._timer = threading.Timer(max(0.0, deadline - time.monotonic()), self._fire)
-        self._timer.daemon = True
 
-    def _fire(self) -> None:
+    def _fire_locked(self) -> None:
+        self.fired = True
+        for sock in self.sockets:
+            # shutdown (not close) wakes a recv blocked in another thread
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def expire(self) -> None:
+        """The deadline passed (called by the deadline thread): fire unless the call ended.
+
+        Under the lock, so a call that ends at the same moment is either fired (and reports
+        the timeout) or disarmed, never has its sockets shut after it was done with them.
+        """
         with self._lock:
-            self.fired = True
-            for sock in self.sockets:
-                # shutdown (not close) wakes a recv blocked in another thread
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
+            if not self.disarmed:
+                self._fire_locked()
 
     def fire(self) -> None:
         """End the call now, as if the deadline had passed."""
-        self._timer.cancel()
-        self._fire()
+        with self._lock:
+            self._fire_locked()
 
     def track(self, sock: socket.socket) -> None:
         with self._lock:
@@ -114,11 +168,12 @@ class _Watchdog:
     @contextlib.contextmanager
     def armed(self) -> Iterator[None]:
         _local.watchdog = self
-        self._timer.start()
+        _deadlines.add(self._deadline, self)
         try:
             yield
         finally:
-            self._timer.cancel()
+            with self._lock:
+                self.disarmed = True
             _local.watchdog = None
 
 
