@@ -116,6 +116,8 @@ class RefreshProcess:
         """Ask the child to stop gracefully; wait up to ``timeout`` for it to exit, then end it.
         Returns whether it stopped in time (every call in flight finished and cleaned up)."""
         self._stopping.set()
+        if self._supervisor is None:  # never started: nothing to stop
+            return True
         self._send("stop")
         exited = self._exited.wait(timeout)
         if not exited:
