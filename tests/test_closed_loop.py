@@ -111,6 +111,9 @@ def test_execute_mode_renews_and_the_alerts_resolve(stack: Stack) -> None:
         60,
         lambda: f"firing: {_firing(prometheus)}",
     )
+    # refreshes kept finishing (every 10 s) throughout: the exporter was never stale
+    stale = 'ALERTS{alertname="VMMCertificateExporterStale",alertstate="firing"}'
+    assert _query(prometheus, f"count_over_time({stale}[1h])") == []
 
     # the dashboard: every expression parses and returns data, the renewal panels included
     expressions = panel_expressions(

@@ -38,9 +38,10 @@ CONTRACT = {
     "VMMCertificateDuplicate": "warning",
     "VMMCertificateCollectionFailing": "warning",
     "VMMCertificateExporterDown": "critical",
+    "VMMCertificateExporterStale": "warning",
     "VMMCertificateRenewalFailed": "warning",
 }
-PER_HOST = set(CONTRACT) - {"VMMCertificateExporterDown"}
+PER_HOST = set(CONTRACT) - {"VMMCertificateExporterDown", "VMMCertificateExporterStale"}
 
 
 def promtool() -> str:
@@ -87,7 +88,13 @@ def copy_test(tmp_path: Path, test_file: Path, rule_text: str, edit: str = "") -
 
 def test_there_are_unit_test_files() -> None:
     names = {p.name for p in TEST_FILES}
-    assert {"expiry.test.yml", "store.test.yml", "collection.test.yml", "restart.test.yml"} <= names
+    assert {
+        "expiry.test.yml",
+        "store.test.yml",
+        "collection.test.yml",
+        "restart.test.yml",
+        "stale.test.yml",
+    } <= names
 
 
 @pytest.mark.parametrize("test_file", TEST_FILES, ids=lambda p: p.name)
@@ -174,6 +181,8 @@ def test_naive_expressions_flap_across_a_restart(tmp_path: Path) -> None:
         ("VMMCertificateMissing", "10m", "store.test.yml", "hv-renewing.corp.example"),
         ("VMMCertificateNotTrusted", "10m", "store.test.yml", "hv-renewing.corp.example"),
         ("VMMCertificateDuplicate", "10m", "store.test.yml", "hv-renewing.corp.example"),
+        # the first refresh after an exporter restart (10 minutes at scale) would warn
+        ("VMMCertificateExporterStale", "5m", "stale.test.yml", "ExporterStale, time: 1h11m"),
     ],
 )
 def test_shorter_for_durations_fail_the_unit_tests(

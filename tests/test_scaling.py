@@ -64,9 +64,15 @@ def big() -> Snapshot:
     return synthetic_snapshot(3000)  # ~3.6 MB of text: several write chunks
 
 
-def reference(snapshot: Snapshot, histogram: RefreshHistogram, instant: float) -> bytes:
+def reference(
+    snapshot: Snapshot, histogram: RefreshHistogram, instant: float, restarts: int = 0
+) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SnapshotCollector(lambda: snapshot, lambda: histogram, clock=lambda: instant))
+    registry.register(
+        SnapshotCollector(
+            lambda: snapshot, lambda: histogram, clock=lambda: instant, restarts=lambda: restarts
+        )
+    )
     return generate_latest(registry)
 
 
@@ -87,6 +93,23 @@ def test_one_rendering_per_second_equal_to_generate_latest(big: Snapshot) -> Non
     later = exposition.render(now=t + 1)
     assert later == reference(big, histogram, t + 1) != b"".join(first)
     assert gzip.decompress(exposition.render_gzip(now=t + 1)) == later
+
+
+def test_a_restart_of_the_refresh_process_is_served_without_a_new_rendering(
+    big: Snapshot,
+) -> None:
+    histogram = RefreshHistogram()
+    restarts = 0
+    collector = SnapshotCollector(lambda: big, lambda: histogram, restarts=lambda: restarts)
+    exposition = Exposition(collector, lambda: big, lambda: histogram.count)
+    t = 1_800_000_000.0
+    before = exposition.render_parts(now=t)
+    assert before[-1].endswith(b"\nvmm_cert_exporter_refresh_process_restarts_total 0.0\n")
+    restarts = 2  # the refresh process died twice; the snapshot is the same
+    after = exposition.render_parts(now=t)
+    assert after[1] is before[1]  # the snapshot's rendering is reused, not redone
+    assert b"".join(after) == reference(big, histogram, t, restarts=2) != b"".join(before)
+    assert gzip.decompress(exposition.render_gzip(now=t)) == b"".join(after)
 
 
 def test_a_scrape_during_a_rendering_gets_the_previous_snapshot(big: Snapshot) -> None:

@@ -106,6 +106,7 @@ DEFAULT_ALLOW_ROLES: Final = ("vmm_server", "hyperv_host", "library_server")
 NOT_TRIGGERS: Final = (
     "VMMCertificateCollectionFailing",
     "VMMCertificateExporterDown",
+    "VMMCertificateExporterStale",
     "VMMCertificateRenewalFailed",
 )
 _ALERTNAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

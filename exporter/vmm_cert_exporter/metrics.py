@@ -33,6 +33,11 @@ EXPIRY_HELP = (
     "Seconds from the scrape until NotAfter of the computer's SCVMM certificate "
     "(the latest if several); negative once expired; absent when the store holds none."
 )
+RESTARTS_NAME = "vmm_cert_exporter_refresh_process_restarts"
+RESTARTS_HELP = (
+    "Times the refresh process died and was started again since the exporter started "
+    "(always 0 when the refresh runs in-process)."
+)
 
 
 def scrape_second(now: float) -> float:
@@ -53,7 +58,11 @@ def expiry_points(snapshot: Snapshot) -> Iterator[tuple[HostSnapshot, float]]:
 
 
 class SnapshotCollector(Collector):
-    """A prometheus_client custom collector over whatever snapshot ``source`` returns."""
+    """A prometheus_client custom collector over whatever snapshot ``source`` returns.
+
+    ``restarts`` reads how often the refresh process was started again (no I/O: an
+    attribute of ``refresh_process.RefreshProcess``); without it the counter is 0.
+    """
 
     def __init__(
         self,
@@ -61,10 +70,12 @@ class SnapshotCollector(Collector):
         histogram: Callable[[], RefreshHistogram] | None = None,
         *,
         clock: Callable[[], float] = time.time,
+        restarts: Callable[[], int] | None = None,
     ) -> None:
         self._source = source
         self._histogram = histogram
         self._clock = clock
+        self._restarts = restarts
 
     def describe(self) -> Iterator[Metric]:
         # no describe(): registering must not call collect() (it would read a snapshot early)
@@ -74,6 +85,7 @@ class SnapshotCollector(Collector):
         snapshot = self._source()
         yield self.expiry_family(snapshot, self._clock())
         yield from self.static_families(snapshot)
+        yield self.restarts_family(self.restarts())
 
     @staticmethod
     def expiry_family(snapshot: Snapshot, now: float) -> GaugeMetricFamily:
@@ -83,6 +95,17 @@ class SnapshotCollector(Collector):
         for host, after in expiry_points(snapshot):
             expiry.add_metric([host.computer.fqdn, host.computer.role], after - second)
         return expiry
+
+    def restarts(self) -> int:
+        """How often the refresh process was started again (0 when it runs in-process)."""
+        return 0 if self._restarts is None else self._restarts()
+
+    @staticmethod
+    def restarts_family(restarts: int) -> CounterMetricFamily:
+        """The one family that changes with neither the snapshot nor the scrape time."""
+        family = CounterMetricFamily(RESTARTS_NAME, RESTARTS_HELP)
+        family.add_metric([], float(restarts))
+        return family
 
     def static_families(self, snapshot: Snapshot) -> Iterator[Metric]:
         """Every family that changes only when the snapshot does."""
@@ -272,6 +295,15 @@ class _Rendered:
 
 
 @dataclass(frozen=True)
+class _RestartsBlock:
+    """The restarts counter rendered for one value (a few dozen bytes)."""
+
+    restarts: int
+    plain: bytes
+    gz: bytes
+
+
+@dataclass(frozen=True)
 class _ExpiryBlock:
     """The expiry family rendered for one second of one snapshot (gzip made on demand)."""
 
@@ -289,10 +321,12 @@ class Exposition:
     snapshot, so it is rendered (and gzipped) once per snapshot; the expiry family changes
     with the scrape's second (``scrape_second``), so it is rendered once per second, from
     cached line prefixes and one formatted value per distinct NotAfter (whole cohorts share
-    one), and shared by every scrape in that second. A scrape then only hands the cached
-    parts to the server: no copy of the body, no formatting, no compression. While a new
-    snapshot is being rendered, scrapes keep getting the previous complete one. A test
-    proves the bytes equal ``generate_latest`` over ``SnapshotCollector`` at the same instant.
+    one), and shared by every scrape in that second. The refresh process's restart counter
+    changes with neither, so it is a third, tiny part, rendered once per value (a restart
+    does not re-render the snapshot). A scrape then only hands the cached parts to the
+    server: no copy of the body, no formatting, no compression. While a new snapshot is
+    being rendered, scrapes keep getting the previous complete one. A test proves the bytes
+    equal ``generate_latest`` over ``SnapshotCollector`` at the same instant.
     """
 
     def __init__(
@@ -313,6 +347,7 @@ class Exposition:
         self._expiry_lock = threading.Lock()  # one rendering of a second at a time
         self._rendered = _Rendered(None, b"", b"", ())
         self._expiry = _ExpiryBlock(None, math.nan, b"", [])
+        self._restarts = self._render_restarts(0)
 
     def _current(self) -> _Rendered:
         snapshot = self._source()
@@ -375,6 +410,18 @@ class Exposition:
             parts.append(value)
         return b"".join(parts)
 
+    def _restarts_block(self) -> _RestartsBlock:
+        restarts = self._collector.restarts()
+        block = self._restarts
+        if block.restarts != restarts:
+            # tiny, and rare: two threads rendering the same value at once is harmless
+            block = self._restarts = self._render_restarts(restarts)
+        return block
+
+    def _render_restarts(self, restarts: int) -> _RestartsBlock:
+        plain = generate_latest(_Families([SnapshotCollector.restarts_family(restarts)]))
+        return _RestartsBlock(restarts, plain, gzip.compress(plain, self._gzip_level))
+
     def warm(self, snapshot: Snapshot | None = None) -> None:
         """Render the cache now (called by the refresher right after a refresh)."""
         self._current()
@@ -383,10 +430,11 @@ class Exposition:
         """The body as parts to write one after the other (no copy of the whole)."""
         rendered = self._current()
         moment = self._clock() if now is None else now
-        return [self._expiry_block(rendered, moment).plain, rendered.static]
+        restarts = self._restarts_block()
+        return [self._expiry_block(rendered, moment).plain, rendered.static, restarts.plain]
 
     def render_gzip_parts(self, now: float | None = None) -> list[bytes]:
-        """Two gzip members back to back: valid gzip (RFC 1952), read whole by every client."""
+        """Gzip members back to back: valid gzip (RFC 1952), read whole by every client."""
         rendered = self._current()
         moment = self._clock() if now is None else now
         block = self._expiry_block(rendered, moment)
@@ -394,7 +442,7 @@ class Exposition:
             with self._expiry_lock:
                 if not block.gz:
                     block.gz.append(gzip.compress(block.plain, 1))
-        return [block.gz[0], rendered.static_gz]
+        return [block.gz[0], rendered.static_gz, self._restarts_block().gz]
 
     def render(self, now: float | None = None) -> bytes:
         return b"".join(self.render_parts(now))

@@ -45,6 +45,7 @@ __all__ = [
     "HISTORY",
     "HOLD",
     "RULE_GROUPS",
+    "STALE_REFRESHES",
     "TRIGGER_ALERTS",
     "held",
     "render_prometheus_rule",
@@ -68,6 +69,8 @@ HOLD = "10m"
 HISTORY = "1d"
 # A computer counts as failing after this many refreshes without a successful read.
 FAILING_REFRESHES = 3
+# The exporter counts as stale after this many refresh intervals without a finished refresh.
+STALE_REFRESHES = 3
 
 # The seconds in a day, for the thresholds.
 _DAY = 86400
@@ -98,6 +101,11 @@ FOR_DURATIONS: Mapping[str, str] = {
     # is also shorter than HOLD, so there is no blind spot between the per-computer alerts
     # resolving and this one firing.
     "VMMCertificateExporterDown": "5m",
+    # The expression already waits STALE_REFRESHES refresh intervals once refreshes stop.
+    # Before the first refresh after a start the timestamp is 0 and the expression holds at
+    # once: 15 minutes cover that first refresh (minutes even at 25,000 computers) plus the
+    # spawn of the refresh process, and a first refresh that never finishes fires after them.
+    "VMMCertificateExporterStale": "15m",
     # A renewal that failed is retried on the receiver's backoff; a failure fixed within 5
     # minutes (the resume after a receiver crash) is not worth a notification.
     "VMMCertificateRenewalFailed": "5m",
@@ -127,6 +135,7 @@ RULE_GROUPS: Mapping[str, tuple[str, ...]] = {
     "vmm-cert-exporter": (
         "VMMCertificateCollectionFailing",
         "VMMCertificateExporterDown",
+        "VMMCertificateExporterStale",
     ),
     "vmm-cert-renewal": ("VMMCertificateRenewalFailed",),
 }
@@ -275,6 +284,25 @@ def _alerts(
             f"{durations['VMMCertificateExporterDown']}: SCVMM certificates are not watched. "
             f"Certificate alerts keep their last values for {HOLD}, then resolve until the "
             "exporter is back.",
+        ),
+        _Alert(
+            "VMMCertificateExporterStale",
+            "warning",
+            # 0 before the first refresh: true at once, so only the for: applies then
+            "time() - vmm_cert_exporter_last_refresh_timestamp_seconds\n"
+            f"  > {STALE_REFRESHES} * vmm_cert_exporter_refresh_interval_seconds",
+            "vmm-cert-exporter at {{ $labels.instance }} is serving a stale snapshot",
+            "vmm-cert-exporter at {{ $labels.instance }} "
+            "{{ with printf "
+            '"vmm_cert_exporter_last_refresh_timestamp_seconds{instance=%q,job=%q}" '
+            "$labels.instance $labels.job | query }}"
+            "{{ if eq (. | first | value) 0.0 }}has not finished its first refresh"
+            f"{{{{ else }}}}has not finished a refresh for {_LEFT}{{{{ end }}}}{{{{ end }}}}, "
+            f"more than {STALE_REFRESHES} refresh intervals: it serves its last snapshot, so "
+            "every per-computer series (vmm_cert_collect_success included) and every "
+            "certificate alert is frozen. The refresh process is crash-looping "
+            "(vmm_cert_exporter_refresh_process_restarts_total rises), hung, or far too slow "
+            "for collection.interval (vmm_cert_exporter_refresh_duration_seconds).",
         ),
         _Alert(
             "VMMCertificateRenewalFailed",

@@ -66,11 +66,17 @@ def start_exporter(
     thread of this process instead.
     """
     refresher: Refresher | RefreshProcess
+    process: RefreshProcess | None = None
     if isolate and Path(config.path).is_file():
-        refresher = RefreshProcess(config, shard=shard)
+        refresher = process = RefreshProcess(config, shard=shard)
     else:
         refresher = Refresher(config, shard=shard)
-    collector = SnapshotCollector(lambda: refresher.snapshot, lambda: refresher.histogram)
+    collector = SnapshotCollector(
+        lambda: refresher.snapshot,
+        lambda: refresher.histogram,
+        # in-process, nothing is ever restarted: the counter stays 0
+        restarts=None if process is None else (lambda: process.restarts),
+    )
     exposition = Exposition(
         collector, lambda: refresher.snapshot, lambda: refresher.histogram.count
     )

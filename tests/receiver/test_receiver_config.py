@@ -158,6 +158,12 @@ BAD = [
         "cannot trigger a renewal",
     ),
     (
+        "trigger on a stale exporter",
+        "  trigger_alerts: [VMMCertificateExporterStale]\n",
+        "receiver.trigger_alerts[0]",
+        "cannot trigger a renewal",
+    ),
+    (
         "trigger on collection failures",
         "  trigger_alerts: [VMMCertificateExpired, VMMCertificateCollectionFailing]\n",
         "receiver.trigger_alerts[1]",
