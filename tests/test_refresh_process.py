@@ -68,6 +68,17 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _refresh_child(pid: int) -> int | None:
+    """The refresh process among ``pid``'s children (not the resource tracker)."""
+    for child in _children(pid):
+        try:
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                return child
+        except OSError:
+            continue
+    return None
+
+
 def test_serve_refreshes_in_a_child_process(lab: RunningLab, tmp_path: Path) -> None:
     exporter = start_exporter(_config(lab, tmp_path), "127.0.0.1:0")
     try:
@@ -161,21 +172,23 @@ def test_the_refresh_process_does_not_outlive_a_killed_server(
         stderr=subprocess.PIPE,
         text=True,
     )
-    child = 0
+    children: list[int] = []
     try:
-        _until(lambda: _children(proc.pid), 30, "the refresh process")
-        child = _children(proc.pid)[0]
+        # the refresh process (and multiprocessing's resource tracker beside it)
+        _until(lambda: _refresh_child(proc.pid), 30, "the refresh process")
+        children = _children(proc.pid)
         _until(lambda: lab.server.stats()["open_shells_total"], 60, "calls in flight")
         proc.kill()
         proc.wait()
         # the child sees its pipe close, ends its calls (Signal + Delete) and exits
-        _until(lambda: not _alive(child), 20, "the refresh process to exit")
+        _until(lambda: not any(_alive(c) for c in children), 20, "the children to exit")
         _until(lambda: lab.server.stats()["open_shells_total"] == 0, 10, "no shell left")
     finally:
         if proc.poll() is None:
             proc.kill()
-        if child and _alive(child):
-            os.kill(child, signal.SIGKILL)
+        for child in children:
+            if _alive(child):
+                os.kill(child, signal.SIGKILL)
         proc.communicate()
 
 
