@@ -40,6 +40,8 @@ METRICS = {
     "vmm_cert_exporter_hosts",
     "vmm_cert_exporter_build_info",
     "vmm_cert_exporter_refresh_interval_seconds",
+    "vmm_cert_exporter_last_refresh_timestamp_seconds",
+    "vmm_cert_exporter_refresh_process_restarts_total",
     # the renewal receiver's own
     "vmm_renewal_jobs_total",
     "vmm_renewal_jobs_in_progress",
@@ -134,6 +136,8 @@ def test_the_required_panels_are_there() -> None:
         "Missing",
         "Not trusted",
         "Collection failing",
+        "Data age",  # the Collection health row: is the exporter still refreshing?
+        "Refresh process restarts",
         "Renewals running",  # the Renewals row, last
     ]
     assert "Renewal jobs finished, by procedure and result" in titles
@@ -152,6 +156,21 @@ def test_the_required_panels_are_there() -> None:
     assert any(t == "Days left over time (the 25 soonest)" for t in titles)
     assert "Managed computers by VMM state" in titles
     assert "Refresh duration" in titles and "Failed calls per hour, by reason" in titles
+    age = by_title["Data age"]
+    assert age["targets"][0]["expr"] == "time() - vmm_cert_exporter_last_refresh_timestamp_seconds"
+    assert age["fieldConfig"]["defaults"]["unit"] == "s"
+    # fixed for the default 15m interval: one refresh missed, then VMMCertificateExporterStale's 3
+    steps = age["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert [(s["value"], s["color"]) for s in steps] == [
+        (None, "green"),
+        (1800, "orange"),
+        (2700, "red"),
+    ]
+    assert "docs/runbooks/VMMCertificateExporterStale.md" in age["description"]
+    restarts = by_title["Refresh process restarts"]
+    assert restarts["targets"][0]["expr"] == (
+        "sum by (instance) (increase(vmm_cert_exporter_refresh_process_restarts_total[1h]))"
+    )
     exprs = " ".join(dashboard.panel_expressions(data))
     assert "histogram_quantile(" in exprs and "sum by (reason)" in exprs
     # cohorts are 1 January 00:00 UTC: a browser zone west of UTC would show 31 December
@@ -310,6 +329,13 @@ def fleet_series() -> list[dict[str, str]]:
     add("vmm_cert_exporter_refresh_duration_seconds_sum", "", "0+3x120")
     add("vmm_cert_exporter_refresh_duration_seconds_count", "", "0+1x120")
     add("vmm_cert_exporter_refresh_interval_seconds", "", "900x120")
+    # a refresh finishes every 15m; the refresh process died once, at 100m
+    add(
+        "vmm_cert_exporter_last_refresh_timestamp_seconds",
+        "",
+        " ".join(f"{900 * k}x14" for k in range(8)) + " 7200",
+    )
+    add("vmm_cert_exporter_refresh_process_restarts_total", "", "0x100 1x20")
     add("up", "", "1x120")
     # the renewal receiver, scraped as another job
     receiver = 'instance="r:9869",job="vmm-cert-receiver"'

@@ -431,6 +431,55 @@ def _histogram(quantile: float) -> str:
     )
 
 
+def _exporter_stat(title: str, description: str, expr: str, unit: str, thresholds: Any) -> Any:
+    """A stat about the exporter itself: one value per exporter instance."""
+    return (
+        stat.Panel()
+        .title(title)
+        .description(description)
+        .datasource(_DS)
+        .with_target(_instant(expr, "A", "{{instance}}"))
+        .height(4)
+        .span(12)
+        .unit(unit)
+        .thresholds(thresholds)
+        .color_scheme(dash.FieldColor().mode(model.FieldColorModeId.THRESHOLDS))
+        .color_mode(common.BigValueColorMode.BACKGROUND)
+        .graph_mode(common.BigValueGraphMode.NONE)
+        .reduce_options(common_builders.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+    )
+
+
+def _freshness_panels() -> list[Any]:
+    """Is the exporter still refreshing? (VMMCertificateExporterStale)"""
+    age = _exporter_stat(
+        "Data age",
+        "Time since the exporter's last complete refresh finished, per exporter instance: how "
+        "old the data it serves is. Refreshes start every refresh interval, so it stays below "
+        "one interval while they keep finishing. Grafana thresholds cannot follow "
+        "vmm_cert_exporter_refresh_interval_seconds, so they are fixed for the default 15m "
+        "interval: orange from 30m (a refresh missed), red from 45m (3 intervals, the "
+        "condition of VMMCertificateExporterStale, which fires 15m later). Decades mean no "
+        "refresh has finished since the exporter started (the timestamp is 0). The runbook of "
+        "VMMCertificateExporterStale (docs/runbooks/VMMCertificateExporterStale.md) says what "
+        "to do.",
+        "time() - vmm_cert_exporter_last_refresh_timestamp_seconds",
+        "s",
+        _steps((None, "green"), (1800, "orange"), (2700, "red")),
+    )
+    restarts = _exporter_stat(
+        "Refresh process restarts",
+        "Times in the last hour the refresh process (serve refreshes in a child process) died "
+        "and was started again, per exporter instance; always 0 when the refresh runs "
+        "in-process. The exporter keeps serving its last snapshot meanwhile: restarts that "
+        "keep coming let the data age grow until VMMCertificateExporterStale fires.",
+        "sum by (instance) (increase(vmm_cert_exporter_refresh_process_restarts_total[1h]))",
+        "none",
+        _steps((None, "green"), (1, "orange")),
+    ).decimals(0)
+    return [age, restarts]
+
+
 def _collection_panels() -> list[Any]:
     refresh = (
         timeseries.Panel()
@@ -646,7 +695,7 @@ def _build(warn_days: int, critical_days: int) -> Any:
     for panel in _vmm_panels():
         builder = builder.with_panel(panel)
     builder = builder.with_row(dash.Row("Collection health"))
-    for panel in _collection_panels():
+    for panel in [*_freshness_panels(), *_collection_panels()]:
         builder = builder.with_panel(panel)
     builder = builder.with_row(dash.Row("Renewals"))
     for panel in _renewal_panels():
