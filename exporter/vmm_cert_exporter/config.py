@@ -117,6 +117,9 @@ STEP_TIMEOUT_RANGE: Final = (10.0, 6 * 3600.0)
 BACKOFF_RANGE: Final = (1.0, 30 * 86400.0)
 COOLDOWN_RANGE: Final = (0.0, 30 * 86400.0)
 MIN_VALIDITY_RANGE: Final = (86400.0, 20 * 365 * 86400.0)
+# Opt-in pruning of the renewal journal (unset: kept for ever). Also at least ``cooldown``,
+# the one guard that reads finished jobs back (checked in _parse_receiver).
+JOURNAL_RETENTION_RANGE: Final = (86400.0, 20 * 365 * 86400.0)
 
 TIMEOUT_RANGE: Final = (1.0, 3600.0)
 # How a computer is read (issue 6): its store over WinRM, or the certificate its TLS listener
@@ -233,6 +236,8 @@ class ReceiverConfig:
     maintenance_windows: tuple[MaintenanceWindow, ...] = ()
     pause_file: str | None = None
     journal: str = DEFAULT_JOURNAL
+    # None: the journal is never pruned (the default); else finished jobs older than this go
+    journal_retention: float | None = None
     step_timeout: float = 600.0
 
     @property
@@ -1122,6 +1127,7 @@ _RECEIVER_KEYS: Final = (
     "maintenance_windows",
     "pause_file",
     "journal",
+    "journal_retention",
     "step_timeout",
 )
 
@@ -1185,6 +1191,22 @@ def _parse_receiver(ctx: _Ctx, at: _At) -> ReceiverConfig | None:
             f"must be at least backoff_initial ({format_duration(backoff_initial)}): the delay "
             "doubles from backoff_initial up to backoff_max",
         )
+    min_validity = _duration(ctx, section.get("min_validity"), 365 * 86400.0, *MIN_VALIDITY_RANGE)
+    cooldown = _duration(ctx, section.get("cooldown"), 6 * 3600.0, *COOLDOWN_RANGE)
+    retention_at = section.get("journal_retention")
+    retention = (
+        None
+        if retention_at.value is None
+        else _duration(ctx, retention_at, 0.0, *JOURNAL_RETENTION_RANGE)
+    )
+    if retention is not None and retention < cooldown:
+        ctx.fail_at(
+            retention_at,
+            f"journal_retention ({format_duration(retention)}) must be at least cooldown "
+            f"({format_duration(cooldown)}): the cooldown looks that far back in the journal "
+            "for a host's last renewal, so a shorter retention would let a host be renewed "
+            "again too soon",
+        )
     journal_at = section.get("journal")
     return ReceiverConfig(
         run_as_account=run_as,
@@ -1203,10 +1225,8 @@ def _parse_receiver(ctx: _Ctx, at: _At) -> ReceiverConfig | None:
         allow_roles=allow_roles,
         max_concurrent=max_concurrent,
         max_concurrent_per_vmm_server=per_server,
-        min_validity=_duration(
-            ctx, section.get("min_validity"), 365 * 86400.0, *MIN_VALIDITY_RANGE
-        ),
-        cooldown=_duration(ctx, section.get("cooldown"), 6 * 3600.0, *COOLDOWN_RANGE),
+        min_validity=min_validity,
+        cooldown=cooldown,
         backoff_initial=backoff_initial,
         backoff_max=backoff_max,
         max_attempts=_int(ctx, section.get("max_attempts"), 8, 1, 100),
@@ -1214,6 +1234,7 @@ def _parse_receiver(ctx: _Ctx, at: _At) -> ReceiverConfig | None:
         maintenance_windows=_windows(ctx, section.get("maintenance_windows")),
         pause_file=_optional_new_file(ctx, section.get("pause_file"), what="pause file"),
         journal=_new_file(ctx, journal_at, DEFAULT_JOURNAL, what="journal"),
+        journal_retention=retention,
         step_timeout=_duration(ctx, section.get("step_timeout"), 600.0, *STEP_TIMEOUT_RANGE),
     )
 

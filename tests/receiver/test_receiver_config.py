@@ -68,6 +68,7 @@ def test_minimal_section_and_defaults(workdir: Path) -> None:
     assert r.cooldown == 6 * 3600 and r.require_approval is False
     assert r.maintenance_windows == () and r.pause_file is None
     assert r.journal == str(workdir / "var" / "renewals.sqlite")
+    assert r.journal_retention is None  # opt-in: the journal is never pruned by default
     assert r.max_request_bytes == 1024 * 1024 and r.step_timeout == 600
 
 
@@ -105,6 +106,7 @@ receiver:
     - {start: "22:00", end: "02:00"}
   pause_file: var/pause
   journal: var/j.sqlite
+  journal_retention: 400d
   step_timeout: 20m
 """,
     )
@@ -120,6 +122,12 @@ receiver:
     assert (r.max_concurrent, r.max_concurrent_per_vmm_server, r.max_attempts) == (4, 2, 3)
     assert (r.backoff_initial, r.backoff_max, r.cooldown) == (1800, 86400, 0)
     assert r.pause_file == str(workdir / "var" / "pause")
+    assert r.journal_retention == 400 * 86400
+
+
+def test_journal_retention_may_equal_cooldown(workdir: Path) -> None:
+    r = load(workdir, MINIMAL + "  cooldown: 14d\n  journal_retention: 2w\n")
+    assert r.journal_retention == r.cooldown == 14 * 86400
 
 
 def test_secrets_never_print(workdir: Path) -> None:
@@ -239,6 +247,36 @@ BAD = [
         "does not exist; create it",
     ),
     ("journal is a directory", "  journal: var\n", "receiver.journal", "is a directory"),
+    (
+        "journal_retention number",
+        "  journal_retention: 400\n",
+        "receiver.journal_retention",
+        "bare numbers are not durations",
+    ),
+    (
+        "journal_retention boolean",
+        "  journal_retention: false\n",
+        "receiver.journal_retention",
+        "got the boolean false",
+    ),
+    (
+        "journal_retention word",
+        "  journal_retention: forever\n",
+        "receiver.journal_retention",
+        "'forever' is not a duration",
+    ),
+    (
+        "journal_retention tiny",
+        "  journal_retention: 12h\n",
+        "receiver.journal_retention",
+        "expected a duration between 1d and 7300d, got 12h",
+    ),
+    (
+        "journal_retention below cooldown",
+        "  cooldown: 14d\n  journal_retention: 7d\n",
+        "receiver.journal_retention",
+        "journal_retention (7d) must be at least cooldown (14d)",
+    ),
     (
         "token file missing",
         "  bearer_token_file: no-such-file\n",

@@ -19,6 +19,10 @@ Rules that keep it safe:
   starts from a new preflight that removes only what it sees then.
 - A running job is never stopped half-way (delete without re-register would leave the
   computer unmanageable); pause and cancel act on jobs not yet running.
+
+With ``receiver.journal_retention`` set, the scheduling loop also prunes the journal: on its
+first pass (at receiver start) and then every ``prune_interval`` (an hour). ``Journal.prune``
+says what it keeps; ``renew --execute`` never prunes.
 """
 
 from __future__ import annotations
@@ -32,11 +36,22 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from vmm_cert_exporter.config import Config, ReceiverConfig
+from vmm_cert_exporter.durations import format_duration
 from vmm_cert_exporter.receiver import guards, planner, runbook
-from vmm_cert_exporter.receiver.journal import Job, Journal, OwnerLock, PauseState, owner_alive
+from vmm_cert_exporter.receiver.journal import (
+    Job,
+    Journal,
+    OwnerLock,
+    PauseState,
+    iso,
+    owner_alive,
+)
 from vmm_cert_exporter.receiver.runbook import ScriptRunner, StepFailed
 
 log = logging.getLogger(__name__)
+
+# How often the scheduling loop prunes the journal (with receiver.journal_retention set).
+PRUNE_INTERVAL = 3600.0
 
 
 class Engine:
@@ -52,6 +67,7 @@ class Engine:
         executes: bool | None = None,
         clock: Callable[[], float] = time.time,
         poll_interval: float = 1.0,
+        prune_interval: float = PRUNE_INTERVAL,
     ) -> None:
         if config.receiver is None:
             raise ValueError("the configuration has no receiver section")
@@ -63,6 +79,8 @@ class Engine:
         self.executes = self.rcfg.execute if executes is None else executes
         self.clock = clock
         self.poll_interval = poll_interval
+        self.prune_interval = prune_interval
+        self._pruned_at: float | None = None  # when this engine last pruned (its clock)
         # one worker per allowed concurrent job, and one more for dry runs and resumes
         self._pool = ThreadPoolExecutor(
             max_workers=self.rcfg.max_concurrent + 1, thread_name_prefix="renewal"
@@ -89,6 +107,7 @@ class Engine:
     def tick(self, *, wait: bool = False) -> list[Future[None]]:
         """One scheduling pass; with ``wait``, also wait for the attempts it started."""
         now = self.clock()
+        self._maybe_prune(now)
         for job_id in self.journal.recover(
             lambda owner: owner_alive(self.journal.path, owner), exclude=self.owner.id
         ):
@@ -106,6 +125,47 @@ class Engine:
             for future in started:
                 future.result()
         return started
+
+    # ---- retention ----------------------------------------------------------------------
+
+    def _maybe_prune(self, now: float) -> None:
+        """Prune on the first pass, then every ``prune_interval``; never fails the pass."""
+        if self.rcfg.journal_retention is None:
+            return
+        last = self._pruned_at
+        if last is not None and 0 <= now - last < self.prune_interval:
+            return
+        self._pruned_at = now
+        try:
+            self.prune_journal(now, first=last is None)
+        except Exception:  # a failed prune is retried next interval; scheduling goes on
+            log.exception("journal pruning failed")
+
+    def prune_journal(self, now: float | None = None, *, first: bool = False) -> int:
+        """Delete what finished more than ``journal_retention`` ago; returns the jobs pruned.
+
+        Logged at info level when something was pruned (and on the first run, so the start-up
+        log says that retention is on), at debug level otherwise.
+        """
+        retention = self.rcfg.journal_retention
+        if retention is None:
+            return 0
+        before = (self.clock() if now is None else now) - retention
+        pruned = self.journal.prune(before)
+        log.log(
+            logging.INFO if pruned.jobs or first else logging.DEBUG,
+            "journal pruned",
+            extra={
+                "jobs": pruned.jobs,
+                "steps": pruned.steps,
+                "alerts": pruned.alerts,
+                "webhooks": pruned.webhooks,
+                "events": pruned.events,
+                "finished_before": iso(before),
+                "retention": format_duration(retention),
+            },
+        )
+        return pruned.jobs
 
     def _consider(self, job: Job, now: float, pause: PauseState) -> Future[None] | None:
         if job.status == "interrupted":

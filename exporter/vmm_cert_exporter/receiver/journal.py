@@ -3,7 +3,9 @@
 Tables: ``jobs`` (one renewal of one host), ``attempts`` (each run of a job: its result is
 what ``vmm_renewal_jobs_total`` counts), ``steps`` (each script sent, with its parameters
 and outcome), ``alerts`` (every alert received, with what was done about it and why),
-``webhooks``, ``events`` (a free-text history) and ``settings`` (the pause switch).
+``webhooks``, ``events`` (a free-text history), ``settings`` (the pause switch) and
+``pruned_attempts`` (what pruning removed from ``attempts``, so that the counts read from
+the journal never go down).
 
 Rules the database itself enforces, so that no code path can break them:
 
@@ -17,6 +19,10 @@ parameters) and committed with ``synchronous=FULL`` *before* its script is sent,
 outcome is written after. After a crash, ``recover`` finds running jobs whose owner process
 is gone (``OwnerLock``), marks them ``interrupted`` and their unfinished steps ``unknown``;
 the engine then resumes them from verification. Nothing is ever re-sent from the journal.
+
+Pruning is opt-in (``receiver.journal_retention``; without it nothing is ever deleted) and
+``prune`` documents what it keeps: never an active job, nor anything a guard, a resume or a
+metric reads.
 
 The journal must live on a local file system: SQLite's locking and ``flock`` are not
 reliable over network file systems.
@@ -169,6 +175,8 @@ CREATE TABLE IF NOT EXISTS alerts (
 );
 CREATE INDEX IF NOT EXISTS alerts_by_identity ON alerts (fingerprint, starts_at, mode);
 CREATE INDEX IF NOT EXISTS alerts_by_job ON alerts (job_id);
+-- for pruning: deleting a webhook checks (foreign key) that no alert refers to it
+CREATE INDEX IF NOT EXISTS alerts_by_webhook ON alerts (webhook_id);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at REAL NOT NULL,
@@ -182,6 +190,12 @@ CREATE TABLE IF NOT EXISTS settings (
     value TEXT NOT NULL,
     updated_at REAL NOT NULL,
     updated_by TEXT
+);
+CREATE TABLE IF NOT EXISTS pruned_attempts (
+    procedure TEXT NOT NULL,
+    result TEXT NOT NULL,
+    count INTEGER NOT NULL CHECK (count >= 0),
+    PRIMARY KEY (procedure, result)
 );
 """
 
@@ -358,6 +372,18 @@ class Claim:
 
     attempt: int | None
     blocked: str | None = None
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """What one ``prune`` deleted: jobs (with their attempts, steps, alerts and events) and
+    the rows of no job (rejected alerts, webhooks, events)."""
+
+    jobs: int = 0
+    steps: int = 0
+    alerts: int = 0
+    webhooks: int = 0
+    events: int = 0
 
 
 def _job(row: sqlite3.Row) -> Job:
@@ -557,7 +583,7 @@ class Journal:
         return _job(rows[0]) if rows else None
 
     def must_get(self, job_id: int) -> Job:
-        """A job that exists (jobs are never deleted); JournalError otherwise."""
+        """A job that exists (only long-finished jobs are ever pruned); JournalError otherwise."""
         job = self.get(job_id)
         if job is None:
             raise JournalError(f"{self.path}: job {job_id} vanished from the journal")
@@ -1124,12 +1150,106 @@ class Journal:
             self._event(db, None, "paused" if paused else "resumed", f"by {by}")
         return self.pause_state()
 
+    # ---- retention ----------------------------------------------------------------------
+
+    def prune(self, before: float) -> Pruned:
+        """Delete what finished before ``before`` and nothing needs any more; one transaction.
+
+        A job goes, with its attempts, steps, alerts and events, only if all of these hold:
+
+        - it is finished (``finished_at`` set, a terminal status) before ``before``, and none
+          of its attempts is unfinished: active jobs (planned, waiting, running, interrupted,
+          failed with a retry pending) are never touched, so nothing a resume needs goes;
+        - no alert joined it at or after ``before``: a repeat of a still-firing alert (same
+          fingerprint and start) keeps joining the job it led to instead of starting a new one;
+        - it is not its host's latest finished execute job, nor its host's latest succeeded
+          one: ``vmm_renewal_host_failed`` (and so VMMCertificateRenewalFailed) and
+          ``vmm_renewal_last_success_timestamp_seconds`` read those, whatever their age.
+
+        The cooldown reads finished jobs back ``cooldown`` long (and a dry run's "planned
+        recently" as long, by creation time): the configuration refuses a retention shorter
+        than that. Retries and backoff live on the active job itself. Rows of no job older
+        than ``before`` go too: rejected alerts, webhooks no remaining alert refers to, and
+        events of no job. The attempts deleted are added to ``pruned_attempts`` so that
+        ``vmm_renewal_jobs_total`` never goes down.
+        """
+        with self._write() as db:
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS prune_jobs (id INTEGER PRIMARY KEY)")
+            db.execute("DELETE FROM prune_jobs")
+            # finished_at is set exactly on the terminal statuses (the schema's CHECK)
+            db.execute(
+                "INSERT INTO prune_jobs (id) SELECT j.id FROM jobs j "
+                "WHERE j.finished_at IS NOT NULL AND j.finished_at < :before "
+                "AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.job_id = j.id "
+                "AND a.finished_at IS NULL) "
+                "AND NOT EXISTS (SELECT 1 FROM alerts al WHERE al.job_id = j.id "
+                "AND al.received_at >= :before) "
+                # a host's latest finished execute job (vmm_renewal_host_failed)
+                "AND j.id NOT IN (SELECT MAX(id) FROM jobs WHERE mode = 'execute' "
+                "AND finished_at IS NOT NULL GROUP BY host_key) "
+                # its latest success (vmm_renewal_last_success_timestamp_seconds)
+                "AND NOT (j.status = 'succeeded' AND j.mode = 'execute' AND NOT EXISTS "
+                "(SELECT 1 FROM jobs s WHERE s.host_key = j.host_key AND s.mode = 'execute' "
+                "AND s.status = 'succeeded' AND (s.finished_at > j.finished_at "
+                "OR (s.finished_at = j.finished_at AND s.id > j.id))))",
+                {"before": before},
+            )
+            jobs = db.execute("SELECT COUNT(*) FROM prune_jobs").fetchone()[0]
+            if jobs:
+                db.execute(
+                    "INSERT INTO pruned_attempts (procedure, result, count) "
+                    "SELECT procedure, result, COUNT(*) FROM attempts "
+                    "WHERE job_id IN (SELECT id FROM prune_jobs) AND result IS NOT NULL "
+                    "GROUP BY procedure, result "
+                    "ON CONFLICT (procedure, result) DO UPDATE SET count = count + excluded.count"
+                )
+            # children first: the foreign keys are enforced
+            steps = db.execute(
+                "DELETE FROM steps WHERE job_id IN (SELECT id FROM prune_jobs)"
+            ).rowcount
+            db.execute("DELETE FROM attempts WHERE job_id IN (SELECT id FROM prune_jobs)")
+            events = db.execute(
+                "DELETE FROM events WHERE job_id IN (SELECT id FROM prune_jobs)"
+            ).rowcount
+            alerts = db.execute(
+                "DELETE FROM alerts WHERE job_id IN (SELECT id FROM prune_jobs)"
+            ).rowcount
+            db.execute("DELETE FROM jobs WHERE id IN (SELECT id FROM prune_jobs)")
+            db.execute("DELETE FROM prune_jobs")
+            alerts += db.execute(
+                "DELETE FROM alerts WHERE job_id IS NULL AND received_at < ?", (before,)
+            ).rowcount
+            webhooks = db.execute(
+                "DELETE FROM webhooks WHERE received_at < ? AND NOT EXISTS "
+                "(SELECT 1 FROM alerts WHERE alerts.webhook_id = webhooks.id)",
+                (before,),
+            ).rowcount
+            events += db.execute(
+                "DELETE FROM events WHERE job_id IS NULL AND at < ?", (before,)
+            ).rowcount
+            if jobs:
+                db.execute(
+                    "INSERT INTO meta (key, value) VALUES ('pruned_jobs', ?) ON CONFLICT (key) "
+                    "DO UPDATE SET value = CAST(value AS INTEGER) + ?",
+                    (str(jobs), jobs),
+                )
+        return Pruned(int(jobs), steps, alerts, webhooks, events)
+
+    def pruned_jobs_total(self) -> int:
+        """Jobs ever pruned from this journal (``vmm_renewal_journal_pruned_jobs_total``)."""
+        rows = self._read("SELECT value FROM meta WHERE key = 'pruned_jobs'")
+        return int(rows[0]["value"]) if rows else 0
+
     # ---- metrics ------------------------------------------------------------------------
 
     def attempt_counts(self) -> dict[tuple[str, str], int]:
+        """Attempts that ended, by procedure and result, pruned ones included."""
         rows = self._read(
+            "SELECT procedure, result, SUM(n) AS n FROM ("
             "SELECT procedure, result, COUNT(*) AS n FROM attempts WHERE result IS NOT NULL "
-            "GROUP BY procedure, result"
+            "GROUP BY procedure, result "
+            "UNION ALL SELECT procedure, result, count AS n FROM pruned_attempts"
+            ") GROUP BY procedure, result"
         )
         return {(r["procedure"], r["result"]): int(r["n"]) for r in rows}
 

@@ -7,11 +7,12 @@ works from the first scrape), ``vmm_renewal_jobs_in_progress``,
 ``vmm_receiver_webhooks_total{outcome}``. Added for the alert and the dashboard:
 ``vmm_renewal_host_failed{host,procedure,step}`` (1 while a host's latest job failed, the
 series ``VMMCertificateRenewalFailed`` fires on), ``vmm_renewal_jobs_active{status}``,
-``vmm_receiver_paused`` and ``vmm_receiver_info{version,mode}``.
+``vmm_receiver_paused`` and ``vmm_receiver_info{version,mode}``; for retention,
+``vmm_renewal_journal_pruned_jobs_total`` (0 while ``journal_retention`` is unset).
 
 Counts come from the journal, so they survive restarts (a counter only resets if the
-journal file is replaced); webhook counts are per process (unauthenticated requests are not
-written to disk).
+journal file is replaced; pruning keeps the attempts it deletes counted); webhook counts are
+per process (unauthenticated requests are not written to disk).
 """
 
 from __future__ import annotations
@@ -113,6 +114,12 @@ class ReceiverCollector(Collector):
         for job in self._journal.failed_hosts():
             failed.add_metric([job.host, job.procedure, job.failed_step or "unknown"], 1)
         yield failed
+
+        yield CounterMetricFamily(
+            "vmm_renewal_journal_pruned_jobs",
+            "Finished jobs deleted from the journal by receiver.journal_retention.",
+            value=self._journal.pruned_jobs_total(),
+        )
 
         webhooks = CounterMetricFamily(
             "vmm_receiver_webhooks",
