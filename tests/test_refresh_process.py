@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -24,6 +24,7 @@ import yaml
 from vmm_cert_exporter.config import Config, load_config
 from vmm_cert_exporter.lab.interfaces import Faults
 from vmm_cert_exporter.lab.runner import RunningLab, start_lab
+from vmm_cert_exporter.promstack import free_port
 from vmm_cert_exporter.refresh_process import RefreshProcess
 from vmm_cert_exporter.serve import Exporter, start_exporter
 from vmm_cert_exporter.sharding import Shard
@@ -152,26 +153,25 @@ def test_a_configuration_that_no_longer_loads_is_reported_by_the_server(
         exporter.stop(drain=10)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _serve_slowly(lab: RunningLab, tmp_path: Path, **popen: Any) -> subprocess.Popen[str]:
+    """``serve`` as a real process, against hosts slow enough to have calls in flight."""
+    for computer in lab.model.list_computers():
+        if computer["fqdn"] != f"vmm01{D}":
+            lab.model.set_faults(computer["fqdn"], Faults(latency=0.5))
+    config = lab.write_config(tmp_path / "exporter.yml")
+    return subprocess.Popen(
+        [EXE, "serve", "--config", str(config), f"--web.listen-address=127.0.0.1:{free_port()}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
+    )
 
 
 def test_the_refresh_process_does_not_outlive_a_killed_server(
     lab: RunningLab, tmp_path: Path
 ) -> None:
-    # slow answers, so that calls are in flight when the server dies
-    for computer in lab.model.list_computers():
-        if computer["fqdn"] != f"vmm01{D}":
-            lab.model.set_faults(computer["fqdn"], Faults(latency=0.5))
-    config = lab.write_config(tmp_path / "exporter.yml")
-    proc = subprocess.Popen(
-        [EXE, "serve", "--config", str(config), f"--web.listen-address=127.0.0.1:{_free_port()}"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _serve_slowly(lab, tmp_path)  # calls are in flight when the server dies
     children: list[int] = []
     try:
         # the refresh process (and multiprocessing's resource tracker beside it)
@@ -194,15 +194,9 @@ def test_the_refresh_process_does_not_outlive_a_killed_server(
 
 def test_ctrl_c_to_the_process_group_is_one_graceful_stop(lab: RunningLab, tmp_path: Path) -> None:
     """Ctrl-C reaches the server and its child at once: that is one stop, not an abort."""
-    for computer in lab.model.list_computers():
-        if computer["fqdn"] != f"vmm01{D}":
-            lab.model.set_faults(computer["fqdn"], Faults(latency=0.5))
-    config = lab.write_config(tmp_path / "exporter.yml")
-    proc = subprocess.Popen(
-        [EXE, "serve", "--config", str(config), f"--web.listen-address=127.0.0.1:{_free_port()}"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    proc = _serve_slowly(
+        lab,
+        tmp_path,
         start_new_session=True,  # its own process group, as a terminal's foreground job
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )

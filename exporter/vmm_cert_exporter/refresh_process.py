@@ -67,6 +67,7 @@ class RefreshProcess:
         if not Path(config.path).is_file():
             raise ValueError(f"the refresh process reads the configuration file: {config.path}")
         self._config = config
+        self._drain_seconds = WinRMRunner(config.winrm).max_call_seconds + _PROCESS_SECONDS
         self._shard = shard
         self._log_settings = log_settings or current_settings()
         self._context = multiprocessing.get_context("spawn")
@@ -96,7 +97,7 @@ class RefreshProcess:
     def drain_seconds(self) -> float:
         """How long a stop may wait: the calls in flight run to their deadline, clean up, and
         the child exits."""
-        return WinRMRunner(self._config.winrm).max_call_seconds + _PROCESS_SECONDS
+        return self._drain_seconds
 
     @property
     def pid(self) -> int | None:

@@ -20,19 +20,7 @@ from vmm_cert_exporter.receiver.journal import (
     clip,
     owner_alive,
 )
-from vmm_cert_exporter.receiver.testing import FakeClock
-
-
-def new_job(journal: Journal, host: str = "hv01.lab.example", mode: str = "execute") -> int:
-    return journal.create_job(
-        host=host,
-        role="hyperv_host",
-        vmm_server="vmm01.lab.example",
-        is_vmm_server=False,
-        procedure="remove-register",
-        mode=mode,
-        source="alertmanager",
-    ).id
+from vmm_cert_exporter.receiver.testing import FakeClock, new_job
 
 
 @pytest.fixture

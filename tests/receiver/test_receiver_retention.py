@@ -26,6 +26,7 @@ from vmm_cert_exporter.receiver.testing import (
     Harness,
     alert,
     http,
+    new_job,
     payload,
     receiver_config,
 )
@@ -40,18 +41,6 @@ CHILD_TABLES = ("attempts", "steps", "alerts", "events")
 
 # --------------------------------------------------------------------------------------------
 # Helpers: jobs in every status, written through the journal's own API
-
-
-def _create(journal: Journal, host: str, mode: str = "execute") -> int:
-    return journal.create_job(
-        host=host,
-        role="hyperv_host",
-        vmm_server="vmm01.lab.example",
-        is_vmm_server=False,
-        procedure="remove-register",
-        mode=mode,
-        source="alertmanager",
-    ).id
 
 
 def _alert(journal: Journal, job_id: int | None, fingerprint: str, outcome: str) -> None:
@@ -81,7 +70,7 @@ def finished(
     journal: Journal, host: str, status: str, *, mode: str = "execute", fingerprint: str = ""
 ) -> int:
     """A job that ran one attempt (a step and an alert) and ended ``status``."""
-    job_id = _create(journal, host, mode)
+    job_id = new_job(journal, host, mode)
     _alert(journal, job_id, fingerprint or f"{job_id:016x}", "created")
     if status == "cancelled":
         journal.cancel(job_id, "test")
@@ -100,7 +89,7 @@ def finished(
 def active(journal: Journal, host: str, status: str) -> int:
     """A job that is still active in ``status`` (planned, waiting, running, interrupted,
     failed with a retry pending)."""
-    job_id = _create(journal, host)
+    job_id = new_job(journal, host)
     if status == "waiting":
         journal.set_waiting(job_id, "outside the maintenance windows")
     if status in ("running", "interrupted", "failed"):

@@ -103,6 +103,19 @@ class HookRunner(WinRMRunner):
                 hook()
 
 
+def new_job(journal: Journal, host: str = "hv01.lab.example", mode: str = "execute") -> int:
+    """A remove-register job for ``host``, as the planner would journal it; its id."""
+    return journal.create_job(
+        host=host,
+        role="hyperv_host",
+        vmm_server="vmm01.lab.example",
+        is_vmm_server=False,
+        procedure="remove-register",
+        mode=mode,
+        source="alertmanager",
+    ).id
+
+
 def alert(
     host: str | None,
     alertname: str = "VMMCertificateExpiringCritical",
