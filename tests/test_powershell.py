@@ -56,6 +56,7 @@ WORST_PARAMS: dict[str, dict[str, object]] = {
     "collect-certificates": {},
     "list-managed-computers": {},
     "list-trusted-certificates": {},
+    "find-run-as-account": {"run_as_account": "\U0001f512" * powershell.MAX_RUN_AS_ACCOUNT},
     "remove-certificates": {
         "thumbprints": [f"{i:040X}" for i in range(powershell.MAX_THUMBPRINTS)]
     },
@@ -209,7 +210,7 @@ def test_grammar_check_fails_for_broken_scripts() -> None:
 def test_one_script_per_operation() -> None:
     shipped = sorted(p.name for p in SCRIPTS.iterdir() if p.name.endswith(".ps1"))
     assert shipped == sorted(f"{op}.ps1" for op in OPERATIONS)
-    assert len(set(OPERATIONS)) == len(OPERATIONS) == 6
+    assert len(set(OPERATIONS)) == len(OPERATIONS) == 7
 
 
 @pytest.mark.parametrize("operation", OPERATIONS)
@@ -229,6 +230,15 @@ def test_shipped_file_layout(operation: str) -> None:
     assert "`" not in text, "no backticks (line continuations would break when compacted)"
     assert "\t" not in text
 
+
+# Under ConstrainedLanguage only core types may be used: the guard reads the mode, prints the
+# contract's language-mode result with a cmdlet and exits 3 (docs/powershell-contract.md).
+LANGUAGE_MODE_GUARD = """$lm = [string]$ExecutionContext.SessionState.LanguageMode
+if ($lm -ne 'FullLanguage') {
+    Write-Output ('{"schema":1,"status":"LanguageMode","language_mode":"' + $lm + '"}')
+    exit 3
+}
+"""
 
 # Constructs Windows PowerShell 5.1 does not have (the grammar accepts some of them).
 PS7_ONLY = {
@@ -262,9 +272,12 @@ def test_windows_powershell_51_rules(operation: str) -> None:
     assert code.count("[Console]::Out.Write(") == 1
     assert "exit 1" in code and "exit 0" in code
     assert re.search(r"\}\s*catch\s*\{", code)
-    # Nothing else may print to stdout.
+    # The language-mode guard is the only other writer, and it comes before any method call.
+    guard = code.index(LANGUAGE_MODE_GUARD)
+    assert guard < code.index("::"), f"{operation}: a method call before the language check"
+    rest = code.replace(LANGUAGE_MODE_GUARD, "")
     for printer in ("Write-Output", "Write-Host", "echo ", "Out-Host", "Format-"):
-        assert printer not in code, f"{operation}: {printer} would print to stdout"
+        assert printer not in rest, f"{operation}: {printer} would print to stdout"
     # Dates travel only as DER.
     for date in ("NotAfter", "NotBefore", "Get-Date", "[datetime]", "ToString('"):
         assert date not in code, f"{operation}: reads {date}"
@@ -279,7 +292,13 @@ def test_windows_powershell_51_rules(operation: str) -> None:
             "collect-certificates",
             ["Cert:\\LocalMachine\\My", "'SCVMM_CERTIFICATE_KEY_CONTAINER*'", "RawData"],
         ),
-        ("list-trusted-certificates", ["Cert:\\LocalMachine\\TrustedPeople", "DnsNameList"]),
+        (
+            "list-trusted-certificates",
+            [
+                "Cert:\\LocalMachine\\TrustedPeople",
+                "try { $dns = @($_.DnsNameList | ForEach-Object { [string]$_.Unicode }) } catch { }",
+            ],
+        ),
         (
             "list-managed-computers",
             [
@@ -287,8 +306,19 @@ def test_windows_powershell_51_rules(operation: str) -> None:
                 "Get-SCVMMServer -ComputerName localhost",
                 "Get-SCVMMManagedComputer",
                 "Get-Command Update-SCVMMCertificate -ErrorAction SilentlyContinue",
-                "RoleString",
-                "StateString",
+                "role = [string]$_.Role",
+                "state = [string]$_.State",
+                "role_display = [string]$_.RoleString",
+                "state_display = [string]$_.StateString",
+                "@($vmm.ActiveVMMNode) + @($vmm.FailoverVMMNodes)",
+                "ha_nodes = $nodes",
+            ],
+        ),
+        (
+            "find-run-as-account",
+            [
+                "@(Get-SCRunAsAccount | Where-Object { $_.Name -eq $p.run_as_account })",
+                "matches = $found.Count",
             ],
         ),
         (
@@ -298,9 +328,10 @@ def test_windows_powershell_51_rules(operation: str) -> None:
         (
             "register-managed-computer",
             [
-                "Get-SCRunAsAccount -Name $p.run_as_account",
+                "@(Get-SCRunAsAccount | Where-Object { $_.Name -eq $p.run_as_account })",
+                "if ($runAs.Count -ne 1) {",
                 "Get-SCVMMManagedComputer -ComputerName $p.computer",
-                "Register-SCVMMManagedComputer -Credential $runAs",
+                "Register-SCVMMManagedComputer -Credential $runAs[0]",
                 "Write-Result 'Failed'",
             ],
         ),

@@ -31,6 +31,7 @@ OPERATIONS: tuple[str, ...] = (
     "collect-certificates",
     "list-managed-computers",
     "list-trusted-certificates",
+    "find-run-as-account",
     "remove-certificates",
     "register-managed-computer",
     "update-vmm-certificate",
@@ -65,6 +66,7 @@ _PARAMS: Final[dict[str, dict[str, str]]] = {
     "collect-certificates": {},
     "list-managed-computers": {},
     "list-trusted-certificates": {},
+    "find-run-as-account": {"run_as_account": "run_as_account"},
     "remove-certificates": {"thumbprints": "thumbprints"},
     "register-managed-computer": {"computer": "fqdn", "run_as_account": "run_as_account"},
     "update-vmm-certificate": {"vmm_server": "fqdn"},
@@ -75,6 +77,7 @@ EXAMPLE_PARAMS: Final[Mapping[str, Mapping[str, object]]] = {
     "collect-certificates": {},
     "list-managed-computers": {},
     "list-trusted-certificates": {},
+    "find-run-as-account": {"run_as_account": "VMM Host Admin"},
     "remove-certificates": {"thumbprints": ["0123456789ABCDEF0123456789ABCDEF01234567"]},
     "register-managed-computer": {
         "computer": "hv01.corp.example",

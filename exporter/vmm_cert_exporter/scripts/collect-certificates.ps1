@@ -10,6 +10,13 @@ $ProgressPreference = 'SilentlyContinue'
 # break the "exactly one JSON document" rule.
 $WarningPreference = 'SilentlyContinue'
 $InformationPreference = 'SilentlyContinue'
+# Hardened hosts (AppLocker/WDAC) run ConstrainedLanguage, where the method calls below fail:
+# say so in a result of its own instead of an opaque error.
+$lm = [string]$ExecutionContext.SessionState.LanguageMode
+if ($lm -ne 'FullLanguage') {
+    Write-Output ('{"schema":1,"status":"LanguageMode","language_mode":"' + $lm + '"}')
+    exit 3
+}
 try {
     # Best effort: some hosts have no console to set the encoding on; the JSON is ASCII then
     # in practice (friendly names are SCVMM_CERTIFICATE_KEY_CONTAINER + an FQDN).

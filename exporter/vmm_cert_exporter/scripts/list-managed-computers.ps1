@@ -9,11 +9,18 @@ $ProgressPreference = 'SilentlyContinue'
 # information records on stdout, which must hold one JSON document only.
 $WarningPreference = 'SilentlyContinue'
 $InformationPreference = 'SilentlyContinue'
-# First non-empty of two values, as a string: the *String properties are VMM's display names
-# and are not present on every version, so fall back to the enum's name.
-function Get-First($a, $b) {
-    if ($a) { return [string]$a }
-    return [string]$b
+# Hardened hosts (AppLocker/WDAC) run ConstrainedLanguage, where the method calls below fail:
+# say so in a result of its own instead of an opaque error.
+$lm = [string]$ExecutionContext.SessionState.LanguageMode
+if ($lm -ne 'FullLanguage') {
+    Write-Output ('{"schema":1,"status":"LanguageMode","language_mode":"' + $lm + '"}')
+    exit 3
+}
+# The name of a cluster node as VMM holds it: an object with an FQDN or Name, or text.
+function Get-NodeName($n) {
+    if ($n.FQDN) { return [string]$n.FQDN }
+    if ($n.Name) { return [string]$n.Name }
+    return [string]$n
 }
 try {
     # Best effort: some hosts have no console to set the encoding on.
@@ -23,24 +30,36 @@ try {
     $fqdn = [System.Net.Dns]::GetHostByName($env:COMPUTERNAME).HostName
     Import-Module virtualmachinemanager
     $vmm = Get-SCVMMServer -ComputerName localhost
+    # Role and State are cast to their invariant enum names (a cast, not a truthiness test,
+    # keeps a zero-valued enum); the *String properties are translated display text.
     $mcs = @(Get-SCVMMManagedComputer -VMMServer $vmm | ForEach-Object {
+            $name = [string]$_.FQDN
+            if (-not $name) { $name = [string]$_.Name }
             [ordered]@{
-                fqdn = Get-First $_.FQDN $_.Name
-                role = Get-First $_.RoleString $_.Role
-                state = Get-First $_.StateString $_.State
+                fqdn = $name
+                role = [string]$_.Role
+                state = [string]$_.State
+                role_display = [string]$_.RoleString
+                state_display = [string]$_.StateString
                 agent_version = [string]$_.AgentVersion
             }
         })
+    # ActiveVMMNode and FailoverVMMNodes are null unless the VMM server is highly available.
+    $nodes = @(@($vmm.ActiveVMMNode) + @($vmm.FailoverVMMNodes) |
+        Where-Object { $null -ne $_ } | ForEach-Object { Get-NodeName $_ })
     # Update-SCVMMCertificate (procedure 2) exists from VMM 2016 UR10 / 2019 UR2 on: asking
     # for the cmdlet is more robust than decoding version numbers.
     $upd = [bool](Get-Command Update-SCVMMCertificate -ErrorAction SilentlyContinue)
     # An HA VMM server answers with its clustered role name, which is what VMM calls it.
+    $server = [string]$vmm.FQDN
+    if (-not $server) { $server = $fqdn }
     $out = [ordered]@{
         schema = 1
-        vmm_server = Get-First $vmm.FQDN $fqdn
+        vmm_server = $server
         vmm_version = [string]$vmm.ProductVersion
         high_availability = [bool]$vmm.IsHighlyAvailable
         supports_update_certificate = $upd
+        ha_nodes = $nodes
         managed_computers = $mcs
         computer = $fqdn
     }

@@ -10,6 +10,13 @@ $ProgressPreference = 'SilentlyContinue'
 # Warnings and information records are printed on stdout by the console host.
 $WarningPreference = 'SilentlyContinue'
 $InformationPreference = 'SilentlyContinue'
+# Hardened hosts (AppLocker/WDAC) run ConstrainedLanguage, where the method calls below fail:
+# say so in a result of its own instead of an opaque error.
+$lm = [string]$ExecutionContext.SessionState.LanguageMode
+if ($lm -ne 'FullLanguage') {
+    Write-Output ('{"schema":1,"status":"LanguageMode","language_mode":"' + $lm + '"}')
+    exit 3
+}
 try {
     # Best effort: some hosts have no console to set the encoding on.
     try { [Console]::OutputEncoding = New-Object System.Text.UTF8Encoding $false } catch { }
@@ -18,6 +25,10 @@ try {
     # Hostname + primary DNS suffix, as in collect-certificates.ps1.
     $fqdn = [System.Net.Dns]::GetHostByName($env:COMPUTERNAME).HostName
     $certs = @(Get-ChildItem -Path Cert:\LocalMachine\TrustedPeople | ForEach-Object {
+            # DnsNameList can be missing or throw on non-English Windows (PowerShell issue
+            # 24594): one certificate must not fail the call, and the DER carries the names.
+            $dns = @()
+            try { $dns = @($_.DnsNameList | ForEach-Object { [string]$_.Unicode }) } catch { }
             [ordered]@{
                 store = 'TrustedPeople'
                 thumbprint = $_.Thumbprint
@@ -27,7 +38,7 @@ try {
                 der_base64 = [Convert]::ToBase64String($_.RawData)
                 # DnsNameList (added by PowerShell's certificate provider) is how support
                 # engineers match a TrustedPeople entry to its computer.
-                dns_names = @($_.DnsNameList | ForEach-Object { [string]$_.Unicode })
+                dns_names = $dns
             }
         })
     $out = [ordered]@{ schema = 1; vmm_server = $fqdn; certificates = $certs }

@@ -8,6 +8,13 @@ $ProgressPreference = 'SilentlyContinue'
 # The console host prints warnings and information records on stdout.
 $WarningPreference = 'SilentlyContinue'
 $InformationPreference = 'SilentlyContinue'
+# Hardened hosts (AppLocker/WDAC) run ConstrainedLanguage, where the method calls below fail:
+# say so in a result of its own instead of an opaque error.
+$lm = [string]$ExecutionContext.SessionState.LanguageMode
+if ($lm -ne 'FullLanguage') {
+    Write-Output ('{"schema":1,"status":"LanguageMode","language_mode":"' + $lm + '"}')
+    exit 3
+}
 try {
     # Best effort: some hosts have no console to set the encoding on.
     try { [Console]::OutputEncoding = New-Object System.Text.UTF8Encoding $false } catch { }

@@ -9,6 +9,13 @@ $ProgressPreference = 'SilentlyContinue'
 # The VMM module warns on import; the console host prints warnings on stdout.
 $WarningPreference = 'SilentlyContinue'
 $InformationPreference = 'SilentlyContinue'
+# Hardened hosts (AppLocker/WDAC) run ConstrainedLanguage, where the method calls below fail:
+# say so in a result of its own instead of an opaque error.
+$lm = [string]$ExecutionContext.SessionState.LanguageMode
+if ($lm -ne 'FullLanguage') {
+    Write-Output ('{"schema":1,"status":"LanguageMode","language_mode":"' + $lm + '"}')
+    exit 3
+}
 # The one JSON document, on success and on failure alike.
 function Write-Result([string]$status, $err) {
     $r = [ordered]@{ schema = 1; status = $status; error = $err }
