@@ -29,11 +29,14 @@ from vmm_cert_exporter.results import (
     ManagedComputer,
     ManagedComputersResult,
     RemoveResult,
+    RunAsAccountMatches,
     ScriptOutputError,
     parse_collect_certificates,
     parse_job_result,
+    parse_language_mode,
     parse_managed_computers,
     parse_remove_result,
+    parse_run_as_matches,
     parse_trusted_certificates,
 )
 
@@ -112,21 +115,30 @@ def managed_doc() -> dict[str, Any]:
         "vmm_version": "10.22.1287.0",
         "high_availability": False,
         "supports_update_certificate": True,
+        "ha_nodes": [],
         "managed_computers": [
             {
                 "fqdn": "hv01.corp.example",
                 "role": "Host",
                 "state": "Responding",
+                "role_display": "ホスト",
+                "state_display": "稼働中",
                 "agent_version": "10.22.1287.0",
             },
             {
                 "fqdn": "lib01.corp.example",
                 "role": "Library",
                 "state": "Responding",
+                "role_display": "ライブラリ",
+                "state_display": "稼働中",
                 "agent_version": "",
             },
         ],
     }
+
+
+def run_as_doc() -> dict[str, Any]:
+    return {"schema": 1, "run_as_account": "VMM Host Admins", "matches": 1}
 
 
 def remove_doc() -> dict[str, Any]:
@@ -143,6 +155,7 @@ PARSERS: dict[str, tuple[Parser, Callable[[], dict[str, Any]]]] = {
     "managed": (parse_managed_computers, managed_doc),
     "remove": (parse_remove_result, remove_doc),
     "job": (parse_job_result, job_doc),
+    "run_as": (parse_run_as_matches, run_as_doc),
 }
 
 
@@ -196,8 +209,12 @@ def test_managed_computers() -> None:
         high_availability=False,
         supports_update_certificate=True,
         managed_computers=(
-            ManagedComputer("hv01.corp.example", "Host", "Responding", "10.22.1287.0"),
-            ManagedComputer("lib01.corp.example", "Library", "Responding", ""),
+            ManagedComputer(
+                "hv01.corp.example", "Host", "Responding", "10.22.1287.0", "ホスト", "稼働中"
+            ),
+            ManagedComputer(
+                "lib01.corp.example", "Library", "Responding", "", "ライブラリ", "稼働中"
+            ),
         ),
     )
 
@@ -206,6 +223,59 @@ def test_managed_computers_without_the_update_flag() -> None:
     doc = managed_doc()
     del doc["supports_update_certificate"]
     assert parse_managed_computers(dump(doc)).supports_update_certificate is None
+
+
+def test_managed_computers_of_a_highly_available_vmm_server() -> None:
+    doc = managed_doc()
+    doc.update(
+        vmm_server="vmm-ha.corp.example",
+        high_availability=True,
+        ha_nodes=["vmmnode01.corp.example", "vmmnode02.corp.example"],
+    )
+    doc["managed_computers"][1]["role"] = "Library, VMMServerRole"
+    result = parse_managed_computers(dump(doc))
+    assert result.ha_nodes == ("vmmnode01.corp.example", "vmmnode02.corp.example")
+    assert result.managed_computers[1].role == "Library, VMMServerRole"
+
+
+def test_display_fields_and_nodes_are_optional() -> None:
+    doc = managed_doc()
+    del doc["ha_nodes"]
+    for computer in doc["managed_computers"]:
+        del computer["role_display"], computer["state_display"]
+    result = parse_managed_computers(dump(doc))
+    assert result.ha_nodes == ()
+    assert {(c.role_display, c.state_display) for c in result.managed_computers} == {("", "")}
+
+
+def test_run_as_matches() -> None:
+    assert parse_run_as_matches(dump(run_as_doc())) == RunAsAccountMatches("VMM Host Admins", 1)
+    for count in (0, 3):
+        assert parse_run_as_matches(dump(run_as_doc() | {"matches": count})).matches == count
+
+
+@pytest.mark.parametrize(
+    ("stdout", "mode"),
+    [
+        (
+            '{"schema":1,"status":"LanguageMode","language_mode":"ConstrainedLanguage"}\r\n',
+            "ConstrainedLanguage",
+        ),
+        (
+            '{"schema":1,"status":"LanguageMode","language_mode":"RestrictedLanguage"}',
+            "RestrictedLanguage",
+        ),
+        # anything else is not that result, and recognising it never raises
+        ('{"schema":1,"status":"Failed","error":"x"}', None),
+        ('{"schema":1,"status":"LanguageMode","language_mode":5}', None),
+        ('{"schema":1,"status":"LanguageMode","language_mode":"a b"}', None),
+        ('{"schema":2,"status":"LanguageMode","language_mode":"ConstrainedLanguage"}', None),
+        ("", None),
+        ("ConstrainedLanguage", None),
+    ],
+)
+def test_the_language_mode_result_is_recognised(stdout: str, mode: str | None) -> None:
+    assert parse_language_mode(stdout) == mode
 
 
 def test_remove_result() -> None:
@@ -359,6 +429,14 @@ MUTATIONS: list[tuple[str, Callable[[dict[str, Any]], None], str, str]] = [
     ("managed", _set([*MC0, "role"], 1), "managed_computers[0].role", "a string, got number"),
     ("managed", _set([*MC0, "state"], None), "managed_computers[0].state", "a string, got null"),
     ("managed", _del([*MC0, "agent_version"]), "managed_computers[0]", "'agent_version'"),
+    ("managed", _set(["ha_nodes"], "vmmnode01"), "ha_nodes", "an array, got string"),
+    ("managed", _set(["ha_nodes"], [None]), "ha_nodes[0]", "a string, got null"),
+    ("managed", _set([*MC0, "role_display"], None), "managed_computers[0].role_display", "null"),
+    ("managed", _set([*MC0, "state_display"], 1), "managed_computers[0].state_display", "number"),
+    ("run_as", _set(["matches"], -1), "matches", "a count"),
+    ("run_as", _set(["matches"], True), "matches", "a count"),
+    ("run_as", _set(["matches"], "1"), "matches", "a count"),
+    ("run_as", _del(["run_as_account"]), "", "missing field 'run_as_account'"),
     ("remove", _set(["removed"], THUMB), "removed", "expected an array, got string"),
     ("remove", _set(["removed", 1], "xyz"), "removed[1]", "40 hexadecimal characters"),
     ("remove", _del(["computer"]), "", "missing field 'computer'"),

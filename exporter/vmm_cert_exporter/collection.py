@@ -258,10 +258,9 @@ class Refresher:
 
     @staticmethod
     def _parse(output: ScriptOutput, parse: Callable[[str], T]) -> T:
-        if output.exit_code != 0:
-            first = (output.stderr or output.stdout).strip().splitlines()
-            detail = first[0][:300] if first else "(no error text)"
-            raise CollectError(failures.SCRIPT, f"exit code {output.exit_code}: {detail}")
+        failure = output.failure()
+        if failure is not None:
+            raise failure
         try:
             return parse(output.stdout)
         except ScriptOutputError as exc:

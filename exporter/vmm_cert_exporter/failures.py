@@ -14,8 +14,9 @@ TLS: Final = "tls"  # handshake or certificate validation failed
 WSMAN_FAULT: Final = "wsman_fault"  # any other SOAP fault or unexpected HTTP status
 SCRIPT: Final = "script"  # the PowerShell ran and exited non-zero
 PARSE: Final = "parse"  # the output broke the script contract
+LANGUAGE_MODE: Final = "language_mode"  # PowerShell is not in FullLanguage (AppLocker/WDAC)
 
-REASONS: Final = (CONNECT, TIMEOUT, AUTH, TLS, WSMAN_FAULT, SCRIPT, PARSE)
+REASONS: Final = (CONNECT, TIMEOUT, AUTH, TLS, WSMAN_FAULT, SCRIPT, PARSE, LANGUAGE_MODE)
 
 
 class CollectError(Exception):

@@ -35,6 +35,7 @@ from vmm_cert_exporter.clixml import decode_stderr
 from vmm_cert_exporter.config import WinRMConfig
 from vmm_cert_exporter.failures import CollectError
 from vmm_cert_exporter.powershell import command_line
+from vmm_cert_exporter.results import LANGUAGE_MODE_EXIT, parse_language_mode
 
 # Signal + Delete after a failure get their own short allowance: they free the shell on the
 # computer (WinRM's MaxShellsPerUser is finite) but must not hold the refresh for long.
@@ -184,6 +185,26 @@ class ScriptOutput:
     stdout: str
     stderr: str
     exit_code: int
+
+    def failure(self) -> CollectError | None:
+        """Why the script failed, or None when it exited 0.
+
+        A script outside FullLanguage says so in its own exit-3 result: that is a reason of
+        its own, since the fix (a JEA endpoint, an AppLocker rule) is not the script's.
+        """
+        if self.exit_code == 0:
+            return None
+        if self.exit_code == LANGUAGE_MODE_EXIT:
+            mode = parse_language_mode(self.stdout)
+            if mode is not None:
+                return CollectError(
+                    failures.LANGUAGE_MODE,
+                    f"PowerShell runs in {mode} mode, not FullLanguage: allow the service "
+                    "account's scripts (a JEA endpoint or an AppLocker/WDAC rule)",
+                )
+        first = (self.stderr or self.stdout).strip().splitlines()
+        detail = first[0][:300] if first else "(no error text)"
+        return CollectError(failures.SCRIPT, f"exit code {self.exit_code}: {detail}")
 
 
 def _timeouts(seconds: float) -> tuple[int, int]:

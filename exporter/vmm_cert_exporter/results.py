@@ -28,6 +28,9 @@ MAX_OUTPUT: Final = 16 * 1024 * 1024
 SCHEMA: Final = 1
 SCVMM_PREFIX: Final = "SCVMM_CERTIFICATE_KEY_CONTAINER"
 JOB_STATUSES: tuple[str, ...] = ("Completed", "Failed")
+# A script that finds itself outside FullLanguage prints this status and exits with this code.
+LANGUAGE_MODE_STATUS: Final = "LanguageMode"
+LANGUAGE_MODE_EXIT: Final = 3
 
 _THUMBPRINT = re.compile(r"[0-9A-Fa-f]{40}")
 _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
@@ -68,10 +71,16 @@ class CertificatesResult:
 
 @dataclass(frozen=True)
 class ManagedComputer:
+    """One of VMM's managed computers. ``role`` and ``state`` are the invariant enum names
+    (``Library, VMMServerRole``, ``NotResponding``) that decisions use; the ``*_display``
+    texts are VMM's translated strings, for people only."""
+
     fqdn: str
     role: str
     state: str
     agent_version: str
+    role_display: str = ""
+    state_display: str = ""
 
 
 @dataclass(frozen=True)
@@ -82,6 +91,16 @@ class ManagedComputersResult:
     # None when the script did not say (the field is an addition to the issue's contract).
     supports_update_certificate: bool | None
     managed_computers: tuple[ManagedComputer, ...]
+    # The cluster nodes of a highly available VMM server (active first); empty otherwise.
+    ha_nodes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RunAsAccountMatches:
+    """find-run-as-account: how many Run As accounts carry exactly ``run_as_account``."""
+
+    run_as_account: str
+    matches: int
 
 
 @dataclass(frozen=True)
@@ -140,11 +159,19 @@ class _Reader:
             self.fail(_join(path, key), f"expected a string, got {_type_name(value)}")
         return value
 
+    def optional_string(self, obj: dict[str, object], path: str, key: str) -> str:
+        """A string field that older scripts did not send: empty when absent."""
+        return self.string(obj, path, key) if key in obj else ""
+
     def name(self, obj: dict[str, object], path: str, key: str) -> str:
-        value = self.string(obj, path, key)
+        return self.name_value(self.field(obj, path, key), _join(path, key))
+
+    def name_value(self, value: object, path: str) -> str:
+        if not isinstance(value, str):
+            self.fail(path, f"expected a string, got {_type_name(value)}")
         if not _NAME.fullmatch(value):
             self.fail(
-                _join(path, key),
+                path,
                 f"expected a computer name (1-255 characters, no spaces), got {_short(value)}",
             )
         return value
@@ -307,7 +334,11 @@ def parse_trusted_certificates(stdout: str) -> CertificatesResult:
 
 
 def parse_managed_computers(stdout: str) -> ManagedComputersResult:
-    """Output of list-managed-computers: VMM's view of the computers it manages."""
+    """Output of list-managed-computers: VMM's view of the computers it manages.
+
+    ``role_display``, ``state_display`` and ``ha_nodes`` are read when present (empty when
+    not): they only add names and display text to what the other fields decide.
+    """
     reader, doc = _document("list-managed-computers", stdout)
     supports: bool | None = None
     if "supports_update_certificate" in doc:
@@ -322,7 +353,15 @@ def parse_managed_computers(stdout: str) -> ManagedComputersResult:
                 role=reader.string(mc, path, "role"),
                 state=reader.string(mc, path, "state"),
                 agent_version=reader.string(mc, path, "agent_version"),
+                role_display=reader.optional_string(mc, path, "role_display"),
+                state_display=reader.optional_string(mc, path, "state_display"),
             )
+        )
+    nodes: tuple[str, ...] = ()
+    if "ha_nodes" in doc:
+        nodes = tuple(
+            reader.name_value(node, f"ha_nodes[{index}]")
+            for index, node in enumerate(reader.array(doc, "", "ha_nodes"))
         )
     return ManagedComputersResult(
         vmm_server=reader.name(doc, "", "vmm_server"),
@@ -330,7 +369,30 @@ def parse_managed_computers(stdout: str) -> ManagedComputersResult:
         high_availability=reader.boolean(doc, "", "high_availability"),
         supports_update_certificate=supports,
         managed_computers=tuple(computers),
+        ha_nodes=nodes,
     )
+
+
+def parse_run_as_matches(stdout: str) -> RunAsAccountMatches:
+    """Output of find-run-as-account: the exact-name match count (0, 1 or more)."""
+    reader, doc = _document("find-run-as-account", stdout)
+    count = reader.field(doc, "", "matches")
+    if type(count) is not int or count < 0:
+        reader.fail("matches", f"expected a count (0 or more), got {_short(count)}")
+    return RunAsAccountMatches(reader.string(doc, "", "run_as_account"), count)
+
+
+def parse_language_mode(stdout: str) -> str | None:
+    """The language mode a script refused to run in (its exit-3 result), or None when
+    ``stdout`` is not that result. Never raises: it only recognises."""
+    try:
+        reader, doc = _document("language check", stdout)
+        if doc.get("status") != LANGUAGE_MODE_STATUS:
+            return None
+        mode = reader.string(doc, "", "language_mode")
+    except ScriptOutputError:
+        return None
+    return mode if _NAME.fullmatch(mode) else None
 
 
 def parse_remove_result(stdout: str) -> RemoveResult:

@@ -30,11 +30,9 @@ log = logging.getLogger(__name__)
 def read_view(runner: ScriptRunner, vmm_server: str) -> VmmView:
     """``list-managed-computers`` on one VMM server; CollectError on any failure."""
     output = runner.run(vmm_server, render_script("list-managed-computers"))
-    if output.exit_code != 0:
-        first = (output.stderr or output.stdout).strip().splitlines()
-        raise CollectError(
-            "script", f"exit code {output.exit_code}: {first[0][:300] if first else ''}"
-        )
+    failure = output.failure()
+    if failure is not None:
+        raise failure
     try:
         return _view(vmm_server, parse_managed_computers(output.stdout))
     except ScriptOutputError as exc:
