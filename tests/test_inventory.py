@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from vmm_cert_exporter.config import loads_config
-from vmm_cert_exporter.inventory import build_inventory, normalise_role, view_from_result
+from vmm_cert_exporter.inventory import (
+    Computer,
+    build_inventory,
+    normalise_role,
+    view_from_result,
+)
 from vmm_cert_exporter.results import ManagedComputer, ManagedComputersResult
 
 VMM = "vmm01.corp.example"
@@ -150,3 +155,19 @@ def test_a_static_host_that_vmm_names_as_its_server_stays_the_server() -> None:
     assert computer.is_vmm_server  # but renewal treats it as the VMM server
     alias = inventory.find("vmm-alias.corp.example")
     assert alias is not None and alias.is_vmm_server
+
+
+@pytest.mark.parametrize(
+    ("state", "display", "text"),
+    [
+        ("NotResponding", "応答なし", "応答なし (NotResponding)"),
+        ("Responding", "Responding", "Responding"),
+        ("NotResponding", None, "NotResponding"),
+        (None, None, ""),
+    ],
+)
+def test_people_read_the_display_text_beside_the_invariant_state(
+    state: str | None, display: str | None, text: str
+) -> None:
+    computer = Computer("hv01.corp.example", "hyperv_host", VMM, state, False, display)
+    assert computer.vmm_state_text == text

@@ -44,10 +44,10 @@ from vmm_cert_exporter.results import (
 )
 from vmm_cert_exporter.sharding import Shard
 from vmm_cert_exporter.snapshot import (
-    SCVMM_FRIENDLY_PREFIX,
     HostSnapshot,
     Snapshot,
     StoredCertificate,
+    scvmm_friendly_host,
 )
 from vmm_cert_exporter.sources import TLS, MethodTable
 from vmm_cert_exporter.sources.tls import TlsProber
@@ -129,7 +129,12 @@ def is_copy_candidate(record: CertificateRecord, info: CertificateInfo | None) -
 
 
 def trusted_names(record: CertificateRecord, info: CertificateInfo | None) -> set[str]:
+    """The computers a TrustedPeople entry stands for: its DnsNameList, the names in its DER
+    and, as Microsoft support's checker reads it, the FQDN its SCVMM friendly name carries."""
     names = {fqdn_key(n) for n in record.dns_names}
+    named = scvmm_friendly_host(record.friendly_name)
+    if named:
+        names.add(fqdn_key(named))
     if info is not None:
         names.update(fqdn_key(n) for n in info.dns_names)
         if info.common_name:
@@ -180,7 +185,7 @@ def stored_certificates(result: CertificatesResult) -> tuple[StoredCertificate, 
     """Parse each SCVMM certificate; an unparsable one is a contract break of the reader."""
     out: list[StoredCertificate] = []
     for record in result.certificates:
-        if not record.friendly_name.startswith(SCVMM_FRIENDLY_PREFIX):
+        if scvmm_friendly_host(record.friendly_name) is None:
             continue
         try:
             info = parse_certificate(record.der)

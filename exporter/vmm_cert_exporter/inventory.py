@@ -60,6 +60,16 @@ class Computer:
     def key(self) -> str:
         return fqdn_key(self.fqdn)
 
+    @property
+    def vmm_state_text(self) -> str:
+        """VMM's state for a person: the display text in VMM's language, with the invariant
+        name beside it when they differ (``応答なし (NotResponding)``); empty when unknown."""
+        state = self.vmm_state or ""
+        shown = self.vmm_state_display or ""
+        if not shown or shown == state:
+            return state
+        return f"{shown} ({state})" if state else shown
+
 
 @dataclass(frozen=True)
 class VmmView:

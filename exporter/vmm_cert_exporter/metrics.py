@@ -155,7 +155,8 @@ class SnapshotCollector(Collector):
         )
         state = GaugeMetricFamily(
             "vmm_managed_computer_state",
-            "The state VMM itself reports for a managed computer (value always 1).",
+            "VMM's own invariant State of a managed computer (Responding, NotResponding, ...), "
+            "never its translated display text (value always 1).",
             labels=[*HOST_LABELS, "state", "vmm_server"],
         )
         success = GaugeMetricFamily(

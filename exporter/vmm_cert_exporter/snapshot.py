@@ -17,6 +17,17 @@ from vmm_cert_exporter.inventory import Computer
 SCVMM_FRIENDLY_PREFIX = "SCVMM_CERTIFICATE_KEY_CONTAINER"
 
 
+def scvmm_friendly_host(friendly_name: str) -> str | None:
+    """The computer name an SCVMM friendly name carries, or None when it is not one.
+
+    The prefix is matched as PowerShell's ``-like`` does, ignoring case; the name after it
+    may be empty (a copy whose name VMM did not append).
+    """
+    if friendly_name[: len(SCVMM_FRIENDLY_PREFIX)].upper() != SCVMM_FRIENDLY_PREFIX:
+        return None
+    return friendly_name[len(SCVMM_FRIENDLY_PREFIX) :].strip()
+
+
 @dataclass(frozen=True)
 class StoredCertificate:
     """One SCVMM certificate as read from a store, parsed once."""

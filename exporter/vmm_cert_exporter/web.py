@@ -85,7 +85,7 @@ def render_overview(
             h.computer.role,
             "" if left is None else f"{left:.1f}",
             "" if current is None else current.info.not_after.strftime("%Y-%m-%d"),
-            h.computer.vmm_state or "",
+            h.computer.vmm_state_text,
             "; ".join(marks),
         )
         tds = "".join(f"<td>{html.escape(c)}</td>" for c in cells)
