@@ -234,10 +234,30 @@ def test_list_managed_computers(demo: Fleet) -> None:
     assert doc["vmm_release"] == "2019 UR2"
     assert doc["high_availability"] is False
     assert doc["supports_update_certificate"] is True
-    roles = {m["fqdn"]: m["role"] for m in doc["managed_computers"]}
-    assert roles[VMM] == "VMM Server"
-    assert roles["hv01.lab.example"] == "Host"
-    assert roles["lib01.lab.example"] == "Library Server"
+    assert doc["ha_nodes"] == []
+    assert doc["computer"] == VMM
+    by_fqdn = {m["fqdn"]: m for m in doc["managed_computers"]}
+    # the VMM server lists itself, with the library role VMM gives it by default
+    assert by_fqdn[VMM] == {
+        "fqdn": VMM,
+        "role": "Library, VMMServerRole",
+        "state": "Responding",
+        "role_display": "Library, VMM Server",
+        "state_display": "Responding",
+        "agent_version": "10.19.2591.0",
+    }
+    assert (by_fqdn["hv01.lab.example"]["role"], by_fqdn["hv01.lab.example"]["role_display"]) == (
+        "Host",
+        "Host",
+    )
+    assert by_fqdn["lib01.lab.example"]["role"] == "Library"
+    assert by_fqdn["lib01.lab.example"]["role_display"] == "Library"
+    displays = {m["state"]: m["state_display"] for m in doc["managed_computers"]}
+    assert displays == {
+        "Responding": "Responding",
+        "NotResponding": "Not Responding",
+        "AccessDenied": "Access Denied",
+    }
     assert {m["agent_version"] for m in doc["managed_computers"]} == {"10.19.2591.0"}
 
 
@@ -330,7 +350,7 @@ def test_register_after_expiry_without_remove_leaves_the_expired_one(demo: Fleet
     ("computer", "run_as", "needle"),
     [
         ("hv40.lab.example", "VMM Host Admins", "cannot contact"),  # connection refused
-        ("hv01.lab.example", "Domain Admins", "Run As account 'Domain Admins'"),
+        ("hv01.lab.example", "Domain Admins", "one Run As account named 'Domain Admins', found 0"),
         ("hv99.lab.example", "VMM Host Admins", "Unable to find the managed computer"),
     ],
 )

@@ -10,6 +10,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+# PowerShell's PSLanguageMode names (the ``language_mode`` fault)
+LANGUAGE_MODES = ("FullLanguage", "ConstrainedLanguage", "RestrictedLanguage", "NoLanguage")
+
 
 @dataclass
 class Faults:
@@ -31,6 +34,9 @@ class Faults:
     garbage_stdout: bool = False  # stdout is not JSON
     progress_only_stderr: bool = False  # stderr carries only CLIXML progress records, exit 0
     script_error: bool = False  # the script writes a CLIXML error record and exits 1
+    # the session's language mode (AppLocker/WDAC hardening): anything but FullLanguage makes
+    # every contract script answer its language-mode result
+    language_mode: str = "FullLanguage"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -46,6 +52,11 @@ class Faults:
             if known[key].type == "bool":
                 if not isinstance(value, bool):
                     raise ValueError(f"fault {key!r} must be true or false, got {value!r}")
+            elif known[key].type == "str":
+                if value not in LANGUAGE_MODES:
+                    raise ValueError(
+                        f"fault {key!r} must be one of {', '.join(LANGUAGE_MODES)}, got {value!r}"
+                    )
             elif isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 raise ValueError(f"fault {key!r} must be a number of seconds >= 0, got {value!r}")
             values[key] = value

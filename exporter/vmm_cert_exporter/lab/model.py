@@ -7,6 +7,9 @@ that cost is paid outside the lock where possible (documents are rendered after 
 A computer's VMM state is never stored: it is derived from the facts (faults, the store, the
 TrustedPeople copy, the lab clock) at every read, so changing a fact or the clock changes what
 VMM reports, as in a real fleet. See docs/lab-scenarios.md for the rules.
+
+Names are resolved as the fleet's DNS would: a computer's FQDN (any case), a DNS alias, or the
+clustered role name of a highly available VMM server, which reaches its active node.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from vmm_cert_exporter.lab import locales
 from vmm_cert_exporter.lab import powershell as ps
 from vmm_cert_exporter.lab.certs import (
     SCVMM_FRIENDLY_PREFIX,
@@ -33,12 +37,10 @@ ROLE_VMM = "vmm_server"
 ROLE_HOST = "hyperv_host"
 ROLE_LIBRARY = "library_server"
 ROLES = (ROLE_VMM, ROLE_HOST, ROLE_LIBRARY)
-# what Get-SCVMMManagedComputer's Role shows (unverified: no recording of the real strings)
-VMM_ROLE_STRINGS = {ROLE_VMM: "VMM Server", ROLE_HOST: "Host", ROLE_LIBRARY: "Library Server"}
 
-STATE_RESPONDING = "Responding"
-STATE_NOT_RESPONDING = "NotResponding"
-STATE_ACCESS_DENIED = "AccessDenied"
+STATE_RESPONDING = locales.STATE_RESPONDING
+STATE_NOT_RESPONDING = locales.STATE_NOT_RESPONDING
+STATE_ACCESS_DENIED = locales.STATE_ACCESS_DENIED
 
 # transport faults that make a computer unreachable for VMM too (latency and drip only slow it)
 _UNREACHABLE_FAULTS = (
@@ -130,30 +132,58 @@ def _minus_years(moment: datetime, years: int) -> datetime:
         return moment.replace(year=moment.year - years, day=28)
 
 
+@dataclass(frozen=True)
+class VmmSpec:
+    """One VMM management server as a scenario describes it, already validated.
+
+    ``nodes`` are the computers that run it, the active one first: one computer named
+    ``fqdn`` for a plain server; for a highly available one, the cluster nodes, and ``fqdn``
+    is the clustered role's name. ``aliases`` are DNS names that reach ``fqdn``;
+    ``config_name`` is the name an exporter configuration uses for it.
+    """
+
+    fqdn: str
+    version: VmmVersion
+    nodes: tuple[ComputerSpec, ...]
+    high_availability: bool = False
+    trusted_self_copy: bool = False
+    trusted_noise: bool = True
+    aliases: tuple[str, ...] = ()
+    config_name: str | None = None
+
+
 @dataclass
 class VmmServer:
-    """What only a VMM management server has."""
+    """What only a VMM management server has; on a highly available one, shared by its nodes."""
 
+    fqdn: str  # Get-SCVMMServer's FQDN: the clustered role's name when highly available
     version: VmmVersion
     high_availability: bool
-    trusted_self_copy: bool  # does TrustedPeople hold a copy of its own certificate? unverified
+    trusted_self_copy: bool  # does TrustedPeople hold copies of its own nodes'? unverified
     validity_years: int
-    run_as_accounts: list[str]
+    nodes: list[str]  # keys of the computers that run it, in ActiveVMMNode/FailoverVMMNodes order
+    active: str  # key of the node whose VMM service runs; the others refuse VMM cmdlets
+    config_name: str
+    aliases: list[str] = field(default_factory=list)
     managed: list[str] = field(default_factory=list)  # keys, in the order VMM lists them
     trusted: dict[str, StoreEntry] = field(default_factory=dict)  # key -> copy in TrustedPeople
     trusted_noise: list[StoreEntry] = field(default_factory=list)  # IP-named, WinPE bootstrap
 
+    @property
+    def key(self) -> str:
+        return self.fqdn.lower()
+
 
 @dataclass
 class Computer:
-    fqdn: str  # original case; identity is fqdn.lower()
+    fqdn: str  # as registered; identity is fqdn.lower()
     role: str
     my: list[StoreEntry]
     faults: Faults
-    managed_by: str | None  # key of its VMM server (a VMM server manages itself)
+    managed_by: VmmServer  # a VMM server's nodes are managed by that server
     state_override: str | None = None
     agent_version: str | None = None
-    vmm: VmmServer | None = None
+    vmm: VmmServer | None = None  # the VMM server this computer is a node of
 
     @property
     def key(self) -> str:
@@ -167,9 +197,25 @@ class Computer:
         entries = self.scvmm_entries()
         return max(entries, key=lambda e: e.cert.not_after) if entries else None
 
+    def role_flags(self) -> tuple[str, ...]:
+        """The flags of VMM's ``Role``. A VMM server holds the library role VMM sets up by
+        default; a highly available one has none (no library share on the cluster; unverified)."""
+        if self.role == ROLE_HOST:
+            return (locales.ROLE_HOST,)
+        if self.role == ROLE_LIBRARY:
+            return (locales.ROLE_LIBRARY,)
+        if self.vmm is not None and self.vmm.high_availability:
+            return (locales.ROLE_VMM_SERVER,)
+        return (locales.ROLE_LIBRARY, locales.ROLE_VMM_SERVER)
+
 
 def _unreachable(faults: Faults) -> bool:
     return any(getattr(faults, name) for name in _UNREACHABLE_FAULTS)
+
+
+def _trusted_copy(cert: LabCertificate, fqdn: str) -> StoreEntry:
+    """VMM's copy in TrustedPeople: public only, with the friendly name of the original."""
+    return StoreEntry(cert, friendly_name=SCVMM_FRIENDLY_PREFIX + fqdn)
 
 
 @dataclass
@@ -191,6 +237,7 @@ class Fleet:
         validity_years: int = 5,
         validity_by_version: dict[str, int] | None = None,
         run_as_accounts: list[str] | None = None,
+        locale: str = locales.EN_US,
     ) -> None:
         self._lock = threading.RLock()
         self._accounts = list(accounts)
@@ -198,7 +245,10 @@ class Fleet:
         self._validity_years = validity_years
         self._validity_by_version = dict(validity_by_version or {})
         self._run_as_accounts = list(run_as_accounts or ["VMM Host Admins"])
+        self._locale = locales.parse_locale(locale)
         self._computers: dict[str, Computer] = {}
+        self._servers: dict[str, VmmServer] = {}  # by VMM FQDN (role name), in insertion order
+        self._aliases: dict[str, str] = {}  # DNS alias -> the name it reaches
         self._serials = itertools.count(1)
 
     # --- building ---------------------------------------------------------------------------
@@ -275,6 +325,56 @@ class Fleet:
             year = now.year - (spec.added_years_ago or 0)
         return _year_start(year), _year_start(year + validity)
 
+    def _name_taken(self, name: str) -> bool:
+        key = name.lower()
+        return key in self._computers or key in self._servers or key in self._aliases
+
+    def _claim(self, name: str) -> None:
+        if self._name_taken(name):
+            raise ValueError(f"duplicate name {name!r} (DNS names are case-insensitive)")
+
+    def add_vmm(self, spec: VmmSpec) -> None:
+        """Add a VMM management server with its node(s), which it manages itself."""
+        node_keys = [node.fqdn.lower() for node in spec.nodes]
+        if not spec.nodes:
+            raise ValueError(f"VMM server {spec.fqdn!r} needs at least one computer")
+        if any(node.role != ROLE_VMM for node in spec.nodes):
+            raise ValueError(f"the nodes of a VMM server have role {ROLE_VMM!r}")
+        if node_keys != [spec.fqdn.lower()] and not spec.high_availability:
+            raise ValueError(
+                f"VMM server {spec.fqdn!r}: several nodes, or a name that is not its "
+                "computer's, make a highly available VMM server"
+            )
+        names = [spec.fqdn, *spec.aliases]
+        names += [node.fqdn for node in spec.nodes if node.fqdn.lower() != spec.fqdn.lower()]
+        config_name = spec.config_name or spec.fqdn
+        if config_name.lower() not in {name.lower() for name in names}:
+            raise ValueError(f"config_name {config_name!r} is not a name of {spec.fqdn!r}")
+        with self._lock:
+            seen: set[str] = set()
+            for name in names:
+                if name.lower() in seen or self._name_taken(name):
+                    raise ValueError(f"duplicate name {name!r} (DNS names are case-insensitive)")
+                seen.add(name.lower())
+            now = self._clock.now()
+            server = VmmServer(
+                fqdn=spec.fqdn,
+                version=spec.version,
+                high_availability=spec.high_availability,
+                trusted_self_copy=spec.trusted_self_copy,
+                validity_years=self.validity_for(spec.version),
+                nodes=node_keys,
+                active=node_keys[0],
+                config_name=config_name,
+                aliases=list(spec.aliases),
+                trusted_noise=self._trusted_noise(now) if spec.trusted_noise else [],
+            )
+            for node in spec.nodes:
+                self._place(node, server, node=True, now=now)
+            self._servers[server.key] = server
+            for alias in spec.aliases:
+                self._aliases[alias.lower()] = server.key
+
     def add_vmm_server(
         self,
         spec: ComputerSpec,
@@ -284,47 +384,51 @@ class Fleet:
         trusted_self_copy: bool = False,
         trusted_noise: bool = True,
     ) -> None:
-        """Add a VMM management server (it manages itself, role ``vmm_server``)."""
+        """Add a VMM management server that is one computer (it manages itself)."""
         if spec.role != ROLE_VMM:
             raise ValueError(f"a VMM server has role {ROLE_VMM!r}, got {spec.role!r}")
-        with self._lock:
-            now = self._clock.now()
-            vmm = VmmServer(
+        self.add_vmm(
+            VmmSpec(
+                fqdn=spec.fqdn,
                 version=version,
+                nodes=(spec,),
                 high_availability=high_availability,
                 trusted_self_copy=trusted_self_copy,
-                validity_years=self.validity_for(version),
-                run_as_accounts=self._run_as_accounts,
-                trusted_noise=self._trusted_noise(now) if trusted_noise else [],
+                trusted_noise=trusted_noise,
             )
-            self._place(spec, vmm_key=spec.fqdn.lower(), vmm=vmm, now=now)
+        )
 
     def add_managed(self, spec: ComputerSpec, vmm_server: str | None = None) -> None:
-        """Add a computer managed by ``vmm_server`` (default: the first VMM server)."""
+        """Add a computer managed by ``vmm_server`` (any of its names; default: the first)."""
         with self._lock:
             if spec.role == ROLE_VMM:
-                raise ValueError("use add_vmm_server for a VMM server")
-            vmm_key = self._vmm_key(vmm_server)
-            self._place(spec, vmm_key=vmm_key, vmm=None, now=self._clock.now())
+                raise ValueError("use add_vmm for a VMM server")
+            server = self._vmm_named(vmm_server)
+            self._place(spec, server, node=False, now=self._clock.now())
 
-    def _vmm_key(self, vmm_server: str | None) -> str:
-        servers = [c.key for c in self._computers.values() if c.vmm is not None]
-        if not servers:
+    def _vmm_named(self, name: str | None) -> VmmServer:
+        if not self._servers:
             raise ValueError("the fleet has no VMM server yet")
-        if vmm_server is None:
-            return servers[0]
-        if vmm_server.lower() not in servers:
-            raise ValueError(f"{vmm_server!r} is not a VMM server of this lab")
-        return vmm_server.lower()
+        if name is None:
+            return next(iter(self._servers.values()))
+        server = self._server_by_name(name)
+        if server is None:
+            raise ValueError(f"{name!r} is not a VMM server of this lab")
+        return server
 
-    def _place(
-        self, spec: ComputerSpec, *, vmm_key: str, vmm: VmmServer | None, now: datetime
-    ) -> None:
-        key = spec.fqdn.lower()
-        if key in self._computers:
-            raise ValueError(f"duplicate computer {spec.fqdn!r} (FQDNs are case-insensitive)")
-        server = vmm if vmm is not None else self._computers[vmm_key].vmm
-        assert server is not None  # _vmm_key only returns keys of VMM servers
+    def _server_by_name(self, name: str) -> VmmServer | None:
+        """The VMM server a name designates: its FQDN (role name), an alias, or a node."""
+        key = name.lower()
+        key = self._aliases.get(key, key)
+        if key in self._servers:
+            return self._servers[key]
+        computer = self._computers.get(key)
+        return computer.vmm if computer is not None else None
+
+    def _place(self, spec: ComputerSpec, server: VmmServer, *, node: bool, now: datetime) -> None:
+        self._claim(spec.fqdn)
+        if spec.state is not None and spec.state not in locales.STATES:
+            raise ValueError(f"state: expected one of {', '.join(locales.STATES)}")
         not_before, not_after = self._dates(spec, server.validity_years, now)
         main = self._scvmm_entry(spec.fqdn, not_before, not_after)
         my: list[StoreEntry] = []
@@ -344,23 +448,22 @@ class Fleet:
             role=spec.role,
             my=my,
             faults=copy.deepcopy(spec.faults),
-            managed_by=vmm_key,
+            managed_by=server,
             state_override=spec.state,
             agent_version=spec.agent_version,
-            vmm=vmm,
+            vmm=server if node else None,
         )
-        self._computers[key] = computer
-        server.managed.append(key)
+        self._computers[computer.key] = computer
+        server.managed.append(computer.key)
         # VMM's copy is of the certificate the computer had when it was registered: for a
         # "missing" computer that is the deleted one, which is why access breaks
-        is_self = vmm is not None
-        if spec.trusted == TRUST_MATCH and (not is_self or server.trusted_self_copy):
-            server.trusted[key] = StoreEntry(main.cert)
+        if spec.trusted == TRUST_MATCH and (not node or server.trusted_self_copy):
+            server.trusted[computer.key] = _trusted_copy(main.cert, spec.fqdn)
         elif spec.trusted == TRUST_MISMATCH:
             other = self._new_cert(
                 spec.fqdn, _minus_years(not_before, 1), _minus_years(not_after, 1)
             )
-            server.trusted[key] = StoreEntry(other)
+            server.trusted[computer.key] = _trusted_copy(other, spec.fqdn)
 
     # --- FleetModel: identity, accounts, faults ---------------------------------------------
 
@@ -373,15 +476,41 @@ class Fleet:
             return list(self._run_as_accounts)
 
     def vmm_server_fqdns(self) -> list[str]:
+        """Each VMM server's FQDN as Get-SCVMMServer reports it (an HA one's role name)."""
         with self._lock:
-            return [c.fqdn for c in self._computers.values() if c.vmm is not None]
+            return [server.fqdn for server in self._servers.values()]
+
+    def vmm_config_names(self) -> list[str]:
+        """The name an exporter configuration uses for each VMM server (``config_name``)."""
+        with self._lock:
+            return [server.config_name for server in self._servers.values()]
+
+    @property
+    def locale(self) -> str:
+        return self._locale
+
+    def set_locale(self, locale: str) -> None:
+        """The VMM servers' display language (``en-US``, ``ja-JP``); ValueError otherwise."""
+        with self._lock:
+            self._locale = locales.parse_locale(locale)
 
     def now(self) -> datetime:
         return self._clock.now()
 
+    def _lookup(self, name: str) -> Computer | None:
+        """The computer a DNS name reaches: an FQDN, an alias, or a clustered role's name
+        (its active node)."""
+        key = name.lower()
+        key = self._aliases.get(key, key)
+        computer = self._computers.get(key)
+        if computer is not None:
+            return computer
+        server = self._servers.get(key)
+        return self._computers.get(server.active) if server is not None else None
+
     def has_computer(self, fqdn: str) -> bool:
         with self._lock:
-            return fqdn.lower() in self._computers
+            return self._lookup(fqdn) is not None
 
     def presented(self, fqdn: str) -> tuple[str, StoreEntry | None, dict[str, Any]] | None:
         """What a TLS listener needs of one computer, read under the model's lock.
@@ -390,16 +519,16 @@ class Fleet:
         does not know the name. One consistent view: a renewal cannot land half-way through.
         """
         with self._lock:
-            computer = self._computers.get(fqdn.lower())
+            computer = self._lookup(fqdn)
             if computer is None:
                 return None
             return computer.fqdn, computer.current(), computer.faults.to_dict()
 
     def _get(self, fqdn: str) -> Computer:
-        try:
-            return self._computers[fqdn.lower()]
-        except KeyError:
-            raise KeyError(f"unknown computer {fqdn!r}") from None
+        computer = self._lookup(fqdn)
+        if computer is None:
+            raise KeyError(f"unknown computer {fqdn!r}")
+        return computer
 
     def faults(self, fqdn: str) -> Faults:
         with self._lock:
@@ -410,12 +539,6 @@ class Fleet:
             self._get(fqdn).faults = copy.deepcopy(faults)
 
     # --- VMM state --------------------------------------------------------------------------
-
-    def _server_of(self, computer: Computer) -> VmmServer | None:
-        if computer.managed_by is None:
-            return None
-        owner = self._computers.get(computer.managed_by)
-        return owner.vmm if owner is not None else None
 
     def _state(self, computer: Computer, now: datetime) -> str:
         """VMM's view of a managed computer, derived from the facts now (see the docs)."""
@@ -431,10 +554,7 @@ class Fleet:
             return STATE_ACCESS_DENIED  # the agent has no certificate to authenticate with
         if now >= current.cert.not_after:
             return STATE_NOT_RESPONDING  # the TLS channel to the agent fails on the expiry
-        server = self._server_of(computer)
-        if server is None:
-            return STATE_RESPONDING
-        copy_entry = server.trusted.get(computer.key)
+        copy_entry = computer.managed_by.trusted.get(computer.key)
         if computer.vmm is not None and copy_entry is None:
             return STATE_RESPONDING  # no self-copy is normal (whether VMM keeps one: unverified)
         if copy_entry is None or copy_entry.cert is not current.cert:
@@ -444,11 +564,14 @@ class Fleet:
     # --- the script contract ----------------------------------------------------------------
 
     def run_powershell(self, fqdn: str, script: str) -> Execution:
+        with self._lock:
+            mode = self._get(fqdn).faults.language_mode  # an unknown name is a KeyError
+        if mode != ps.FULL_LANGUAGE and ps.contract_operation(script) is not None:
+            # the scripts check the language mode before anything else, parameters included
+            return ps.language_mode_result(mode)
         try:
             call = ps.parse_script(script)
         except ps.ScriptFailure as failure:
-            with self._lock:
-                self._get(fqdn)  # an unknown computer is a KeyError, whatever the script
             return failure.execution
         with self._lock:
             computer = self._get(fqdn)
@@ -481,6 +604,9 @@ class Fleet:
                 and not computer.vmm.version.supports_update_certificate
             ):
                 return ps.command_not_found(ps.VMM_CMDLET[op], call.script)
+            if computer.key != computer.vmm.active:
+                # the VMM service of a highly available server runs on the active node only
+                return ps.vmm_service_not_running(ps.VMM_CONNECT_CMDLET[op], call.script)
         if op == "collect-certificates":
             return _Result(
                 {
@@ -491,50 +617,60 @@ class Fleet:
             )
         if op == "remove-certificates":
             return self._op_remove(computer, call)
-        assert computer.vmm is not None  # every remaining operation is a VMM one
+        server = computer.vmm
+        assert server is not None  # every remaining operation is a VMM one
         if op == "list-managed-computers":
-            return self._op_list_managed(computer, computer.vmm)
+            return self._op_list_managed(computer, server)
         if op == "list-trusted-certificates":
             return _Result(
                 {
                     "schema": 1,
-                    "vmm_server": computer.fqdn,
+                    "vmm_server": computer.fqdn,  # the script prints the local FQDN
                     "certificates": [
                         _entry_doc("TrustedPeople", e, dns=True)
-                        for e in self._trusted_entries(computer.vmm)
+                        for e in self._trusted_entries(server)
                     ],
                 }
             )
+        if op == "find-run-as-account":
+            return self._op_find_run_as(call)
         if op == "register-managed-computer":
-            return self._op_register(computer, computer.vmm, call)
-        return self._op_update(computer, computer.vmm, call)
+            return self._op_register(server, call)
+        return self._op_update(server, call)
 
     def _trusted_entries(self, vmm: VmmServer) -> list[StoreEntry]:
         copies = [vmm.trusted[key] for key in vmm.managed if key in vmm.trusted]
         return copies + vmm.trusted_noise
 
+    def _managed_doc(self, member: Computer, now: datetime) -> dict[str, Any]:
+        flags = member.role_flags()
+        state = self._state(member, now)
+        return {
+            "fqdn": member.fqdn,
+            "role": locales.role_text(flags),
+            "state": state,
+            "role_display": locales.role_display(flags, self._locale),
+            "state_display": locales.state_display(state, self._locale),
+            "agent_version": member.agent_version or member.managed_by.version.product_version,
+        }
+
     def _op_list_managed(self, computer: Computer, vmm: VmmServer) -> _Result:
         now = self._clock.now()
-        managed = []
-        for key in vmm.managed:
-            member = self._computers[key]
-            managed.append(
-                {
-                    "fqdn": member.fqdn,
-                    "role": VMM_ROLE_STRINGS[member.role],
-                    "state": self._state(member, now),
-                    "agent_version": member.agent_version or vmm.version.product_version,
-                }
-            )
+        managed = [self._managed_doc(self._computers[key], now) for key in vmm.managed]
+        # ActiveVMMNode, then FailoverVMMNodes; both null (so []) unless highly available
+        nodes = [vmm.active] + [key for key in vmm.nodes if key != vmm.active]
+        ha_nodes = [self._computers[key].fqdn for key in nodes] if vmm.high_availability else []
         return _Result(
             {
                 "schema": 1,
-                "vmm_server": computer.fqdn,
+                "vmm_server": vmm.fqdn,
                 "vmm_version": vmm.version.product_version,
                 "vmm_release": vmm.version.name,
                 "high_availability": vmm.high_availability,
                 "supports_update_certificate": vmm.version.supports_update_certificate,
+                "ha_nodes": ha_nodes,
                 "managed_computers": managed,
+                "computer": computer.fqdn,
             }
         )
 
@@ -565,37 +701,45 @@ class Fleet:
         computer.my = keep
         return removed
 
-    def _op_register(
-        self, server_computer: Computer, vmm: VmmServer, call: ps.ContractCall
-    ) -> _Result | Execution:
+    def count_run_as(self, name: str) -> int:
+        """Run As accounts whose name equals ``name`` as PowerShell's ``-eq`` compares
+        (case-insensitive, no wildcards)."""
+        with self._lock:
+            return sum(1 for account in self._run_as_accounts if account.lower() == name.lower())
+
+    def _op_find_run_as(self, call: ps.ContractCall) -> _Result | Execution:
+        try:
+            name = self._param(call, "run_as_account")
+        except ps.ScriptFailure as failure:
+            return failure.execution
+        return _Result({"schema": 1, "run_as_account": name, "matches": self.count_run_as(name)})
+
+    def _op_register(self, vmm: VmmServer, call: ps.ContractCall) -> _Result | Execution:
         try:
             target_name = self._param(call, "computer")
             run_as = self._param(call, "run_as_account")
         except ps.ScriptFailure as failure:
             return failure.execution
-        error = self.register(server_computer, vmm, target_name, run_as)
-        return _status(error)
+        return _status(self.register(vmm, target_name, run_as))
 
-    def register(
-        self, server_computer: Computer, vmm: VmmServer, target_name: str, run_as: str
-    ) -> str | None:
+    def register(self, vmm: VmmServer, target_name: str, run_as: str) -> str | None:
         """Register-SCVMMManagedComputer; the error message, or None on success."""
+        matches = self.count_run_as(run_as)
+        if matches != 1:
+            return f"expected exactly one Run As account named '{run_as}', found {matches}"
         key = target_name.lower()
         if key not in vmm.managed:
+            # VMM knows its managed computers by FQDN only: an alias or a role name is unknown
             return (
                 f"Unable to find the managed computer {target_name} on the VMM management "
-                f"server {server_computer.fqdn}. Ensure the computer is managed by VMM."
-            )
-        if run_as.lower() not in {name.lower() for name in vmm.run_as_accounts}:
-            return (
-                f"Unable to find the Run As account '{run_as}'. Ensure the Run As account "
-                "exists in VMM and that you have access to it."
+                f"server {vmm.fqdn}. Ensure the computer is managed by VMM."
             )
         target = self._computers[key]
         if target.vmm is vmm and vmm.high_availability:
             return (
-                f"Cannot re-register {target.fqdn}: it is a highly available VMM management "
-                "server. Use Update-SCVMMCertificate to renew its certificate."
+                f"Cannot re-register {target.fqdn}: it is a node of the highly available VMM "
+                f"management server {vmm.fqdn}. Use Update-SCVMMCertificate to renew its "
+                "certificate."
             )
         if _unreachable(target.faults):
             return (
@@ -612,34 +756,42 @@ class Fleet:
             )
             target.my.append(current)
         if target.vmm is not vmm or vmm.trusted_self_copy:
-            vmm.trusted[key] = StoreEntry(current.cert)
+            vmm.trusted[key] = _trusted_copy(current.cert, target.fqdn)
         return None
 
-    def _op_update(
-        self, server_computer: Computer, vmm: VmmServer, call: ps.ContractCall
-    ) -> _Result | Execution:
+    def _is_name_of(self, name: str, vmm: VmmServer) -> bool:
+        """Whether ``-VMMServer name`` reaches this VMM server: any of its names, or localhost
+        (whether a WinRM session needs one or the other is unverified; both work here)."""
+        return name.lower() == "localhost" or self._server_by_name(name) is vmm
+
+    def _op_update(self, vmm: VmmServer, call: ps.ContractCall) -> _Result | Execution:
         try:
             name = self._param(call, "vmm_server")
         except ps.ScriptFailure as failure:
             return failure.execution
-        if name.lower() != server_computer.key:
+        if not self._is_name_of(name, vmm):
             return _status(
                 f"Unable to connect to the VMM management server {name}. The server is not "
                 "this VMM management server."
             )
-        self.update_certificate(server_computer, vmm)
+        self.update_certificate(vmm)
         return _status(None)
 
-    def update_certificate(self, server_computer: Computer, vmm: VmmServer) -> StoreEntry:
-        """Update-SCVMMCertificate: a new certificate replaces the old one(s) in My, and the
-        TrustedPeople self-copy follows if there is one."""
+    def update_certificate(self, vmm: VmmServer) -> dict[str, StoreEntry]:
+        """Update-SCVMMCertificate: on every node (a lab assumption for a highly available
+        server, unverified), a new certificate replaces the old one(s) in My, and the
+        TrustedPeople copy follows where there is one. Returns the new entries by node key."""
         now = self._clock.now()
-        fresh = self._scvmm_entry(
-            server_computer.fqdn, _year_start(now.year), _year_start(now.year + vmm.validity_years)
-        )
-        server_computer.my = [e for e in server_computer.my if not e.is_scvmm] + [fresh]
-        if server_computer.key in vmm.trusted or vmm.trusted_self_copy:
-            vmm.trusted[server_computer.key] = StoreEntry(fresh.cert)
+        fresh: dict[str, StoreEntry] = {}
+        for key in vmm.nodes:
+            node = self._computers[key]
+            entry = self._scvmm_entry(
+                node.fqdn, _year_start(now.year), _year_start(now.year + vmm.validity_years)
+            )
+            node.my = [e for e in node.my if not e.is_scvmm] + [entry]
+            if key in vmm.trusted or vmm.trusted_self_copy:
+                vmm.trusted[key] = _trusted_copy(entry.cert, node.fqdn)
+            fresh[key] = entry
         return fresh
 
     # --- control API ------------------------------------------------------------------------
@@ -657,13 +809,15 @@ class Fleet:
 
     def _summary(self, computer: Computer, now: datetime) -> dict[str, Any]:
         current = computer.current()
+        vmm_view = self._managed_doc(computer, now)
         return {
             "fqdn": computer.fqdn,
             "role": computer.role,
-            "managed_by": self._computers[computer.managed_by].fqdn
-            if computer.managed_by in self._computers
-            else None,
-            "state": self._state(computer, now),
+            "vmm_role": vmm_view["role"],
+            "role_display": vmm_view["role_display"],
+            "managed_by": computer.managed_by.fqdn,
+            "state": vmm_view["state"],
+            "state_display": vmm_view["state_display"],
             "scvmm_certificates": len(computer.scvmm_entries()),
             "not_after": _iso(current.cert.not_after) if current else None,
         }
@@ -676,8 +830,7 @@ class Fleet:
             result["faults"] = computer.faults.to_dict()
             result["state_override"] = computer.state_override
             result["certificates"] = [_describe_entry("My", e) for e in computer.my]
-            server = self._server_of(computer)
-            copy_entry = server.trusted.get(computer.key) if server else None
+            copy_entry = computer.managed_by.trusted.get(computer.key)
             current = computer.current()
             result["trusted"] = (
                 None
@@ -688,21 +841,29 @@ class Fleet:
                 }
             )
             if computer.vmm is not None:
-                vmm = computer.vmm
-                result["vmm"] = {
-                    "release": vmm.version.name,
-                    "vmm_version": vmm.version.product_version,
-                    "high_availability": vmm.high_availability,
-                    "supports_update_certificate": vmm.version.supports_update_certificate,
-                    "trusted_self_copy": vmm.trusted_self_copy,
-                    "validity_years": vmm.validity_years,
-                    "run_as_accounts": list(vmm.run_as_accounts),
-                    "managed_computers": [self._computers[k].fqdn for k in vmm.managed],
-                    "trusted_people": [
-                        _describe_entry("TrustedPeople", e) for e in self._trusted_entries(vmm)
-                    ],
-                }
+                result["vmm"] = self._describe_vmm(computer.vmm)
             return result
+
+    def _describe_vmm(self, vmm: VmmServer) -> dict[str, Any]:
+        return {
+            "fqdn": vmm.fqdn,
+            "release": vmm.version.name,
+            "vmm_version": vmm.version.product_version,
+            "high_availability": vmm.high_availability,
+            "nodes": [self._computers[key].fqdn for key in vmm.nodes],
+            "active_node": self._computers[vmm.active].fqdn,
+            "aliases": list(vmm.aliases),
+            "config_name": vmm.config_name,
+            "supports_update_certificate": vmm.version.supports_update_certificate,
+            "trusted_self_copy": vmm.trusted_self_copy,
+            "validity_years": vmm.validity_years,
+            "locale": self._locale,
+            "run_as_accounts": list(self._run_as_accounts),
+            "managed_computers": [self._computers[k].fqdn for k in vmm.managed],
+            "trusted_people": [
+                _describe_entry("TrustedPeople", e) for e in self._trusted_entries(vmm)
+            ],
+        }
 
     def add_computer(self, spec: dict[str, Any]) -> dict[str, Any]:
         """Add a managed computer described as a scenario computer entry (plus an optional
@@ -724,10 +885,9 @@ class Fleet:
             computer = self._get(fqdn)
             if computer.vmm is not None:
                 raise ValueError(f"{computer.fqdn} is a VMM server: it cannot be removed")
-            server = self._server_of(computer)
-            if server is not None:
-                server.managed.remove(computer.key)
-                server.trusted.pop(computer.key, None)
+            server = computer.managed_by
+            server.managed.remove(computer.key)
+            server.trusted.pop(computer.key, None)
             del self._computers[computer.key]
 
     def delete_certificates(self, fqdn: str) -> list[str]:
@@ -737,16 +897,14 @@ class Fleet:
             return self.remove_from_my(computer, doomed)
 
     def renew(self, fqdn: str) -> dict[str, Any]:
-        """The product's runbook: procedure 2 for a VMM server whose version has it,
-        otherwise procedure 1 (remove, then register with the lab's first Run As account)."""
+        """The product's runbook: procedure 2 for a VMM server whose version has it (every
+        node of a highly available one), otherwise procedure 1 (remove, then register with
+        the lab's first Run As account), which VMM refuses for a highly available server."""
         with self._lock:
             computer = self._get(fqdn)
-            server = self._server_of(computer)
-            if server is None:
-                raise ValueError(f"{computer.fqdn} is not managed by a VMM server")
-            owner = self._computers[computer.managed_by or ""]
+            server = computer.managed_by
             if computer.vmm is not None and computer.vmm.version.supports_update_certificate:
-                fresh = self.update_certificate(computer, computer.vmm)
+                fresh = self.update_certificate(computer.vmm)[computer.key]
                 return {
                     "procedure": 2,
                     "status": "Completed",
@@ -757,7 +915,7 @@ class Fleet:
             removed: list[str] = []
             if not (computer.vmm is not None and server.high_availability):
                 removed = self.delete_certificates(computer.fqdn)
-            error = self.register(owner, server, computer.fqdn, server.run_as_accounts[0])
+            error = self.register(server, computer.fqdn, self._run_as_accounts[0])
             current = computer.current()
             return {
                 "procedure": 1,
@@ -770,14 +928,11 @@ class Fleet:
     def set_trusted_mismatch(self, fqdn: str) -> None:
         with self._lock:
             computer = self._get(fqdn)
-            server = self._server_of(computer)
-            if server is None:
-                raise ValueError(f"{computer.fqdn} is not managed by a VMM server")
             now = self._clock.now()
             other = self._new_cert(
                 computer.fqdn, _year_start(now.year - 1), _year_start(now.year - 1 + 5)
             )
-            server.trusted[computer.key] = StoreEntry(other)
+            computer.managed_by.trusted[computer.key] = _trusted_copy(other, computer.fqdn)
 
 
 def _status(error: str | None) -> _Result:

@@ -26,6 +26,7 @@ SCHEMA = 1
 OPERATIONS = frozenset(
     {
         "collect-certificates",
+        "find-run-as-account",
         "list-managed-computers",
         "list-trusted-certificates",
         "remove-certificates",
@@ -35,11 +36,19 @@ OPERATIONS = frozenset(
 )
 # operations whose script needs the VMM cmdlets, and the cmdlet real Windows fails to find
 VMM_CMDLET = {
+    "find-run-as-account": "Get-SCRunAsAccount",
     "list-managed-computers": "Get-SCVMMManagedComputer",
     "list-trusted-certificates": "Get-SCVMMManagedComputer",
     "register-managed-computer": "Get-SCVMMManagedComputer",
     "update-vmm-certificate": "Update-SCVMMCertificate",
 }
+# the VMM cmdlet each script calls first, the one that fails when the VMM service is down
+VMM_CONNECT_CMDLET = {op: "Get-SCVMMServer" for op in VMM_CMDLET} | {
+    "update-vmm-certificate": "Update-SCVMMCertificate"
+}
+# every contract script refuses to run in any other language mode
+FULL_LANGUAGE = "FullLanguage"
+LANGUAGE_MODE_EXIT = 3
 
 _HEADER_RE = re.compile(r"# vmm-cert-exporter:(?P<op>[a-z0-9-]+)/(?P<schema>[0-9]+)")
 _PARAMS_RE = re.compile(r"\$Params = '(?P<b64>[^']*)'")
@@ -139,6 +148,32 @@ def command_not_found(name: str, script: str) -> Execution:
     return Execution(stdout=b"", stderr=clixml_errors(lines), exit_code=1)
 
 
+def vmm_service_not_running(cmdlet: str, script: str) -> Execution:
+    """A VMM cmdlet on a computer whose VMM service is stopped, e.g. a passive node of a
+    highly available VMM server (wording modelled on VMM's, unverified)."""
+    message = (
+        f"{cmdlet} : You cannot contact the VMM management server localhost: the Virtual "
+        "Machine Manager service (SCVMMService) is not running on this computer. Ensure "
+        "that the service is running, and then try the operation again."
+    )
+    lines = [
+        message,
+        *_position(script, cmdlet),
+        f"    + CategoryInfo          : ReadError: (:) [{cmdlet}], CarmineException",
+        "    + FullyQualifiedErrorId : CarmineException,"
+        f"Microsoft.SystemCenter.VirtualMachineManager.Cmdlets.{cmdlet.replace('-', '')}Cmdlet",
+        " ",
+    ]
+    return Execution(stdout=b"", stderr=clixml_errors(lines), exit_code=1)
+
+
+def language_mode_result(mode: str) -> Execution:
+    """What every contract script prints when the session is not FullLanguage: its own
+    result (``Write-Output`` adds the CRLF), nothing on stderr, exit 3."""
+    document = {"schema": SCHEMA, "status": "LanguageMode", "language_mode": mode}
+    return Execution(stdout=json_stdout(document), exit_code=LANGUAGE_MODE_EXIT)
+
+
 def thrown_error(message: str, script: str, at: str = "throw") -> Execution:
     """What ``throw "message"`` in the script prints (RuntimeException)."""
     lines = [
@@ -228,6 +263,16 @@ def _unrunnable(script: str) -> Execution:
             continue  # an assignment runs fine; look for the first command after it
         return parser_error(script)
     return parser_error(script)
+
+
+def contract_operation(script: str) -> str | None:
+    """The operation of a script with a known contract header (schema 1), else None: what
+    runs as far as the scripts' language-mode check, before any parameter is decoded."""
+    header = _HEADER_RE.fullmatch(script.split("\n", 1)[0].removesuffix("\r"))
+    if header is None or int(header.group("schema")) != SCHEMA:
+        return None
+    operation = header.group("op")
+    return operation if operation in OPERATIONS else None
 
 
 def parse_script(script: str) -> ContractCall:

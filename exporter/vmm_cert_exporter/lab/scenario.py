@@ -1,4 +1,4 @@
-"""Lab scenarios: a strictly validated YAML format, the built-in ``demo``, generated fleets.
+"""Lab scenarios: a strictly validated YAML format, the built-in ones, generated fleets.
 
 Every error names the file, the field path and what was expected, e.g.
 ``demo.yaml: computers[3].expires_in: expected a duration like '20d' or '-3d', got 'soon'``.
@@ -16,8 +16,9 @@ from typing import Any
 
 import yaml
 
+from vmm_cert_exporter.lab import locales
 from vmm_cert_exporter.lab.clock import LabClock
-from vmm_cert_exporter.lab.interfaces import Account, Faults
+from vmm_cert_exporter.lab.interfaces import LANGUAGE_MODES, Account, Faults
 from vmm_cert_exporter.lab.model import (
     CERT_DUPLICATE,
     CERT_MISSING,
@@ -30,12 +31,14 @@ from vmm_cert_exporter.lab.model import (
     TRUST_MISSING,
     ComputerSpec,
     Fleet,
+    VmmSpec,
     VmmVersion,
 )
 
 # the lab's documented WinRM account; a lab secret by design, never a real one
 DEFAULT_ACCOUNT = Account(domain="LAB", username="svc-vmmcert", password="lab-password")  # noqa: S106
 DEFAULT_RUN_AS = "VMM Host Admins"
+BUILT_IN = ("demo", "ha")  # scenarios/<name>.yaml, shipped in the package
 
 _FQDN_RE = re.compile(
     r"(?=.{3,253}$)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
@@ -46,15 +49,17 @@ _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 _TOP_KEYS = {
     "name", "description", "clock_offset", "validity_years", "validity_years_by_version",
-    "accounts", "run_as_accounts", "vmm_server", "computers",
+    "accounts", "run_as_accounts", "locale", "vmm_server", "vmm_servers", "computers",
 }  # fmt: skip
 _COMPUTER_KEYS = {
     "fqdn", "role", "added_year", "added_years_ago", "expires_in", "certificate", "trusted",
     "faults", "state", "agent_version", "noise",
 }  # fmt: skip
-_VMM_KEYS = (_COMPUTER_KEYS - {"role"}) | {
-    "version", "high_availability", "trusted_self_copy", "trusted_noise",
+_VMM_ONLY_KEYS = {
+    "version", "high_availability", "trusted_self_copy", "trusted_noise", "nodes", "aliases",
+    "config_name",
 }  # fmt: skip
+_VMM_KEYS = (_COMPUTER_KEYS - {"role"}) | _VMM_ONLY_KEYS
 
 
 class ScenarioError(ValueError):
@@ -180,10 +185,16 @@ def parse_computer(
                 )
             if isinstance(known[key], bool):
                 _bool(value, where, fault_path)
+            elif isinstance(known[key], str):
+                _choice(value, LANGUAGE_MODES, where, fault_path)
             elif isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 raise _fail(where, fault_path, "a number of seconds >= 0", value)
         faults = Faults.from_dict(raw_faults)  # checked above, so it cannot raise
-    state = _str(entry["state"], where, f"{path}.state") if "state" in entry else None
+    state = (
+        _choice(entry["state"], locales.STATES, where, f"{path}.state")
+        if "state" in entry
+        else None
+    )
     agent_version = (
         _str(entry["agent_version"], where, f"{path}.agent_version")
         if "agent_version" in entry
@@ -226,8 +237,122 @@ def _accounts(value: Any, where: str) -> list[Account]:
     return accounts
 
 
-def build_fleet(data: Any, where: str = "scenario") -> Fleet:
-    """Validate a parsed scenario document and build its fleet."""
+def _vmm_entry(
+    data: Any, where: str, path: str, computers: Any, computers_path: str
+) -> tuple[VmmSpec, list[ComputerSpec]]:
+    """One VMM server entry (``vmm_server`` or ``vmm_servers[i]``) and its managed computers."""
+    entry = _mapping(data, where, path)
+    allowed = _VMM_KEYS | ({"computers"} if computers is None else set())
+    _check_keys(entry, allowed, where, path)
+    if "version" not in entry:
+        raise _fail(where, f"{path}.version", "a VMM version like '2019 UR2' (required)")
+    version = _version(entry["version"], where, f"{path}.version")
+    flags = {
+        key: _bool(entry[key], where, f"{path}.{key}")
+        for key in ("high_availability", "trusted_self_copy", "trusted_noise")
+        if key in entry
+    }
+    if "fqdn" not in entry:
+        raise _fail(where, f"{path}.fqdn", "the VMM server's FQDN (required)")
+    fqdn = _fqdn(entry["fqdn"], where, f"{path}.fqdn")
+    if "nodes" in entry:
+        # a clustered role: the name is no computer, so certificate fields belong to nodes
+        misplaced = sorted(set(entry) & (_COMPUTER_KEYS - {"fqdn"}))
+        if misplaced:
+            raise _fail(
+                where,
+                f"{path}.{misplaced[0]}",
+                "this field on a node: a VMM server with nodes is a clustered role, which has "
+                "no certificate of its own",
+            )
+        if flags.get("high_availability") is False:
+            raise _fail(
+                where,
+                f"{path}.high_availability",
+                "true (or nothing): nodes make a highly available VMM server",
+                False,
+            )
+        raw_nodes = entry["nodes"]
+        if not isinstance(raw_nodes, list) or len(raw_nodes) < 2:
+            raise _fail(
+                where,
+                f"{path}.nodes",
+                "a list of at least two cluster nodes, the active one first",
+                raw_nodes,
+            )
+        nodes = tuple(
+            parse_computer(item, where=where, path=f"{path}.nodes[{index}]", role=ROLE_VMM)
+            for index, item in enumerate(raw_nodes)
+        )
+        high_availability = True
+    else:
+        nodes = (
+            parse_computer(
+                {k: v for k, v in entry.items() if k in _COMPUTER_KEYS},
+                where=where, path=path, role=ROLE_VMM,
+            ),
+        )  # fmt: skip
+        high_availability = flags.get("high_availability", False)
+    aliases: list[str] = []
+    if "aliases" in entry:
+        raw_aliases = entry["aliases"]
+        if not isinstance(raw_aliases, list):
+            raise _fail(where, f"{path}.aliases", "a list of DNS names", raw_aliases)
+        aliases = [_fqdn(v, where, f"{path}.aliases[{i}]") for i, v in enumerate(raw_aliases)]
+    names = [fqdn, *aliases, *(node.fqdn for node in nodes)]
+    config_name = None
+    if "config_name" in entry:
+        config_name = _fqdn(entry["config_name"], where, f"{path}.config_name")
+        if config_name.lower() not in {name.lower() for name in names}:
+            raise _fail(where, f"{path}.config_name",
+                        f"one of the server's names {names}", config_name)  # fmt: skip
+    raw_computers = entry.get("computers", []) if computers is None else computers
+    if not isinstance(raw_computers, list):
+        raise _fail(where, computers_path, "a list of computers", raw_computers)
+    managed = [
+        parse_computer(item, where=where, path=f"{computers_path}[{index}]")
+        for index, item in enumerate(raw_computers)
+    ]
+    spec = VmmSpec(
+        fqdn=fqdn,
+        version=version,
+        nodes=nodes,
+        high_availability=high_availability,
+        trusted_self_copy=flags.get("trusted_self_copy", False),
+        trusted_noise=flags.get("trusted_noise", True),
+        aliases=tuple(aliases),
+        config_name=config_name,
+    )
+    return spec, managed
+
+
+def _unique_names(servers: list[tuple[str, VmmSpec, list[ComputerSpec]]], where: str) -> None:
+    """Every DNS name of the fleet once (case-insensitive): FQDNs, role names, aliases."""
+    seen: dict[str, str] = {}
+
+    def claim(name: str, path: str) -> None:
+        if name.lower() in seen:
+            raise _fail(where, path, "a unique FQDN, role name or alias (case-insensitive); "
+                        f"{seen[name.lower()]} has it already", name)  # fmt: skip
+        seen[name.lower()] = path
+
+    for path, spec, managed in servers:
+        if len(spec.nodes) > 1:
+            claim(spec.fqdn, f"{path}.fqdn")
+            for index, node in enumerate(spec.nodes):
+                claim(node.fqdn, f"{path}.nodes[{index}].fqdn")
+        else:
+            claim(spec.fqdn, f"{path}.fqdn")
+        for index, alias in enumerate(spec.aliases):
+            claim(alias, f"{path}.aliases[{index}]")
+        computers_path = "computers" if path == "vmm_server" else f"{path}.computers"
+        for index, computer in enumerate(managed):
+            claim(computer.fqdn, f"{computers_path}[{index}].fqdn")
+
+
+def build_fleet(data: Any, where: str = "scenario", locale: str | None = None) -> Fleet:
+    """Validate a parsed scenario document and build its fleet; ``locale`` (``en-US``,
+    ``ja-JP``) overrides the scenario's own."""
     top = _mapping(data, where, "")
     _check_keys(top, _TOP_KEYS, where, "")
     for key in ("name", "description"):
@@ -262,36 +387,10 @@ def build_fleet(data: Any, where: str = "scenario") -> Fleet:
             raise _fail(where, "run_as_accounts", "a non-empty list of Run As account names",
                         raw_run_as)  # fmt: skip
         run_as = [_str(v, where, f"run_as_accounts[{i}]") for i, v in enumerate(raw_run_as)]
-    if "vmm_server" not in top:
-        raise _fail(where, "vmm_server", "the VMM management server (required)")
-    vmm_entry = _mapping(top["vmm_server"], where, "vmm_server")
-    _check_keys(vmm_entry, _VMM_KEYS, where, "vmm_server")
-    if "version" not in vmm_entry:
-        raise _fail(where, "vmm_server.version", "a VMM version like '2019 UR2' (required)")
-    version = _version(vmm_entry["version"], where, "vmm_server.version")
-    flags = {
-        key: _bool(vmm_entry[key], where, f"vmm_server.{key}")
-        for key in ("high_availability", "trusted_self_copy", "trusted_noise")
-        if key in vmm_entry
-    }
-    vmm_spec = parse_computer(
-        {k: v for k, v in vmm_entry.items() if k in _COMPUTER_KEYS},
-        where=where, path="vmm_server", role=ROLE_VMM,
-    )  # fmt: skip
-    computers = top.get("computers", [])
-    if not isinstance(computers, list):
-        raise _fail(where, "computers", "a list of computers", computers)
-    specs = [
-        parse_computer(item, where=where, path=f"computers[{index}]")
-        for index, item in enumerate(computers)
-    ]
-    seen: dict[str, str] = {vmm_spec.fqdn.lower(): "vmm_server"}
-    for index, spec in enumerate(specs):
-        path = f"computers[{index}].fqdn"
-        if spec.fqdn.lower() in seen:
-            raise _fail(where, path, f"a unique FQDN (case-insensitive); {seen[spec.fqdn.lower()]} "
-                        "has it already", spec.fqdn)  # fmt: skip
-        seen[spec.fqdn.lower()] = f"computers[{index}]"
+    if locale is None and "locale" in top:
+        locale = _choice(top["locale"], locales.LOCALES, where, "locale")
+    servers = _vmm_servers(top, where)
+    _unique_names(servers, where)
 
     fleet = Fleet(
         accounts=accounts,
@@ -299,20 +398,42 @@ def build_fleet(data: Any, where: str = "scenario") -> Fleet:
         validity_years=validity,
         validity_by_version=by_version,
         run_as_accounts=run_as,
+        locale=locales.parse_locale(locale or locales.EN_US),
     )
-    fleet.add_vmm_server(
-        vmm_spec,
-        version=version,
-        high_availability=flags.get("high_availability", False),
-        trusted_self_copy=flags.get("trusted_self_copy", False),
-        trusted_noise=flags.get("trusted_noise", True),
-    )
-    for spec in specs:
-        fleet.add_managed(spec)
+    for _path, spec, managed in servers:
+        fleet.add_vmm(spec)
+        for computer in managed:
+            fleet.add_managed(computer, spec.fqdn)
     return fleet
 
 
-def load_scenario_file(path: str | Path) -> Fleet:
+def _vmm_servers(top: dict[str, Any], where: str) -> list[tuple[str, VmmSpec, list[ComputerSpec]]]:
+    """``vmm_server`` (one, with the top-level ``computers``) or ``vmm_servers`` (each with
+    its own ``computers``): exactly one of the two."""
+    if "vmm_server" in top and "vmm_servers" in top:
+        raise _fail(where, "vmm_servers", "either vmm_server or vmm_servers, not both")
+    if "vmm_servers" in top:
+        if "computers" in top:
+            raise _fail(where, "computers",
+                        "each VMM server's computers under vmm_servers[i].computers")  # fmt: skip
+        raw = top["vmm_servers"]
+        if not isinstance(raw, list) or not raw:
+            raise _fail(where, "vmm_servers", "a non-empty list of VMM servers", raw)
+        servers = []
+        for index, item in enumerate(raw):
+            path = f"vmm_servers[{index}]"
+            spec, managed = _vmm_entry(item, where, path, None, f"{path}.computers")
+            servers.append((path, spec, managed))
+        return servers
+    if "vmm_server" not in top:
+        raise _fail(where, "vmm_server", "the VMM management server (required)")
+    spec, managed = _vmm_entry(
+        top["vmm_server"], where, "vmm_server", top.get("computers", []), "computers"
+    )
+    return [("vmm_server", spec, managed)]
+
+
+def load_scenario_file(path: str | Path, locale: str | None = None) -> Fleet:
     """Read, validate and build a scenario YAML file."""
     file = Path(path)
     try:
@@ -323,26 +444,42 @@ def load_scenario_file(path: str | Path) -> Fleet:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise ScenarioError(f"{file}: not valid YAML: {error}") from None
-    return build_fleet(data, where=str(file))
+    return build_fleet(data, where=str(file), locale=locale)
 
 
-def demo_scenario_text() -> str:
+def built_in_scenario_text(name: str) -> str:
     return (
         resources.files("vmm_cert_exporter.lab")
-        .joinpath("scenarios/demo.yaml")
+        .joinpath(f"scenarios/{name}.yaml")
         .read_text(encoding="utf-8")
     )
 
 
-def load_fleet(scenario: str = "demo", hosts: int | None = None, seed: int = 1) -> Fleet:
-    """``demo`` (built in), a YAML file path, or ``hosts=N``: a generated fleet of N managed
-    computers (plus one VMM server), deterministic for ``seed``."""
+def demo_scenario_text() -> str:
+    return built_in_scenario_text("demo")
+
+
+def load_fleet(
+    scenario: str = "demo", hosts: int | None = None, seed: int = 1, locale: str | None = None
+) -> Fleet:
+    """A built-in scenario (``demo``, ``ha``), a YAML file path, or ``hosts=N``: a generated
+    fleet of N managed computers (plus one VMM server), deterministic for ``seed``.
+    ``locale`` (``en-US``, ``ja-JP``) sets the VMM servers' display language, overriding the
+    scenario's ``locale``; ScenarioError (a ValueError) for anything else."""
+    if locale is not None:
+        try:
+            locale = locales.parse_locale(locale)
+        except ValueError as error:
+            raise ScenarioError(f"--locale: {error}") from None
     if hosts is not None:
         if scenario != "demo":
-            raise ScenarioError("--hosts generates a fleet: it cannot be combined with a file")
+            raise ScenarioError("--hosts generates a fleet: it cannot be combined with --scenario")
         from vmm_cert_exporter.lab.generate import generated_scenario
 
-        return build_fleet(generated_scenario(hosts, seed), where=f"generated(hosts={hosts})")
-    if scenario == "demo":
-        return build_fleet(yaml.safe_load(demo_scenario_text()), where="demo.yaml")
-    return load_scenario_file(scenario)
+        return build_fleet(
+            generated_scenario(hosts, seed), where=f"generated(hosts={hosts})", locale=locale
+        )
+    if scenario in BUILT_IN:
+        data = yaml.safe_load(built_in_scenario_text(scenario))
+        return build_fleet(data, where=f"{scenario}.yaml", locale=locale)
+    return load_scenario_file(scenario, locale=locale)
