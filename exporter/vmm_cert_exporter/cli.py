@@ -115,11 +115,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = sub.add_parser("lab", help="start the simulated SCVMM fleet (WS-Management on 127.0.0.1)")
-    p.add_argument("--scenario", default="demo", metavar="demo|FILE")
+    p.add_argument("--scenario", default="demo", metavar="demo|ha|FILE")
     p.add_argument("--hosts", type=int, default=None, metavar="N", help="generate N hosts")
     p.add_argument("--seed", type=int, default=1, metavar="S")
     p.add_argument("--listen", default="127.0.0.1:0", metavar="127.0.0.1:PORT")
     p.add_argument("--tls", action="store_true", help="serve HTTPS with the lab CA")
+    p.add_argument(
+        "--locale",
+        default=None,
+        metavar="en-US|ja-JP",
+        help="language of VMM's display strings (default: the scenario's, else en-US)",
+    )
     p.add_argument("--write-config", default=None, metavar="PATH")
     _add_logging(p)
 

@@ -9,6 +9,7 @@ import sys
 import threading
 from types import FrameType
 
+from vmm_cert_exporter.lab.locales import parse_locale
 from vmm_cert_exporter.lab.runner import parse_listen, start_lab
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING}
@@ -26,12 +27,18 @@ def run(args: argparse.Namespace) -> int:
         print("vmm-cert-exporter lab: --hosts must be >= 0", file=sys.stderr)
         return 2
     try:
+        locale = None if getattr(args, "locale", None) is None else parse_locale(args.locale)
+    except ValueError as exc:
+        print(f"vmm-cert-exporter lab: --locale: {exc}", file=sys.stderr)
+        return 2
+    try:
         lab = start_lab(
             scenario=args.scenario,
             hosts=args.hosts,
             seed=args.seed,
             listen=args.listen,
             tls=args.tls,
+            locale=locale,
         )
     except (OSError, ValueError) as exc:
         print(f"vmm-cert-exporter lab: cannot start: {exc}", file=sys.stderr)

@@ -106,10 +106,13 @@ class RunningLab:
 
     @property
     def vmm_servers(self) -> list[str]:
-        """FQDNs of the model's VMM servers (empty if the model does not say)."""
-        finder = getattr(self.model, "vmm_server_fqdns", None)
-        if callable(finder):
-            return [str(f) for f in finder()]
+        """The names the written configuration uses for the model's VMM servers: each one's
+        ``config_name`` (an HA server's role name, or an alias), else its FQDN; empty if the
+        model does not say."""
+        for method in ("vmm_config_names", "vmm_server_fqdns"):
+            finder = getattr(self.model, method, None)
+            if callable(finder):
+                return [str(f) for f in finder()]
         # Fallback for models without vmm_server_fqdns(): look at the listing's roles.
         out = []
         for comp in self.model.list_computers():
@@ -211,6 +214,7 @@ def start_lab(
     receive_chunk: int = 8192,
     max_operation_wait: float = 60.0,
     tls_listener: bool = True,
+    locale: str | None = None,
 ) -> RunningLab:
     """Load the scenario (or use ``fleet``), start serving, return the running lab.
 
@@ -218,13 +222,20 @@ def start_lab(
     ``state_dir`` receives the lab CA; a temporary one is made (and removed) if omitted.
     ``tls_listener`` also starts the TLS listener that presents every computer's current
     certificate by SNI (``.tls_probe_address``), for models that are a ``Fleet``.
+    ``locale`` (``"en-US"``, ``"ja-JP"``) is the language of VMM's display strings; it
+    overrides the scenario's ``locale`` (a given ``fleet`` must be a ``Fleet``).
     """
     host, port = parse_listen(listen)
     if fleet is None:
         # Imported here: the model is another module's job and heavy to import.
         from vmm_cert_exporter.lab.scenario import load_fleet
 
-        fleet = load_fleet(scenario, hosts=hosts, seed=seed)
+        fleet = load_fleet(scenario, hosts=hosts, seed=seed, locale=locale)
+    elif locale is not None:
+        set_locale = getattr(fleet, "set_locale", None)
+        if not callable(set_locale):
+            raise ValueError("locale: this fleet model has no display language to set")
+        set_locale(locale)
     owns = state_dir is None
     directory = Path(tempfile.mkdtemp(prefix="vmm-lab-")) if state_dir is None else Path(state_dir)
     directory.mkdir(parents=True, exist_ok=True)
