@@ -26,7 +26,6 @@ from types import FrameType
 from typing import Any, TextIO
 
 from vmm_cert_exporter.config import Config, ConfigError, load_config, validate_fqdn
-from vmm_cert_exporter.inventory import Computer
 from vmm_cert_exporter.logs import setup_logging
 from vmm_cert_exporter.receiver import planner, runbook
 from vmm_cert_exporter.receiver.discovery import InventoryCache
@@ -162,9 +161,10 @@ def renew_command(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    target = planner.renewal_target(computer, inventory.vmm_views)
     refusal = planner.host_allowed(
-        computer.fqdn,
-        computer.role,
+        target.computer.fqdn,
+        target.computer.role,
         allow_hosts=rcfg.allow_hosts,
         deny_hosts=rcfg.deny_hosts,
         allow_roles=rcfg.allow_roles,
@@ -172,46 +172,58 @@ def renew_command(args: argparse.Namespace) -> int:
     if refusal is not None:
         print(f"error: {computer.fqdn} {refusal} (receiver policy)", file=sys.stderr)
         return 2
-    if computer.vmm_server is None:
+    if target.vmm_server is None:
         print(f"error: no VMM server known to manage {computer.fqdn}", file=sys.stderr)
         return 2
     mode = "EXECUTE" if args.execute else "DRY RUN (nothing will be changed)"
-    print(f"{mode}: {computer.fqdn} ({computer.role}), VMM server {computer.vmm_server}", file=out)
+    print(
+        f"{mode}: {computer.fqdn} ({target.computer.role}), VMM server {target.vmm_server}",
+        file=out,
+    )
     try:
-        state = runbook.read_state(runner, computer.fqdn, computer.vmm_server)
+        state = runbook.read_state(runner, computer.fqdn, target.vmm_server)
     except StepFailed as exc:
         print(f"preflight failed: {exc.reason}", file=out)
         return 1
     now = time.time()
+    # the same decisions, in the same order, as the engine's preflight
     procedure, why = planner.choose_procedure(state.computer, state.view)
     problems = runbook.problems(state, now=now, min_validity=rcfg.min_validity)
+    print(f"VMM state: {runbook.vmm_state_text(state.computer)}", file=out)
     print(f"found: {runbook.describe_certificates(state.certificates)}", file=out)
     print(f"trusted by VMM: {state.trusted}", file=out)
+    if procedure is None:
+        print(f"cannot renew: {why}", file=out)
+        return 1
     if not problems:
         print("already fresh: nothing to do", file=out)
         return 0
     print("not fresh: " + "; ".join(problems), file=out)
-    if procedure is None:
-        print(f"cannot renew: {why}", file=out)
-        return 1
     print(f"procedure: {procedure} ({why})", file=out)
     try:
+        if procedure == planner.REMOVE_REGISTER:
+            runbook.check_run_as_account(runner, state.view.vmm_server, rcfg.run_as_account)
         steps = runbook.plan_steps(state, procedure, rcfg.run_as_account)
     except StepFailed as exc:
-        print(f"cannot plan: {exc.reason}", file=out)
+        print(f"cannot renew: {exc.reason}", file=out)
         return 1
     _print_plan(steps, out)
     if not args.execute:
         print("\ndry run: nothing was changed; run again with --execute to renew", file=out)
         return 0
-    return _execute(config, runner, computer, procedure, out)
+    return _execute(config, runner, target, procedure, out)
 
 
 def _execute(
-    config: Config, runner: WinRMRunner, computer: Computer, procedure: str, out: TextIO
+    config: Config,
+    runner: WinRMRunner,
+    target: planner.RenewalTarget,
+    procedure: str,
+    out: TextIO,
 ) -> int:
     if config.receiver is None:
         return 2
+    computer = target.computer
     host = computer.fqdn
     try:
         journal = Journal(config.receiver.journal)
@@ -249,7 +261,7 @@ def _execute(
                 job = journal.create_job(
                     host=computer.fqdn,
                     role=computer.role,
-                    vmm_server=computer.vmm_server,
+                    vmm_server=target.vmm_server,
                     is_vmm_server=computer.is_vmm_server,
                     procedure=procedure,
                     mode="execute",

@@ -4,7 +4,8 @@ Built by the exporter's own code (``inventory.view_from_result`` and ``build_inv
 so an alert's ``host`` label names exactly the computers the exporter publishes. The
 receiver asks every configured VMM server for its managed computers, because renewing a
 computer needs to know which VMM server re-registers it; computers of a server with
-``discover: false`` are only kept when they are also configured under ``hosts``.
+``discover: false`` are only kept when they are also configured under ``hosts`` (the VMM
+server's own names, its cluster nodes included, are always kept).
 
 Refreshed in the background every ``collection.interval``; a VMM server that cannot be read
 keeps its last view (as in the exporter). Webhook requests never cause WinRM calls.
@@ -66,9 +67,13 @@ class InventoryCache:
                 continue
             self.errors.pop(server.host, None)
             if not server.discover:
-                # still read, to learn which static hosts this server manages
+                # still read, to learn which static hosts this server manages; the VMM
+                # server's own names stay, so that none of them is ever taken for a host
                 keep = static | {fqdn_key(server.host)}
-                view = replace(view, managed=tuple(c for c in view.managed if c.key in keep))
+                view = replace(
+                    view,
+                    managed=tuple(c for c in view.managed if c.key in keep or c.is_vmm_server),
+                )
             self._views[fqdn_key(server.host)] = view
         self.inventory = build_inventory(self._config, self._views.values())
         self.loaded.set()

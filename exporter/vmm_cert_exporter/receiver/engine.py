@@ -271,15 +271,34 @@ class Engine:
             self._fail(job, attempt, failed)
             return
         now = self.clock()
+        # re-decided from the fresh view: a name learnt to be the VMM server's since the
+        # alert, or a version changed since, never gets the procedure planned at intake
         procedure, why = planner.choose_procedure(state.computer, state.view)
         problems = runbook.problems(state, now=now, min_validity=self.rcfg.min_validity)
+        read = {**state.summary(), "problems": problems}
+        before = state.certificates_json()
+        if procedure == planner.REMOVE_REGISTER and problems:
+            try:
+                # before anything is deleted: the register must be able to pick its account
+                runbook.check_run_as_account(
+                    self.runner, state.view.vmm_server, self.rcfg.run_as_account
+                )
+            except StepFailed as failed:
+                self.journal.step_finished(step_id, "failed", failed.reason, read)
+                self.journal.set_plan(
+                    job.id,
+                    procedure=procedure,
+                    plan={"procedure": procedure, "why": why, "problems": problems, "steps": []},
+                    certificates_before=before,
+                )
+                self._fail(job, attempt, failed)
+                return
         self.journal.step_finished(
             step_id,
             "succeeded",
             "fresh: nothing to do" if not problems else "; ".join(problems),
-            {**state.summary(), "problems": problems},
+            read,
         )
-        before = state.certificates_json()
         if procedure is None:
             self.journal.set_plan(
                 job.id,

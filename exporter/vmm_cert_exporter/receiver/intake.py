@@ -8,7 +8,9 @@ fails is recorded as the alert's rejection reason (and nothing runs):
 3. it has a ``host`` label that is a plain ASCII FQDN (no whitespace, no trailing dot, no
    look-alike Unicode) naming a computer of the inventory (case-insensitive, as Windows);
 4. policy allows the host (``deny_hosts``, ``allow_hosts``, ``allow_roles``);
-5. a procedure exists for it (a highly available VMM server needs Update-SCVMMCertificate).
+5. a procedure exists for it: any name of the VMM server (``planner.deciding_view``) gets
+   procedure 2, or procedure 1 only on a single VMM server without Update-SCVMMCertificate;
+   a highly available one without the cmdlet is refused (apply the update rollup first).
 
 Then, idempotently: a copy of an alert already seen (same fingerprint, same start, same
 mode: Alertmanager repeats notifications) joins the job it led to; an alert for a host with
@@ -24,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vmm_cert_exporter.config import ReceiverConfig, validate_fqdn
-from vmm_cert_exporter.inventory import Inventory, fqdn_key
+from vmm_cert_exporter.inventory import Inventory
 from vmm_cert_exporter.receiver import planner
 from vmm_cert_exporter.receiver.journal import ActiveJobExists, Journal
 from vmm_cert_exporter.receiver.webhook import WebhookAlert, WebhookPayload
@@ -84,26 +86,26 @@ def decide(
         return _reject(
             alert, host_label, f"host {_shown(host_label)} is not a computer of the inventory"
         )
+    target = planner.renewal_target(computer, inventory.vmm_views)
     refusal = planner.host_allowed(
-        computer.fqdn,
-        computer.role,
+        target.computer.fqdn,
+        target.computer.role,
         allow_hosts=config.allow_hosts,
         deny_hosts=config.deny_hosts,
         allow_roles=config.allow_roles,
     )
     if refusal is not None:
         return _reject(alert, computer.fqdn, f"not allowed: {computer.fqdn} {refusal}")
-    if computer.vmm_server is None:
+    if target.vmm_server is None:
         return _reject(
             alert,
             computer.fqdn,
             f"no VMM server known to manage {computer.fqdn} (list its VMM server under "
             "vmm_servers): nowhere to re-register it",
         )
-    view = inventory.vmm_views.get(fqdn_key(computer.vmm_server))
-    procedure, why = planner.choose_procedure(computer, view)
-    if procedure is None:
-        return _reject(alert, computer.fqdn, why)
+    if target.procedure is None:
+        return _reject(alert, computer.fqdn, target.why)
+    procedure, why = target.procedure, target.why
 
     mode = config.mode
     seen = journal.job_for_alert(alert.fingerprint, alert.starts_at, mode)
@@ -133,9 +135,9 @@ def decide(
     try:
         job = journal.create_job(
             host=computer.fqdn,
-            role=computer.role,
-            vmm_server=computer.vmm_server,
-            is_vmm_server=computer.is_vmm_server,
+            role=target.computer.role,
+            vmm_server=target.vmm_server,
+            is_vmm_server=target.computer.is_vmm_server,
             procedure=procedure,
             mode=mode,
             source="alertmanager",

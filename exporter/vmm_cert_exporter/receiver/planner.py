@@ -2,12 +2,17 @@
 
 The support article's two procedures (docs/renewal.md):
 
-- ``remove-register`` (procedure 1, any managed computer, the VMM server included): delete
-  the SCVMM certificate(s) from the computer's ``LocalMachine\\My`` by thumbprint, then
-  ``Register-SCVMMManagedComputer`` on its VMM server with a Run As account named in VMM.
+- ``remove-register`` (procedure 1, any managed computer): delete the SCVMM certificate(s)
+  from the computer's ``LocalMachine\\My`` by thumbprint, then ``Register-SCVMMManagedComputer``
+  on its VMM server with a Run As account named in VMM.
 - ``update-vmm-certificate`` (procedure 2, the VMM server only, on versions that have
-  ``Update-SCVMMCertificate``). For a highly available VMM server it is the only supported
-  method: without it, nothing is done.
+  ``Update-SCVMMCertificate``).
+
+"The VMM server" is every name it goes by (``VmmView.is_server_name``): the configured name,
+VMM's own FQDN, a computer whose role holds ``VMMServerRole``, each node of a highly
+available one. Procedure 1 runs on such a name only when VMM says the server is a single,
+not highly available one without ``Update-SCVMMCertificate``; a highly available one without
+it gets nothing, whatever else is known.
 
 "Fresh" is defined once, here, for preflight and verification alike: exactly one SCVMM
 certificate, NotAfter at least ``min_validity`` away, and VMM's TrustedPeople copy matching
@@ -17,12 +22,12 @@ its thumbprint (for the VMM server only when VMM keeps a self-copy; see collecti
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Final
 
-from vmm_cert_exporter.inventory import Computer, VmmView
+from vmm_cert_exporter.inventory import Computer, VmmView, fqdn_key
 from vmm_cert_exporter.snapshot import StoredCertificate
 
 REMOVE_REGISTER: Final = "remove-register"
@@ -39,33 +44,103 @@ STEPS: Final = (STEP_PREFLIGHT, STEP_REMOVE, STEP_REGISTER, STEP_UPDATE, STEP_VE
 
 DAY: Final = 86400.0
 
+# The versions from which Update-SCVMMCertificate exists (the support article).
+UPDATE_ROLLUP: Final = "apply the update rollup (VMM 2016 UR10, 2019 UR2, 2022 RTM or later)"
 NO_PROCEDURE_HA: Final = (
-    "no supported procedure: a highly available VMM server can only be renewed with "
-    "Update-SCVMMCertificate (VMM 2016 UR10+, 2019 UR2+, 2022, 2025), which this VMM version "
-    "does not have; upgrade VMM, then renew (never remove and re-add a VMM server)"
+    "no supported procedure: a highly available VMM server may only be renewed with "
+    "Update-SCVMMCertificate (removing and re-registering it must never run on any of its "
+    f"names), and this VMM server does not have it or did not say: {UPDATE_ROLLUP}, "
+    "then renew"
 )
 
 
+def deciding_view(computer: Computer, views: Mapping[str, VmmView]) -> VmmView | None:
+    """The VMM view that decides for ``computer``: that of the VMM server it is a name of,
+    else that of the VMM server managing it (None when neither is known).
+
+    A name of one VMM server may be reported by another that manages it as a host; it is
+    still that VMM server's, and only its own procedure applies.
+    """
+    for view in views.values():
+        if view.is_server_name(computer.fqdn):
+            return view
+    if computer.vmm_server is None:
+        return None
+    return views.get(fqdn_key(computer.vmm_server))
+
+
+def is_server_name(computer: Computer, view: VmmView | None) -> bool:
+    """Whether ``computer`` is one of the names of ``view``'s VMM server."""
+    return computer.is_vmm_server or (view is not None and view.is_server_name(computer.fqdn))
+
+
 def choose_procedure(computer: Computer, view: VmmView | None) -> tuple[str | None, str]:
-    """The procedure for ``computer`` given its VMM server's view: (procedure, why).
+    """The procedure for ``computer`` given the deciding view: (procedure, why).
 
     ``None`` means no procedure may be used. Without a view (discovery has not reached the
-    VMM server yet) a VMM server gets procedure 1 provisionally: preflight re-decides with
-    a fresh view before anything changes.
+    VMM server yet) a name of the VMM server is planned with procedure 2 provisionally:
+    preflight re-decides with a fresh view before anything changes, so procedure 1 is
+    only ever chosen from what VMM itself said.
     """
-    if not computer.is_vmm_server:
+    if not is_server_name(computer, view):
         return REMOVE_REGISTER, "managed computer: procedure 1 (remove, then re-register)"
     if view is None:
-        return REMOVE_REGISTER, "VMM server, version not known yet: decided again at preflight"
+        return UPDATE_CERTIFICATE, "VMM server, version not known yet: decided again at preflight"
+    server = view.reported_name or view.vmm_server
+    name = "" if fqdn_key(computer.fqdn) == fqdn_key(server) else f" ({computer.fqdn})"
     if view.supports_update_certificate:
         return UPDATE_CERTIFICATE, (
-            f"VMM server {view.version} has Update-SCVMMCertificate: procedure 2"
+            f"VMM server {server}{name}, version {view.version}, has "
+            "Update-SCVMMCertificate: procedure 2"
         )
-    if view.high_availability:
-        return None, NO_PROCEDURE_HA
+    if view.is_highly_available:
+        return None, (
+            f"VMM server {server}{name} is highly available, version {view.version}: "
+            f"{NO_PROCEDURE_HA}"
+        )
     return REMOVE_REGISTER, (
-        f"VMM server {view.version} without Update-SCVMMCertificate (or it did not say): "
-        "procedure 1 on itself"
+        f"VMM server {server}{name}, version {view.version}, not highly available, without "
+        "Update-SCVMMCertificate (or it did not say): procedure 1 on itself"
+    )
+
+
+@dataclass(frozen=True)
+class RenewalTarget:
+    """What the inventory says about renewing one computer, before anything is read."""
+
+    computer: Computer  # a name of a VMM server as such (role vmm_server), whatever configured
+    vmm_server: str | None  # the configured VMM server whose scripts renew it
+    procedure: str | None
+    why: str
+
+
+def renewal_target(computer: Computer, views: Mapping[str, VmmView]) -> RenewalTarget:
+    """Intake's (and ``renew``'s) decision for ``computer``; preflight decides again."""
+    view = deciding_view(computer, views)
+    if is_server_name(computer, view):
+        # policy (allow_roles) sees a VMM server's every name as the VMM server
+        computer = replace(computer, role="vmm_server", is_vmm_server=True)
+    procedure, why = choose_procedure(computer, view)
+    vmm_server = view.vmm_server if view is not None else computer.vmm_server
+    return RenewalTarget(computer, vmm_server, procedure, why)
+
+
+def run_as_problem(name: str, matches: int) -> str | None:
+    """None when exactly one Run As account carries ``name``; else why procedure 1 may not
+    start. Counted as the scripts select it: PowerShell's ``-eq`` (the whole name, any case,
+    no wildcards), so the account that would be used is the one that was checked."""
+    if matches == 1:
+        return None
+    if matches == 0:
+        return (
+            f"Run As account {name!r} not found: 0 accounts have exactly that name (whole "
+            "name, any case, no wildcards); create it in VMM or correct "
+            "receiver.run_as_account"
+        )
+    return (
+        f"Run As account {name!r} is ambiguous: {matches} accounts have exactly that name "
+        "(whole name, any case); rename all but one in VMM, or name a unique account in "
+        "receiver.run_as_account"
     )
 
 

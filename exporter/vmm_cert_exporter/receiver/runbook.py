@@ -31,6 +31,7 @@ from vmm_cert_exporter.results import (
     parse_job_result,
     parse_managed_computers,
     parse_remove_result,
+    parse_run_as_matches,
     parse_trusted_certificates,
 )
 from vmm_cert_exporter.snapshot import StoredCertificate
@@ -65,6 +66,7 @@ class StepFailed(Exception):
 class HostState:
     """What one read of both ends found."""
 
+    host: str  # the name the certificates were read from (and are removed on)
     computer: Computer  # as VMM reports it now (fresh role, state, spelling)
     view: VmmView
     certificates: tuple[StoredCertificate, ...]
@@ -89,28 +91,51 @@ class HostState:
             "vmm_version": self.view.version,
             "high_availability": self.view.high_availability,
             "supports_update_certificate": self.view.supports_update_certificate,
+            # the invariant State decides; its translated StateString is for people only
             "vmm_state": self.computer.vmm_state,
+            "vmm_state_display": self.computer.vmm_state_display,
             "certificates": self.certificates_json(),
             "trusted": self.trusted,
             "trusted_people_thumbprints": list(self.trusted_thumbprints),
         }
 
 
-def _output(step: str, output: ScriptOutput) -> str:
-    first = (output.stderr or output.stdout).strip().splitlines()
-    return first[0][:300] if first else "(no error text)"
+def vmm_state_text(computer: Computer) -> str:
+    """VMM's state of ``computer`` for a person: the invariant name, and VMM's own
+    (possibly translated) text beside it when that differs."""
+    state = computer.vmm_state or "unknown"
+    display = computer.vmm_state_display
+    return f"{state} ({display})" if display and display != state else state
 
 
-def _read(runner: ScriptRunner, step: str, host: str, operation: str) -> str:
+def _read(runner: ScriptRunner, step: str, host: str, operation: str, **params: object) -> str:
     try:
-        output = runner.run(host, render_script(operation))
+        output = runner.run(host, render_script(operation, params or None))
     except CollectError as exc:
         raise StepFailed(step, f"{operation} on {host}: {exc}") from exc
-    if output.exit_code != 0:
-        raise StepFailed(
-            step, f"{operation} on {host}: exit code {output.exit_code}: {_output(step, output)}"
-        )
+    failure = output.failure()
+    if failure is not None:
+        raise StepFailed(step, f"{operation} on {host}: {failure}")
     return output.stdout
+
+
+def _find(view: VmmView, host: str) -> Computer | None:
+    """``host`` as VMM lists it now. A name of the VMM server that VMM does not list (the
+    configured alias, the clustered role name) stands for VMM's own entry when there is
+    one, so that a register names the computer as VMM knows it. (``view_from_result`` has
+    marked every listed name of the VMM server as such.)"""
+    key = fqdn_key(host)
+    listed = next((c for c in view.managed if c.key == key), None)
+    if listed is not None or not view.is_server_name(host):
+        return listed
+    if not view.is_highly_available:
+        own = fqdn_key(view.reported_name)
+        listed = next((c for c in view.managed if c.key == own), None)
+        if listed is not None:
+            return listed
+    # Whether VMM lists itself among its managed computers is not verified: do not
+    # require it for the VMM server.
+    return Computer(fqdn=host, role="vmm_server", vmm_server=view.vmm_server, is_vmm_server=True)
 
 
 def read_state(
@@ -130,26 +155,12 @@ def read_state(
         collected = parse_collect_certificates(_read(runner, step, host, "collect-certificates"))
     except ScriptOutputError as exc:
         raise StepFailed(step, f"output broke the script contract: {exc}") from exc
-    key = fqdn_key(host)
-    is_server = key == fqdn_key(vmm_server)
-    computer = next((c for c in view.managed if c.key == key), None)
+    computer = _find(view, host)
     if computer is None:
-        if not is_server:
-            raise StepFailed(
-                step,
-                f"{vmm_server} does not manage {host} (any more): nothing to re-register",
-                permanent=True,
-            )
-        # Whether VMM lists itself among its managed computers is not verified: do not
-        # require it for the VMM server.
-        computer = Computer(fqdn=host, role="vmm_server", vmm_server=vmm_server, is_vmm_server=True)
-    elif is_server and not computer.is_vmm_server:
-        computer = Computer(
-            fqdn=computer.fqdn,
-            role="vmm_server",
-            vmm_server=vmm_server,
-            vmm_state=computer.vmm_state,
-            is_vmm_server=True,
+        raise StepFailed(
+            step,
+            f"{vmm_server} does not manage {host} (any more): nothing to re-register",
+            permanent=True,
         )
     try:
         certificates = stored_certificates(collected)
@@ -159,12 +170,30 @@ def read_state(
     current = max(certificates, key=lambda c: c.info.not_after) if certificates else None
     trusted = trust_of(computer, current, copies)
     return HostState(
+        host=host,
         computer=computer,
         view=view,
         certificates=certificates,
         trusted=trusted,
-        trusted_thumbprints=tuple(sorted(copies.by_name.get(key, frozenset()))),
+        trusted_thumbprints=tuple(sorted(copies.by_name.get(computer.key, frozenset()))),
     )
+
+
+def check_run_as_account(
+    runner: ScriptRunner, vmm_server: str, name: str, *, step: str = planner.STEP_PREFLIGHT
+) -> None:
+    """``find-run-as-account`` on the VMM server: ``StepFailed`` (permanent) unless exactly
+    one account carries ``name``. Read-only, so preflight runs it before anything is deleted:
+    a register that cannot pick its account would otherwise fail behind the delete."""
+    try:
+        found = parse_run_as_matches(
+            _read(runner, step, vmm_server, "find-run-as-account", run_as_account=name)
+        )
+    except ScriptOutputError as exc:
+        raise StepFailed(step, f"output broke the script contract: {exc}") from exc
+    problem = planner.run_as_problem(name, found.matches)
+    if problem is not None:
+        raise StepFailed(step, f"{problem} (find-run-as-account on {vmm_server})", permanent=True)
 
 
 def problems(state: HostState, *, now: float, min_validity: float) -> list[str]:
@@ -178,9 +207,13 @@ def problems(state: HostState, *, now: float, min_validity: float) -> list[str]:
 
 
 def plan_steps(state: HostState, procedure: str, run_as_account: str) -> list[PlannedStep]:
-    """The change steps of ``procedure`` for what ``state`` found, with their exact scripts."""
+    """The change steps of ``procedure`` for what ``state`` found, with their exact scripts.
+
+    The certificates are removed on the name they were read from; the register names the
+    computer as VMM lists it.
+    """
     server = state.view.vmm_server
-    host = state.computer.fqdn
+    host = state.host
     if procedure == planner.UPDATE_CERTIFICATE:
         params: dict[str, object] = {"vmm_server": server}
         return [
@@ -188,6 +221,9 @@ def plan_steps(state: HostState, procedure: str, run_as_account: str) -> list[Pl
                 planner.STEP_UPDATE, server, params, render_script("update-vmm-certificate", params)
             )
         ]
+    if state.computer.is_vmm_server and state.view.is_highly_available:
+        # the last point before a script is rendered: never procedure 1 on an HA VMM server
+        raise StepFailed(planner.STEP_PREFLIGHT, planner.NO_PROCEDURE_HA, permanent=True)
     thumbprints = [c.info.thumbprint.upper() for c in state.certificates]
     if len(thumbprints) > MAX_THUMBPRINTS:
         raise StepFailed(
@@ -217,7 +253,10 @@ def plan_steps(state: HostState, procedure: str, run_as_account: str) -> list[Pl
                 skip_reason="no SCVMM certificate in LocalMachine\\My: nothing to remove",
             )
         )
-    register: dict[str, object] = {"computer": host, "run_as_account": run_as_account}
+    register: dict[str, object] = {
+        "computer": state.computer.fqdn,
+        "run_as_account": run_as_account,
+    }
     steps.append(
         PlannedStep(
             planner.STEP_REGISTER,
@@ -238,11 +277,9 @@ def run_step(runner: ScriptRunner, step: PlannedStep, timeout: float) -> dict[st
             step.name, f"on {step.target}: {exc}", unknown=exc.reason not in _NOT_SENT
         ) from exc
     if step.name == planner.STEP_REMOVE:
-        if output.exit_code != 0:
-            raise StepFailed(
-                step.name,
-                f"on {step.target}: exit code {output.exit_code}: {_output(step.name, output)}",
-            )
+        failure = output.failure()
+        if failure is not None:
+            raise StepFailed(step.name, f"on {step.target}: {failure}")
         try:
             removed = parse_remove_result(output.stdout)
         except ScriptOutputError as exc:
@@ -252,11 +289,9 @@ def run_step(runner: ScriptRunner, step: PlannedStep, timeout: float) -> dict[st
     try:
         job = parse_job_result(output.stdout, step.name)
     except ScriptOutputError as exc:
-        if output.exit_code != 0:
-            raise StepFailed(
-                step.name,
-                f"on {step.target}: exit code {output.exit_code}: {_output(step.name, output)}",
-            ) from exc
+        failure = output.failure()
+        if failure is not None:
+            raise StepFailed(step.name, f"on {step.target}: {failure}") from exc
         raise StepFailed(step.name, f"on {step.target}: {exc}", unknown=True) from exc
     if job.status != "Completed":
         raise StepFailed(step.name, f"on {step.target}: VMM reported: {job.error}")
