@@ -19,6 +19,7 @@ _HANDLERS: dict[str, tuple[str, str]] = {
     "serve": ("vmm_cert_exporter.serve", "run"),
     "check": ("vmm_cert_exporter.check", "run"),
     "check-config": ("vmm_cert_exporter.config", "check_config_command"),
+    "capture": ("vmm_cert_exporter.capture", "capture_command"),
     "print-script": ("vmm_cert_exporter.powershell", "print_script_command"),
     "demo": ("vmm_cert_exporter.demo", "run"),
     "rules": ("vmm_cert_exporter.rules", "rules_command"),
@@ -105,6 +106,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", help="validate a configuration file and exit")
     _add_config(p)
 
+    p = sub.add_parser(
+        "capture",
+        help="run every read-only call on the fleet once and record the answers (docs/capture.md)",
+    )
+    _add_config(p)
+    p.add_argument("--out", required=True, metavar="DIR", help="a new or empty directory")
+    p.add_argument(
+        "--redact",
+        action="store_true",
+        help="replace every hostname by hostNNN.redacted and re-issue the certificates",
+    )
+    p.add_argument("--force", action="store_true", help="replace an earlier capture in DIR")
+    _add_logging(p)
+
     p = sub.add_parser("print-script", help="print the exact PowerShell sent for an operation")
     p.add_argument("operation", help="a script-contract operation, e.g. collect-certificates")
     p.add_argument(
@@ -127,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="language of VMM's display strings (default: the scenario's, else en-US)",
     )
     p.add_argument("--write-config", default=None, metavar="PATH")
+    p.add_argument(
+        "--replay",
+        default=None,
+        metavar="DIR",
+        help="serve the answers recorded by `vmm-cert-exporter capture` (read-only)",
+    )
     _add_logging(p)
 
     p = sub.add_parser("rules", help="print the alerting rules, optionally with other thresholds")

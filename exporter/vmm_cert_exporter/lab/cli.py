@@ -10,6 +10,7 @@ import threading
 from types import FrameType
 
 from vmm_cert_exporter.lab.locales import parse_locale
+from vmm_cert_exporter.lab.replay import replay_from_args, write_replay_config
 from vmm_cert_exporter.lab.runner import parse_listen, start_lab
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING}
@@ -32,12 +33,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"vmm-cert-exporter lab: --locale: {exc}", file=sys.stderr)
         return 2
     try:
+        replay = replay_from_args(args)
+    except ValueError as exc:
+        print(f"vmm-cert-exporter lab: --replay: {exc}", file=sys.stderr)
+        return 2
+    try:
         lab = start_lab(
             scenario=args.scenario,
             hosts=args.hosts,
             seed=args.seed,
             listen=args.listen,
             tls=args.tls,
+            fleet=replay,
             locale=locale,
         )
     except (OSError, ValueError) as exc:
@@ -53,7 +60,11 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     try:
         if args.write_config:
-            path = lab.write_config(args.write_config)
+            path = (
+                lab.write_config(args.write_config)
+                if replay is None
+                else write_replay_config(lab, replay, args.write_config)
+            )
             print(f"config:    {path}")
         print(f"endpoint:  {lab.endpoint_template}")
         print(f"control:   {lab.control_url}")

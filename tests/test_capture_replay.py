@@ -1,0 +1,550 @@
+"""capture and lab --replay, over real pywinrm: record a fleet, serve it back, judge it the same.
+
+One lab plays the fleet: the demo scenario with a random canary password and one computer of
+each failure the exporter classifies. It is captured as is and with --redact (as an
+administrator runs the command), then each capture is replayed by the lab and read by the
+exporter, whose verdicts must match what it said of the original fleet.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import secrets
+import shutil
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from datetime import datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import yaml
+from cryptography import x509
+
+from vmm_cert_exporter.cli import main
+from vmm_cert_exporter.collection import Refresher
+from vmm_cert_exporter.config import load_config
+from vmm_cert_exporter.failures import CollectError
+from vmm_cert_exporter.lab import powershell as lab_ps
+from vmm_cert_exporter.lab.interfaces import Faults
+from vmm_cert_exporter.lab.replay import load_replay, write_replay_config
+from vmm_cert_exporter.lab.runner import RunningLab, start_lab
+from vmm_cert_exporter.powershell import render_script
+from vmm_cert_exporter.remoting import WinRMRunner
+from vmm_cert_exporter.results import parse_collect_certificates, parse_job_result
+
+EXE = str(Path(sys.executable).parent / "vmm-cert-exporter")
+D = ".lab.example"
+FAULTS = {
+    f"hv02{D}": Faults(http_401=True),  # auth, before any script
+    f"hv03{D}": Faults(access_denied=True),  # auth: WS-Man AccessDenied
+    f"hv04{D}": Faults(garbage_stdout=True),  # parse: bytes that are not UTF-8
+    f"hv05{D}": Faults(script_error=True),  # script: a CLIXML error record, exit 1
+    f"hv06{D}": Faults(progress_only_stderr=True),  # fine, with CLIXML progress on stderr
+    f"hv07{D}": Faults(receive_timeout=True),  # timeout
+    # hv40 is refused by the demo scenario itself: connect
+}
+ACCOUNT_NAME = "svc-vmmcert"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the exporter concluded about one computer, as compared across captures."""
+
+    role: str
+    vmm_state: str | None
+    present: bool | None
+    certificates: int | None
+    not_after: datetime | None
+    trusted: bool | None
+    ok: bool
+    reason: str | None
+
+
+@dataclass
+class Fleet:
+    lab: RunningLab
+    root: Path
+    password: str
+    config: Path
+    original: dict[str, Verdict]
+    plain: Path
+    redacted: Path
+    printed: str  # what both capture commands printed
+
+
+def verdicts(config: Path) -> dict[str, Verdict]:
+    snapshot = Refresher(load_config(config)).refresh_once()
+    return {
+        h.computer.fqdn.lower(): Verdict(
+            role=h.computer.role,
+            vmm_state=h.computer.vmm_state,
+            present=h.present,
+            certificates=None if h.certificates is None else len(h.certificates),
+            not_after=h.current.info.not_after if h.current else None,
+            trusted=h.trusted,
+            ok=h.last_ok,
+            reason=h.last_error_reason,
+        )
+        for h in snapshot.hosts
+    }
+
+
+def redacted_names(original: dict[str, Verdict]) -> dict[str, str]:
+    """The documented numbering: every name of the capture, sorted, from host001."""
+    return {name: f"host{n:03d}.redacted" for n, name in enumerate(sorted(original), start=1)}
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [EXE, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    root = tmp_path_factory.mktemp("capture")
+    password = "Canary-" + secrets.token_urlsafe(18)
+    demo = resources.files("vmm_cert_exporter.lab").joinpath("scenarios/demo.yaml").read_text()
+    scenario = root / "scenario.yaml"
+    scenario.write_text(demo.replace("password: lab-password", f"password: '{password}'"))
+    with start_lab(scenario=str(scenario), state_dir=root / "lab", max_operation_wait=2.0) as lab:
+        assert lab.account.password == password and lab.account.username == ACCOUNT_NAME
+        for fqdn, faults in FAULTS.items():
+            lab.model.set_faults(fqdn, faults)
+        config = lab.write_config(root / "exporter.yml")
+        data = yaml.safe_load(config.read_text())
+        data["winrm"]["timeout"] = "2s"
+        config.write_text(yaml.safe_dump(data))
+        original = verdicts(config)
+        printed = ""
+        for name, extra in (("plain", []), ("redacted", ["--redact"])):
+            result = run_cli("capture", "--config", str(config), "--out", str(root / name), *extra)
+            assert result.returncode == 0, result.stderr
+            assert "Traceback" not in result.stderr
+            printed += result.stdout + result.stderr
+        yield Fleet(
+            lab, root, password, config, original, root / "plain", root / "redacted", printed
+        )
+
+
+def files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.rglob("*") if p.is_file())
+
+
+def load(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+# --------------------------------------------------------------------------------------------
+# What a capture holds
+
+
+def test_the_original_fleet_has_every_case(fleet: Fleet) -> None:
+    reasons = {k: v.reason for k, v in fleet.original.items() if v.reason}
+    assert reasons == {
+        f"hv02{D}": "auth",
+        f"hv03{D}": "auth",
+        f"hv04{D}": "parse",
+        f"hv05{D}": "script",
+        f"hv07{D}": "timeout",
+        f"hv40{D}": "connect",
+    }
+    assert fleet.original[f"hv39{D}"].trusted is False
+    assert fleet.original[f"hv38{D}"].present is False
+
+
+def test_layout_manifest_and_raw_bytes(fleet: Fleet) -> None:
+    manifest = load(fleet.plain / "manifest.json")
+    assert manifest["format"] == "vmm-cert-exporter-capture" and manifest["format_version"] == 1
+    assert manifest["redacted"] is False
+    assert manifest["operations"] == [
+        "list-managed-computers",
+        "list-trusted-certificates",
+        "collect-certificates",
+    ]
+    assert manifest["vmm_servers"] == [{"host": f"vmm01{D}", "discover": True}]
+    assert {m["fqdn"].lower() for m in manifest["computers"]} == set(fleet.original)
+    assert manifest["summary"]["failed"] == {"auth": 2, "connect": 1, "timeout": 1}
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", manifest["captured_at"])
+    assert stat.S_IMODE(fleet.plain.stat().st_mode) == 0o700  # hostnames: private by default
+
+    computers = fleet.plain / "computers"
+    assert {p.name for p in computers.iterdir()} == set(fleet.original)
+    vmm = computers / f"vmm01{D}"
+    assert {p.name for p in vmm.iterdir()} == {
+        f"{op}.{ext}"
+        for op in ("list-managed-computers", "list-trusted-certificates", "collect-certificates")
+        for ext in ("json", "stdout", "stderr")
+    }
+    # the bytes as the computer sent them: not decoded, not re-encoded
+    assert (computers / f"hv04{D}" / "collect-certificates.stdout").read_bytes() == (
+        lab_ps.garbage_stdout()
+    )
+    script_error = computers / f"hv05{D}"
+    assert load(script_error / "collect-certificates.json")["exit_code"] == 1
+    assert (script_error / "collect-certificates.stderr").read_bytes().startswith(b"#< CLIXML")
+    assert (
+        (computers / f"hv06{D}" / "collect-certificates.stderr")
+        .read_bytes()
+        .startswith(b"#< CLIXML")
+    )
+    refused = load(computers / f"hv40{D}" / "collect-certificates.json")
+    assert refused["failure"]["reason"] == "connect"
+    assert not (computers / f"hv40{D}" / "collect-certificates.stdout").exists()
+    assert load(computers / f"hv02{D}" / "collect-certificates.json")["failure"] == {
+        "reason": "auth",
+        "detail": "credentials rejected (HTTP 401)",
+    }
+    healthy = (computers / f"hv01{D}" / "collect-certificates.stdout").read_text()
+    (certificate,) = parse_collect_certificates(healthy).certificates
+    described = fleet.lab.model.describe(f"hv01{D}")
+    assert certificate.thumbprint in {c["thumbprint"] for c in described["certificates"]}
+    assert "captured 45 calls on 43 computers" in fleet.printed
+    assert "use --redact before sharing" in fleet.printed
+
+
+def test_no_credential_is_written_or_printed(fleet: Fleet) -> None:
+    assert fleet.password not in fleet.printed
+    for path in files(fleet.plain) + files(fleet.redacted):
+        data = path.read_bytes().lower()
+        assert fleet.password.lower().encode() not in data, path
+        assert ACCOUNT_NAME.encode() not in data, path
+    for name in ("plain", "redacted"):
+        assert not list(fleet.root.glob(f".{name}.partial-*"))  # nothing left behind
+
+
+# --------------------------------------------------------------------------------------------
+# --redact
+
+
+def _json_strings(value: Any, key: str | None = None) -> Iterator[tuple[str | None, str]]:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _json_strings(v, k)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _json_strings(v, key)
+    elif isinstance(value, str):
+        yield key, value
+
+
+def test_redaction_leaves_no_hostname_anywhere(fleet: Fleet) -> None:
+    fqdns = sorted(fleet.original)
+    shorts = sorted({f.split(".")[0] for f in fqdns})
+    # the short names are tested as words: inside random bytes "hv1" can occur by chance
+    word = re.compile(r"(?<![a-z0-9])(?:" + "|".join(shorts) + r")(?![a-z0-9])", re.IGNORECASE)
+    long_names = [n.encode() for n in [*fqdns, D[1:]]]
+
+    def no_name_in_text(text: str, where: str) -> None:
+        lowered = text.lower()
+        for name in long_names:
+            assert name.decode() not in lowered, where
+        assert word.search(text) is None, (where, word.search(text))
+
+    ders: list[tuple[str, bytes]] = []
+    for path in files(fleet.redacted):
+        relative = str(path.relative_to(fleet.redacted))
+        no_name_in_text(relative, "file name")
+        data = path.read_bytes()
+        try:
+            document = json.loads(data)
+        except ValueError:
+            no_name_in_text(data.decode("latin-1"), relative)  # e.g. the garbage stdout
+            continue
+        for key, value in _json_strings(document):
+            if key == "der_base64":
+                ders.append((relative, base64.b64decode(value)))
+            else:
+                no_name_in_text(value, relative)
+    assert len(ders) > 40
+    for relative, der in ders:
+        lowered = der.lower()
+        for name in long_names:
+            assert name not in lowered, relative
+            assert name.decode().encode("utf-16-be") not in lowered, relative
+        cert = x509.load_der_x509_certificate(der)
+        texts = [cert.subject.rfc4514_string(), cert.issuer.rfc4514_string()]
+        try:
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            texts.extend(san.get_values_for_type(x509.DNSName))
+        except x509.ExtensionNotFound:
+            pass
+        for text in texts:
+            no_name_in_text(text, relative)
+
+
+def _certificates(directory: Path, computer: str, operation: str) -> list[dict[str, Any]]:
+    path = directory / "computers" / computer / f"{operation}.stdout"
+    return list(load(path)["certificates"])
+
+
+def test_redaction_reissues_certificates_and_keeps_what_is_judged(fleet: Fleet) -> None:
+    names = redacted_names(fleet.original)
+    for original, redacted in names.items():
+        path = fleet.plain / "computers" / original / "collect-certificates.stdout"
+        if original.startswith(("hv04", "hv05")) or not path.exists():
+            continue
+        before = _certificates(fleet.plain, original, "collect-certificates")
+        after = _certificates(fleet.redacted, redacted, "collect-certificates")
+        assert len(before) == len(after)
+        for old, new in zip(before, after, strict=True):
+            der = base64.b64decode(new["der_base64"])
+            assert (
+                new["thumbprint"]
+                == hashlib.sha1(der, usedforsecurity=False).hexdigest().upper()
+                != old["thumbprint"]
+            )
+            assert new["friendly_name"] == "SCVMM_CERTIFICATE_KEY_CONTAINER" + redacted
+            a = x509.load_der_x509_certificate(base64.b64decode(old["der_base64"]))
+            b = x509.load_der_x509_certificate(der)
+            assert (a.not_valid_before_utc, a.not_valid_after_utc, a.serial_number) == (
+                b.not_valid_before_utc,
+                b.not_valid_after_utc,
+                b.serial_number,
+            )
+            assert a.public_key().public_numbers() != b.public_key().public_numbers()  # type: ignore[union-attr]
+            assert b.issuer == b.subject
+            assert b.subject.rfc4514_string() == f"CN={redacted}"
+            assert [e.oid for e in a.extensions] == [e.oid for e in b.extensions]
+    # the same certificate in a host's My and in VMM's TrustedPeople is the same copy
+    trusted = {
+        c["thumbprint"]
+        for c in _certificates(fleet.redacted, names[f"vmm01{D}"], "list-trusted-certificates")
+    }
+    host = _certificates(fleet.redacted, names[f"hv01{D}"], "collect-certificates")[0]
+    assert host["thumbprint"] in trusted
+
+
+# --------------------------------------------------------------------------------------------
+# lab --replay
+
+
+@pytest.fixture(scope="module", params=["plain", "redacted"])
+def replay(request: pytest.FixtureRequest, fleet: Fleet) -> Iterator[tuple[str, RunningLab]]:
+    replayed = load_replay(getattr(fleet, request.param))
+    with start_lab(fleet=replayed, state_dir=fleet.root / f"replay-{request.param}") as lab:
+        write_replay_config(lab, replayed, fleet.root / f"replay-{request.param}.yml")
+        yield request.param, lab
+
+
+def test_the_replay_gets_the_same_verdicts(fleet: Fleet, replay: tuple[str, RunningLab]) -> None:
+    kind, _ = replay
+    config = fleet.root / f"replay-{kind}.yml"
+    data = yaml.safe_load(config.read_text())
+    data["winrm"]["timeout"] = "2s"
+    config.write_text(yaml.safe_dump(data))
+    replayed = verdicts(config)
+    names = redacted_names(fleet.original) if kind == "redacted" else {k: k for k in fleet.original}
+    assert replayed == {names[k]: v for k, v in fleet.original.items()}
+
+
+def _runner(lab: RunningLab) -> WinRMRunner:
+    config = lab.write_config(lab.state_dir / "runner.yml")
+    return WinRMRunner(load_config(config).winrm)
+
+
+def test_the_replay_refuses_every_change(fleet: Fleet, replay: tuple[str, RunningLab]) -> None:
+    kind, lab = replay
+    names = redacted_names(fleet.original) if kind == "redacted" else {k: k for k in fleet.original}
+    host, vmm = names[f"hv01{D}"], names[f"vmm01{D}"]
+    runner = _runner(lab)
+    before = runner.run(host, render_script("collect-certificates"))
+    thumbprint = parse_collect_certificates(before.stdout).certificates[0].thumbprint
+    removed = runner.run(host, render_script("remove-certificates", {"thumbprints": [thumbprint]}))
+    assert removed.exit_code == 1 and "read-only" in removed.stderr and removed.stdout == ""
+    for operation, params in (
+        ("register-managed-computer", {"computer": host, "run_as_account": "VMM Host Admins"}),
+        ("update-vmm-certificate", {"vmm_server": vmm}),
+    ):
+        output = runner.run(vmm, render_script(operation, params))
+        assert output.exit_code == 1 and "read-only" in output.stderr
+        job = parse_job_result(output.stdout, operation)
+        assert job.status == "Failed" and job.error is not None and "read-only" in job.error
+    assert runner.run(host, render_script("collect-certificates")) == before
+    answer = requests.post(f"{lab.control_url}/computers/{host}/renew", timeout=10)
+    assert answer.status_code == 400 and "read-only" in answer.json()["error"]
+    with pytest.raises(CollectError) as unknown:
+        runner.run(f"nosuch{D}", render_script("collect-certificates"))
+    assert unknown.value.reason == "wsman_fault" and "404" in unknown.value.detail
+
+
+def test_the_replay_accepts_only_the_lab_account(replay: tuple[str, RunningLab]) -> None:
+    _, lab = replay
+    config = lab.write_config(lab.state_dir / "wrong.yml")
+    config.with_name("wrong.password").write_text("not-the-password")
+    runner = WinRMRunner(load_config(config).winrm)
+    with pytest.raises(CollectError) as refused:
+        runner.run(lab.vmm_servers[0], render_script("collect-certificates"))
+    assert refused.value.reason == "auth"
+
+
+def test_lab_replay_command_and_check(fleet: Fleet, tmp_path: Path) -> None:
+    """As a user runs it: lab --replay DIR --write-config, then check against it."""
+    config = tmp_path / "replay.yml"
+    proc = subprocess.Popen(
+        [EXE, "lab", "--replay", str(fleet.redacted), "--write-config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines: list[str] = []
+        while not lines or not lines[-1].startswith("computers:"):
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read() if proc.stderr else ""
+            lines.append(line)
+        assert lines[-1].startswith("computers: 43 ")
+        assert "host043.redacted" in lines[-1]
+        written = yaml.safe_load(config.read_text())
+        assert written["vmm_servers"] == [{"host": "host043.redacted", "discover": True}]
+        written["winrm"]["timeout"] = "2s"
+        config.write_text(yaml.safe_dump(written))
+        replayed = run_cli("check", "--json", "--config", str(config))
+        original = run_cli("check", "--json", "--config", str(fleet.config))
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=20) == 0
+    assert replayed.returncode == original.returncode == 2
+    names = redacted_names(fleet.original)
+    before = {names[c["host"]]: c for c in json.loads(original.stdout)["computers"]}
+    after = {c["host"]: c for c in json.loads(replayed.stdout)["computers"]}
+    assert set(before) == set(after)
+    for host, was in before.items():
+        now = after[host]
+        assert (now["status"], now["role"], now["not_after"]) == (
+            was["status"],
+            was["role"],
+            was["not_after"],
+        )
+        if was["days_left"] is not None:
+            assert abs(now["days_left"] - was["days_left"]) < 0.05
+        assert [p.split(":")[0] for p in now["problems"]] == [
+            p.split(":")[0] for p in was["problems"]
+        ]
+
+
+def test_a_capture_edited_by_hand_is_a_test_case(fleet: Fleet, tmp_path: Path) -> None:
+    """Turning a capture into a test: change one recorded answer, replay, see the effect."""
+    edited = tmp_path / "edited"
+    shutil.copytree(fleet.plain, edited)
+    trusted = edited / "computers" / f"vmm01{D}" / "list-trusted-certificates"
+    record = load(trusted.with_suffix(".json"))
+    del record["exit_code"]
+    record["failure"] = {"reason": "wsman_fault", "detail": "w:InternalError: the store is gone"}
+    trusted.with_suffix(".json").write_text(json.dumps(record))
+    trusted.with_suffix(".stdout").unlink()
+    hv01 = edited / "computers" / f"hv01{D}" / "collect-certificates.stdout"
+    document = load(hv01)
+    document["certificates"] = []
+    hv01.write_text(json.dumps(document))
+    replayed = load_replay(edited)
+    with start_lab(fleet=replayed, state_dir=tmp_path / "lab") as lab:
+        config = write_replay_config(lab, replayed, tmp_path / "edited.yml")
+        data = yaml.safe_load(config.read_text())
+        data["vmm_servers"] = [{"host": f"vmm01{D}", "discover": True}]
+        data["winrm"]["timeout"] = "2s"
+        config.write_text(yaml.safe_dump(data))
+        result = verdicts(config)
+    assert result[f"vmm01{D}"].reason == "wsman_fault"
+    assert result[f"hv39{D}"].trusted is None  # no TrustedPeople, no verdict
+    assert result[f"hv01{D}"].present is False
+    assert result[f"hv10{D}"] == replace(fleet.original[f"hv10{D}"], trusted=None)
+
+
+# --------------------------------------------------------------------------------------------
+# Bad arguments and awkward directories
+
+
+def _small_config(fleet: Fleet, path: Path, hosts: list[str]) -> Path:
+    data = yaml.safe_load(fleet.config.read_text())
+    data["vmm_servers"] = []
+    data["hosts"] = [{"host": h} for h in hosts]
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_capture_refuses_bad_arguments(
+    fleet: Fleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _small_config(fleet, tmp_path / "one.yml", [f"hv01{D}"])
+
+    def capture(*args: str) -> tuple[int, str]:
+        code = main(["capture", "--config", *args])
+        return code, capsys.readouterr().err
+
+    code, err = capture(str(tmp_path / "missing.yml"), "--out", str(tmp_path / "a"))
+    assert code == 2 and "missing.yml" in err and "does not exist" in err
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    code, err = capture(str(config), "--out", str(busy))
+    assert code == 2 and "not empty and not a capture" in err
+    code, err = capture(str(config), "--out", str(busy), "--force")
+    assert code == 2 and (busy / "notes.txt").read_text() == "mine"
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    code, err = capture(str(config), "--out", str(a_file / "sub"))
+    assert code == 2 and "cannot write there" in err
+    code, err = capture(str(config), "--out", str(a_file))
+    assert code == 2 and "not a directory" in err
+
+    out = tmp_path / "again"
+    assert main(["capture", "--config", str(config), "--out", str(out)]) == 0
+    code, err = capture(str(config), "--out", str(out))
+    assert code == 2 and "--force" in err
+    (out / "notes.txt").write_text("mine")
+    code, err = capture(str(config), "--out", str(out), "--force")
+    assert code == 2 and "other files (notes.txt)" in err
+    (out / "notes.txt").unlink()
+    assert main(["capture", "--config", str(config), "--out", str(out), "--force"]) == 0
+    assert {p.name for p in (out / "computers").iterdir()} == {f"hv01{D}"}
+    assert not list(tmp_path.glob(".*.partial-*"))
+
+
+def test_capture_of_a_fleet_that_never_answers(
+    fleet: Fleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _small_config(fleet, tmp_path / "down.yml", [f"hv40{D}"])
+    out = tmp_path / "down"
+    assert main(["capture", "--config", str(config), "--out", str(out)]) == 1
+    assert "no computer answered" in capsys.readouterr().err
+    record = load(out / "computers" / f"hv40{D}" / "collect-certificates.json")
+    assert record["failure"]["reason"] == "connect"  # written all the same: it is evidence
+    replayed = load_replay(out)
+    assert replayed.faults(f"hv40{D}").connection_refused
+
+
+def test_lab_replay_refuses_what_it_cannot_serve(
+    fleet: Fleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def lab(*args: str) -> tuple[int, str]:
+        code = main(["lab", *args])
+        return code, capsys.readouterr().err
+
+    code, err = lab("--replay", str(tmp_path / "nowhere"))
+    assert code == 2 and "not a directory" in err
+    code, err = lab("--replay", str(tmp_path))
+    assert code == 2 and "manifest.json" in err
+    code, err = lab("--replay", str(fleet.plain), "--hosts", "3")
+    assert code == 2 and "--scenario or --hosts" in err
+    broken = tmp_path / "broken"
+    shutil.copytree(fleet.plain, broken)
+    stdout = broken / "computers" / f"hv01{D}" / "collect-certificates.stdout"
+    stdout.unlink()
+    code, err = lab("--replay", str(broken))
+    assert code == 2 and str(stdout) in err
+    manifest = load(broken / "manifest.json")
+    manifest["format_version"] = 2
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    code, err = lab("--replay", str(broken))
+    assert code == 2 and "format version 2" in err
