@@ -185,3 +185,68 @@ def test_json_error_shape(lab: LabServer) -> None:
     started = time.monotonic()
     assert call(lab, "GET", "/health").status_code == 200
     assert time.monotonic() - started < 1
+
+
+def test_ha_config_names_every_vmm_server_as_configured(tmp_path: Path) -> None:
+    with start_lab(scenario="ha", state_dir=tmp_path) as running:
+        cfg = yaml.safe_load(running.write_config(tmp_path / "c.yaml").read_text())
+        # the HA role names, and the third VMM server by its DNS alias
+        assert cfg["vmm_servers"] == [
+            {"host": "vmm-ha.lab.example", "discover": True},
+            {"host": "vmm-old.lab.example", "discover": True},
+            {"host": "scvmm.lab.example", "discover": True},
+        ]
+        assert cfg["receiver"]["run_as_account"] == "VMM Host Admins"
+        assert cfg["receiver"]["mode"] == "dry-run"
+
+
+def test_language_mode_through_the_control_api(tmp_path: Path) -> None:
+    from vmm_cert_exporter.lab.powershell import contract_script
+
+    with start_lab(state_dir=tmp_path) as running:
+        url = f"{running.control_url}/computers/hv01.lab.example/faults"
+        r = requests.patch(url, json={"language_mode": "ConstrainedLanguage"}, timeout=5)
+        assert r.status_code == 200 and r.json()["language_mode"] == "ConstrainedLanguage"
+        answer = running.model.run_powershell(
+            "hv01.lab.example", contract_script("collect-certificates")
+        )
+        assert (answer.exit_code, answer.stderr) == (3, b"")
+        r = requests.patch(url, json={"language_mode": "Constrained"}, timeout=5)
+        assert r.status_code == 400 and "ConstrainedLanguage" in r.json()["error"]
+        listing = requests.get(f"{running.control_url}/computers", timeout=5).json()
+        vmm = next(c for c in listing if c["fqdn"] == "vmm01.lab.example")
+        assert (vmm["vmm_role"], vmm["role_display"]) == (
+            "Library, VMMServerRole",
+            "Library, VMM Server",
+        )
+
+
+def test_cli_refuses_an_unknown_locale(capsys: pytest.CaptureFixture[str]) -> None:
+    from vmm_cert_exporter.cli import main
+
+    assert main(["lab", "--locale", "fr-FR"]) == 2
+    assert "--locale: expected a locale, one of en-US, ja-JP" in capsys.readouterr().err
+
+
+def test_cli_serves_the_ha_scenario_in_japanese(tmp_path: Path) -> None:
+    config = tmp_path / "exporter.yaml"
+    command = [sys.executable, "-m", "vmm_cert_exporter", "lab", "--scenario", "ha"]
+    proc = subprocess.Popen(
+        [*command, "--locale", "ja-JP", "--write-config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(4)]
+        control = next(x.split()[-1] for x in lines if x.startswith("control:"))
+        listing = requests.get(control + "/computers", timeout=5).json()
+        mixed = next(c for c in listing if c["fqdn"] == "HV-Mixed01.lab.example")
+        assert (mixed["state"], mixed["state_display"]) == ("Responding", "稼働中")
+        hosts = [s["host"] for s in yaml.safe_load(config.read_text())["vmm_servers"]]
+        assert hosts == ["vmm-ha.lab.example", "vmm-old.lab.example", "scvmm.lab.example"]
+    finally:
+        proc.terminate()
+        code = proc.wait(timeout=10)
+    assert code == 0, proc.stderr.read() if proc.stderr else ""

@@ -18,22 +18,12 @@ from cryptography.x509.oid import NameOID
 
 from vmm_cert_exporter.lab.interfaces import Execution, Faults
 from vmm_cert_exporter.lab.model import Fleet, VmmVersion
+from vmm_cert_exporter.lab.powershell import contract_script
 from vmm_cert_exporter.lab.scenario import build_fleet, load_fleet
 
 PREFIX = "SCVMM_CERTIFICATE_KEY_CONTAINER"
 VMM = "vmm01.lab.example"
 DAY = 86400.0
-
-
-def contract_script(operation: str, params: Any = None, schema: int = 1) -> str:
-    """A script shaped as the product sends it (the body is what the lab ignores)."""
-    encoded = base64.b64encode(json.dumps(params or {}).encode("utf-8")).decode("ascii")
-    return (
-        f"# vmm-cert-exporter:{operation}/{schema}\r\n"
-        f"$Params = '{encoded}'\r\n"
-        "$p = [Text.Encoding]::UTF8.GetString([Convert]::FromBase64String($Params)) | "
-        "ConvertFrom-Json\r\n"
-    )
 
 
 def run(fleet: Fleet, fqdn: str, operation: str, params: Any = None) -> tuple[Execution, Any]:

@@ -13,12 +13,14 @@ import yaml
 from vmm_cert_exporter.lab.scenario import (
     ScenarioError,
     build_fleet,
+    built_in_scenario_text,
     demo_scenario_text,
     load_fleet,
     load_scenario_file,
 )
 
 VMM = "vmm01.lab.example"
+VMM03 = "vmm03.lab.example"
 
 
 def minimal(**extra: object) -> dict[str, object]:
@@ -209,3 +211,121 @@ def test_generated_fleet_small_sizes() -> None:
     assert Counter(c["role"] for c in load_fleet(hosts=3).list_computers())["hyperv_host"] == 3
     with pytest.raises(ValueError):
         load_fleet(hosts=-1)
+
+
+def test_ha_scenario_shape() -> None:
+    fleet = load_fleet("ha")
+    roles = Counter(c["role"] for c in fleet.list_computers())
+    assert roles == {"vmm_server": 5, "hyperv_host": 8, "library_server": 1}
+    assert fleet.vmm_server_fqdns() == ["vmm-ha.lab.example", "vmm-old.lab.example", VMM03]
+    assert fleet.vmm_config_names() == [
+        "vmm-ha.lab.example",
+        "vmm-old.lab.example",
+        "scvmm.lab.example",
+    ]
+    assert fleet.has_computer("VMM-HA.lab.example") and fleet.has_computer("scvmm.lab.example")
+    assert fleet.locale == "en-US"
+    assert yaml.safe_load(built_in_scenario_text("ha"))["name"] == "ha"
+
+
+def several(**changes: object) -> dict[str, object]:
+    """Two VMM servers in the ``vmm_servers`` form: an HA one and an aliased one."""
+    ha: dict[str, object] = {
+        "fqdn": "vmm-ha.lab.example",
+        "version": "2022",
+        "nodes": [{"fqdn": "n1.lab.example"}, {"fqdn": "n2.lab.example", "expires_in": "9d"}],
+        "computers": [{"fqdn": "hv01.lab.example", "role": "hyperv_host"}],
+    }
+    aliased: dict[str, object] = {
+        "fqdn": VMM03,
+        "version": "2019 UR2",
+        "aliases": ["scvmm.lab.example"],
+        "config_name": "scvmm.lab.example",
+    }
+    servers = [ha, aliased]
+    for dotted, value in changes.items():
+        index, key = dotted.split("__")
+        target = servers[int(index[1:])]
+        if value is DELETE:
+            del target[key]
+        else:
+            target[key] = value
+    return {"vmm_servers": servers}
+
+
+def test_several_vmm_servers(tmp_path: Path) -> None:
+    path = tmp_path / "several.yaml"
+    path.write_text(yaml.safe_dump(several()), encoding="utf-8")
+    fleet = load_fleet(str(path))
+    listing = {c["fqdn"]: c for c in fleet.list_computers()}
+    assert [c["managed_by"] for c in listing.values()] == [
+        "vmm-ha.lab.example", "vmm-ha.lab.example", "vmm-ha.lab.example", VMM03,
+    ]  # fmt: skip
+    assert not_after(listing["n2.lab.example"]) < not_after(listing["n1.lab.example"])
+    assert fleet.describe("vmm-ha.lab.example")["fqdn"] == "n1.lab.example"  # the active node
+    assert fleet.vmm_config_names() == ["vmm-ha.lab.example", "scvmm.lab.example"]
+    added = fleet.add_computer({"fqdn": "hv02.lab.example", "role": "hyperv_host",
+                                "vmm_server": "scvmm.lab.example"})  # fmt: skip
+    assert added["managed_by"] == VMM03
+    with pytest.raises(ValueError, match="not a VMM server"):
+        fleet.add_computer({"fqdn": "hv03.lab.example", "role": "hyperv_host",
+                            "vmm_server": "hv01.lab.example"})  # fmt: skip
+    with pytest.raises(ValueError, match="duplicate"):
+        fleet.add_computer({"fqdn": "SCVMM.lab.example", "role": "hyperv_host"})
+
+
+def test_old_single_vmm_server_form_with_high_availability() -> None:
+    fleet = build_fleet(minimal(vmm_server={"fqdn": VMM, "version": "2019",
+                                            "high_availability": True}))  # fmt: skip
+    assert fleet.describe(VMM)["vmm"]["nodes"] == [VMM]
+    assert fleet.vmm_config_names() == [VMM]
+
+
+@pytest.mark.parametrize(
+    ("data", "path", "expected"),
+    [
+        ({**several(), "vmm_server": {}}, "vmm_servers", "either vmm_server or vmm_servers"),
+        ({**several(), "computers": []}, "computers", "vmm_servers[i].computers"),
+        ({"vmm_servers": []}, "vmm_servers", "a non-empty list"),
+        (several(v0__nodes=[{"fqdn": "n1.lab.example"}]), "vmm_servers[0].nodes", "two"),
+        (several(v0__nodes="n1"), "vmm_servers[0].nodes", "at least two cluster nodes"),
+        (several(v0__expires_in="3d"), "vmm_servers[0].expires_in", "on a node"),
+        (several(v0__high_availability=False), "vmm_servers[0].high_availability", "true"),
+        (
+            several(
+                v0__nodes=[
+                    {"fqdn": "n1.lab.example", "role": "hyperv_host"},
+                    {"fqdn": "n2.lab.example"},
+                ]
+            ),
+            "vmm_servers[0].nodes[0].role",
+            "unknown field",
+        ),
+        (several(v0__version=DELETE), "vmm_servers[0].version", "required"),
+        (several(v0__fqdn=DELETE), "vmm_servers[0].fqdn", "required"),
+        (several(v1__aliases="scvmm"), "vmm_servers[1].aliases", "a list of DNS names"),
+        (several(v1__aliases=["scvmm"]), "vmm_servers[1].aliases[0]", "fully qualified"),
+        (several(v1__config_name="other.lab.example"), "vmm_servers[1].config_name", "names"),
+        (
+            several(v1__aliases=["N1.lab.example"], v1__config_name=DELETE),
+            "vmm_servers[1].aliases[0]",
+            "unique FQDN",
+        ),
+        (
+            several(v1__computers=[{"fqdn": "vmm-ha.lab.example", "role": "hyperv_host"}]),
+            "vmm_servers[1].computers[0].fqdn",
+            "role name or alias",
+        ),
+        (several(v1__computers={"a": 1}), "vmm_servers[1].computers", "a list of computers"),
+        (several(v1__colour="red"), "vmm_servers[1].colour", "unknown field"),
+        ({**several(), "locale": "de-DE"}, "locale", "en-US, ja-JP"),
+    ],
+)
+def test_bad_several_vmm_servers(tmp_path: Path, data: object, path: str, expected: str) -> None:
+    file = tmp_path / "bad.yaml"
+    file.write_text(yaml.safe_dump(data), encoding="utf-8")
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario_file(file)
+    message = str(caught.value)
+    assert message.startswith(f"{file}: {path}: expected"), message
+    assert expected in message

@@ -327,6 +327,18 @@ def parse_script(script: str) -> ContractCall:
     return ContractCall(operation=operation, schema=schema, params=params, script=script)
 
 
+def contract_script(operation: str, params: Any = None, schema: int = SCHEMA) -> str:
+    """The part of a contract script the lab reads (header, then the base64 JSON parameters):
+    enough to talk to the lab by hand or from a test; a real script's body is ignored."""
+    encoded = base64.b64encode(json.dumps({} if params is None else params).encode("utf-8"))
+    return (
+        f"# vmm-cert-exporter:{operation}/{schema}\r\n"
+        f"$Params = '{encoded.decode('ascii')}'\r\n"
+        "$p = [Text.Encoding]::UTF8.GetString([Convert]::FromBase64String($Params)) | "
+        "ConvertFrom-Json\r\n"
+    )
+
+
 def json_stdout(document: dict[str, Any]) -> bytes:
     """Exactly one compact JSON document, UTF-8 without BOM, CRLF-terminated like Windows."""
     return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\r\n"

@@ -299,7 +299,7 @@ def _vmm_entry(
         if not isinstance(raw_aliases, list):
             raise _fail(where, f"{path}.aliases", "a list of DNS names", raw_aliases)
         aliases = [_fqdn(v, where, f"{path}.aliases[{i}]") for i, v in enumerate(raw_aliases)]
-    names = [fqdn, *aliases, *(node.fqdn for node in nodes)]
+    names = [fqdn, *aliases, *(node.fqdn for node in nodes if node.fqdn != fqdn)]
     config_name = None
     if "config_name" in entry:
         config_name = _fqdn(entry["config_name"], where, f"{path}.config_name")
