@@ -35,6 +35,22 @@ def lab(tmp_path: Path) -> Iterator[RunningLab]:
 
 
 @pytest.fixture
+def ha_lab(tmp_path: Path) -> Iterator[RunningLab]:
+    """The ``ha`` lab, fresh for each test: a highly available VMM 2022, a highly available
+    VMM 2019 UR1 without Update-SCVMMCertificate, and a VMM 2022 configured by an alias."""
+    fleet = CountingFleet(load_fleet("ha"))
+    with start_lab(fleet=fleet, state_dir=tmp_path / "ha-lab") as running:
+        yield running
+
+
+@pytest.fixture
+def ha_harness(ha_lab: RunningLab, tmp_path: Path) -> Iterator[Harness]:
+    harness = make_harness(ha_lab, tmp_path / "ha-receiver")
+    yield harness
+    harness.close()
+
+
+@pytest.fixture
 def harness_factory(lab: RunningLab, tmp_path: Path) -> Iterator[Callable[..., Harness]]:
     made: list[Harness] = []
 

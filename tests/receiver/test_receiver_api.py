@@ -25,12 +25,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from vmm_cert_exporter.cli import main
-from vmm_cert_exporter.lab.runner import RunningLab
+from vmm_cert_exporter.lab.runner import RunningLab, start_lab
+from vmm_cert_exporter.lab.scenario import load_fleet
 from vmm_cert_exporter.powershell import render_script
 from vmm_cert_exporter.receiver.journal import Journal
 from vmm_cert_exporter.receiver.service import Receiver, start_receiver
 from vmm_cert_exporter.receiver.testing import (
     TOKEN,
+    CountingFleet,
     alert,
     auth,
     fleet_of,
@@ -362,3 +364,36 @@ def test_renew_refuses_while_paused_and_commands_need_the_section(
     for command in (["receiver"], ["renew", "--host", f"hv36{D}"], ["jobs"]):
         assert main([*command, "--config", str(plain)]) == 2
         assert "no receiver: section" in capsys.readouterr().err
+
+
+def test_job_details_show_vmm_state_and_its_display_text_on_a_japanese_vmm(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Decisions read the invariant State; people also see VMM's own (translated) text."""
+    fleet = CountingFleet(load_fleet("demo", locale="ja-JP"))
+    with start_lab(fleet=fleet, state_dir=tmp_path / "lab") as lab:
+        config = receiver_config(lab, tmp_path, interval="1h")
+        host = f"hv37{D}"  # expired: NotResponding, 応答なし in Japanese
+        assert main(["renew", "--config", config.path, "--host", host]) == 0
+        assert "VMM state: NotResponding (応答なし)\n" in capsys.readouterr().out
+        receiver = start_receiver(config, poll_interval=0.05)
+        try:
+            assert receiver.inventory.loaded.wait(30)
+            answer = post_alerts(receiver, host)
+            assert answer["alerts"][0]["outcome"] == "created"
+            wait_idle(receiver)
+            status, detail = http(
+                "GET", f"{receiver.url}/api/jobs/{answer['alerts'][0]['job_id']}", headers=auth()
+            )
+        finally:
+            receiver.stop()
+    assert status == 200 and detail["status"] == "succeeded", detail["reason"]
+    preflight, verify = detail["steps"][0], detail["steps"][-1]
+    assert (preflight["result"]["vmm_state"], preflight["result"]["vmm_state_display"]) == (
+        "NotResponding",
+        "応答なし",
+    )
+    assert (verify["result"]["vmm_state"], verify["result"]["vmm_state_display"]) == (
+        "Responding",
+        "稼働中",
+    )

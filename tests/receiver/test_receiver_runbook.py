@@ -19,6 +19,7 @@ from vmm_cert_exporter.receiver.testing import CountingFleet, Harness, make_harn
 
 HOUR = 3600.0
 D = ".lab.example"
+ROLLUP = "apply the update rollup (VMM 2016 UR10, 2019 UR2, 2022 RTM or later)"
 
 
 def scvmm(description: dict[str, Any]) -> list[dict[str, Any]]:
@@ -85,6 +86,10 @@ def test_execute_renews_hv36_and_journals_everything(harness: Harness) -> None:
     assert sent[0] == render_script("remove-certificates", {"thumbprints": [old["thumbprint"]]})
     assert harness.fleet.count("remove-certificates", host) == 1
     assert harness.fleet.count("register-managed-computer", f"vmm01{D}") == 1
+    # exactly one Run As account of that name: checked once, before anything was deleted
+    operations = [op for _, op in harness.runner.calls]
+    assert operations.count("find-run-as-account") == 1
+    assert operations.index("find-run-as-account") < operations.index("remove-certificates")
     counts = harness.journal.attempt_counts()
     assert counts == {(planner.REMOVE_REGISTER, "succeeded"): 1}
 
@@ -162,13 +167,14 @@ def test_each_demo_case_gets_its_procedure(harness: Harness) -> None:
         assert_renewed(harness, host, None)
     # lib01 was fresh: read only
     assert harness.fleet.count("remove-certificates", f"lib01{D}") == 0
+    # the Run As account is looked up for the four procedure-1 renewals, not for procedure 2
+    assert harness.fleet.count("find-run-as-account") == 4
 
 
-def _scenario(tmp_path: Path, version: str, ha: bool) -> Path:
+def _scenario(tmp_path: Path, version: str, ha: bool, extra: str = "") -> Path:
     path = tmp_path / "scenario.yaml"
     path.write_text(
-        "name: ha\n"
-        "vmm_server:\n"
+        "name: ha\n" + extra + "vmm_server:\n"
         "  fqdn: vmm01.lab.example\n"
         f'  version: "{version}"\n'
         f"  high_availability: {str(ha).lower()}\n"
@@ -186,7 +192,7 @@ def test_ha_vmm_server_without_update_gets_nothing(tmp_path: Path) -> None:
         try:
             decision = harness.submit(f"vmm01{D}")
             assert decision.outcome == "rejected"
-            assert "highly available" in decision.reason
+            assert "highly available" in decision.reason and ROLLUP in decision.reason
             # its hosts are renewed as usual (procedure 1 runs on the hosts, not on VMM)
             job = run(harness, f"hv01{D}")
             assert job.status == "succeeded", job.reason
@@ -254,18 +260,18 @@ def test_host_unreachable_after_the_delete(harness: Harness) -> None:
     assert_renewed(harness, host, None)
 
 
-def test_register_fails_and_backs_off_doubling_then_gives_up(
+def test_failures_back_off_doubling_then_give_up(
     harness_factory: Callable[..., Harness],
 ) -> None:
-    harness = harness_factory(run_as_account="Nobody Knows This", max_attempts=4)
-    host = f"hv31{D}"
+    harness = harness_factory(max_attempts=4)
+    host = f"hv40{D}"  # connection refused: every preflight fails
     job = run(harness, host)
     delays = []
     for attempt in range(1, 5):
         job = harness.job(job.id)
         assert job.status == "failed" and job.attempt == attempt and job.failures == attempt
-        assert job.failed_step == "register-managed-computer"
-        assert job.reason is not None and "Run As account" in job.reason
+        assert job.failed_step == "preflight"
+        assert job.reason is not None and "connect" in job.reason
         if attempt == 4:
             break
         assert job.next_attempt_at is not None
@@ -275,11 +281,10 @@ def test_register_fails_and_backs_off_doubling_then_gives_up(
     assert delays == [HOUR, 2 * HOUR, 4 * HOUR]
     assert not job.active and job.next_attempt_at is None
     assert job.reason is not None and "gave up after 4 failed attempts" in job.reason
-    # only the first attempt removed anything; later ones found nothing to remove
-    assert harness.fleet.count("remove-certificates", host) == 1
-    assert harness.fleet.count("register-managed-computer", f"vmm01{D}") == 4
+    assert harness.runner.calls.count((host, "collect-certificates")) == 4  # one per attempt
+    assert harness.fleet.count("remove-certificates") == 0
     failed = harness.journal.failed_hosts()
-    assert [(j.host, j.failed_step) for j in failed] == [(host, "register-managed-computer")]
+    assert [(j.host, j.failed_step) for j in failed] == [(host, "preflight")]
 
 
 def test_verification_fails_then_the_retry_fixes_it(harness: Harness) -> None:
@@ -324,3 +329,113 @@ def test_verification_needs_min_validity(harness_factory: Callable[..., Harness]
     job = run(harness, f"hv01{D}")
     assert job.status == "failed" and job.failed_step == "verify"
     assert job.reason is not None and "at least 7300.0 days required" in job.reason
+
+
+# --------------------------------------------------------------------------------------------
+# The Run As account: exactly one match, checked in preflight, before anything is deleted
+
+
+def assert_refused_before_anything_changed(
+    harness: Harness, job: Job, picture: dict[str, Any], text: str
+) -> None:
+    assert job.status == "failed" and job.failed_step == "preflight"
+    assert job.reason is not None and text in job.reason, job.reason
+    assert not job.active and job.next_attempt_at is None  # permanent: no retry loop
+    assert steps(harness, job) == [(1, "preflight", "failed")]
+    assert harness.fleet.count("find-run-as-account", f"vmm01{D}") == 1
+    assert harness.fleet.count("remove-certificates") == 0
+    assert harness.fleet.count("register-managed-computer") == 0
+    assert harness.describe(job.host) == picture  # the store is untouched
+
+
+@pytest.mark.parametrize("mode", ["execute", "dry-run"])
+def test_a_run_as_name_matching_no_account_refuses_in_preflight(
+    harness_factory: Callable[..., Harness], mode: str
+) -> None:
+    # a wildcard is a name like any other: -eq compares it whole, so nothing matches
+    harness = harness_factory(run_as_account="VMM*", mode=mode)
+    host = f"hv36{D}"
+    picture = harness.describe(host)
+    job = run(harness, host)
+    assert_refused_before_anything_changed(
+        harness,
+        job,
+        picture,
+        "Run As account 'VMM*' not found: 0 accounts have exactly that name",
+    )
+    assert job.plan is not None and job.plan["procedure"] == planner.REMOVE_REGISTER
+
+
+def test_an_ambiguous_run_as_name_refuses_in_preflight(tmp_path: Path) -> None:
+    # VMM Host Admins twice, as PowerShell's -eq sees them (names compare in any case)
+    extra = 'run_as_accounts: ["VMM Host Admins", "vmm host admins", "VMM Host Admins 2"]\n'
+    fleet = CountingFleet(load_fleet(str(_scenario(tmp_path, "2022", ha=False, extra=extra))))
+    with start_lab(fleet=fleet, state_dir=tmp_path / "lab") as lab:
+        harness = make_harness(lab, tmp_path / "r", run_as_account="VMM Host Admins")
+        try:
+            host = f"hv01{D}"
+            picture = harness.describe(host)
+            job = run(harness, host)
+            assert_refused_before_anything_changed(
+                harness,
+                job,
+                picture,
+                "Run As account 'VMM Host Admins' is ambiguous: 2 accounts have exactly that name",
+            )
+            # the unique name proceeds
+            harness.close()
+            harness = make_harness(lab, tmp_path / "r2", run_as_account="VMM Host Admins 2")
+            job = run(harness, host)
+            assert job.status == "succeeded", job.reason
+        finally:
+            harness.close()
+
+
+def test_procedure_2_does_not_need_the_run_as_account(
+    harness_factory: Callable[..., Harness],
+) -> None:
+    harness = harness_factory(run_as_account="No Such Account")
+    job = run(harness, f"vmm01{D}")
+    assert job.status == "succeeded", job.reason
+    assert job.procedure == planner.UPDATE_CERTIFICATE
+    assert harness.fleet.count("find-run-as-account") == 0
+
+
+# --------------------------------------------------------------------------------------------
+# A host in ConstrainedLanguage mode fails with that reason, not as a script error
+
+CLM = "language_mode: PowerShell runs in ConstrainedLanguage mode, not FullLanguage"
+
+
+def test_a_constrained_language_host_fails_preflight_with_the_reason(harness: Harness) -> None:
+    host = f"hv36{D}"
+    harness.lab.model.set_faults(host, Faults(language_mode="ConstrainedLanguage"))
+    job = run(harness, host)
+    assert job.status == "failed" and job.failed_step == "preflight"
+    assert job.reason is not None
+    assert job.reason.startswith(f"collect-certificates on {host}: {CLM}"), job.reason
+    assert harness.fleet.count("remove-certificates") == 0
+
+
+def test_a_constrained_language_host_at_a_change_step(harness: Harness) -> None:
+    host = f"hv36{D}"
+    picture = harness.describe(host)
+    # hardened between the preflight's reads and the delete
+    harness.runner.after[(f"vmm01{D}", "find-run-as-account")] = lambda: (
+        harness.lab.model.set_faults(host, Faults(language_mode="ConstrainedLanguage"))
+    )
+    job = run(harness, host)
+    assert job.status == "failed" and job.failed_step == "remove-certificates"
+    assert job.reason is not None and job.reason.startswith(f"on {host}: {CLM}"), job.reason
+    # the script stopped at its language check: known not to have run, so "failed"
+    assert steps(harness, job)[-1] == (1, "remove-certificates", "failed")
+    assert harness.describe(host)["certificates"] == picture["certificates"]
+
+
+def test_a_constrained_language_vmm_server_fails_preflight_with_the_reason(
+    harness: Harness,
+) -> None:
+    harness.lab.model.set_faults(f"vmm01{D}", Faults(language_mode="ConstrainedLanguage"))
+    job = run(harness, f"hv36{D}")
+    assert job.failed_step == "preflight" and job.reason is not None
+    assert job.reason.startswith(f"list-managed-computers on vmm01{D}: {CLM}"), job.reason
