@@ -14,7 +14,12 @@ from vmm_cert_exporter.cli import main
 from vmm_cert_exporter.lab.runner import RunningLab
 from vmm_cert_exporter.receiver import planner
 from vmm_cert_exporter.receiver.journal import Job
-from vmm_cert_exporter.receiver.testing import Harness, receiver_config, scvmm_certs
+from vmm_cert_exporter.receiver.testing import (
+    Harness,
+    make_harness,
+    receiver_config,
+    scvmm_certs,
+)
 
 D = ".lab.example"
 ROLLUP = "apply the update rollup (VMM 2016 UR10, 2019 UR2, 2022 RTM or later)"
@@ -85,6 +90,34 @@ def test_ha_vmm_server_without_the_cmdlet_is_refused_with_the_rollup(
     assert job.status == "succeeded", job.reason
     assert operations(ha_harness, "register-managed-computer") == [OLD]
     assert operations(ha_harness, "remove-certificates") == [f"hv-old02{D}"]
+
+
+def test_a_dry_run_receiver_explains_the_same_refusal(ha_lab: RunningLab, tmp_path: Path) -> None:
+    harness = make_harness(ha_lab, tmp_path / "dry", mode="dry-run")
+    try:
+        for name in OLD_NAMES:
+            decision = harness.submit(name)
+            assert decision.outcome == "rejected" and ROLLUP in decision.reason, name
+        # a dry-run job that reaches preflight anyway (journaled before VMM said otherwise)
+        job = harness.journal.create_job(
+            host=f"vmmold-n1{D}",
+            role="vmm_server",
+            vmm_server=OLD,
+            is_vmm_server=True,
+            procedure=planner.UPDATE_CERTIFICATE,
+            mode="dry-run",
+            source="alertmanager",
+        )
+        harness.tick()
+        job = harness.job(job.id)
+        assert job.status == "failed" and job.failed_step == "preflight"
+        assert job.reason is not None and ROLLUP in job.reason
+        assert job.plan is not None and job.plan["procedure"] is None
+        assert ROLLUP in job.plan["why"] and job.plan["steps"] == []
+        for operation in ("remove-certificates", "register-managed-computer"):
+            assert operations(harness, operation) == []
+    finally:
+        harness.close()
 
 
 @pytest.mark.parametrize(
