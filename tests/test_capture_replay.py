@@ -29,6 +29,8 @@ import requests
 import yaml
 from cryptography import x509
 
+from vmm_cert_exporter.capture_format import Call, Capture, Member
+from vmm_cert_exporter.capture_redact import redact, scrub
 from vmm_cert_exporter.cli import main
 from vmm_cert_exporter.collection import Refresher
 from vmm_cert_exporter.config import load_config
@@ -548,3 +550,89 @@ def test_lab_replay_refuses_what_it_cannot_serve(
     (broken / "manifest.json").write_text(json.dumps(manifest))
     code, err = lab("--replay", str(broken))
     assert code == 2 and "format version 2" in err
+
+
+# --------------------------------------------------------------------------------------------
+# Redaction and scrubbing of the text forms a fleet may answer with
+
+
+def _capture_of(*calls: Call) -> Capture:
+    return Capture(
+        captured_at=0.0,
+        duration=0.0,
+        exporter_version="test",
+        winrm={},
+        concurrency=1,
+        vmm_servers=[(f"vmm01{D}", True)],
+        hosts=[],
+        members=[Member(c.computer, "hyperv_host", f"vmm01{D}", "winrm") for c in calls],
+        calls=list(calls),
+    )
+
+
+def test_redaction_of_every_text_form() -> None:
+    clixml = (
+        b'#< CLIXML\r\n<Objs Version="1.1.0.1" xmlns="http://schemas.microsoft.com/powershell/'
+        b'2004/04"><S S="Error">Cannot reach HV01 (HV01.LAB.example) in lab.example'
+        b"_x000D__x000A_</S></Objs>"
+    )
+    document = (
+        '{"schema":1,"computer":"hv01.lab.example","ratio":1.50,"n":1,"n":2,'
+        '"dns_names":["HV01","hv99.lab.example"],"role":"Host","note":"Host on host"}\r\n'
+    )
+    calls = (
+        Call(f"HV01{D}", "collect-certificates", 0.1, document.encode(), clixml, 0),
+        Call(f"host{D}", "collect-certificates", 0.1, b"", b"", 0),
+        Call(f"hv02{D}", "collect-certificates", 0.1, f"hv02{D}".encode("utf-16-le"), b"", 0),
+        Call(f"hv03{D}", "collect-certificates", 0.1, failure_reason="connect",
+             failure_detail=f"HTTPConnectionPool(host='hv03{D}', port=5986)"),
+    )  # fmt: skip
+    redacted = redact(_capture_of(*calls))
+    # sorted: host, hv01, hv02, hv03, hv99, vmm01
+    assert [c.computer for c in redacted.calls] == [
+        "host002.redacted",
+        "host001.redacted",
+        "host003.redacted",
+        "host004.redacted",
+    ]
+    stdout = redacted.calls[0].stdout.decode()
+    # numbers keep their text, duplicate keys and order stay, "Host" is a word VMM decides on
+    assert stdout == (
+        '{"schema":1,"computer":"host002.redacted","ratio":1.50,"n":1,"n":2,'
+        '"dns_names":["host002","host005.redacted"],"role":"Host","note":"Host on host"}\r\n'
+    )
+    stderr = redacted.calls[0].stderr.decode()
+    assert stderr.startswith('#< CLIXML\r\n<Objs Version="1.1.0.1"')
+    assert "Cannot reach host002 (host002.redacted) in domain001.redacted_x000D_" in stderr
+    assert b"hv02" not in redacted.calls[2].stdout.decode("utf-16-le").encode()
+    assert len(redacted.calls[2].stdout) == len(calls[2].stdout)  # masked in place
+    assert (
+        redacted.calls[3].failure_detail == "HTTPConnectionPool(host='host004.redacted', port=5986)"
+    )
+    assert redacted.vmm_servers == [("host006.redacted", True)]
+    assert redacted.redacted and not _capture_of(*calls).redacted
+
+
+def test_the_account_is_scrubbed_from_every_answer() -> None:
+    call = Call(
+        f"hv01{D}",
+        "collect-certificates",
+        0.1,
+        b'{"schema":1,"who":"LAB\\\\svc-vmmcert","der_base64":"MIIsvc"}',
+        b"access for SVC-VMMCERT with S3cret-Passw0rd denied",
+        1,
+    )
+    failed = Call(
+        f"hv02{D}", "collect-certificates", 0.1, failure_reason="auth",
+        failure_detail="user svc-vmmcert@lab.example: S3cret-Passw0rd",
+    )  # fmt: skip
+    scrubbed = scrub(
+        _capture_of(call, failed),
+        anywhere=["S3cret-Passw0rd"],
+        words=["LAB\\svc-vmmcert", "svc-vmmcert"],
+    )
+    assert scrubbed.calls[0].stdout == (
+        b'{"schema":1,"who":"[redacted]","der_base64":"MIIsvc"}'  # certificates are left alone
+    )
+    assert scrubbed.calls[0].stderr == b"access for [redacted] with [redacted] denied"
+    assert scrubbed.calls[1].failure_detail == "user [redacted]@lab.example: [redacted]"

@@ -12,8 +12,6 @@ IP addresses are not hostnames and are kept.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import ipaddress
 import re
 from collections.abc import Iterable
@@ -24,7 +22,13 @@ from cryptography.x509.oid import NameOID
 
 from vmm_cert_exporter.capture_format import Call, Capture, Member, Skipped
 from vmm_cert_exporter.capture_reissue import Reissuer
-from vmm_cert_exporter.capture_text import Rewrite, parse_json, rewrite_output, strings
+from vmm_cert_exporter.capture_text import (
+    Rewrite,
+    decode_base64,
+    parse_json,
+    rewrite_output,
+    strings,
+)
 from vmm_cert_exporter.config import validate_fqdn
 
 FRIENDLY_PREFIX = "scvmm_certificate_key_container"
@@ -39,6 +43,7 @@ PROTECTED = frozenset(
     }
 )  # fmt: skip
 _LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_NOT_NUL = re.compile("[^\0]")
 _THUMBPRINT = re.compile(r"(?<![0-9A-Fa-f])[0-9A-Fa-f]{40}(?![0-9A-Fa-f])")
 
 
@@ -57,16 +62,20 @@ def _is_bare_name(text: str) -> bool:
     return text.lower() not in PROTECTED
 
 
+class _Node(dict[str, "_Node"]):
+    """A trie node: the next character -> its node; the key "" marks the end of a word."""
+
+
 def _trie(words: Iterable[str]) -> str:
     """One regular expression for many words, as a trie: fast however many names there are."""
-    root: dict[str, dict] = {}  # type: ignore[type-arg]
+    root = _Node()
     for word in words:
         node = root
         for ch in word:
-            node = node.setdefault(ch, {})
-        node[""] = {}
+            node = node.setdefault(ch, _Node())
+        node[""] = _Node()
 
-    def build(node: dict) -> str:  # type: ignore[type-arg]
+    def build(node: _Node) -> str:
         branches = [re.escape(ch) + build(child) for ch, child in sorted(node.items()) if ch]
         if not branches:
             return ""
@@ -107,11 +116,9 @@ class NameMap:
         if self.bare:
             parts.append(f"(?<![A-Za-z0-9])(?P<s>{_trie(self.bare)})(?![A-Za-z0-9])")
         self._pattern = re.compile("|".join(parts) or r"(?!)", re.IGNORECASE)
-        # the same names as UTF-16 (BMPString in DER, UTF-16 output): any occurrence
-        wide = [w for w in (*self.fqdns, *self.domains, *self.bare)]
-        self._wide = re.compile(
-            _trie("".join("\0" + ch for ch in w) for w in wide) or r"(?!)", re.IGNORECASE
-        )
+        # the same names as UTF-16, little- or big-endian (BMPString in DER, UTF-16 output)
+        wide = [w for w in (*self.fqdns, *self.domains, *self.bare) if len(w) > 1]
+        self._wide = re.compile(_trie("\0".join(w) for w in wide) or r"(?!)", re.IGNORECASE)
 
     def __len__(self) -> int:
         return len(self.fqdns) + len(self.bare)
@@ -139,7 +146,11 @@ class NameMap:
         """Every name overwritten with ``x`` of the same length (binary stays well-formed)."""
         text = data.decode("latin-1")
         text = self._pattern.sub(lambda m: "x" * len(m.group()), text)
-        text = self._wide.sub(lambda m: "\0x" * (len(m.group()) // 2), text)
+        return self.mask_wide(text.encode("latin-1"))
+
+    def mask_wide(self, data: bytes) -> bytes:
+        """Names written as UTF-16 (not text the other rules can read), overwritten in place."""
+        text = self._wide.sub(lambda m: _NOT_NUL.sub("x", m.group()), data.decode("latin-1"))
         return text.encode("latin-1")
 
 
@@ -162,13 +173,6 @@ def _certificate_names(der: bytes) -> list[str]:
         return names
     except (ValueError, TypeError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType):
         return []
-
-
-def _decode_der(value: str) -> bytes | None:
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        return None
 
 
 class _Finder:
@@ -199,7 +203,7 @@ class _Finder:
             return
         for key, value in strings(document):
             if key == "der_base64":
-                der = _decode_der(value)
+                der = decode_base64(value)
                 for name in _certificate_names(der) if der else []:
                     self.add(name)
             elif key == "dns_names":
@@ -257,7 +261,7 @@ def redact(capture: Capture, extra_names: Iterable[str] = ()) -> Capture:
     for call in capture.calls:
         document = parse_json(call.stdout)
         for key, value in strings(document) if document is not None else []:
-            der = _decode_der(value) if key == "der_base64" else None
+            der = decode_base64(value) if key == "der_base64" else None
             if der:
                 reissuer.reissue(der)
     thumbprints = reissuer.thumbprints()
@@ -270,7 +274,7 @@ def redact(capture: Capture, extra_names: Iterable[str] = ()) -> Capture:
         text=text,
         der=reissuer.reissue,
         thumbprint=lambda t: thumbprints.get(t.upper(), t),
-        binary=names.mask,
+        binary=names.mask_wide,
     )
     calls = [
         replace(

@@ -42,7 +42,8 @@ class Rewrite:
     text: Callable[[str], str]
     der: Callable[[bytes], bytes] | None = None
     thumbprint: Callable[[str], str] | None = None
-    # raw bytes that are not UTF-8 text (e.g. UTF-16): a same-length rewrite
+    # for output that is not one JSON document, a same-length rewrite of its raw bytes first
+    # (names written as UTF-16, which the text rules cannot see)
     binary: Callable[[bytes], bytes] | None = None
 
 
@@ -116,7 +117,8 @@ def _prose(text: str, rewrite: Rewrite) -> str:
     return "".join(out)
 
 
-def _base64(value: str) -> bytes | None:
+def decode_base64(value: str) -> bytes | None:
+    """Strict standard base64, or None."""
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
@@ -130,7 +132,7 @@ def _encode(der: bytes) -> str:
 def _certificate_base64(value: str, rewrite: Rewrite) -> str | None:
     """The base64 of the re-issued certificate, or None when ``value`` is not a DER SEQUENCE."""
     assert rewrite.der is not None
-    der = _base64(value)
+    der = decode_base64(value)
     if der is None or not der.startswith(b"\x30"):
         return None
     return _encode(rewrite.der(der))
@@ -146,7 +148,7 @@ def _rewrite_value(value: Any, rewrite: Rewrite, key: str | None = None) -> Any:
     if key == "der_base64":
         if rewrite.der is None:
             return value
-        der = _base64(value)
+        der = decode_base64(value)
         return rewrite.text(value) if der is None else _encode(rewrite.der(der))
     if key == "thumbprint" and rewrite.thumbprint is not None:
         return rewrite.thumbprint(value)
