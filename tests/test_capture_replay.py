@@ -349,6 +349,28 @@ def test_the_replay_gets_the_same_verdicts(fleet: Fleet, replay: tuple[str, Runn
     assert replayed == {names[k]: v for k, v in fleet.original.items()}
 
 
+@pytest.mark.parametrize(("scenario", "locale"), [("ha", None), ("demo", "ja-JP")])
+def test_other_fleets_replay_the_same(scenario: str, locale: str | None, tmp_path: Path) -> None:
+    """HA VMM servers (role names, nodes, aliases) and Japanese display text survive both."""
+    with start_lab(scenario=scenario, locale=locale, state_dir=tmp_path / "lab") as lab:
+        config = lab.write_config(tmp_path / "fleet.yml")
+        original = verdicts(config)
+        names = {c["fqdn"].lower() for c in lab.model.list_computers()}
+        for kind, extra in (("plain", []), ("redacted", ["--redact"])):
+            out = tmp_path / kind
+            assert main(["capture", "--config", str(config), "--out", str(out), *extra]) == 0
+    for kind in ("plain", "redacted"):
+        replayed = load_replay(tmp_path / kind)
+        with start_lab(fleet=replayed, state_dir=tmp_path / f"lab-{kind}") as lab:
+            result = verdicts(write_replay_config(lab, replayed, tmp_path / f"{kind}.yml"))
+        if kind == "plain":
+            assert result == original
+        else:  # the same verdicts under other names
+            assert sorted(map(repr, result.values())) == sorted(map(repr, original.values()))
+            assert not names & {n.lower() for n in result}
+            assert all(n.endswith(".redacted") for n in result)
+
+
 def _runner(lab: RunningLab) -> WinRMRunner:
     config = lab.write_config(lab.state_dir / "runner.yml")
     return WinRMRunner(load_config(config).winrm)
@@ -583,15 +605,18 @@ def test_redaction_of_every_text_form() -> None:
     calls = (
         Call(f"HV01{D}", "collect-certificates", 0.1, document.encode(), clixml, 0),
         Call(f"host{D}", "collect-certificates", 0.1, b"", b"", 0),
+        Call(f"scvmm{D}", "collect-certificates", 0.1,
+             b'{"friendly_name":"SCVMM_CERTIFICATE_KEY_CONTAINERscvmm.lab.example"}', b"", 0),
         Call(f"hv02{D}", "collect-certificates", 0.1, f"hv02{D}".encode("utf-16-le"), b"", 0),
         Call(f"hv03{D}", "collect-certificates", 0.1, failure_reason="connect",
              failure_detail=f"HTTPConnectionPool(host='hv03{D}', port=5986)"),
     )  # fmt: skip
     redacted = redact(_capture_of(*calls))
-    # sorted: host, hv01, hv02, hv03, hv99, vmm01
+    # sorted: host, hv01, hv02, hv03, hv99, scvmm, vmm01
     assert [c.computer for c in redacted.calls] == [
         "host002.redacted",
         "host001.redacted",
+        "host006.redacted",
         "host003.redacted",
         "host004.redacted",
     ]
@@ -604,12 +629,16 @@ def test_redaction_of_every_text_form() -> None:
     stderr = redacted.calls[0].stderr.decode()
     assert stderr.startswith('#< CLIXML\r\n<Objs Version="1.1.0.1"')
     assert "Cannot reach host002 (host002.redacted) in domain001.redacted_x000D_" in stderr
-    assert b"hv02" not in redacted.calls[2].stdout.decode("utf-16-le").encode()
-    assert len(redacted.calls[2].stdout) == len(calls[2].stdout)  # masked in place
-    assert (
-        redacted.calls[3].failure_detail == "HTTPConnectionPool(host='host004.redacted', port=5986)"
+    # a computer named like a word of the friendly-name prefix leaves the prefix alone
+    assert redacted.calls[2].stdout == (
+        b'{"friendly_name":"SCVMM_CERTIFICATE_KEY_CONTAINERhost006.redacted"}'
     )
-    assert redacted.vmm_servers == [("host006.redacted", True)]
+    assert b"hv02" not in redacted.calls[3].stdout.decode("utf-16-le").encode()
+    assert len(redacted.calls[3].stdout) == len(calls[3].stdout)  # masked in place
+    assert redacted.calls[4].failure_detail == (
+        "HTTPConnectionPool(host='host004.redacted', port=5986)"
+    )
+    assert redacted.vmm_servers == [("host007.redacted", True)]
     assert redacted.redacted and not _capture_of(*calls).redacted
 
 

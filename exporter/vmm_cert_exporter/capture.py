@@ -130,7 +130,8 @@ def capture_fleet(config: Config, runner: RecordingRunner) -> Capture:
                 calls.append(call)
                 if call.failure_reason == failures.AUTH:
                     refused.add(fqdn_key(server.host))
-                    skipped.append(Skipped(server.host, LIST_TRUSTED, _REFUSED))
+                    if call.operation == LIST_MANAGED:
+                        skipped.append(Skipped(server.host, LIST_TRUSTED, _REFUSED))
                 if call.operation == LIST_MANAGED and (view := _view(server, output)):
                     views.append(view)
         inventory = build_inventory(config, views)

@@ -107,15 +107,16 @@ class NameMap:
                 self.bare[key] = name
         domains = sorted({k.split(".", 1)[1] for k in fqdn_keys if "." in k.split(".", 1)[1]})
         self.domains = {d: f"domain{n:03d}.redacted" for n, d in enumerate(domains, start=1)}
-        parts = []
-        # an FQDN may follow a letter (the friendly name SCVMM_CERTIFICATE_KEY_CONTAINER<FQDN>)
+        # the friendly-name prefix is matched first and kept, so that a computer named like
+        # one of its words (scvmm.corp.example) cannot break it; an FQDN may follow it directly
+        parts = [f"(?P<keep>{FRIENDLY_PREFIX})"]
         if self.fqdns:
             parts.append(f"(?P<f>{_trie(self.fqdns)})(?![A-Za-z0-9-])")
         if self.domains:
             parts.append(f"(?<![A-Za-z0-9-])(?P<d>{_trie(self.domains)})(?![A-Za-z0-9-])")
         if self.bare:
             parts.append(f"(?<![A-Za-z0-9])(?P<s>{_trie(self.bare)})(?![A-Za-z0-9])")
-        self._pattern = re.compile("|".join(parts) or r"(?!)", re.IGNORECASE)
+        self._pattern = re.compile("|".join(parts), re.IGNORECASE)
         # the same names as UTF-16, little- or big-endian (BMPString in DER, UTF-16 output)
         wide = [w for w in (*self.fqdns, *self.domains, *self.bare) if len(w) > 1]
         self._wide = re.compile(_trie("\0".join(w) for w in wide) or r"(?!)", re.IGNORECASE)
@@ -132,6 +133,8 @@ class NameMap:
 
     def _replacement(self, match: re.Match[str]) -> str:
         key = match.group().lower()
+        if match.lastgroup == "keep":
+            return match.group()
         if match.lastgroup == "f":
             return self.fqdns[key]
         if match.lastgroup == "d":
@@ -140,12 +143,15 @@ class NameMap:
 
     def contains(self, data: bytes) -> bool:
         text = data.decode("latin-1")
-        return bool(self._pattern.search(text) or self._wide.search(text))
+        names = (m for m in self._pattern.finditer(text) if m.lastgroup != "keep")
+        return next(names, None) is not None or self._wide.search(text) is not None
 
     def mask(self, data: bytes) -> bytes:
         """Every name overwritten with ``x`` of the same length (binary stays well-formed)."""
         text = data.decode("latin-1")
-        text = self._pattern.sub(lambda m: "x" * len(m.group()), text)
+        text = self._pattern.sub(
+            lambda m: m.group() if m.lastgroup == "keep" else "x" * len(m.group()), text
+        )
         return self.mask_wide(text.encode("latin-1"))
 
     def mask_wide(self, data: bytes) -> bytes:
