@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 LIST_MANAGED = "list-managed-computers"
 LIST_TRUSTED = "list-trusted-certificates"
 COLLECT = "collect-certificates"
+_REFUSED = "the computer refused the credentials earlier in this capture"
 
 
 class RecordingRunner(WinRMRunner):
@@ -161,9 +162,6 @@ def capture_fleet(config: Config, runner: RecordingRunner) -> Capture:
         calls=calls,
         skipped=skipped,
     )
-
-
-_REFUSED = "the computer refused the credentials earlier in this capture"
 
 
 @contextlib.contextmanager
