@@ -171,3 +171,24 @@ def test_people_read_the_display_text_beside_the_invariant_state(
 ) -> None:
     computer = Computer("hv01.corp.example", "hyperv_host", VMM, state, False, display)
     assert computer.vmm_state_text == text
+
+
+def test_a_vmm_server_another_vmm_lists_as_a_host_stays_a_vmm_server() -> None:
+    config = loads_config(
+        "vmm_servers:\n  - host: vmm01.corp.example\n  - host: vmm02.corp.example\n"
+        "winrm:\n  username: svc\n  password_env: VMMCERT_TEST_PW\n",
+        environ={"VMMCERT_TEST_PW": "x"},
+    )
+    # vmm02 manages vmm01 as a host; vmm01 lists itself with its VMM role
+    other = view_from_result("vmm02.corp.example", _result(names=("vmmnode9.corp.example",)))
+    own = view_from_result(
+        VMM, _result(ManagedComputer("vmmnode9.corp.example", "VMMServerRole", "Responding", ""))
+    )
+    for views in ([other, own], [own, other]):
+        computer = build_inventory(config, views).find("vmmnode9.corp.example")
+        assert computer is not None
+        assert (computer.role, computer.is_vmm_server, computer.vmm_server) == (
+            "vmm_server",
+            True,
+            VMM,
+        )

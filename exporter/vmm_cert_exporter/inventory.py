@@ -192,7 +192,11 @@ def build_inventory(config: Config, views: Iterable[VmmView]) -> Inventory:
     discovered: dict[str, Computer] = {}
     for view in view_map.values():
         for computer in view.managed:
-            discovered.setdefault(computer.key, computer)
+            # a computer two VMM servers list belongs to the one it is a name of, if any
+            if computer.key not in discovered or (
+                computer.is_vmm_server and not discovered[computer.key].is_vmm_server
+            ):
+                discovered[computer.key] = computer
 
     for server in config.vmm_servers:
         seen = discovered.get(fqdn_key(server.host))
