@@ -296,7 +296,8 @@ def test_windows_powershell_51_rules(operation: str) -> None:
             "list-trusted-certificates",
             [
                 "Cert:\\LocalMachine\\TrustedPeople",
-                "try { $dns = @($_.DnsNameList | ForEach-Object { [string]$_.Unicode }) } catch { }",
+                "try { $dns = @($_.DnsNameList | ForEach-Object { [string]$_.Unicode }) }"
+                " catch { }",
             ],
         ),
         (
