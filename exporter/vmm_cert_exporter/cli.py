@@ -200,6 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="JSON with every job's steps")
 
     p = sub.add_parser("demo", help="start the lab and the exporter against it, print the URLs")
+    p.add_argument("--scenario", default="demo", metavar="demo|ha|FILE", help="the lab's fleet")
+    p.add_argument(
+        "--locale",
+        default=None,
+        metavar="en-US|ja-JP",
+        help="language of the lab VMM's display strings (ja-JP: a Japanese VMM)",
+    )
     _add_logging(p)
     return parser
 
