@@ -63,21 +63,36 @@ def _thumbprints(stack: Stack) -> dict[str, list[str]]:
     }
 
 
+def _labels(prometheus: Process, expr: str, label: str) -> set[str]:
+    return {item["metric"].get(label, "") for item in _query(prometheus, expr)}
+
+
 @pytest.fixture()
 def stack(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Stack]:
+    """``request.param``: (receiver mode, lab scenario, VMM display language)."""
+    mode, scenario, locale = request.param
     with running_stack(
         tmp_path / "stack",
-        receiver_mode=request.param,
+        receiver_mode=mode,
         interval="10s",
         scrape_interval="1s",
         for_durations=FAST,
         preferred_ports=False,
+        scenario=scenario,
+        locale=locale,
     ) as running:
         assert set(running.processes) == {"prometheus", "alertmanager"}
         yield running
 
 
-@pytest.mark.parametrize("stack", ["execute"], indirect=True)
+# A Japanese VMM prints every display string in Japanese (ホスト, 応答なし): the loop must
+# behave exactly as on an English one, because only invariant values decide.
+@pytest.mark.parametrize(
+    "stack",
+    [("execute", "demo", "en-US"), ("execute", "demo", "ja-JP")],
+    ids=["en-US", "ja-JP"],
+    indirect=True,
+)
 def test_execute_mode_renews_and_the_alerts_resolve(stack: Stack) -> None:
     prometheus = stack.processes["prometheus"]
     assert stack.receiver is not None
@@ -104,6 +119,22 @@ def test_execute_mode_renews_and_the_alerts_resolve(stack: Stack) -> None:
     assert {j.status for j in jobs} <= {"succeeded", "already-fresh"}, [
         (j.host, j.status) for j in jobs
     ]
+    # the VMM server by procedure 2, every other computer by procedure 1
+    assert {j.host.lower(): j.procedure for j in jobs} == {
+        host: "update-vmm-certificate" if host == f"vmm01{D}" else "remove-register"
+        for host in {j.host.lower() for j in jobs}
+    }
+    # labels carry VMM's invariant values only, whatever language VMM displays
+    state = "vmm_managed_computer_state"
+    assert _labels(prometheus, state, "state") <= {"Responding", "NotResponding", "AccessDenied"}
+    assert _labels(prometheus, state, "role") == {"vmm_server", "hyperv_host", "library_server"}
+    # the dashboard's "not Responding" list: only the host no renewal can reach
+    unhealthy = f'{state}{{state!="Responding"}}'
+    _wait(
+        lambda: _labels(prometheus, unhealthy, "host") == {f"hv40{D}"},
+        60,
+        lambda: f"not responding: {_labels(prometheus, unhealthy, 'host')}",
+    )
     # what is left is what a renewal does not fix (CollectionFailing needs three failed
     # refreshes, so it may come after the renewals on a busy machine)
     _wait(
@@ -123,7 +154,7 @@ def test_execute_mode_renews_and_the_alerts_resolve(stack: Stack) -> None:
     assert not empty, f"no data for: {empty}"
 
 
-@pytest.mark.parametrize("stack", ["dry-run"], indirect=True)
+@pytest.mark.parametrize("stack", [("dry-run", "demo", None)], indirect=True)
 def test_dry_run_changes_nothing(stack: Stack) -> None:
     before = _thumbprints(stack)
     assert stack.receiver is not None
@@ -136,3 +167,60 @@ def test_dry_run_changes_nothing(stack: Stack) -> None:
     time.sleep(3)
     assert _thumbprints(stack) == before
     assert "VMMCertificateExpired" in _firing(stack.processes["prometheus"])
+
+
+HA_VMM = {f"vmm-ha{D}", f"vmmha-n1{D}", f"vmmha-n2{D}"}  # role name, active, passive node
+ALIASED_VMM = {f"scvmm{D}", f"vmm03{D}"}  # the configured alias and VMM's own FQDN
+OLD_HA_VMM = {f"vmm-old{D}", f"vmmold-n1{D}", f"vmmold-n2{D}"}  # no Update-SCVMMCertificate
+HOSTS_DUE = {f"hv-mixed01{D}", f"hv-old02{D}", f"hv-a02{D}"}
+ROLLUP = "apply the update rollup (VMM 2016 UR10, 2019 UR2, 2022 RTM or later)"
+
+
+@pytest.mark.parametrize("stack", [("execute", "ha", None)], indirect=True)
+def test_every_name_of_a_vmm_server_is_renewed_by_procedure_2_never_1(stack: Stack) -> None:
+    """The ha lab: an HA VMM (role name, active and passive node), an old HA VMM without
+    Update-SCVMMCertificate, and a VMM the configuration names by an alias."""
+    prometheus = stack.processes["prometheus"]
+    assert stack.receiver is not None
+    journal = stack.receiver.journal
+
+    def jobs() -> dict[str, Any]:
+        return {j.host.lower(): j for j in journal.list_jobs()}
+
+    def done() -> set[str]:
+        return {h for h, j in jobs().items() if j.status in ("succeeded", "already-fresh")}
+
+    due = HA_VMM | ALIASED_VMM | HOSTS_DUE
+    _wait(lambda: done() >= due, 120, lambda: f"done {sorted(done())} of {sorted(due)}")
+    for host, job in jobs().items():
+        expected = "update-vmm-certificate" if host in HA_VMM | ALIASED_VMM else "remove-register"
+        assert job.procedure == expected, (host, job.procedure, job.reason)
+        # procedure 1's steps never ran on any name of a VMM server
+        if host in HA_VMM | ALIASED_VMM | OLD_HA_VMM:
+            steps = {s.name for s in journal.steps(job.id) if s.status != "skipped"}
+            assert not steps & {"remove-certificates", "register-managed-computer"}, (host, steps)
+    # the old HA VMM: every name refused with the update rollup reason, nothing planned
+    assert not set(jobs()) & OLD_HA_VMM
+    _wait(
+        lambda: {a["host"].lower() for a in journal.rejected_alerts(1000)} >= OLD_HA_VMM,
+        60,
+        lambda: f"rejected {journal.rejected_alerts()}",
+    )
+    for alert in journal.rejected_alerts():
+        if alert["host"].lower() in OLD_HA_VMM:
+            assert ROLLUP in (alert["reason"] or ""), alert
+    # what is left: the old HA VMM's expiry, and the host in ConstrainedLanguage mode
+    _wait(
+        lambda: (
+            set().union(*(h for n, h in _firing(prometheus).items() if "Expir" in n)) == OLD_HA_VMM
+        ),
+        60,
+        lambda: f"firing: {_firing(prometheus)}",
+    )
+    _wait(
+        lambda: _firing(prometheus).get("VMMCertificateCollectionFailing") == {f"hv-clm01{D}"},
+        60,
+        lambda: f"firing: {_firing(prometheus)}",
+    )
+    errors = 'vmm_cert_collect_errors_total{host="hv-clm01.lab.example"}'
+    assert _labels(prometheus, errors, "reason") == {"language_mode"}

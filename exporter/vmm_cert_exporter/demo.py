@@ -137,9 +137,14 @@ def running_stack(
     scrape_interval: str = "5s",
     for_durations: dict[str, str] | None = None,
     preferred_ports: bool = True,
+    scenario: str = "demo",
+    locale: str | None = None,
 ) -> Iterator[Stack]:
     """Lab, exporter, the renewal receiver (against the lab only) and, when installed,
-    Prometheus + Alertmanager; everything is stopped on exit, in reverse order."""
+    Prometheus + Alertmanager; everything is stopped on exit, in reverse order.
+
+    ``scenario`` and ``locale`` choose the lab's fleet and the language its VMM servers
+    display (``ja-JP``: a Japanese VMM, whose invariant values are the same)."""
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
 
@@ -147,7 +152,9 @@ def running_stack(
         return free_port(preferred if preferred_ports else 0)
 
     with contextlib.ExitStack() as stack:
-        lab = stack.enter_context(start_lab(scenario="demo", state_dir=workdir / "lab"))
+        lab = stack.enter_context(
+            start_lab(scenario=scenario, state_dir=workdir / "lab", locale=locale)
+        )
         config_path = lab.write_config(workdir / "exporter.yml")
         data = yaml.safe_load(config_path.read_text())
         data["collection"]["interval"] = interval  # the demo shows renewals quickly
@@ -197,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    with running_stack(DEMO_DIR) as stack:
+    with running_stack(DEMO_DIR, scenario=args.scenario, locale=args.locale) as stack:
         lab, exporter = stack.lab, stack.exporter
         exporter.refresher.wait_first(timeout=120)
         urls = {name: p.url for name, p in stack.processes.items()}
