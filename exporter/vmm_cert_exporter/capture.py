@@ -19,12 +19,10 @@ import contextlib
 import logging
 import shutil
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 from vmm_cert_exporter import __version__, failures
@@ -56,28 +54,12 @@ _REFUSED = "the computer refused the credentials earlier in this capture"
 
 
 class RecordingRunner(WinRMRunner):
-    """The exporter's runner, also keeping the bytes a script wrote before they are decoded.
-
-    ``run`` reads a command's output through ``_receive``; the bytes are kept per thread, so
-    every call keeps the deadline, abort and clean-up behaviour of the runner it came from.
-    """
-
-    _raw = threading.local()
-
-    @staticmethod
-    def _receive(*args: Any, **kwargs: Any) -> tuple[bytes, bytes, int]:
-        received: tuple[bytes, bytes, int] = WinRMRunner._receive(*args, **kwargs)
-        RecordingRunner._raw.value = received
-        return received
+    """The exporter's runner, returning the bytes a script wrote beside the decoded output."""
 
     def run_raw(self, host: str, script: str) -> tuple[bytes, bytes, ScriptOutput]:
         """Run ``script`` on ``host``: (stdout bytes, stderr bytes, the decoded output)."""
-        self._raw.value = None
         output = self.run(host, script)
-        raw: tuple[bytes, bytes, int] | None = self._raw.value
-        if raw is None:  # a runner that reads output another way: keep what it decoded
-            return output.stdout.encode("utf-8"), output.stderr.encode("utf-8"), output
-        return raw[0], raw[1], output
+        return output.raw_stdout, output.raw_stderr, output
 
 
 def _call(runner: RecordingRunner, host: str, operation: str) -> tuple[Call, ScriptOutput | None]:

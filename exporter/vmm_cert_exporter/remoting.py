@@ -20,7 +20,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import requests
@@ -185,6 +185,9 @@ class ScriptOutput:
     stdout: str
     stderr: str
     exit_code: int
+    # the bytes as received, before decoding: what `capture` records for a replay
+    raw_stdout: bytes = field(default=b"", repr=False, compare=False)
+    raw_stderr: bytes = field(default=b"", repr=False, compare=False)
 
     def failure(self) -> CollectError | None:
         """Why the script failed, or None when it exited 0.
@@ -363,7 +366,9 @@ class WinRMRunner:
                 self._cleanup(protocol, shell_id, command_id)
         out = stdout.decode("utf-8", errors="replace").lstrip("\ufeff")
         err = decode_stderr(stderr.decode("utf-8", errors="replace"))
-        return ScriptOutput(stdout=out, stderr=err, exit_code=exit_code)
+        return ScriptOutput(
+            stdout=out, stderr=err, exit_code=exit_code, raw_stdout=stdout, raw_stderr=stderr
+        )
 
     @staticmethod
     def _receive(
