@@ -63,7 +63,6 @@ from pathlib import Path
 from typing import Any, Final, NoReturn
 
 import bcrypt
-import yaml
 from cheroot import wsgi
 from cheroot.makefile import StreamReader, StreamWriter
 from cheroot.ssl import Adapter
@@ -71,12 +70,16 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from vmm_cert_exporter import httpio
-from vmm_cert_exporter.config import (
+from vmm_cert_exporter.config_file import (
     ConfigError,
-    DuplicateKeyError,
-    StrictSafeLoader,
     YamlMapping,
+    config_dir,
+    parse_yaml,
+    read_config_text,
 )
+from vmm_cert_exporter.config_schema import Document, Located, Section
+from vmm_cert_exporter.config_values import read_existing_path, read_string
+from vmm_cert_exporter.documents import describe, short
 from vmm_cert_exporter.durations import EXAMPLES as DURATION_EXAMPLES
 from vmm_cert_exporter.durations import parse_duration
 from vmm_cert_exporter.secrets import Secret, warn_if_readable_by_others
@@ -226,29 +229,14 @@ class WebConfigFile:
 
 def load_web_config(path: str | os.PathLike[str]) -> WebConfigFile:
     """Read and validate the web configuration file at ``path``; raise ``WebConfigError``."""
-    display = os.fspath(path)
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_WEB_CONFIG_BYTES + 1)
-    except FileNotFoundError:
-        raise WebConfigError(display, "(file)", "the web config file does not exist") from None
-    except IsADirectoryError:
-        raise WebConfigError(display, "(file)", "expected a file, found a directory") from None
-    except PermissionError:
-        raise WebConfigError(display, "(file)", "permission denied reading the file") from None
-    except OSError as exc:
-        raise WebConfigError(display, "(file)", f"cannot read the file: {exc.strerror}") from None
-    if len(data) > MAX_WEB_CONFIG_BYTES:
-        raise WebConfigError(
-            display, "(file)", f"larger than {MAX_WEB_CONFIG_BYTES} bytes: not a web config file"
-        )
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise WebConfigError(
-            display, "(file)", f"not valid UTF-8 (byte offset {exc.start})"
-        ) from None
-    return loads_web_config(text, file=display, base_dir=Path(os.path.abspath(display)).parent)
+    text = read_config_text(
+        path,
+        subject="the web config file",
+        kind="a web config file",
+        limit=MAX_WEB_CONFIG_BYTES,
+        error=WebConfigError,
+    )
+    return loads_web_config(text, file=os.fspath(path), base_dir=config_dir(path))
 
 
 def loads_web_config(
@@ -256,7 +244,7 @@ def loads_web_config(
 ) -> WebConfigFile:
     """Validate web configuration ``text`` (as if read from ``file``); raise ``WebConfigError``."""
     v = _Validator(file, Path(base_dir) if base_dir is not None else Path.cwd())
-    root = v.parse_yaml(text)
+    root = parse_yaml(text, file=file, error=WebConfigError)
     if root is None:
         # The toolkit accepts an empty file: no TLS, no authentication.
         log.warning("web config file has no settings: serving plain HTTP without auth")
@@ -285,56 +273,20 @@ def loads_web_config(
     )
 
 
-def _short(value: object, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 4] + "...'"
-
-
-def _describe(value: object) -> str:
-    if value is None:
-        return "null (nothing)"
-    if isinstance(value, bool):
-        return f"the boolean {str(value).lower()}"
-    if isinstance(value, int | float):
-        return f"the number {value}"
-    if isinstance(value, str):
-        return f"the string {_short(value)}"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return f"a {type(value).__name__}"
-
-
 class _Validator:
     def __init__(self, file: str, base_dir: Path) -> None:
         self.file = file
-        self.base_dir = base_dir
+        self.document = Document(
+            file,
+            base_dir,
+            directory_name="the web config file's directory",
+            error=WebConfigError,
+        )
         self._lines: dict[str, int] = {}
 
     # ---- errors and positions --------------------------------------------------------------
     def fail(self, field_path: str, message: str, line: int | None = None) -> NoReturn:
         raise WebConfigError(self.file, field_path, message, line)
-
-    def parse_yaml(self, text: str) -> object:
-        try:
-            loader = StrictSafeLoader(text)
-            try:
-                return loader.get_single_data()
-            finally:
-                loader.dispose()
-        except DuplicateKeyError as exc:
-            self.fail(exc.path, str(exc.problem), exc.line)
-        except yaml.MarkedYAMLError as exc:
-            # problem/context only: str(exc) quotes the source line, which may hold a hash
-            mark = exc.problem_mark or exc.context_mark
-            what = " ".join(p for p in (exc.context, exc.problem) if p) or "syntax error"
-            where = f" at column {mark.column + 1}" if mark is not None else ""
-            self.fail("(syntax)", f"not valid YAML: {what}{where}", mark.line + 1 if mark else None)
-        except yaml.YAMLError:
-            self.fail("(syntax)", "not valid YAML")
-        except RecursionError:
-            self.fail("(syntax)", "not valid YAML: nested too deeply")
 
     def mapping(
         self,
@@ -346,63 +298,28 @@ class _Validator:
         what: str = "key",
         refused: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
-        allowed = list(allowed)
-        if not isinstance(value, dict):
-            self.fail(path, f"expected a mapping, got {_describe(value)}", line)
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            key_line = value.key_lines.get(key) if isinstance(value, YamlMapping) else line
-            # odd keys (empty, spaces, not a string) are quoted so the field shows what is wrong
-            text = key if isinstance(key, str) and re.fullmatch(r"[A-Za-z0-9_-]+", key) else None
-            text = text or _short(key)
-            child = text if path == "(root)" else f"{path}.{text}"
-            if not isinstance(key, str):
-                self.fail(path, f"expected {what} names, got {_describe(key)}", key_line)
-            if refused and key in refused:
-                self.fail(child, refused[key], key_line)
-            if key not in allowed:
-                close = difflib.get_close_matches(key, allowed, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                # the value is never echoed: under an unknown key it may be anything
-                self.fail(
-                    child,
-                    f"unknown {what} {_short(key)}{hint}; allowed: {', '.join(allowed)}",
-                    key_line,
-                )
-            out[key] = item
-            if isinstance(value, YamlMapping):
-                self._lines[child] = value.value_lines.get(key) or key_line or 0
-        return out
+        section = Section(
+            self.document,
+            Located(value, path, line),
+            allowed,
+            what=what,
+            null_ok=False,
+            refused=refused,
+        )
+        for key in section.data:
+            # where each value is, for errors about it found later (certificates, keys)
+            self._lines[section.child_path(key)] = section.get(key).line or 0
+        return dict(section.data)
 
     def at(self, path: str) -> int | None:
         return self._lines.get(path) or None
 
     def string(self, value: object, path: str, what: str) -> str:
-        if not isinstance(value, str):
-            self.fail(path, f"expected {what}, got {_describe(value)}", self.at(path))
-        if value.strip() == "":
-            self.fail(path, f"expected {what}, got an empty string", self.at(path))
-        if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
-            self.fail(path, f"expected {what}, got a string with control characters", self.at(path))
-        return value
+        return read_string(self.document, Located(value, path, self.at(path)), what=what)
 
     def file_path(self, value: object, path: str, what: str) -> str:
-        text = self.string(value, path, f"the path of {what}")
-        resolved = Path(text).expanduser()
-        if not resolved.is_absolute():
-            resolved = self.base_dir / resolved
-        if not resolved.exists():
-            self.fail(
-                path,
-                f"{what} {resolved} does not exist (relative paths are resolved from the web "
-                f"config file's directory {self.base_dir})",
-                self.at(path),
-            )
-        if not resolved.is_file():
-            self.fail(path, f"{what} {resolved} is not a file", self.at(path))
-        if not os.access(resolved, os.R_OK):
-            self.fail(path, f"{what} {resolved} is not readable by this process", self.at(path))
-        return str(resolved)
+        located = Located(value, path, self.at(path))
+        return read_existing_path(self.document, located, what=what)
 
     # ---- sections ----------------------------------------------------------------------------
     def tls(self, value: object, path: str, line: int | None) -> TLSServerConfig | None:
@@ -426,7 +343,7 @@ class _Validator:
         if not isinstance(auth, str):
             self.fail(
                 auth_path,
-                f"expected one of {', '.join(CLIENT_AUTH_TYPES)}, got {_describe(auth)}",
+                f"expected one of {', '.join(CLIENT_AUTH_TYPES)}, got {describe(auth)}",
                 self.at(auth_path),
             )
         auth = _LEGACY_CLIENT_AUTH.get(auth, auth)
@@ -435,7 +352,7 @@ class _Validator:
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             self.fail(
                 auth_path,
-                f"expected one of {', '.join(CLIENT_AUTH_TYPES)}, got {_short(auth)}{hint}",
+                f"expected one of {', '.join(CLIENT_AUTH_TYPES)}, got {short(auth)}{hint}",
                 self.at(auth_path),
             )
         if auth in _UNVERIFIED_CLIENT_AUTH:
@@ -480,7 +397,7 @@ class _Validator:
         if not isinstance(prefer, bool):
             self.fail(
                 prefer_path,
-                f"expected true or false, got {_describe(prefer)}",
+                f"expected true or false, got {describe(prefer)}",
                 self.at(prefer_path),
             )
         return TLSServerConfig(cert, key, ca, auth, low, high, prefer)
@@ -495,7 +412,7 @@ class _Validator:
                 self.at(path),
             )
         if not isinstance(value, str) or value not in TLS_VERSIONS:
-            self.fail(path, f"expected TLS12 or TLS13, got {_describe(value)}", self.at(path))
+            self.fail(path, f"expected TLS12 or TLS13, got {describe(value)}", self.at(path))
         return value
 
     def http(self, value: object, path: str, line: int | None) -> tuple[tuple[str, str], ...]:
@@ -505,7 +422,7 @@ class _Validator:
         http2 = section.get("http2")
         if http2 is not None and not isinstance(http2, bool):
             self.fail(
-                f"{path}.http2", f"expected true or false, got {_describe(http2)}", self.at(path)
+                f"{path}.http2", f"expected true or false, got {describe(http2)}", self.at(path)
             )
         if http2 is True:
             self.fail(
@@ -528,7 +445,7 @@ class _Validator:
             allowed = _HEADERS[name]
             if allowed is not None and text.lower() not in allowed:
                 self.fail(
-                    hp, f"expected one of {', '.join(allowed)}, got {_short(text)}", self.at(hp)
+                    hp, f"expected one of {', '.join(allowed)}, got {short(text)}", self.at(hp)
                 )
             if not text.isascii():
                 self.fail(hp, "expected an ASCII header value", self.at(hp))
@@ -541,14 +458,14 @@ class _Validator:
         if not isinstance(value, dict):
             self.fail(
                 path,
-                f"expected a mapping of user names to bcrypt hashes, got {_describe(value)}",
+                f"expected a mapping of user names to bcrypt hashes, got {describe(value)}",
                 self.at(path) or line,
             )
         out: dict[str, Secret] = {}
         for user, hashed in value.items():
             key_line = value.key_lines.get(user) if isinstance(value, YamlMapping) else line
             if not isinstance(user, str) or user == "":
-                self.fail(path, f"expected user names (strings), got {_describe(user)}", key_line)
+                self.fail(path, f"expected user names (strings), got {describe(user)}", key_line)
             upath = f"{path}.{user}" if re.fullmatch(r"[A-Za-z0-9_.@-]+", user) else path
             if ":" in user:
                 self.fail(upath, "a basic auth user name cannot contain ':'", key_line)
@@ -558,8 +475,8 @@ class _Validator:
             if not isinstance(hashed, str):
                 self.fail(
                     upath,
-                    f"expected a bcrypt hash (a string), got {_describe(hashed).split(' ')[1]} "
-                    f"value; {_HASH_HELP}",
+                    f"expected a bcrypt hash (a string), got {describe(hashed, redact=True)}; "
+                    f"{_HASH_HELP}",
                     key_line,
                 )
             match = _BCRYPT_RE.fullmatch(hashed)
@@ -597,7 +514,7 @@ class _Validator:
             self.fail(
                 ipath,
                 f"expected a duration such as {DURATION_EXAMPLES} (0s disables the limit), "
-                f"got {_describe(interval_value)}",
+                f"got {describe(interval_value)}",
                 self.at(ipath) or line,
             )
         try:
@@ -610,7 +527,7 @@ class _Validator:
         if isinstance(burst, bool) or not isinstance(burst, int) or not 1 <= burst <= 1_000_000:
             self.fail(
                 bpath,
-                f"expected an integer from 1 to 1000000, got {_describe(burst)}",
+                f"expected an integer from 1 to 1000000, got {describe(burst)}",
                 self.at(bpath) or line,
             )
         return RateLimit(interval, burst)
