@@ -21,6 +21,10 @@ import re
 from dataclasses import dataclass
 from typing import Final, NoReturn
 
+from vmm_cert_exporter.documents import STRICT_JSON as _DECODER
+from vmm_cert_exporter.documents import json_type as _type_name
+from vmm_cert_exporter.documents import short as _short
+
 # A computer holds a handful of certificates of ~1 KB; TrustedPeople on a VMM server one per
 # managed computer. 16 MiB is thousands of times the realistic size and still cheap to hold.
 MAX_OUTPUT: Final = 16 * 1024 * 1024
@@ -117,28 +121,6 @@ class JobResult:
     error: str | None
 
 
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _type_name(value: object) -> str:
-    # JSON's names, which is what the script author thinks in.
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
-
-
 class _Reader:
     """Field access on one decoded document, raising errors that name the field."""
 
@@ -201,23 +183,6 @@ class _Reader:
 
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
-
-
-def _reject_constant(name: str) -> NoReturn:
-    # NaN and Infinity are not JSON; Python's decoder would accept them.
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    result: dict[str, object] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key {key!r}")
-        result[key] = value
-    return result
-
-
-_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
 
 
 def _document(operation: str, stdout: object) -> tuple[_Reader, dict[str, object]]:

@@ -26,6 +26,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, NoReturn
 
+from vmm_cert_exporter.documents import STRICT_JSON as _DECODER
+from vmm_cert_exporter.documents import json_kind as _kind
+
 MAX_ALERTS: Final = 1000
 MAX_LABELS: Final = 64
 MAX_LABEL_VALUE: Final = 4096
@@ -98,38 +101,6 @@ class WebhookPayload:
 
 def _fail(path: str, message: str) -> NoReturn:
     raise PayloadError(f"{path}: {message}" if path else message)
-
-
-def _kind(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key {key[:60]!r}")
-        result[key] = value
-    return result
-
-
-def _no_constant(name: str) -> NoReturn:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
 
 
 def _string(value: object, path: str, limit: int = MAX_STRING) -> str:
