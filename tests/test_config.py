@@ -30,6 +30,7 @@ from vmm_cert_exporter.config import (
     parse_listen_address,
     validate_fqdn,
 )
+from vmm_cert_exporter.config_schema import declared_keys
 from vmm_cert_exporter.durations import format_duration, parse_duration
 from vmm_cert_exporter.secrets import Secret, SecretError, read_secret_env, read_secret_file
 
@@ -1178,3 +1179,68 @@ def test_docs_examples_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ind
     monkeypatch.setenv("LAB_WINRM_PASSWORD", "lab")
     config = loads_config(text, file="example.yml", base_dir=tmp_path)
     assert config.vmm_servers or config.hosts
+
+
+# --------------------------------------------------------------------------------------------
+# The reference lists every declared key, with the declared default and range
+
+
+def _reference_tables(text: str) -> dict[str, dict[str, list[str]]]:
+    """Table rows of each ``## `section` `` of the page: section -> key -> its cells."""
+    tables: dict[str, dict[str, list[str]]] = {}
+    section = ""
+    for line in text.splitlines():
+        if line.startswith("## "):
+            named = line.split("`")
+            section = named[1] if len(named) > 2 else ""
+            tables.setdefault(section, {})
+        elif section and line.startswith("| `"):
+            cells = [cell.strip() for cell in line.strip("|").split(" | ")]
+            tables[section][cells[0].strip("`")] = cells
+    return tables
+
+
+def _reference_problems(text: str) -> list[str]:
+    tables = _reference_tables(text)
+    problems = []
+    for entry in declared_keys(Config):
+        where = f"{entry.section}: {entry.path}"
+        cells = tables.get(entry.section, {}).get(entry.path)
+        if cells is None:
+            problems.append(f"{where} is missing; add a row like {entry.row()}")
+            continue
+        _key, kind, default, rules = cells
+        if kind != entry.kind:
+            problems.append(f"{where}: type {kind}, declared {entry.kind}")
+        for bound in entry.key.bounds:
+            if bound not in rules:
+                problems.append(f"{where}: the rules do not say {bound}")
+        expected = entry.default_text
+        if expected is None:
+            continue
+        if entry.key.kind == "duration":
+            written = default.split("`")[1] if default.count("`") >= 2 else default
+            if parse_duration(written) != entry.default:
+                problems.append(f"{where}: default {default}, declared {expected}")
+        elif f"`{expected}`" not in default:
+            problems.append(f"{where}: default {default}, declared `{expected}`")
+    return problems
+
+
+def test_reference_lists_every_declared_key() -> None:
+    assert _reference_problems(DOCS.read_text(encoding="utf-8")) == []
+
+
+def test_reference_check_notices_a_missing_row_and_a_wrong_default() -> None:
+    text = DOCS.read_text(encoding="utf-8")
+    without = "\n".join(
+        line for line in text.splitlines() if not line.startswith("| `step_timeout` |")
+    )
+    assert _reference_problems(without) == [
+        "receiver: step_timeout is missing; add a row like | `step_timeout` | duration | `10m` "
+        "| 10s to 6h; deadline of one change step |"
+    ]
+    wrong = text.replace("| `concurrency` | integer | `16` |", "| `concurrency` | integer | `8` |")
+    assert _reference_problems(wrong) == ["collection: concurrency: default `8`, declared `16`"]
+    wrong = text.replace("| `timeout` | duration | `60s` |", "| `timeout` | duration | `2m` |")
+    assert _reference_problems(wrong) == ["winrm: timeout: default `2m`, declared 1m"]

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, NoReturn, TypeVar, cast
 
+import yaml
+
 from vmm_cert_exporter.config_file import (
     FIELD_ROOT,
     ConfigError,
@@ -31,6 +33,7 @@ from vmm_cert_exporter.config_file import (
     key_text,
 )
 from vmm_cert_exporter.documents import describe, short
+from vmm_cert_exporter.durations import format_duration
 
 __all__ = [
     "REQUIRED",
@@ -329,11 +332,32 @@ class ReferenceEntry:
     key: Key
     default: Any
 
+    @property
+    def kind(self) -> str:
+        """The type of this YAML key: a secret is given as a file path or a variable name."""
+        if self.key.secret:
+            return "path" if self.path.endswith("_file") else "string"
+        return self.key.kind
+
+    @property
+    def default_text(self) -> str | None:
+        """The default as it would be written in YAML; None for a required or unset key."""
+        value = self.default
+        if value is REQUIRED or value is None:
+            return None
+        if self.key.kind == "duration":
+            return format_duration(value)
+        if isinstance(value, tuple):
+            return yaml.safe_dump(list(value), default_flow_style=True, width=1 << 16).strip()
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return str(value)
+
     def row(self) -> str:
         """A reference table row to start from: key, type, default, rules."""
-        default = "—" if self.default is REQUIRED or self.default is None else self.default
+        default = "—" if self.default_text is None else f"`{self.default_text}`"
         rules = "; ".join(filter(None, (", ".join(self.key.bounds), self.key.doc)))
-        return f"| `{self.path}` | {self.key.kind} | `{default}` | {rules} |"
+        return f"| `{self.path}` | {self.kind} | {default} | {rules} |"
 
 
 def declared_keys(cls: type) -> Iterator[ReferenceEntry]:

@@ -192,7 +192,7 @@ def _known_zone(section: Section, at: Located, zone: str) -> None:
 def _some_weekdays(section: Section, slot: Slot) -> tuple[int, ...]:
     at = section.get(slot.key)
     if at.value is None:
-        return tuple(slot.default)
+        return tuple(WEEKDAYS.index(day) for day in slot.default)
     if not read_list(section.document, at):
         section.document.fail_at(at, "expected at least one weekday (leave it out for every day)")
     names = _words(WEEKDAYS)(section, slot)
@@ -211,7 +211,7 @@ class MaintenanceWindow:
             "the days a window may start on",
             "list of weekdays",
             bounds=tuple(f"`{day}`" for day in WEEKDAYS),
-            default=tuple(range(7)),
+            default=WEEKDAYS,
         ).metadata()
     )
     start: int = field(
