@@ -53,6 +53,7 @@ from vmm_cert_exporter.config_values import (
     HOSTNAME_RE,
     ROLES,
     choice,
+    credential_file,
     duration,
     flag,
     fqdn,
@@ -75,7 +76,7 @@ from vmm_cert_exporter.receiver.config import (
     MaintenanceWindow,
     ReceiverConfig,
 )
-from vmm_cert_exporter.secrets import Secret, warn_if_readable_by_others
+from vmm_cert_exporter.secrets import Secret
 
 __all__ = [
     "DEFAULT_ENDPOINT",
@@ -228,12 +229,6 @@ def _client_certificate(what: str) -> Callable[[Section, Slot], str | None]:
     return read
 
 
-def _private_key_warning(section: Section, at: Located, path: str | None) -> None:
-    # The key is a credential: same warning as a password file.
-    if path is not None:
-        warn_if_readable_by_others(path)
-
-
 def _read_ca_trust_path(section: Section, slot: Slot) -> str | None:
     at = section.get(slot.key)
     if at.value is None:
@@ -287,7 +282,7 @@ class WinRMConfig:
             _client_certificate("client certificate key"),
             "its private key (PEM), transport certificate only",
             "path",
-            checks=(_private_key_warning,),
+            checks=(credential_file,),
         ).metadata(),
     )
     server_cert_validation: str = field(

@@ -40,6 +40,7 @@ from vmm_cert_exporter.secrets import (
 __all__ = [
     "ROLES",
     "choice",
+    "credential_file",
     "duration",
     "existing_path",
     "flag",
@@ -381,22 +382,23 @@ def choice(doc: str, choices: Sequence[str], *, checks: tuple[Check, ...] = ()) 
     return Key(read, doc, "string", bounds=words, checks=checks).metadata()
 
 
-def existing_path(
-    doc: str, *, what: str, directory_ok: bool = False, private: bool = False
-) -> dict[str, Key]:
-    """A file (or directory) that exists now; ``private``: warn when others can read it."""
+def existing_path(doc: str, *, what: str) -> dict[str, Key]:
+    """A file that exists now."""
 
     def read(section: Section, slot: Slot) -> str | None:
         at = section.get(slot.key)
         if at.value is None:
             default: str | None = _absent(section, slot, at, f"the path of {what}")
             return default
-        path = read_existing_path(section.document, at, what=what, directory_ok=directory_ok)
-        if private:
-            warn_if_readable_by_others(path)
-        return path
+        return read_existing_path(section.document, at, what=what)
 
     return Key(read, doc, "path").metadata()
+
+
+def credential_file(section: Section, at: Located, path: str | None) -> None:
+    """A check for a key naming a private key: warned about like a password file."""
+    if path is not None:
+        warn_if_readable_by_others(path)
 
 
 def new_file(doc: str, *, what: str) -> dict[str, Key]:

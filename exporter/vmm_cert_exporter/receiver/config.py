@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from vmm_cert_exporter.config_schema import (
+    Check,
     Key,
     Located,
     Reader,
@@ -25,6 +26,7 @@ from vmm_cert_exporter.config_schema import (
 from vmm_cert_exporter.config_values import (
     ROLES,
     choice,
+    credential_file,
     duration,
     existing_path,
     flag,
@@ -42,7 +44,7 @@ from vmm_cert_exporter.documents import short
 from vmm_cert_exporter.durations import format_duration
 from vmm_cert_exporter.powershell import validate_params
 from vmm_cert_exporter.rules import TRIGGER_ALERTS
-from vmm_cert_exporter.secrets import Secret, warn_if_readable_by_others
+from vmm_cert_exporter.secrets import Secret
 
 __all__ = [
     "DEFAULT_ALLOW_ROLES",
@@ -131,15 +133,18 @@ def _globs(section: Section, slot: Slot) -> tuple[str, ...]:
     return tuple(patterns)
 
 
-def _words(choices: tuple[str, ...]) -> Reader:
-    """A list of distinct words out of ``choices``."""
+def _words(choices: tuple[str, ...], *, empty: str = "") -> Reader:
+    """A list of distinct words out of ``choices``; ``empty``: the error for an empty list."""
 
     def read(section: Section, slot: Slot) -> tuple[str, ...]:
         at = section.get(slot.key)
         if at.value is None:
             return tuple(slot.default)
+        items = read_list(section.document, at)
+        if empty and not items:
+            section.document.fail_at(at, empty)
         words: list[str] = []
-        for item in read_list(section.document, at):
+        for item in items:
             word = read_choice(section.document, item, choices, "")
             if word in words:
                 section.document.fail_at(item, f"{word} is listed twice")
@@ -189,14 +194,14 @@ def _known_zone(section: Section, at: Located, zone: str) -> None:
         )
 
 
+_weekday_names = _words(
+    WEEKDAYS, empty="expected at least one weekday (leave it out for every day)"
+)
+
+
 def _some_weekdays(section: Section, slot: Slot) -> tuple[int, ...]:
-    at = section.get(slot.key)
-    if at.value is None:
-        return tuple(WEEKDAYS.index(day) for day in slot.default)
-    if not read_list(section.document, at):
-        section.document.fail_at(at, "expected at least one weekday (leave it out for every day)")
-    names = _words(WEEKDAYS)(section, slot)
-    return tuple(sorted(WEEKDAYS.index(day) for day in names))
+    # Written as names, kept as datetime.weekday() numbers.
+    return tuple(sorted(WEEKDAYS.index(day) for day in _weekday_names(section, slot)))
 
 
 @dataclass(frozen=True)
@@ -269,17 +274,14 @@ class BasicAuthConfig:
     )
 
 
-def _pem_file(what: str, *, private: bool = False) -> dict[str, Key]:
+def _pem_file(what: str, *, checks: tuple[Check, ...] = ()) -> dict[str, Key]:
     def read(section: Section, slot: Slot) -> str:
         for key in ("cert_file", "key_file"):  # both are required before either is read
             if not section.has(key):
                 section.fail(key, "required when tls is set: expected a PEM file path")
-        path = read_existing_path(section.document, section.get(slot.key), what=what)
-        if private:
-            warn_if_readable_by_others(path)
-        return path
+        return read_existing_path(section.document, section.get(slot.key), what=what)
 
-    return Key(read, f"the {what} (PEM)", "path").metadata()
+    return Key(read, f"the {what} (PEM)", "path", checks=checks).metadata()
 
 
 @dataclass(frozen=True)
@@ -287,7 +289,7 @@ class ReceiverTlsConfig:
     """``receiver.tls``: HTTPS for the receiver, optionally requiring client certificates."""
 
     cert_file: str = field(metadata=_pem_file("TLS certificate"))
-    key_file: str = field(metadata=_pem_file("TLS private key", private=True))
+    key_file: str = field(metadata=_pem_file("TLS private key", checks=(credential_file,)))
     client_ca_file: str | None = field(
         default=None,
         metadata=existing_path(
