@@ -141,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="en-US|ja-JP",
         help="language of VMM's display strings (default: the scenario's, else en-US)",
     )
+    p.add_argument(
+        "--latency",
+        default="none",
+        metavar="none|windows",
+        help="windows: 800 ms per shell, 100 ms per other request, as real hosts answer",
+    )
     p.add_argument("--write-config", default=None, metavar="PATH")
     p.add_argument(
         "--replay",

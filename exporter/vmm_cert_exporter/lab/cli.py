@@ -9,6 +9,7 @@ import sys
 import threading
 from types import FrameType
 
+from vmm_cert_exporter.lab.latency import latency_profile
 from vmm_cert_exporter.lab.locales import parse_locale
 from vmm_cert_exporter.lab.replay import replay_from_args, write_replay_config
 from vmm_cert_exporter.lab.runner import parse_listen, start_lab
@@ -26,6 +27,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.hosts is not None and args.hosts < 0:
         print("vmm-cert-exporter lab: --hosts must be >= 0", file=sys.stderr)
+        return 2
+    try:
+        latency = latency_profile(args.latency)
+    except ValueError as exc:
+        print(f"vmm-cert-exporter lab: --latency: {exc}", file=sys.stderr)
         return 2
     try:
         locale = None if getattr(args, "locale", None) is None else parse_locale(args.locale)
@@ -46,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
             tls=args.tls,
             fleet=replay,
             locale=locale,
+            latency=latency,
         )
     except (OSError, ValueError) as exc:
         print(f"vmm-cert-exporter lab: cannot start: {exc}", file=sys.stderr)

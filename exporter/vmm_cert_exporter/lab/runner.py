@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from vmm_cert_exporter.lab.interfaces import Account, FleetModel
+from vmm_cert_exporter.lab.latency import NONE, Latency
 from vmm_cert_exporter.lab.server import LabServer
 from vmm_cert_exporter.lab.tls import create_lab_tls
 
@@ -214,6 +215,7 @@ def start_lab(
     receive_chunk: int = 8192,
     max_operation_wait: float = 60.0,
     tls_listener: bool = True,
+    latency: Latency = NONE,
     locale: str | None = None,
 ) -> RunningLab:
     """Load the scenario (or use ``fleet``), start serving, return the running lab.
@@ -222,6 +224,7 @@ def start_lab(
     ``state_dir`` receives the lab CA; a temporary one is made (and removed) if omitted.
     ``tls_listener`` also starts the TLS listener that presents every computer's current
     certificate by SNI (``.tls_probe_address``), for models that are a ``Fleet``.
+    ``latency`` is how long each WS-Management request takes (``lab.latency.WINDOWS``).
     ``locale`` (``"en-US"``, ``"ja-JP"``) is the language of VMM's display strings; it
     overrides the scenario's ``locale`` (a given ``fleet`` must be a ``Fleet``).
     """
@@ -247,6 +250,7 @@ def start_lab(
         tls=lab_tls,
         receive_chunk=receive_chunk,
         max_operation_wait=max_operation_wait,
+        latency=latency,
     )
     server.start()
     from vmm_cert_exporter.lab.model import Fleet

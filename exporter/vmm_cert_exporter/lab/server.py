@@ -27,9 +27,11 @@ from urllib.parse import urlsplit
 from vmm_cert_exporter.lab import ntlm
 from vmm_cert_exporter.lab.control import ControlError, handle_control
 from vmm_cert_exporter.lab.interfaces import Account, Faults, FleetModel
+from vmm_cert_exporter.lab.latency import NONE, Latency
 from vmm_cert_exporter.lab.tls import LabTLS
 from vmm_cert_exporter.lab.wsman import (
     DEFAULT_IDLE_TIMEOUT,
+    LabStopping,
     ShellTable,
     WSManFault,
     WSManService,
@@ -267,7 +269,11 @@ class _Handler(BaseHTTPRequestHandler):
             return
         # Re-read: a fault switched on during the handshake or latency applies at once.
         faults = lab.model.faults(fqdn)
-        status, answer = self._answer(fqdn, body, faults)
+        try:
+            status, answer = self._answer(fqdn, body, faults)
+        except LabStopping:
+            self.close_connection = True
+            return
         if self.encrypted:
             answer = self.ntlm.encrypt(answer)
             ctype = ntlm.CONTENT_TYPE
@@ -281,6 +287,8 @@ class _Handler(BaseHTTPRequestHandler):
             if faults.access_denied:
                 raise access_denied()
             return 200, lab.service.handle(fqdn, body, receive_timeout=faults.receive_timeout)
+        except LabStopping:
+            raise
         except WSManFault as fault:
             return 500, fault_envelope(fault, relates_to_of(body), fqdn)
         except KeyError:
@@ -351,10 +359,13 @@ class LabServer:
         receive_chunk: int = 8192,
         shell_idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         max_operation_wait: float = 60.0,
+        latency: Latency = NONE,
     ) -> None:
         """``receive_chunk``: most bytes of output served per Receive (Windows splits output
         the same way); ``max_operation_wait``: cap on how long a Receive with the
-        ``receive_timeout`` fault holds before answering w:TimedOut."""
+        ``receive_timeout`` fault holds before answering w:TimedOut; ``latency``: how long
+        each WS-Management request takes (``lab.latency``), slept in its connection's
+        thread."""
         self.model = model
         self.host = host
         self.tls = tls
@@ -367,6 +378,7 @@ class LabServer:
             self._wait,
             chunk_size=receive_chunk,
             max_operation_wait=max_operation_wait,
+            latency=latency,
         )
         self._lock = threading.Lock()
         self._requests = 0
@@ -377,6 +389,10 @@ class LabServer:
         self._httpd: _HTTPServer = server_cls((host, port), _Handler, bind_and_activate=True)
         self._httpd.lab = self
         self._thread: threading.Thread | None = None
+
+    @property
+    def latency(self) -> Latency:
+        return self.service.latency
 
     # --- lifecycle -------------------------------------------------------------------------
 

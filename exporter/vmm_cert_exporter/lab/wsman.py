@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from xml.sax.saxutils import escape, quoteattr
 
 from vmm_cert_exporter.lab.interfaces import Execution, FleetModel
+from vmm_cert_exporter.lab.latency import NONE, Latency
 
 NS = {
     "s": "http://www.w3.org/2003/05/soap-envelope",
@@ -55,6 +56,8 @@ CMD_LINE_LIMIT = 8191
 MAX_ENVELOPE = 512 * 1024
 # Windows' default shell IdleTimeout (PT7200S): a shell nobody touches is reclaimed.
 DEFAULT_IDLE_TIMEOUT = 7200.0
+# What a ReceiveResponse spends besides its streams' base64 (envelope, headers, end markers).
+RECEIVE_OVERHEAD = 4096
 
 _ENVELOPE_OPEN = (
     '<s:Envelope xml:lang="en-US"'
@@ -90,6 +93,10 @@ class WSManFault(Exception):
         self.wsman_code = wsman_code
         self.message = message or reason
         self.detail = detail
+
+
+class LabStopping(Exception):
+    """The server stopped while a request waited out its latency: it is dropped unanswered."""
 
 
 def shell_not_found(shell_id: str) -> WSManFault:
@@ -131,6 +138,7 @@ class Request:
     operation_timeout: float | None
     options: dict[str, str]
     body: ET.Element | None
+    max_envelope: int | None = None  # w:MaxEnvelopeSize: the largest answer the client takes
 
 
 def _text(el: ET.Element | None) -> str:
@@ -188,6 +196,7 @@ def parse_request(data: bytes) -> Request:
     for opt in header.iterfind("w:OptionSet/w:Option", NS):
         options[opt.get("Name", "")] = _text(opt)
     op_timeout = _text(header.find("w:OperationTimeout", NS))
+    envelope_size = _text(header.find("w:MaxEnvelopeSize", NS))
     body = None
     if body_el is not None and len(body_el):
         body = body_el[0]
@@ -199,6 +208,7 @@ def parse_request(data: bytes) -> Request:
         operation_timeout=parse_duration(op_timeout) if op_timeout else None,
         options=options,
         body=body,
+        max_envelope=int(envelope_size) if envelope_size.isdigit() else None,
     )
 
 
@@ -329,8 +339,10 @@ class WSManService:
         *,
         chunk_size: int = 8192,
         max_operation_wait: float = 60.0,
+        latency: Latency = NONE,
     ) -> None:
-        """``wait(seconds)`` sleeps and returns True when the server is stopping."""
+        """``wait(seconds)`` sleeps and returns True when the server is stopping; ``latency``
+        is slept before each request is acted on."""
         if chunk_size < 1:
             raise ValueError("chunk_size must be >= 1")
         self.model = model
@@ -338,10 +350,16 @@ class WSManService:
         self.wait = wait
         self.chunk_size = chunk_size
         self.max_operation_wait = max_operation_wait
+        self.latency = latency
 
     def handle(self, fqdn: str, data: bytes, *, receive_timeout: bool = False) -> bytes:
-        """Answer one request; raises WSManFault (with ``relates_to`` attached by the caller)."""
+        """Answer one request; raises WSManFault (with ``relates_to`` attached by the caller),
+        or LabStopping when the server stops during the request's latency."""
         req = parse_request(data)
+        # Before acting, as on Windows: the shell exists once its wsmprovhost has started.
+        delay = self.latency.shell_create if req.action == ACTION_CREATE else self.latency.request
+        if delay and self.wait(delay):
+            raise LabStopping
         if req.action == ACTION_CREATE:
             return self._create(fqdn, req)
         if req.action == ACTION_COMMAND:
@@ -435,7 +453,7 @@ class WSManService:
                 "w:InvalidParameter",
                 f"The WinRS command with CommandId {cid} was not found in shell {shell.shell_id}. ",
             )
-        budget = self.chunk_size
+        budget = self._receive_budget(req)
         out = cmd.stdout[cmd.out_pos : cmd.out_pos + budget]
         cmd.out_pos += len(out)
         budget -= len(out)
@@ -462,6 +480,13 @@ class WSManService:
             parts.append(f'<rsp:CommandState {cid_attr} State="{STATE_RUNNING}"/>')
         body = "<rsp:ReceiveResponse>" + "".join(parts) + "</rsp:ReceiveResponse>"
         return envelope(SHELL_URI + "/ReceiveResponse", req.message_id, body)
+
+    def _receive_budget(self, req: Request) -> int:
+        """Bytes of output one Receive may carry: the lab's chunk, or with ``fill_envelope``
+        whatever fits the client's MaxEnvelopeSize once base64-encoded."""
+        if not self.latency.fill_envelope or req.max_envelope is None:
+            return self.chunk_size
+        return max(self.chunk_size, (req.max_envelope - RECEIVE_OVERHEAD) * 3 // 4)
 
     def _signal(self, fqdn: str, req: Request) -> bytes:
         shell = self.shells.get(fqdn, req.shell_id)
