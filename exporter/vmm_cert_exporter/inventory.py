@@ -17,9 +17,6 @@ from vmm_cert_exporter.results import ManagedComputersResult
 
 log = logging.getLogger(__name__)
 
-ROLES = ("vmm_server", "hyperv_host", "library_server", "other")
-
-
 def normalise_role(raw: str) -> str:
     """Map VMM's invariant ``Role`` (a flags enum as text, e.g. ``Library, VMMServerRole``)
     onto the four published roles, strongest flag first.
