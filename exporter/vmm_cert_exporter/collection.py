@@ -1,8 +1,9 @@
 """The refresh: ask VMM what it manages, read every computer's store, build a snapshot.
 
 Calls per refresh: ``list-managed-computers`` (when ``discover``) and
-``list-trusted-certificates`` once per VMM server, then ``collect-certificates`` once per
-computer, all through one bounded pool. A computer that refuses our credentials is not
+``list-trusted-certificates`` once per VMM server, and ``collect-certificates`` once per
+computer, all through one bounded pool; once discovery succeeds, TrustedPeople is read beside
+the computers' stores rather than before them. A computer that refuses our credentials is not
 called again in the same refresh (account lockout policies count every attempt).
 Refreshes run in one background thread, so they can never overlap.
 """
@@ -290,40 +291,49 @@ class Refresher:
             ) as pool,
             self._abort_on_interrupt(),  # exits first: before the pool waits for its calls
         ):
-            # 1. each VMM server: what it manages, then its TrustedPeople
+            # 1. each VMM server: what it manages, then its TrustedPeople. Only the snapshot
+            # needs TrustedPeople: once discovery has just accepted our credentials, it is
+            # read beside the computers' stores (step 3) instead of before them.
             def vmm_server_calls(host: str, discover: bool) -> list[tuple[object, _Call]]:
                 done: list[tuple[object, _Call]] = []
                 if discover:
                     done.append(self._call(host, "list-managed-computers", parse_managed_computers))
-                    if done[-1][1].error and done[-1][1].error.reason == failures.AUTH:
+                    error = done[-1][1].error
+                    if error is None or error.reason == failures.AUTH:
                         return done
                 done.append(
                     self._call(host, "list-trusted-certificates", parse_trusted_certificates)
                 )
                 return done
 
+            def vmm_server_result(host: str, value: object, call: _Call) -> None:
+                note(call)
+                if call.error is not None:
+                    log.warning(
+                        "call failed",
+                        extra={
+                            "host": host,
+                            "operation": call.operation,
+                            "reason": call.error.reason,
+                            "detail": call.error.detail,
+                        },
+                    )
+                elif call.operation == "list-managed-computers":
+                    assert value is not None
+                    self._views[fqdn_key(host)] = view_from_result(host, value)  # type: ignore[arg-type]
+                else:
+                    self._trusted[fqdn_key(host)] = TrustedCopies.from_result(value)  # type: ignore[arg-type]
+
             server_futures = [
                 (s.host, pool.submit(vmm_server_calls, s.host, s.discover)) for s in cfg.vmm_servers
             ]
+            trusted_later: list[str] = []
             for host, server_future in server_futures:
-                for value, call in server_future.result():
-                    note(call)
-                    if call.error is not None:
-                        log.warning(
-                            "call failed",
-                            extra={
-                                "host": host,
-                                "operation": call.operation,
-                                "reason": call.error.reason,
-                                "detail": call.error.detail,
-                            },
-                        )
-                        continue
-                    if call.operation == "list-managed-computers":
-                        assert value is not None
-                        self._views[fqdn_key(host)] = view_from_result(host, value)  # type: ignore[arg-type]
-                    else:
-                        self._trusted[fqdn_key(host)] = TrustedCopies.from_result(value)  # type: ignore[arg-type]
+                done = server_future.result()
+                for value, call in done:
+                    vmm_server_result(host, value, call)
+                if done[-1][1].operation == "list-managed-computers" and done[-1][1].error is None:
+                    trusted_later.append(host)
 
             # 2. the inventory: configured + discovered (a failed discovery keeps the last list)
             discovering = {fqdn_key(s.host) for s in cfg.vmm_servers if s.discover}
@@ -348,11 +358,23 @@ class Refresher:
                 except CollectError as exc:
                     return None, replace(call, error=exc)
 
+            # submitted first: the longest call of the refresh starts before the computers
+            trusted_futures = [
+                (
+                    host,
+                    pool.submit(
+                        self._call, host, "list-trusted-certificates", parse_trusted_certificates
+                    ),
+                )
+                for host in trusted_later
+            ]
             host_futures = [
                 (c, pool.submit(collect, c))
                 for c in inventory.computers
                 if c.key not in auth_failed
             ]
+            for host, trusted_future in trusted_futures:
+                vmm_server_result(host, *trusted_future.result())
             for computer, host_future in host_futures:
                 certs, host_call = host_future.result()
                 note(host_call)
