@@ -1,57 +1,36 @@
-"""The refresh: ask VMM what it manages, read every computer's store, build a snapshot.
+"""The refresh: schedule VMM servers and computers onto their sources, build a snapshot.
 
 Calls per refresh: ``list-managed-computers`` (when ``discover``) and
-``list-trusted-certificates`` once per VMM server, and ``collect-certificates`` once per
-computer, all through one bounded pool; once discovery succeeds, TrustedPeople is read beside
-the computers' stores rather than before them. A computer that refuses our credentials is not
-called again in the same refresh (account lockout policies count every attempt).
-Refreshes run in one background thread, so they can never overlap.
+``list-trusted-certificates`` once per VMM server, and one read per computer (its source:
+``sources/winrm.py`` or ``sources/tls.py``), all through one bounded pool; once discovery
+succeeds, TrustedPeople is read beside the computers' stores rather than before them. A
+computer that refuses our credentials is not called again in the same refresh (account
+lockout policies count every attempt). Refreshes run in one background thread, so they can
+never overlap.
 """
 
 from __future__ import annotations
 
 import bisect
 import contextlib
-import ipaddress
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from vmm_cert_exporter import failures
-from vmm_cert_exporter.certificate import CertificateError, CertificateInfo, parse_certificate
 from vmm_cert_exporter.config import Config
 from vmm_cert_exporter.failures import CollectError
-from vmm_cert_exporter.inventory import (
-    Computer,
-    Inventory,
-    VmmView,
-    build_inventory,
-    fqdn_key,
-    view_from_result,
-)
-from vmm_cert_exporter.powershell import render_script
-from vmm_cert_exporter.remoting import ScriptOutput, WinRMRunner
-from vmm_cert_exporter.results import (
-    CertificateRecord,
-    CertificatesResult,
-    ScriptOutputError,
-    parse_collect_certificates,
-    parse_managed_computers,
-    parse_trusted_certificates,
-)
+from vmm_cert_exporter.inventory import Computer, Inventory, VmmView, build_inventory, fqdn_key
 from vmm_cert_exporter.sharding import Shard
-from vmm_cert_exporter.snapshot import (
-    HostSnapshot,
-    Snapshot,
-    StoredCertificate,
-    scvmm_friendly_host,
-)
-from vmm_cert_exporter.sources import TLS, MethodTable
+from vmm_cert_exporter.snapshot import HostSnapshot, Snapshot, StoredCertificate
+from vmm_cert_exporter.sources import TLS, WINRM, MethodTable, Source
 from vmm_cert_exporter.sources.tls import TlsProber
+from vmm_cert_exporter.sources.winrm import LIST_MANAGED, LIST_TRUSTED, WinRMSource
+from vmm_cert_exporter.trust import TrustedCopies, trust_of
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +39,6 @@ T = TypeVar("T")
 # Buckets of vmm_cert_exporter_refresh_duration_seconds: a refresh takes from a second
 # (a handful of hosts) to minutes (thousands of hosts at low concurrency).
 REFRESH_BUCKETS = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
-
-# TrustedPeople entries that are not copies of a managed computer's certificate
-_NOT_A_COPY = "VMMWinPEAgentOSDBootstrap"
 
 
 @dataclass
@@ -112,94 +88,39 @@ class _Call:
     duration: float
 
 
-def is_copy_candidate(record: CertificateRecord, info: CertificateInfo | None) -> bool:
-    """TrustedPeople entries named by IP address or for WinPE bootstrap are not host copies."""
-    names = list(record.dns_names)
-    if info is not None and info.common_name:
-        names.append(info.common_name)
-    if any(_NOT_A_COPY.lower() in n.lower() for n in names) or _NOT_A_COPY.lower() in (
-        record.friendly_name.lower()
-    ):
-        return False
-    for name in names:
-        try:
-            ipaddress.ip_address(name)
-        except ValueError:
-            return True
-    return False
+@dataclass
+class _VmmServerReads:
+    """What the first step learned from one VMM server."""
+
+    host: str
+    calls: list[_Call] = field(default_factory=list)
+    view: VmmView | None = None
+    copies: TrustedCopies | None = None
 
 
-def trusted_names(record: CertificateRecord, info: CertificateInfo | None) -> set[str]:
-    """The computers a TrustedPeople entry stands for: its DnsNameList, the names in its DER
-    and, as Microsoft support's checker reads it, the FQDN its SCVMM friendly name carries."""
-    names = {fqdn_key(n) for n in record.dns_names}
-    named = scvmm_friendly_host(record.friendly_name)
-    if named:
-        names.add(fqdn_key(named))
-    if info is not None:
-        names.update(fqdn_key(n) for n in info.dns_names)
-        if info.common_name:
-            names.add(fqdn_key(info.common_name))
-    return names
+@dataclass
+class _Gathered:
+    """What one refresh's calls brought in, noted in the refresher's thread in call order."""
 
+    calls: list[_Call] = field(default_factory=list)
+    auth_failed: set[str] = field(default_factory=set)
+    certificates: dict[str, tuple[StoredCertificate, ...]] = field(default_factory=dict)
 
-@dataclass(frozen=True)
-class TrustedCopies:
-    """VMM's TrustedPeople, indexed by computer name: thumbprints of each one's copies."""
-
-    by_name: dict[str, frozenset[str]]
-
-    @staticmethod
-    def from_result(result: CertificatesResult) -> TrustedCopies:
-        by_name: dict[str, set[str]] = {}
-        for record in result.certificates:
-            try:
-                info: CertificateInfo | None = parse_certificate(record.der)
-            except CertificateError:
-                info = None
-            if not is_copy_candidate(record, info):
-                continue
-            for name in trusted_names(record, info):
-                by_name.setdefault(name, set()).add(record.thumbprint.upper())
-        return TrustedCopies({k: frozenset(v) for k, v in by_name.items()})
-
-
-def trust_of(
-    computer: Computer,
-    current: StoredCertificate | None,
-    copies: TrustedCopies | None,
-) -> bool | None:
-    """Whether VMM's copy matches; None when there is nothing to compare or no verdict due.
-
-    The VMM server's own entry is judged only when TrustedPeople has one: whether VMM keeps
-    a copy of its own certificate is unverified, and a missing self-copy must not alert.
-    """
-    if current is None or copies is None or computer.vmm_server is None:
-        return None
-    thumbprints = copies.by_name.get(computer.key)
-    if computer.is_vmm_server and not thumbprints:
-        return None
-    return bool(thumbprints) and current.info.thumbprint.upper() in (thumbprints or ())
-
-
-def stored_certificates(result: CertificatesResult) -> tuple[StoredCertificate, ...]:
-    """Parse each SCVMM certificate; an unparsable one is a contract break of the reader."""
-    out: list[StoredCertificate] = []
-    for record in result.certificates:
-        if scvmm_friendly_host(record.friendly_name) is None:
-            continue
-        try:
-            info = parse_certificate(record.der)
-        except CertificateError as exc:
-            raise CollectError(failures.PARSE, f"certificate {record.thumbprint}: {exc}") from exc
-        out.append(
-            StoredCertificate(
-                info=info,
-                friendly_name=record.friendly_name,
-                has_private_key=record.has_private_key,
-            )
+    def note(self, host: str, call: _Call) -> None:
+        self.calls.append(call)
+        if call.error is None:
+            return
+        if call.error.reason == failures.AUTH:
+            self.auth_failed.add(call.key)
+        log.warning(
+            "call failed",
+            extra={
+                "host": host,
+                "operation": call.operation,
+                "reason": call.error.reason,
+                "detail": call.error.detail,
+            },
         )
-    return tuple(out)
 
 
 class RefreshAbandoned(Exception):
@@ -215,17 +136,20 @@ class Refresher:
     def __init__(
         self,
         config: Config,
-        runner: WinRMRunner | None = None,
         *,
         clock: Callable[[], float] = time.time,
         shard: Shard | None = None,
-        tls_prober: TlsProber | None = None,
+        winrm: WinRMSource | None = None,
+        tls: Source | None = None,
     ) -> None:
         self._config = config
-        self._runner = runner or WinRMRunner(config.winrm)
-        # method: tls computers (sources/tls.py); --shard K/N keeps this exporter's share
+        self._winrm = winrm or WinRMSource(config.winrm)
+        # which source reads which computer; --shard K/N keeps this exporter's share
         self._methods = MethodTable(config)
-        self._tls = tls_prober or TlsProber(config.tls)
+        self._sources: dict[str, Source] = {
+            WINRM: self._winrm,
+            TLS: tls or TlsProber(config.tls),
+        }
         self.shard = shard
         self._clock = clock
         self._states: dict[str, _HostState] = {}
@@ -240,51 +164,44 @@ class Refresher:
         self._first_done = threading.Event()
         self.listeners: list[Callable[[Snapshot], None]] = []
 
-    # ---- calls -------------------------------------------------------------------------
-    def _call(self, host: str, operation: str, parse: Callable[[str], T]) -> tuple[T | None, _Call]:
+    # ---- calls (in the pool's threads) -------------------------------------------------
+    def _timed(self, host: str, operation: str, read: Callable[[str], T]) -> tuple[T | None, _Call]:
+        """One read of ``host``, timed; a failure is returned with the call, not raised."""
         if self._stop.is_set():  # shutting down: start no new call
             raise RefreshAbandoned
         started = time.monotonic()
+        value: T | None = None
+        error: CollectError | None = None
         try:
-            output = self._runner.run(host, render_script(operation))
-            value = self._parse(output, parse)
-            return value, _Call(fqdn_key(host), operation, None, time.monotonic() - started)
+            value = read(host)
         except CollectError as exc:
-            return None, _Call(fqdn_key(host), operation, exc, time.monotonic() - started)
+            error = exc
+        return value, _Call(fqdn_key(host), operation, error, time.monotonic() - started)
 
-    def _probe(self, computer: Computer) -> tuple[tuple[StoredCertificate, ...] | None, _Call]:
-        """method: tls: the certificate the computer presents (no credentials, no script)."""
-        started = time.monotonic()
-        try:
-            certs: tuple[StoredCertificate, ...] | None = self._tls.read(computer.fqdn)
-            error = None
-        except CollectError as exc:
-            certs, error = None, exc
-        return certs, _Call(computer.key, "tls-handshake", error, time.monotonic() - started)
+    def _read_vmm_server(self, host: str, discover: bool) -> _VmmServerReads:
+        """Discovery, then TrustedPeople, unless discovery just accepted our credentials
+        (TrustedPeople is then read beside the computers) or refused them."""
+        reads = _VmmServerReads(host)
+        if discover:
+            reads.view, call = self._timed(host, LIST_MANAGED, self._winrm.discover)
+            reads.calls.append(call)
+            if call.error is None or call.error.reason == failures.AUTH:
+                return reads
+        reads.copies, call = self._timed(host, LIST_TRUSTED, self._winrm.trusted_copies)
+        reads.calls.append(call)
+        return reads
 
-    @staticmethod
-    def _parse(output: ScriptOutput, parse: Callable[[str], T]) -> T:
-        failure = output.failure()
-        if failure is not None:
-            raise failure
-        try:
-            return parse(output.stdout)
-        except ScriptOutputError as exc:
-            raise CollectError(failures.PARSE, str(exc)) from exc
+    def _read_computer(
+        self, computer: Computer
+    ) -> tuple[tuple[StoredCertificate, ...] | None, _Call]:
+        source = self._sources[self._methods.of(computer)]
+        return self._timed(computer.fqdn, source.operation, source.read)
 
     # ---- the refresh -------------------------------------------------------------------
     def refresh_once(self) -> Snapshot:
         started = time.monotonic()
         cfg = self._config
-        calls: list[_Call] = []
-        auth_failed: set[str] = set()
-        host_certs: dict[str, tuple[StoredCertificate, ...]] = {}
-
-        def note(call: _Call) -> None:
-            calls.append(call)
-            if call.error is not None and call.error.reason == failures.AUTH:
-                auth_failed.add(call.key)
-
+        gathered = _Gathered()
         with (
             ThreadPoolExecutor(
                 max_workers=cfg.collection.concurrency, thread_name_prefix="collect"
@@ -294,46 +211,19 @@ class Refresher:
             # 1. each VMM server: what it manages, then its TrustedPeople. Only the snapshot
             # needs TrustedPeople: once discovery has just accepted our credentials, it is
             # read beside the computers' stores (step 3) instead of before them.
-            def vmm_server_calls(host: str, discover: bool) -> list[tuple[object, _Call]]:
-                done: list[tuple[object, _Call]] = []
-                if discover:
-                    done.append(self._call(host, "list-managed-computers", parse_managed_computers))
-                    error = done[-1][1].error
-                    if error is None or error.reason == failures.AUTH:
-                        return done
-                done.append(
-                    self._call(host, "list-trusted-certificates", parse_trusted_certificates)
-                )
-                return done
-
-            def vmm_server_result(host: str, value: object, call: _Call) -> None:
-                note(call)
-                if call.error is not None:
-                    log.warning(
-                        "call failed",
-                        extra={
-                            "host": host,
-                            "operation": call.operation,
-                            "reason": call.error.reason,
-                            "detail": call.error.detail,
-                        },
-                    )
-                elif call.operation == "list-managed-computers":
-                    assert value is not None
-                    self._views[fqdn_key(host)] = view_from_result(host, value)  # type: ignore[arg-type]
-                else:
-                    self._trusted[fqdn_key(host)] = TrustedCopies.from_result(value)  # type: ignore[arg-type]
-
             server_futures = [
-                (s.host, pool.submit(vmm_server_calls, s.host, s.discover)) for s in cfg.vmm_servers
+                pool.submit(self._read_vmm_server, s.host, s.discover) for s in cfg.vmm_servers
             ]
             trusted_later: list[str] = []
-            for host, server_future in server_futures:
-                done = server_future.result()
-                for value, call in done:
-                    vmm_server_result(host, value, call)
-                if done[-1][1].operation == "list-managed-computers" and done[-1][1].error is None:
-                    trusted_later.append(host)
+            for server_future in server_futures:
+                reads = server_future.result()
+                for call in reads.calls:
+                    gathered.note(reads.host, call)
+                if reads.view is not None:
+                    self._views[fqdn_key(reads.host)] = reads.view
+                    trusted_later.append(reads.host)
+                if reads.copies is not None:
+                    self._trusted[fqdn_key(reads.host)] = reads.copies
 
             # 2. the inventory: configured + discovered (a failed discovery keeps the last list)
             discovering = {fqdn_key(s.host) for s in cfg.vmm_servers if s.discover}
@@ -342,57 +232,32 @@ class Refresher:
             if self.shard is not None:  # after discovery: every shard asks every VMM server
                 inventory = self.shard.select(inventory)
 
-            # 3. every computer's store, skipping those that refused our credentials
-            def collect(computer: Computer) -> tuple[tuple[StoredCertificate, ...] | None, _Call]:
-                if self._stop.is_set():
-                    raise RefreshAbandoned
-                if self._methods.of(computer) == TLS:
-                    return self._probe(computer)
-                result, call = self._call(
-                    computer.fqdn, "collect-certificates", parse_collect_certificates
-                )
-                if result is None:
-                    return None, call
-                try:
-                    return stored_certificates(result), call
-                except CollectError as exc:
-                    return None, replace(call, error=exc)
-
-            # submitted first: the longest call of the refresh starts before the computers
+            # 3. every computer's store, skipping those that refused our credentials;
+            # TrustedPeople submitted first: the longest call of the refresh starts before
+            # the computers
             trusted_futures = [
-                (
-                    host,
-                    pool.submit(
-                        self._call, host, "list-trusted-certificates", parse_trusted_certificates
-                    ),
-                )
+                (host, pool.submit(self._timed, host, LIST_TRUSTED, self._winrm.trusted_copies))
                 for host in trusted_later
             ]
             host_futures = [
-                (c, pool.submit(collect, c))
+                (c, pool.submit(self._read_computer, c))
                 for c in inventory.computers
-                if c.key not in auth_failed
+                if c.key not in gathered.auth_failed
             ]
             for host, trusted_future in trusted_futures:
-                vmm_server_result(host, *trusted_future.result())
+                copies, call = trusted_future.result()
+                gathered.note(host, call)
+                if copies is not None:
+                    self._trusted[fqdn_key(host)] = copies
             for computer, host_future in host_futures:
-                certs, host_call = host_future.result()
-                note(host_call)
-                if host_call.error is not None:
-                    log.warning(
-                        "call failed",
-                        extra={
-                            "host": computer.fqdn,
-                            "operation": host_call.operation,
-                            "reason": host_call.error.reason,
-                            "detail": host_call.error.detail,
-                        },
-                    )
-                elif certs is not None:
-                    host_certs[computer.key] = certs
+                certificates, call = host_future.result()
+                gathered.note(computer.fqdn, call)
+                if certificates is not None:
+                    gathered.certificates[computer.key] = certificates
 
+        calls = gathered.calls
         now = self._clock()
-        snapshot = self._build_snapshot(inventory, calls, host_certs, now, started)
+        snapshot = self._build_snapshot(inventory, calls, gathered.certificates, now, started)
         # histogram first: readers key caches on (snapshot, histogram count)
         self.histogram.observe(snapshot.duration)
         self.inventory = inventory
@@ -528,8 +393,7 @@ class Refresher:
     @property
     def drain_seconds(self) -> float:
         """How long a stop may wait: the calls in flight run to their deadline, then clean up."""
-        bound = getattr(self._runner, "max_call_seconds", None)
-        return float(bound) if bound is not None else self._config.winrm.timeout + 5.0
+        return self._winrm.max_call_seconds
 
     def stop(self, timeout: float | None = None) -> bool:
         """Start no new call; wait up to ``timeout`` for the calls in flight (Signal + Delete
@@ -553,6 +417,4 @@ class Refresher:
     def abort(self) -> None:
         """Stop, and end the calls in flight now (each still sends Signal + Delete)."""
         self._stop.set()
-        abort = getattr(self._runner, "abort", None)
-        if callable(abort):
-            abort()
+        self._winrm.abort()

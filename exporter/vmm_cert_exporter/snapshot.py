@@ -42,7 +42,7 @@ class HostSnapshot:
     computer: Computer
     # None: the store was never read; () : read, and it holds no SCVMM certificate
     certificates: tuple[StoredCertificate, ...] | None
-    trusted: bool | None  # None: not known or not applicable (see collection.trust_of)
+    trusted: bool | None  # None: not known or not applicable (see trust.trust_of)
     last_success: float | None  # unix time of the last refresh where every call succeeded
     last_ok: bool  # whether the last refresh's calls all succeeded
     last_duration: float | None

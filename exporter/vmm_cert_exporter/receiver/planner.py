@@ -16,7 +16,7 @@ it gets nothing, whatever else is known.
 
 "Fresh" is defined once, here, for preflight and verification alike: exactly one SCVMM
 certificate, NotAfter at least ``min_validity`` away, and VMM's TrustedPeople copy matching
-its thumbprint (for the VMM server only when VMM keeps a self-copy; see collection.trust_of).
+its thumbprint (for the VMM server only when VMM keeps a self-copy; see trust.trust_of).
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ def freshness_problems(
 ) -> list[str]:
     """Why the computer's certificate is not fresh; empty when it is.
 
-    ``trusted`` is ``collection.trust_of``'s verdict: None means "nothing to compare", which
+    ``trusted`` is ``trust.trust_of``'s verdict: None means "nothing to compare", which
     is acceptable only for the VMM server (VMM may keep no copy of its own certificate).
     """
     problems: list[str] = []

@@ -2,8 +2,8 @@
 
 Everything that reaches PowerShell goes through ``powershell.render_script``: parameters
 travel as base64 JSON on the script's second line, never as PowerShell text. Reading reuses
-the exporter's parsers and its TrustedPeople logic (``collection.TrustedCopies``,
-``trust_of``, ``stored_certificates``), so the receiver judges a certificate exactly as the
+the exporter's parsers, its TrustedPeople logic (``trust.py``) and its reading of a store
+(``sources.winrm.stored_certificates``), so the receiver judges a certificate exactly as the
 exporter that raised the alert did.
 
 Nothing here touches the journal: ``engine`` journals around these calls, and
@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from vmm_cert_exporter import failures
-from vmm_cert_exporter.collection import TrustedCopies, stored_certificates, trust_of
 from vmm_cert_exporter.failures import CollectError
 from vmm_cert_exporter.inventory import Computer, VmmView, fqdn_key, view_from_result
 from vmm_cert_exporter.powershell import MAX_THUMBPRINTS, render_script
@@ -35,6 +34,8 @@ from vmm_cert_exporter.results import (
     parse_trusted_certificates,
 )
 from vmm_cert_exporter.snapshot import StoredCertificate
+from vmm_cert_exporter.sources.winrm import stored_certificates
+from vmm_cert_exporter.trust import TrustedCopies, trust_of
 
 # Failure reasons that mean the script never started on the computer: the step did not
 # happen. Any other failure after sending (timeout, fault, broken output) leaves its outcome

@@ -1,20 +1,37 @@
 """Where a computer's certificate facts come from: WinRM (the default) or its TLS listener.
 
-``method: winrm`` reads the ``LocalMachine\\My`` store through the script contract
-(``collection.py`` + ``remoting.py``). ``method: tls`` (``sources/tls.py``) needs no
-credentials: it reads the certificate the computer presents in a TLS handshake, which tells
-less (no store count, no trust verdict; see docs/metrics.md).
+Each source reads one computer at a time behind ``Source``. ``method: winrm``
+(``sources/winrm.py``) reads the ``LocalMachine\\My`` store through the script contract, and
+is also how the VMM server is asked what it manages and what its TrustedPeople holds.
+``method: tls`` (``sources/tls.py``) needs no credentials: it reads the certificate the
+computer presents in a TLS handshake, which tells less (no store count, no trust verdict;
+see docs/metrics.md).
 """
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, Protocol
 
 from vmm_cert_exporter.config import Config
 from vmm_cert_exporter.inventory import Computer, fqdn_key
+from vmm_cert_exporter.snapshot import StoredCertificate
 
 WINRM: Final = "winrm"
 TLS: Final = "tls"  # the values of config.METHODS
+
+
+class Source(Protocol):
+    """Reads the SCVMM certificates of one computer; thread-safe, one call per computer."""
+
+    @property
+    def operation(self) -> str:
+        """What a read is called in failure logs (``collect-certificates``, ``tls-handshake``)."""
+        ...
+
+    def read(self, fqdn: str) -> tuple[StoredCertificate, ...]:
+        """The computer's SCVMM certificates (``()`` when it has none); raises
+        ``CollectError`` with the failure reason when it cannot tell."""
+        ...
 
 
 class MethodTable:

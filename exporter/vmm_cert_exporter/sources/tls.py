@@ -28,6 +28,7 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass
+from typing import Final
 
 from vmm_cert_exporter import failures
 from vmm_cert_exporter.certificate import CertificateError, CertificateInfo, parse_certificate
@@ -86,6 +87,8 @@ class Presented:
 
 class TlsProber:
     """Reads the certificate each computer presents; thread-safe (one shared client context)."""
+
+    operation: Final = "tls-handshake"
 
     def __init__(self, config: TlsConfig, *, context: ssl.SSLContext | None = None) -> None:
         self._config = config
