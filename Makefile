@@ -9,19 +9,21 @@ NODE_STAMP := node_modules/.installed
 DEB_TOOLS := prometheus:prometheus promtool:prometheus prometheus-alertmanager:prometheus-alertmanager amtool:prometheus-alertmanager
 PYTEST_ARGS ?=
 
-.PHONY: test demo lint typecheck unit tools bench clean venv
+.PHONY: test demo lint typecheck unit tools bench clean venv dashboard
 
 test: venv tools node lint typecheck unit
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The product and, beside it, the lab (exporter/lab: the simulated fleet, the demo and the
+# tests' helpers), both editable; only the product is ever built into a wheel or an image.
+$(STAMP): pyproject.toml exporter/lab/pyproject.toml
 	@if ! $(PYTHON) -c 'import venv, ensurepip' 2>/dev/null; then \
 	  echo ">> installing python3-venv"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv; fi
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test]' -e exporter/lab
 	touch $@
 
 # Install the Debian packages whose binaries the tests run, when any is missing.
@@ -55,6 +57,10 @@ unit: venv
 
 demo: venv tools
 	$(BIN)/vmm-cert-exporter demo
+
+# Regenerate the committed Grafana dashboard from its generator (a test compares the two).
+dashboard: venv
+	$(BIN)/python exporter/tools/dashboard.py > grafana/dashboards/vmm-certificates.json
 
 bench: venv tools
 	$(BIN)/pip install -q -e '.[test,bench]'

@@ -22,7 +22,7 @@ from typing import Literal
 import winrm
 from winrm.protocol import Protocol
 
-from vmm_cert_exporter.lab.runner import RunningLab, start_lab
+from vmm_cert_lab.fleet.runner import RunningLab, start_lab
 
 
 def _script() -> str:

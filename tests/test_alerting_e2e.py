@@ -22,10 +22,10 @@ import pytest
 import yaml
 
 from vmm_cert_exporter.config import load_config
-from vmm_cert_exporter.lab.runner import RunningLab, start_lab
-from vmm_cert_exporter.promstack import Process, start_alertmanager, start_prometheus
 from vmm_cert_exporter.rules import FOR_DURATIONS, render_rules
 from vmm_cert_exporter.serve import Exporter, start_exporter
+from vmm_cert_lab.fleet.runner import RunningLab, start_lab
+from vmm_cert_lab.promstack import Process, start_alertmanager, start_prometheus
 
 ROOT = Path(__file__).resolve().parent.parent
 D = ".lab.example"

@@ -35,13 +35,13 @@ from vmm_cert_exporter.cli import main
 from vmm_cert_exporter.collection import Refresher
 from vmm_cert_exporter.config import load_config
 from vmm_cert_exporter.failures import CollectError
-from vmm_cert_exporter.lab import powershell as lab_ps
-from vmm_cert_exporter.lab.interfaces import Faults
-from vmm_cert_exporter.lab.replay import load_replay, write_replay_config
-from vmm_cert_exporter.lab.runner import RunningLab, start_lab
 from vmm_cert_exporter.powershell import render_script
 from vmm_cert_exporter.remoting import WinRMRunner
 from vmm_cert_exporter.results import parse_collect_certificates, parse_job_result
+from vmm_cert_lab.fleet import powershell as lab_ps
+from vmm_cert_lab.fleet.interfaces import Faults
+from vmm_cert_lab.fleet.replay import load_replay, write_replay_config
+from vmm_cert_lab.fleet.runner import RunningLab, start_lab
 
 EXE = str(Path(sys.executable).parent / "vmm-cert-exporter")
 D = ".lab.example"
@@ -115,7 +115,7 @@ def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     root = tmp_path_factory.mktemp("capture")
     password = "Canary-" + secrets.token_urlsafe(18)
-    demo = resources.files("vmm_cert_exporter.lab").joinpath("scenarios/demo.yaml").read_text()
+    demo = resources.files("vmm_cert_lab.fleet").joinpath("scenarios/demo.yaml").read_text()
     scenario = root / "scenario.yaml"
     scenario.write_text(demo.replace("password: lab-password", f"password: '{password}'"))
     with start_lab(scenario=str(scenario), state_dir=root / "lab", max_operation_wait=2.0) as lab:

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from vmm_cert_exporter.cli import main
-from vmm_cert_exporter.lab.runner import RunningLab, start_lab
+from vmm_cert_lab.fleet.runner import RunningLab, start_lab
 
 D = ".lab.example"
 EXE = str(Path(sys.executable).parent / "vmm-cert-exporter")

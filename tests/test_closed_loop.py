@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from vmm_cert_exporter.dashboard import panel_expressions, render_dashboard
-from vmm_cert_exporter.demo import Stack, running_stack
-from vmm_cert_exporter.promstack import Process
+from dashboard import panel_expressions, render_dashboard
 from vmm_cert_exporter.rules import FOR_DURATIONS
+from vmm_cert_lab.demo import Stack, running_stack
+from vmm_cert_lab.promstack import Process
 
 D = ".lab.example"
 # hosts whose alerts are renewal triggers in the demo (hv40 is unreachable: CollectionFailing;

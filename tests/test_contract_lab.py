@@ -15,7 +15,6 @@ import pytest
 from vmm_cert_exporter.certificate import parse_certificate
 from vmm_cert_exporter.config import load_config
 from vmm_cert_exporter.failures import CollectError
-from vmm_cert_exporter.lab.runner import RunningLab, start_lab
 from vmm_cert_exporter.powershell import render_script
 from vmm_cert_exporter.remoting import WinRMRunner
 from vmm_cert_exporter.results import (
@@ -25,6 +24,7 @@ from vmm_cert_exporter.results import (
     parse_remove_result,
     parse_trusted_certificates,
 )
+from vmm_cert_lab.fleet.runner import RunningLab, start_lab
 
 D = ".lab.example"
 VMM = f"vmm01{D}"

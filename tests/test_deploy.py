@@ -24,12 +24,13 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from vmm_cert_exporter import dashboard, rules
+import dashboard
+from vmm_cert_exporter import rules
 from vmm_cert_exporter.config import load_config
-from vmm_cert_exporter.lab.runner import start_lab
-from vmm_cert_exporter.promstack import free_port
-from vmm_cert_exporter.receiver.labconfig import lab_run_as_account
 from vmm_cert_exporter.receiver.service import start_receiver
+from vmm_cert_lab.fleet.runner import start_lab
+from vmm_cert_lab.promstack import free_port
+from vmm_cert_lab.receiver_config import lab_run_as_account
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

@@ -17,10 +17,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from vmm_cert_exporter.collection import Refresher
 from vmm_cert_exporter.config import Config, load_config
-from vmm_cert_exporter.lab.interfaces import Faults
-from vmm_cert_exporter.lab.runner import RunningLab, start_lab
 from vmm_cert_exporter.metrics import SnapshotCollector
 from vmm_cert_exporter.snapshot import Snapshot
+from vmm_cert_lab.fleet.interfaces import Faults
+from vmm_cert_lab.fleet.runner import RunningLab, start_lab
 
 DAY = 86400.0
 D = ".lab.example"
@@ -223,7 +223,7 @@ def test_tls_validation_failure_is_tls(tmp_path: Path) -> None:
     with start_lab(scenario="demo", tls=True, state_dir=tmp_path / "lab") as lab:
         # a trust store that does not hold the lab CA: validation must fail, as tls
         other = tmp_path / "other-ca.pem"
-        from vmm_cert_exporter.lab.tls import create_lab_tls
+        from vmm_cert_lab.fleet.tls import create_lab_tls
 
         other_tls = create_lab_tls(tmp_path / "other")
         other.write_bytes(Path(other_tls.ca_path).read_bytes())

@@ -30,18 +30,6 @@ from hypothesis import strategies as st
 from winrm.protocol import Protocol
 
 from vmm_cert_exporter.clixml import decode_stderr
-from vmm_cert_exporter.lab.control import ControlError, handle_control
-from vmm_cert_exporter.lab.interfaces import FleetModel
-from vmm_cert_exporter.lab.runner import RunningLab, start_lab
-from vmm_cert_exporter.lab.scenario import load_fleet
-from vmm_cert_exporter.lab.wsman import (
-    ACTION_CREATE,
-    MAX_ENVELOPE,
-    ShellTable,
-    WSManFault,
-    WSManService,
-    parse_request,
-)
 from vmm_cert_exporter.powershell import command_line, render_script
 from vmm_cert_exporter.receiver.webhook import PayloadError, WebhookPayload, parse_webhook
 from vmm_cert_exporter.webconfig import (
@@ -50,6 +38,18 @@ from vmm_cert_exporter.webconfig import (
     WebConfigFile,
     loads_web_config,
     parse_basic_auth,
+)
+from vmm_cert_lab.fleet.control import ControlError, handle_control
+from vmm_cert_lab.fleet.interfaces import FleetModel
+from vmm_cert_lab.fleet.runner import RunningLab, start_lab
+from vmm_cert_lab.fleet.scenario import load_fleet
+from vmm_cert_lab.fleet.wsman import (
+    ACTION_CREATE,
+    MAX_ENVELOPE,
+    ShellTable,
+    WSManFault,
+    WSManService,
+    parse_request,
 )
 
 # Each example must finish well within this (ms): a parser that hangs fails the test.

@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from vmm_cert_exporter.config import load_config
-from vmm_cert_exporter.lab.runner import start_lab
-from vmm_cert_exporter.promstack import Process, start_prometheus
 from vmm_cert_exporter.serve import Exporter, start_exporter
+from vmm_cert_lab.fleet.runner import start_lab
+from vmm_cert_lab.promstack import Process, start_prometheus
 
 D = ".lab.example"
 

@@ -22,12 +22,12 @@ import pytest
 import yaml
 
 from vmm_cert_exporter.config import Config, load_config
-from vmm_cert_exporter.lab.interfaces import Faults
-from vmm_cert_exporter.lab.runner import RunningLab, start_lab
-from vmm_cert_exporter.promstack import free_port
 from vmm_cert_exporter.refresh_process import RefreshProcess
 from vmm_cert_exporter.serve import Exporter, start_exporter
 from vmm_cert_exporter.sharding import Shard
+from vmm_cert_lab.fleet.interfaces import Faults
+from vmm_cert_lab.fleet.runner import RunningLab, start_lab
+from vmm_cert_lab.promstack import free_port
 
 EXE = str(Path(sys.executable).parent / "vmm-cert-exporter")
 D = ".lab.example"

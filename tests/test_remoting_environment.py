@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from vmm_cert_exporter.config import load_config
-from vmm_cert_exporter.lab.runner import RunningLab, start_lab
 from vmm_cert_exporter.powershell import render_script
 from vmm_cert_exporter.remoting import WinRMRunner
+from vmm_cert_lab.fleet.runner import RunningLab, start_lab
 
 DEAD_PROXY = "http://127.0.0.1:9"  # the discard port: nothing answers there
 

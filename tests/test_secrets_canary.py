@@ -35,8 +35,8 @@ import bcrypt
 import pytest
 import yaml
 
-from vmm_cert_exporter.lab.interfaces import Faults
-from vmm_cert_exporter.lab.runner import RunningLab, start_lab
+from vmm_cert_lab.fleet.interfaces import Faults
+from vmm_cert_lab.fleet.runner import RunningLab, start_lab
 
 EXE = str(Path(sys.executable).parent / "vmm-cert-exporter")
 D = ".lab.example"
@@ -85,7 +85,7 @@ def _free_port() -> int:
 def canary(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Canary]:
     root = tmp_path_factory.mktemp("canary")
     password = "Canary-" + secrets.token_urlsafe(18)
-    demo = resources.files("vmm_cert_exporter.lab").joinpath("scenarios/demo.yaml").read_text()
+    demo = resources.files("vmm_cert_lab.fleet").joinpath("scenarios/demo.yaml").read_text()
     assert "password: lab-password" in demo
     scenario = root / "scenario.yaml"
     scenario.write_text(demo.replace("password: lab-password", f"password: '{password}'"))
@@ -413,7 +413,7 @@ def test_serve_pages_and_logs(canary: Canary, fmt: str) -> None:
 
 
 def test_receiver_api_and_journal(canary: Canary) -> None:
-    from vmm_cert_exporter.receiver.labconfig import write_lab_receiver_config
+    from vmm_cert_lab.receiver_config import write_lab_receiver_config
 
     c = canary
     journal = c.root / "work" / "renewals.sqlite"

@@ -16,8 +16,8 @@ from vmm_cert_exporter.cli import build_parser
 from vmm_cert_exporter.collection import Refresher
 from vmm_cert_exporter.config import load_config
 from vmm_cert_exporter.inventory import Computer, Inventory
-from vmm_cert_exporter.lab.runner import start_lab
 from vmm_cert_exporter.sharding import Shard, owner, parse_shard, shard_argument
+from vmm_cert_lab.fleet.runner import start_lab
 
 ROOT = Path(__file__).resolve().parents[1]
 FLEET = [f"hv{i:05d}.corp.example" for i in range(20_000)]

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vmm_cert_exporter.lab.interfaces import Faults
-from vmm_cert_exporter.lab.runner import RunningLab, start_lab
+from vmm_cert_lab.fleet.interfaces import Faults
+from vmm_cert_lab.fleet.runner import RunningLab, start_lab
 
 EXE = str(Path(sys.executable).parent / "vmm-cert-exporter")
 VMM = "vmm01.lab.example"
@@ -235,8 +235,8 @@ def test_sigterm_to_the_receiver_finishes_the_running_renewal_and_journals_it(
 ) -> None:
     """The receiver never stops a renewal half-way: SIGTERM lets the running job finish
     (bounded by its WinRM deadlines), journals the outcome, leaves no shell, exits 0."""
-    from vmm_cert_exporter.receiver.labconfig import write_lab_receiver_config
-    from vmm_cert_exporter.receiver.testing import alert, auth, http, payload
+    from vmm_cert_lab.receiver_config import write_lab_receiver_config
+    from vmm_cert_lab.receiver_testing import alert, auth, http, payload
 
     host = "hv36.lab.example"  # expires within 7 days
     lab.model.set_faults(host, Faults(latency=0.4))  # each call to it takes about 2 s

@@ -26,12 +26,12 @@ from vmm_cert_exporter.config import (
     loads_config,
 )
 from vmm_cert_exporter.failures import CollectError
-from vmm_cert_exporter.lab.interfaces import Faults
-from vmm_cert_exporter.lab.runner import RunningLab, start_lab
-from vmm_cert_exporter.lab.tls_listener import server_name
 from vmm_cert_exporter.metrics import Exposition, SnapshotCollector
 from vmm_cert_exporter.snapshot import Snapshot
 from vmm_cert_exporter.sources.tls import TlsProber
+from vmm_cert_lab.fleet.interfaces import Faults
+from vmm_cert_lab.fleet.runner import RunningLab, start_lab
+from vmm_cert_lab.fleet.tls_listener import server_name
 
 D = ".lab.example"
 

@@ -33,7 +33,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from vmm_cert_exporter.lab.runner import RunningLab, start_lab
 from vmm_cert_exporter.web import make_server
 from vmm_cert_exporter.webconfig import (
     WebConfigError,
@@ -43,6 +42,7 @@ from vmm_cert_exporter.webconfig import (
     parse_basic_auth,
     server_url,
 )
+from vmm_cert_lab.fleet.runner import RunningLab, start_lab
 
 EXE = str(Path(sys.executable).parent / "vmm-cert-exporter")
 PASSWORD = "Scrape-Passw0rd!"
@@ -739,7 +739,7 @@ def test_serve_with_mutual_tls_and_basic_auth(lab: RunningLab, pki: PKI, tmp_pat
 
 
 def _receiver(lab: RunningLab, tmp_path: Path, web: Path, **receiver: Any) -> tuple[Any, int]:
-    from vmm_cert_exporter.receiver.labconfig import write_lab_receiver_config
+    from vmm_cert_lab.receiver_config import write_lab_receiver_config
 
     config = write_lab_receiver_config(
         lab,

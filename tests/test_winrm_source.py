@@ -13,11 +13,11 @@ import pytest
 from vmm_cert_exporter.config import Config, load_config
 from vmm_cert_exporter.failures import CollectError
 from vmm_cert_exporter.inventory import fqdn_key
-from vmm_cert_exporter.lab.interfaces import Faults
-from vmm_cert_exporter.lab.runner import RunningLab, start_lab
 from vmm_cert_exporter.results import CertificateRecord, CertificatesResult
 from vmm_cert_exporter.sources.winrm import WinRMSource, stored_certificates
 from vmm_cert_exporter.trust import trust_of
+from vmm_cert_lab.fleet.interfaces import Faults
+from vmm_cert_lab.fleet.runner import RunningLab, start_lab
 
 D = ".lab.example"
 

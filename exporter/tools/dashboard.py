@@ -1,8 +1,9 @@
 """The Grafana dashboard, built from code with ``grafana-foundation-sdk`` (pinned ``==0.0.21``).
 
-Regenerate the committed JSON with::
+A generator, not part of the product: it runs from the repository (the SDK comes with the
+test extra). Regenerate the committed JSON with ``make dashboard``, which runs::
 
-    python -m vmm_cert_exporter.dashboard > grafana/dashboards/vmm-certificates.json
+    .venv/bin/python exporter/tools/dashboard.py > grafana/dashboards/vmm-certificates.json
 
 (a test checks the committed file is byte-identical to :func:`render_dashboard`).
 :func:`panel_expressions` returns every panel's PromQL with Grafana's variables substituted,
@@ -780,9 +781,9 @@ def panel_expressions(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m vmm_cert_exporter.dashboard``: print the dashboard JSON."""
+    """``python exporter/tools/dashboard.py``: print the dashboard JSON."""
     if argv:
-        print("usage: python -m vmm_cert_exporter.dashboard > FILE", file=sys.stderr)
+        print("usage: python exporter/tools/dashboard.py > FILE", file=sys.stderr)
         return 2
     sys.stdout.write(render_dashboard())
     return 0

@@ -1,7 +1,9 @@
 """The ``vmm-cert-exporter`` command: one subcommand per job, each in its own module.
 
 Subcommand modules are imported only when chosen, so ``vmm-cert-exporter lab`` never loads
-the collector and the exporter never loads the lab.
+the collector and the exporter never loads the lab. ``lab`` and ``demo`` are handled by the
+lab package (``vmm_cert_lab``), which only a checkout installs (``make venv``): the product
+names it here by module name and never imports it, and without it they say where to run them.
 """
 
 from __future__ import annotations
@@ -13,15 +15,17 @@ from collections.abc import Callable, Sequence
 
 from vmm_cert_exporter import __version__
 
+# the package of `lab` and `demo`: installed from a checkout, absent from the wheel and image
+_LAB_PACKAGE = "vmm_cert_lab"
 # subcommand -> (module, function taking the parsed args and returning an exit code)
 _HANDLERS: dict[str, tuple[str, str]] = {
-    "lab": ("vmm_cert_exporter.lab.cli", "run"),
+    "lab": ("vmm_cert_lab.fleet.cli", "run"),
     "serve": ("vmm_cert_exporter.serve", "run"),
     "check": ("vmm_cert_exporter.check", "run"),
     "check-config": ("vmm_cert_exporter.config", "check_config_command"),
     "capture": ("vmm_cert_exporter.capture", "capture_command"),
     "print-script": ("vmm_cert_exporter.powershell", "print_script_command"),
-    "demo": ("vmm_cert_exporter.demo", "run"),
+    "demo": ("vmm_cert_lab.demo", "run"),
     "rules": ("vmm_cert_exporter.rules", "rules_command"),
     "receiver": ("vmm_cert_exporter.receiver.commands", "receiver_command"),
     "renew": ("vmm_cert_exporter.receiver.commands", "renew_command"),
@@ -217,12 +221,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _lab_missing(command: str) -> int:
+    print(
+        f"vmm-cert-exporter {command}: the lab ships with the repository only, not with this "
+        f"installation: run `make demo` (or `make venv`, then `.venv/bin/vmm-cert-exporter "
+        f"{command}`) from a checkout",
+        file=sys.stderr,
+    )
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     module_name, func_name = _HANDLERS[args.command]
-    handler: Callable[[argparse.Namespace], int] = getattr(
-        importlib.import_module(module_name), func_name
-    )
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        # only the lab package itself may be absent; a module missing inside it is a bug
+        if exc.name != _LAB_PACKAGE or not module_name.startswith(f"{_LAB_PACKAGE}."):
+            raise
+        return _lab_missing(args.command)
+    handler: Callable[[argparse.Namespace], int] = getattr(module, func_name)
     return handler(args)
 
 

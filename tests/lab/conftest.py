@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from vmm_cert_exporter.lab.interfaces import Account, Execution, Faults
-from vmm_cert_exporter.lab.server import LabServer
+from vmm_cert_lab.fleet.interfaces import Account, Execution, Faults
+from vmm_cert_lab.fleet.server import LabServer
 
 ACCOUNT = Account("LAB", "svc-vmmcert", "Lab-Passw0rd!")
 

@@ -16,9 +16,9 @@ import pytest
 import requests
 import yaml
 
-from vmm_cert_exporter.lab.interfaces import FleetModel
-from vmm_cert_exporter.lab.runner import parse_listen, start_lab
-from vmm_cert_exporter.lab.server import LabServer
+from vmm_cert_lab.fleet.interfaces import FleetModel
+from vmm_cert_lab.fleet.runner import parse_listen, start_lab
+from vmm_cert_lab.fleet.server import LabServer
 
 HOST = "hv0001.lab.example"
 
@@ -142,7 +142,7 @@ def test_demo_config_names_the_vmm_server(tmp_path: Path) -> None:
 
 
 def test_cli_refuses_non_loopback(capsys: pytest.CaptureFixture[str]) -> None:
-    from vmm_cert_exporter.lab.cli import run
+    from vmm_cert_lab.fleet.cli import run
 
     args = argparse.Namespace(
         scenario="demo",
@@ -201,7 +201,7 @@ def test_ha_config_names_every_vmm_server_as_configured(tmp_path: Path) -> None:
 
 
 def test_language_mode_through_the_control_api(tmp_path: Path) -> None:
-    from vmm_cert_exporter.lab.powershell import contract_script
+    from vmm_cert_lab.fleet.powershell import contract_script
 
     with start_lab(state_dir=tmp_path) as running:
         url = f"{running.control_url}/computers/hv01.lab.example/faults"

@@ -22,11 +22,11 @@ from winrm.protocol import Protocol
 
 from vmm_cert_exporter.cli import main
 from vmm_cert_exporter.config import load_config
-from vmm_cert_exporter.lab.latency import NONE, WINDOWS, latency_profile
-from vmm_cert_exporter.lab.runner import start_lab
-from vmm_cert_exporter.lab.server import LabServer
 from vmm_cert_exporter.powershell import render_script
 from vmm_cert_exporter.remoting import WinRMRunner
+from vmm_cert_lab.fleet.latency import NONE, WINDOWS, latency_profile
+from vmm_cert_lab.fleet.runner import start_lab
+from vmm_cert_lab.fleet.server import LabServer
 
 HOST = "hv0001.lab.example"
 HOSTS = 300  # more than the 256 concurrent clients the benchmark drives

@@ -16,10 +16,10 @@ import winrm
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from vmm_cert_exporter.lab.interfaces import Execution, Faults
-from vmm_cert_exporter.lab.model import Fleet, VmmVersion
-from vmm_cert_exporter.lab.powershell import contract_script
-from vmm_cert_exporter.lab.scenario import build_fleet, load_fleet
+from vmm_cert_lab.fleet.interfaces import Execution, Faults
+from vmm_cert_lab.fleet.model import Fleet, VmmVersion
+from vmm_cert_lab.fleet.powershell import contract_script
+from vmm_cert_lab.fleet.scenario import build_fleet, load_fleet
 
 PREFIX = "SCVMM_CERTIFICATE_KEY_CONTAINER"
 VMM = "vmm01.lab.example"
@@ -498,7 +498,7 @@ def test_bad_parameters_are_script_errors(
 
 
 def test_clixml_escapes_what_windows_escapes() -> None:
-    from vmm_cert_exporter.lab.powershell import clixml_errors
+    from vmm_cert_lab.fleet.powershell import clixml_errors
 
     raw = clixml_errors(["a <b> & c_x0041_\tz"])
     assert b"&lt;b&gt; &amp;" in raw and b"_x005F_x0041_" in raw and b"_x0009_" in raw

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vmm_cert_exporter.lab.scenario import (
+from vmm_cert_lab.fleet.scenario import (
     ScenarioError,
     build_fleet,
     built_in_scenario_text,

@@ -27,10 +27,10 @@ from winrm.exceptions import (
 )
 from winrm.protocol import Protocol
 
-from vmm_cert_exporter.lab.interfaces import Account, Faults, FleetModel
-from vmm_cert_exporter.lab.server import LabServer
-from vmm_cert_exporter.lab.tls import LabTLS, create_lab_tls
-from vmm_cert_exporter.lab.wsman import CODE_SHELL_NOT_FOUND, decode_encoded_command
+from vmm_cert_lab.fleet.interfaces import Account, Faults, FleetModel
+from vmm_cert_lab.fleet.server import LabServer
+from vmm_cert_lab.fleet.tls import LabTLS, create_lab_tls
+from vmm_cert_lab.fleet.wsman import CODE_SHELL_NOT_FOUND, decode_encoded_command
 
 Transport = Literal["basic", "ntlm"]
 TRANSPORTS: tuple[Transport, ...] = ("basic", "ntlm")
@@ -474,7 +474,7 @@ def _script(operation: str, params: dict[str, Any]) -> str:
 
 
 def test_demo_scenario_through_pywinrm(tmp_path: Path) -> None:
-    from vmm_cert_exporter.lab.runner import start_lab
+    from vmm_cert_lab.fleet.runner import start_lab
 
     with start_lab(state_dir=tmp_path, receive_chunk=4096) as running:
         acc = running.account
@@ -510,7 +510,7 @@ def test_demo_scenario_through_pywinrm(tmp_path: Path) -> None:
 def test_ntlm_account_of_the_latest_lab_wins(light_fleet: FleetModel) -> None:
     # pyspnego reads one process-wide user file: a lab started later with the same account
     # name and another password must still accept NTLM logons (tests start many labs).
-    from vmm_cert_exporter.lab.runner import start_lab
+    from vmm_cert_lab.fleet.runner import start_lab
 
     with start_lab(fleet=light_fleet) as first:
         assert session(first.endpoint(HOST), transport="ntlm").run_ps("a").status_code == 0

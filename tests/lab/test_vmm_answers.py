@@ -17,11 +17,11 @@ import winrm
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from vmm_cert_exporter.lab.interfaces import Execution, Faults
-from vmm_cert_exporter.lab.model import Fleet
-from vmm_cert_exporter.lab.powershell import contract_script
-from vmm_cert_exporter.lab.runner import start_lab
-from vmm_cert_exporter.lab.scenario import ScenarioError, build_fleet, load_fleet
+from vmm_cert_lab.fleet.interfaces import Execution, Faults
+from vmm_cert_lab.fleet.model import Fleet
+from vmm_cert_lab.fleet.powershell import contract_script
+from vmm_cert_lab.fleet.runner import start_lab
+from vmm_cert_lab.fleet.scenario import ScenarioError, build_fleet, load_fleet
 
 PREFIX = "SCVMM_CERTIFICATE_KEY_CONTAINER"
 D = ".lab.example"

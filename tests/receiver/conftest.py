@@ -1,5 +1,5 @@
 """Fixtures for the renewal receiver tests: a demo lab per test (counting every script it
-receives) and harnesses on it. Helpers live in ``vmm_cert_exporter.receiver.testing``."""
+receives) and harnesses on it. Helpers live in ``vmm_cert_lab.receiver_testing``."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from vmm_cert_exporter.lab.runner import RunningLab, start_lab
-from vmm_cert_exporter.lab.scenario import load_fleet
-from vmm_cert_exporter.receiver.testing import CountingFleet, Harness, make_harness
+from vmm_cert_lab.fleet.runner import RunningLab, start_lab
+from vmm_cert_lab.fleet.scenario import load_fleet
+from vmm_cert_lab.receiver_testing import CountingFleet, Harness, make_harness
 
 
 @pytest.fixture(autouse=True)

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import yaml
 
-from vmm_cert_exporter.lab.runner import RunningLab
-from vmm_cert_exporter.promstack import find_binary, start_alertmanager
 from vmm_cert_exporter.receiver.service import start_receiver
-from vmm_cert_exporter.receiver.testing import TOKEN, fleet_of, receiver_config
+from vmm_cert_lab.fleet.runner import RunningLab
+from vmm_cert_lab.promstack import find_binary, start_alertmanager
+from vmm_cert_lab.receiver_testing import TOKEN, fleet_of, receiver_config
 
 D = ".lab.example"
 

@@ -25,12 +25,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from vmm_cert_exporter.cli import main
-from vmm_cert_exporter.lab.runner import RunningLab, start_lab
-from vmm_cert_exporter.lab.scenario import load_fleet
 from vmm_cert_exporter.powershell import render_script
 from vmm_cert_exporter.receiver.journal import Journal
 from vmm_cert_exporter.receiver.service import Receiver, start_receiver
-from vmm_cert_exporter.receiver.testing import (
+from vmm_cert_lab.fleet.runner import RunningLab, start_lab
+from vmm_cert_lab.fleet.scenario import load_fleet
+from vmm_cert_lab.receiver_testing import (
     TOKEN,
     CountingFleet,
     alert,

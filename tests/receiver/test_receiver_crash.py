@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from vmm_cert_exporter.lab.interfaces import Faults
-from vmm_cert_exporter.lab.runner import RunningLab
-from vmm_cert_exporter.promstack import free_port
-from vmm_cert_exporter.receiver.testing import alert, auth, fleet_of, http, payload, receiver_config
+from vmm_cert_lab.fleet.interfaces import Faults
+from vmm_cert_lab.fleet.runner import RunningLab
+from vmm_cert_lab.promstack import free_port
+from vmm_cert_lab.receiver_testing import alert, auth, fleet_of, http, payload, receiver_config
 
 D = ".lab.example"
 HOST = f"hv36{D}"

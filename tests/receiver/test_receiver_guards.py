@@ -14,7 +14,7 @@ import pytest
 from vmm_cert_exporter.config import MaintenanceWindow
 from vmm_cert_exporter.receiver import guards
 from vmm_cert_exporter.receiver.journal import PauseState
-from vmm_cert_exporter.receiver.testing import FakeClock, Harness
+from vmm_cert_lab.receiver_testing import FakeClock, Harness
 
 HOUR = 3600.0
 D = ".lab.example"

@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 
-from vmm_cert_exporter.lab.runner import RunningLab
 from vmm_cert_exporter.powershell import render_script
 from vmm_cert_exporter.receiver.service import Receiver, start_receiver
-from vmm_cert_exporter.receiver.testing import (
+from vmm_cert_lab.fleet.runner import RunningLab
+from vmm_cert_lab.receiver_testing import (
     TOKEN,
     alert,
     auth,

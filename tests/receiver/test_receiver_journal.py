@@ -20,7 +20,7 @@ from vmm_cert_exporter.receiver.journal import (
     clip,
     owner_alive,
 )
-from vmm_cert_exporter.receiver.testing import FakeClock, new_job
+from vmm_cert_lab.receiver_testing import FakeClock, new_job
 
 
 @pytest.fixture

@@ -18,8 +18,8 @@ from vmm_cert_exporter.receiver import planner, runbook
 from vmm_cert_exporter.receiver.intake import Decision, decide
 from vmm_cert_exporter.receiver.journal import Journal
 from vmm_cert_exporter.receiver.runbook import HostState, StepFailed
-from vmm_cert_exporter.receiver.testing import alert, webhook_alert
 from vmm_cert_exporter.results import ManagedComputer, ManagedComputersResult
+from vmm_cert_lab.receiver_testing import alert, webhook_alert
 
 C = ".corp.example"
 ROLLUP = "apply the update rollup (VMM 2016 UR10, 2019 UR2, 2022 RTM or later)"

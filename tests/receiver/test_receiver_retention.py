@@ -16,12 +16,13 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from vmm_cert_exporter.lab.runner import RunningLab
 from vmm_cert_exporter.receiver.intake import Decision, intake
 from vmm_cert_exporter.receiver.journal import Journal, iso
 from vmm_cert_exporter.receiver.metrics import ReceiverCollector, WebhookCounter
 from vmm_cert_exporter.receiver.service import start_receiver
-from vmm_cert_exporter.receiver.testing import (
+from vmm_cert_exporter.receiver.webhook import parse_webhook
+from vmm_cert_lab.fleet.runner import RunningLab
+from vmm_cert_lab.receiver_testing import (
     FakeClock,
     Harness,
     alert,
@@ -30,7 +31,6 @@ from vmm_cert_exporter.receiver.testing import (
     payload,
     receiver_config,
 )
-from vmm_cert_exporter.receiver.webhook import parse_webhook
 
 D = ".lab.example"
 T0 = 1_900_000_000.0

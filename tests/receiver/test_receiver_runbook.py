@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from vmm_cert_exporter.lab.interfaces import Faults
-from vmm_cert_exporter.lab.runner import start_lab
-from vmm_cert_exporter.lab.scenario import load_fleet
 from vmm_cert_exporter.powershell import render_script
 from vmm_cert_exporter.receiver import planner
 from vmm_cert_exporter.receiver.journal import Job
-from vmm_cert_exporter.receiver.testing import CountingFleet, Harness, make_harness
+from vmm_cert_lab.fleet.interfaces import Faults
+from vmm_cert_lab.fleet.runner import start_lab
+from vmm_cert_lab.fleet.scenario import load_fleet
+from vmm_cert_lab.receiver_testing import CountingFleet, Harness, make_harness
 
 HOUR = 3600.0
 D = ".lab.example"

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from vmm_cert_exporter.cli import main
-from vmm_cert_exporter.lab.runner import RunningLab
 from vmm_cert_exporter.receiver import planner
 from vmm_cert_exporter.receiver.journal import Job
-from vmm_cert_exporter.receiver.testing import (
+from vmm_cert_lab.fleet.runner import RunningLab
+from vmm_cert_lab.receiver_testing import (
     Harness,
     make_harness,
     receiver_config,

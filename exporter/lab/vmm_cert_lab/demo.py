@@ -29,18 +29,19 @@ from typing import Any
 import yaml
 
 from vmm_cert_exporter.config import load_config
-from vmm_cert_exporter.lab.runner import RunningLab, start_lab
 from vmm_cert_exporter.logs import setup_logging
-from vmm_cert_exporter.promstack import Process, find_binary, start_alertmanager, start_prometheus
-from vmm_cert_exporter.receiver.labconfig import write_lab_receiver_config
 from vmm_cert_exporter.receiver.service import Receiver, start_receiver
 from vmm_cert_exporter.rules import FOR_DURATIONS, render_rules
 from vmm_cert_exporter.serve import Exporter, start_exporter
+from vmm_cert_lab.fleet.runner import RunningLab, start_lab
+from vmm_cert_lab.promstack import Process, find_binary, start_alertmanager, start_prometheus
+from vmm_cert_lab.receiver_config import write_lab_receiver_config
 
 log = logging.getLogger(__name__)
 
 DEMO_DIR = Path(".demo")
-DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy"
+# the repository's deploy/: the demo runs from a checkout
+DEPLOY_DIR = Path(__file__).resolve().parents[3] / "deploy"
 EXPORTER_PORT, RECEIVER_PORT, PROMETHEUS_PORT, ALERTMANAGER_PORT = 9868, 9869, 9090, 9093
 DEMO_FOR = "10s"  # alerts fire 10 s after the condition holds (shipped: 15 min to 1 h)
 DEMO_TOKEN = "demo-token-for-the-renewal-receiver"  # noqa: S105 - the lab only, nothing real

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 if TYPE_CHECKING:
-    from vmm_cert_exporter.lab.runner import RunningLab
+    from vmm_cert_lab.fleet.runner import RunningLab
 
 # The lab's one Run As account (docs/lab-scenarios.md), when the model does not say.
 LAB_RUN_AS_ACCOUNT = "VMM Host Admins"

@@ -1,8 +1,8 @@
 """Test support for the renewal receiver: a fake clock, a counting lab model, a hooked runner,
 webhook payload builders and a harness that drives the engine step by step.
 
-Shipped in the package (like the lab) so that the tests, ``make demo`` and benchmarks share
-them; nothing here is used by the receiver itself.
+In the lab package so that the tests, ``make demo`` and benchmarks share them; the receiver
+itself never uses them.
 """
 
 from __future__ import annotations
@@ -18,16 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from vmm_cert_exporter.config import Config, load_config
-from vmm_cert_exporter.lab.interfaces import Execution, FleetModel
-from vmm_cert_exporter.lab.runner import RunningLab
 from vmm_cert_exporter.powershell import decode_script
 from vmm_cert_exporter.receiver.discovery import InventoryCache
 from vmm_cert_exporter.receiver.engine import Engine
 from vmm_cert_exporter.receiver.intake import Decision, decide
 from vmm_cert_exporter.receiver.journal import Job, Journal, OwnerLock
-from vmm_cert_exporter.receiver.labconfig import write_lab_receiver_config
 from vmm_cert_exporter.receiver.webhook import WebhookAlert
 from vmm_cert_exporter.remoting import ScriptOutput, WinRMRunner
+from vmm_cert_lab.fleet.interfaces import Execution, FleetModel
+from vmm_cert_lab.fleet.runner import RunningLab
+from vmm_cert_lab.receiver_config import write_lab_receiver_config
 
 D = ".lab.example"
 TOKEN = "t0ken-for-tests-5b1f"  # noqa: S105 - tests and the lab only

@@ -11,8 +11,9 @@ Modules, in the order data flows through them:
 - ``runbook`` reads state and runs the contract scripts over WinRM; ``engine`` schedules
   jobs and journals every step; ``metrics`` is the receiver's /metrics; ``service`` is the
   HTTP side and ``start_receiver``; ``commands`` the CLI.
-- ``labconfig`` writes a receiver configuration for the lab (``make demo``); ``testing``
-  holds the test helpers (fake clock, counting lab model, hooked runner).
+
+The lab's receiver configuration and the receiver's test helpers live in the lab package
+(``vmm_cert_lab.receiver_config``, ``vmm_cert_lab.receiver_testing``).
 
 docs/renewal.md explains the safety model.
 """

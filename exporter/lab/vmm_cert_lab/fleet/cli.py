@@ -9,10 +9,10 @@ import sys
 import threading
 from types import FrameType
 
-from vmm_cert_exporter.lab.latency import latency_profile
-from vmm_cert_exporter.lab.locales import parse_locale
-from vmm_cert_exporter.lab.replay import replay_from_args, write_replay_config
-from vmm_cert_exporter.lab.runner import parse_listen, start_lab
+from vmm_cert_lab.fleet.latency import latency_profile
+from vmm_cert_lab.fleet.locales import parse_locale
+from vmm_cert_lab.fleet.replay import replay_from_args, write_replay_config
+from vmm_cert_lab.fleet.runner import parse_listen, start_lab
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING}
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
 
-from vmm_cert_exporter.lab.interfaces import Faults, FleetModel
+from vmm_cert_lab.fleet.interfaces import Faults, FleetModel
 
 JSON = Any
 

@@ -22,16 +22,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from vmm_cert_exporter.lab import locales
-from vmm_cert_exporter.lab import powershell as ps
-from vmm_cert_exporter.lab.certs import (
+from vmm_cert_lab.fleet import locales
+from vmm_cert_lab.fleet import powershell as ps
+from vmm_cert_lab.fleet.certs import (
     SCVMM_FRIENDLY_PREFIX,
     LabCertificate,
     StoreEntry,
     make_serial,
 )
-from vmm_cert_exporter.lab.clock import LabClock
-from vmm_cert_exporter.lab.interfaces import Account, Execution, Faults
+from vmm_cert_lab.fleet.clock import LabClock
+from vmm_cert_lab.fleet.interfaces import Account, Execution, Faults
 
 ROLE_VMM = "vmm_server"
 ROLE_HOST = "hyperv_host"
@@ -868,7 +868,7 @@ class Fleet:
     def add_computer(self, spec: dict[str, Any]) -> dict[str, Any]:
         """Add a managed computer described as a scenario computer entry (plus an optional
         ``vmm_server``); ValueError with the field path on bad input."""
-        from vmm_cert_exporter.lab.scenario import parse_computer  # scenario imports model
+        from vmm_cert_lab.fleet.scenario import parse_computer  # scenario imports model
 
         if not isinstance(spec, dict):
             raise ValueError("expected a JSON object describing the computer")

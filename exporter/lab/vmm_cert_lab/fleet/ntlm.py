@@ -20,7 +20,7 @@ from typing import Any
 
 import spnego
 
-from vmm_cert_exporter.lab.interfaces import Account
+from vmm_cert_lab.fleet.interfaces import Account
 
 # [MS-WSMV] 2.2.9.1.1: the MIME framing of encrypted WinRM messages, byte for byte as pywinrm's
 # winrm/encryption.py writes and parses it.

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 from xml.sax.saxutils import escape as xml_escape
 
-from vmm_cert_exporter.lab.interfaces import Execution
+from vmm_cert_lab.fleet.interfaces import Execution
 
 SCHEMA = 1
 OPERATIONS = frozenset(

@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from vmm_cert_exporter.lab import powershell as ps
-from vmm_cert_exporter.lab.interfaces import Account, Execution, Faults
-from vmm_cert_exporter.lab.scenario import DEFAULT_ACCOUNT
-from vmm_cert_exporter.lab.wsman import WSManFault, access_denied
+from vmm_cert_lab.fleet import powershell as ps
+from vmm_cert_lab.fleet.interfaces import Account, Execution, Faults
+from vmm_cert_lab.fleet.scenario import DEFAULT_ACCOUNT
+from vmm_cert_lab.fleet.wsman import WSManFault, access_denied
 
 if TYPE_CHECKING:
-    from vmm_cert_exporter.lab.runner import RunningLab
+    from vmm_cert_lab.fleet.runner import RunningLab
 
 FORMAT = "vmm-cert-exporter-capture"
 FORMAT_VERSION = 1

@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from vmm_cert_exporter.lab.interfaces import Account, FleetModel
-from vmm_cert_exporter.lab.latency import NONE, Latency
-from vmm_cert_exporter.lab.server import LabServer
-from vmm_cert_exporter.lab.tls import create_lab_tls
+from vmm_cert_lab.fleet.interfaces import Account, FleetModel
+from vmm_cert_lab.fleet.latency import NONE, Latency
+from vmm_cert_lab.fleet.server import LabServer
+from vmm_cert_lab.fleet.tls import create_lab_tls
 
 if TYPE_CHECKING:
-    from vmm_cert_exporter.lab.tls_listener import TlsListener
+    from vmm_cert_lab.fleet.tls_listener import TlsListener
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -231,7 +231,7 @@ def start_lab(
     host, port = parse_listen(listen)
     if fleet is None:
         # Imported here: the model is another module's job and heavy to import.
-        from vmm_cert_exporter.lab.scenario import load_fleet
+        from vmm_cert_lab.fleet.scenario import load_fleet
 
         fleet = load_fleet(scenario, hosts=hosts, seed=seed, locale=locale)
     elif locale is not None:
@@ -253,8 +253,8 @@ def start_lab(
         latency=latency,
     )
     server.start()
-    from vmm_cert_exporter.lab.model import Fleet
-    from vmm_cert_exporter.lab.tls_listener import TlsListener
+    from vmm_cert_lab.fleet.model import Fleet
+    from vmm_cert_lab.fleet.tls_listener import TlsListener
 
     listener = None
     if tls_listener and isinstance(fleet, Fleet):

@@ -16,10 +16,10 @@ from typing import Any
 
 import yaml
 
-from vmm_cert_exporter.lab import locales
-from vmm_cert_exporter.lab.clock import LabClock
-from vmm_cert_exporter.lab.interfaces import LANGUAGE_MODES, Account, Faults
-from vmm_cert_exporter.lab.model import (
+from vmm_cert_lab.fleet import locales
+from vmm_cert_lab.fleet.clock import LabClock
+from vmm_cert_lab.fleet.interfaces import LANGUAGE_MODES, Account, Faults
+from vmm_cert_lab.fleet.model import (
     CERT_DUPLICATE,
     CERT_MISSING,
     CERT_PRESENT,
@@ -449,7 +449,7 @@ def load_scenario_file(path: str | Path, locale: str | None = None) -> Fleet:
 
 def built_in_scenario_text(name: str) -> str:
     return (
-        resources.files("vmm_cert_exporter.lab")
+        resources.files("vmm_cert_lab.fleet")
         .joinpath(f"scenarios/{name}.yaml")
         .read_text(encoding="utf-8")
     )
@@ -474,7 +474,7 @@ def load_fleet(
     if hosts is not None:
         if scenario != "demo":
             raise ScenarioError("--hosts generates a fleet: it cannot be combined with --scenario")
-        from vmm_cert_exporter.lab.generate import generated_scenario
+        from vmm_cert_lab.fleet.generate import generated_scenario
 
         return build_fleet(
             generated_scenario(hosts, seed), where=f"generated(hosts={hosts})", locale=locale

@@ -24,12 +24,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
-from vmm_cert_exporter.lab import ntlm
-from vmm_cert_exporter.lab.control import ControlError, handle_control
-from vmm_cert_exporter.lab.interfaces import Account, Faults, FleetModel
-from vmm_cert_exporter.lab.latency import NONE, Latency
-from vmm_cert_exporter.lab.tls import LabTLS
-from vmm_cert_exporter.lab.wsman import (
+from vmm_cert_lab.fleet import ntlm
+from vmm_cert_lab.fleet.control import ControlError, handle_control
+from vmm_cert_lab.fleet.interfaces import Account, Faults, FleetModel
+from vmm_cert_lab.fleet.latency import NONE, Latency
+from vmm_cert_lab.fleet.tls import LabTLS
+from vmm_cert_lab.fleet.wsman import (
     DEFAULT_IDLE_TIMEOUT,
     LabStopping,
     ShellTable,
@@ -40,7 +40,7 @@ from vmm_cert_exporter.lab.wsman import (
     relates_to_of,
 )
 
-log = logging.getLogger("vmm_cert_exporter.lab")
+log = logging.getLogger("vmm_cert_lab.fleet")
 
 # Bytes that are neither HTTP nor a TLS record: a TLS client fails its record layer on them,
 # a plain HTTP client fails to parse the status line.

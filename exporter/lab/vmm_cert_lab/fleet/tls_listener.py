@@ -39,8 +39,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from vmm_cert_exporter.lab.certs import KEY_POOL_SIZE, LabCertificate, pool_key
-from vmm_cert_exporter.lab.model import Fleet
+from vmm_cert_lab.fleet.certs import KEY_POOL_SIZE, LabCertificate, pool_key
+from vmm_cert_lab.fleet.model import Fleet
 
 _HELLO_WAIT = 10.0  # seconds a client may take to send its ClientHello
 _AFTER_WAIT = 5.0  # seconds we wait for the client to close after the handshake

@@ -19,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from xml.sax.saxutils import escape, quoteattr
 
-from vmm_cert_exporter.lab.interfaces import Execution, FleetModel
-from vmm_cert_exporter.lab.latency import NONE, Latency
+from vmm_cert_lab.fleet.interfaces import Execution, FleetModel
+from vmm_cert_lab.fleet.latency import NONE, Latency
 
 NS = {
     "s": "http://www.w3.org/2003/05/soap-envelope",
