@@ -33,8 +33,10 @@ def cpu_seconds() -> float:
 
 
 @contextmanager
-def lab_process(hosts: int, *, tls: bool = False, seed: int = 1) -> Iterator[Path]:
-    """Run ``vmm-cert-exporter lab --hosts N`` in a child; yield the config it writes.
+def lab_process(
+    hosts: int, *, tls: bool = False, seed: int = 1, latency: str = "none"
+) -> Iterator[Path]:
+    """Run ``vmm-cert-exporter lab --hosts N [--latency P]`` in a child; yield its config.
 
     A separate process, so the exporter's CPU and memory are measured alone (both still
     share this machine's two cores, as they would share a small VM).
@@ -52,6 +54,8 @@ def lab_process(hosts: int, *, tls: bool = False, seed: int = 1) -> Iterator[Pat
             str(seed),
             "--write-config",
             str(config),
+            "--latency",
+            latency,
         ]
         if tls:
             argv.append("--tls")
@@ -143,9 +147,11 @@ class LabChild:
 
 
 @contextmanager
-def lab_child(hosts: int, *, tls: bool = False, seed: int = 1) -> Iterator[LabChild]:
+def lab_child(
+    hosts: int, *, tls: bool = False, seed: int = 1, latency: str = "none"
+) -> Iterator[LabChild]:
     """``lab_process`` that also tells the lab's pid (to measure the lab's own CPU)."""
-    with lab_process(hosts, tls=tls, seed=seed) as config:
+    with lab_process(hosts, tls=tls, seed=seed, latency=latency) as config:
         yield LabChild(config=config, pid=_lab_pid(config))
 
 

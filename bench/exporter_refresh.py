@@ -20,6 +20,7 @@ import argparse
 import json
 import logging
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,9 @@ def one(config_path: str, concurrency: int, lab_pid: int) -> dict[str, Any]:
         "lab_cpu": process_cpu_seconds(lab_pid) - lab0,
         "rss": peak_rss_mb(),
         "ok": sum(1 for h in snapshot.hosts if h.last_ok),
+        "failed": dict(
+            Counter(h.last_error_reason or "skipped" for h in snapshot.hosts if not h.last_ok)
+        ),
     }
 
 
