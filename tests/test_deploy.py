@@ -411,7 +411,9 @@ def test_prometheus_scrapes_the_receiver() -> None:
 def test_compose_runs_the_receiver_beside_the_lab() -> None:
     services = compose()["services"]
     lab, receiver = services["lab"], services["receiver"]
-    assert receiver["image"] == services["exporter"]["image"] == lab["image"]
+    # the product's image; the lab's is the Dockerfile's lab target, built on top of it
+    assert receiver["image"] == services["exporter"]["image"] != lab["image"]
+    assert lab["build"]["target"] == "lab" and "target" not in services["exporter"]["build"]
     command = receiver["command"]
     assert command[0] == "receiver"
     assert host_path(receiver, command[command.index("--config") + 1]) == RECEIVER_YML

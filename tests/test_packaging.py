@@ -1,17 +1,25 @@
-"""The Dockerfile and the console script, as users meet them."""
+"""The Dockerfile, the product's wheel and the console script, as users meet them."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
 import sys
+import sysconfig
+import zipfile
 from pathlib import Path
 
 import pytest
 
+from vmm_cert_exporter import __version__
 from vmm_cert_exporter.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
+PRODUCT = ROOT / "exporter" / "vmm_cert_exporter"
+# what `pip install .` reads: the Dockerfile's product stage copies exactly these
+BUILD_INPUTS = ("pyproject.toml", "README.md", "exporter/vmm_cert_exporter")
+# modules of the lab and the generators that once lived in the product package
+NOT_PRODUCT = {"lab", "fleet", "demo", "promstack", "dashboard", "testing", "labconfig"}
 
 
 def _hadolint() -> str:
@@ -56,3 +64,130 @@ def test_console_script_installed() -> None:
     assert result.returncode == 0
     for command in ("serve", "check", "check-config", "print-script", "lab", "rules", "demo"):
         assert command in result.stdout
+
+
+# ---- the product's wheel -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def product_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel ``pip install .`` builds, from a copy of the repository's pyproject.toml,
+    README.md and whole exporter/ (lab and tools included: discovery must leave them out),
+    so the build writes nothing into the working tree. Offline: the build backend is the
+    test extra's setuptools."""
+    work = tmp_path_factory.mktemp("wheel")
+    source = work / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, source / name)
+    shutil.copytree(
+        ROOT / "exporter",
+        source / "exporter",
+        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build"),
+    )
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"),
+            *("--no-index", "--wheel-dir", str(work / "dist"), str(source)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    (wheel,) = (work / "dist").glob("vmm_cert_exporter-*.whl")
+    return wheel
+
+
+def _product_files() -> set[str]:
+    return {
+        path.relative_to(PRODUCT.parent).as_posix()
+        for path in PRODUCT.rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts
+    }
+
+
+def test_the_wheel_holds_the_product_package_and_nothing_else(product_wheel: Path) -> None:
+    dist_info = f"vmm_cert_exporter-{__version__}.dist-info"
+    with zipfile.ZipFile(product_wheel) as wheel:
+        names = wheel.namelist()
+        top_level = wheel.read(f"{dist_info}/top_level.txt").decode().split()
+    assert top_level == ["vmm_cert_exporter"]
+    assert {name.split("/")[0] for name in names} == {"vmm_cert_exporter", dist_info}
+    assert not [n for n in names if "vmm_cert_lab" in n or "scenarios" in n]
+    stems = {Path(name).stem for name in names} | {p for n in names for p in n.split("/")[:-1]}
+    assert not stems & NOT_PRODUCT, stems & NOT_PRODUCT
+    # every file of the product package, the contract scripts and py.typed among them
+    package = {name for name in names if not name.startswith(dist_info)}
+    assert package == _product_files()
+    scripts = {name for name in package if name.endswith(".ps1")}
+    assert scripts == {f"vmm_cert_exporter/scripts/{p.name}" for p in PRODUCT.glob("scripts/*.ps1")}
+    assert len(scripts) >= 7 and "vmm_cert_exporter/py.typed" in package
+
+
+def test_the_wheels_lab_and_demo_say_where_the_lab_is(product_wheel: Path, tmp_path: Path) -> None:
+    """The wheel's own CLI beside its dependencies and nothing else: ``-S`` skips the site
+    initialisation, so the .pth files of this venv's editable installs (the repository's
+    product and lab) are never read; its site-packages is on the path as a plain directory."""
+    unpacked = tmp_path / "site"
+    with zipfile.ZipFile(product_wheel) as wheel:
+        wheel.extractall(unpacked)
+    site_packages = dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib"))
+    paths = [str(unpacked), *site_packages]
+    runner = (
+        f"import sys; sys.path[:0] = {paths!r}; "
+        "import vmm_cert_exporter; assert vmm_cert_exporter.__file__.startswith(sys.path[0]); "
+        "from vmm_cert_exporter.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-S", "-c", runner, *argv],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    for argv in (["lab", "--scenario", "ha", "--latency", "windows"], ["demo"]):
+        result = run(*argv)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith(f"vmm-cert-exporter {argv[0]}: the lab ships with")
+        assert "make demo" in result.stderr and "Traceback" not in result.stderr
+    # the rest of the wheel's CLI works without the lab
+    rules = run("rules", "--warn-days", "20")
+    assert rules.returncode == 0, rules.stderr
+    assert "VMMCertificateExpiringSoon" in rules.stdout
+
+
+def _stages(dockerfile: str) -> list[list[str]]:
+    """The Dockerfile's stages: each a list of instructions (continuations joined)."""
+    instructions = dockerfile.replace("\\\n", " ").splitlines()
+    stages: list[list[str]] = []
+    for line in instructions:
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.upper().startswith("FROM "):
+            stages.append([])
+        if stages:
+            stages[-1].append(line)
+    return stages
+
+
+def test_the_image_installs_the_product_only() -> None:
+    stages = _stages((ROOT / "Dockerfile").read_text())
+    product = next(s for s in stages if s[0].startswith("FROM ${BASE} AS "))
+    alias = product[0].split()[-1]
+    copied = {part for line in product if line.startswith("COPY ") for part in line.split()[1:-1]}
+    assert copied == set(BUILD_INPUTS)
+    assert any(line.startswith("RUN pip install --no-cache-dir . ") for line in product)
+    # the default target (the last stage) is the product stage as it is
+    assert stages[-1] == [f"FROM {alias}"]
+    # the lab is only ever copied into its own target, built on top of the product
+    lab = [s for s in stages if any("exporter/lab" in line for line in s)]
+    assert [s[0] for s in lab] == [f"FROM {alias} AS lab"]
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert "**/*.egg-info" in ignored and "exporter/tools" in ignored
