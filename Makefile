@@ -45,9 +45,12 @@ $(NODE_STAMP): package.json package-lock.json
 	npm ci --silent --no-audit --no-fund
 	touch $@
 
+# lint-imports: the contracts of pyproject.toml (the product never imports the lab; the
+# simulated fleet imports nothing of the product)
 lint: venv
 	$(BIN)/ruff check exporter tests bench
 	$(BIN)/ruff format --check exporter tests bench
+	$(BIN)/lint-imports --no-cache --no-logo
 
 typecheck: venv
 	$(BIN)/mypy
