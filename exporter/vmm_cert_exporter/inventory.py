@@ -17,6 +17,7 @@ from vmm_cert_exporter.results import ManagedComputersResult
 
 log = logging.getLogger(__name__)
 
+
 def normalise_role(raw: str) -> str:
     """Map VMM's invariant ``Role`` (a flags enum as text, e.g. ``Library, VMMServerRole``)
     onto the four published roles, strongest flag first.
