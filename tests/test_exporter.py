@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import gzip
-import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from vmm_cert_exporter.metrics import SnapshotCollector
 from vmm_cert_exporter.snapshot import Snapshot
 from vmm_cert_lab.fleet.interfaces import Faults
 from vmm_cert_lab.fleet.runner import RunningLab, start_lab
+from vmm_cert_lab.promstack import Promtool
 
 DAY = 86400.0
 D = ".lab.example"
@@ -49,12 +49,6 @@ def samples(text: str) -> dict[str, dict[str, float]]:
             if "host" in s.labels:
                 out.setdefault(s.name, {})[s.labels["host"]] = s.value
     return out
-
-
-@pytest.fixture(scope="module")
-def demo_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningLab]:
-    with start_lab(scenario="demo", state_dir=tmp_path_factory.mktemp("lab")) as lab:
-        yield lab
 
 
 @pytest.fixture(scope="module")
@@ -135,23 +129,21 @@ def test_roles_info_and_vmm_states(demo: tuple[Refresher, Snapshot, str]) -> Non
     assert len(infos[f"hv41{D}"]) == 2
 
 
-def test_every_family_has_help_and_passes_promtool(demo: tuple[Refresher, Snapshot, str]) -> None:
+def test_every_family_has_help_and_passes_promtool(
+    demo: tuple[Refresher, Snapshot, str], promtool: Promtool
+) -> None:
     _, _, text = demo
     for family in text_string_to_metric_families(text):
         assert family.documentation, family.name
-    result = subprocess.run(
-        ["promtool", "check", "metrics"], input=text, capture_output=True, text=True, check=False
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    result = promtool.check_metrics(text)
+    assert result.returncode == 0, result.stdout
     assert "vmm_cert_exporter_build_info" in text
     assert "vmm_cert_exporter_refresh_duration_seconds_bucket" in text
 
 
-def test_promtool_check_metrics_can_fail() -> None:
+def test_promtool_check_metrics_can_fail(promtool: Promtool) -> None:
     bad = "# TYPE foo_total counter\nfoo_total 1\n# TYPE bar counter\nbar 1\n"
-    result = subprocess.run(
-        ["promtool", "check", "metrics"], input=bad, capture_output=True, text=True, check=False
-    )
+    result = promtool.check_metrics(bad)
     assert result.returncode != 0
 
 
@@ -185,13 +177,12 @@ FAULT_CASES: list[tuple[str, dict[str, Any], str | None]] = [
 
 
 @pytest.fixture()
-def fresh_lab(tmp_path: Path) -> Iterator[RunningLab]:
-    with start_lab(scenario="demo", state_dir=tmp_path / "lab", max_operation_wait=1.0) as lab:
-        yield lab
+def fresh_lab(make_lab: Callable[..., RunningLab]) -> RunningLab:
+    return make_lab(max_operation_wait=1.0)
 
 
 def test_each_fault_maps_to_its_reason_and_never_holds_the_others(
-    fresh_lab: RunningLab, tmp_path: Path
+    fresh_lab: RunningLab, tmp_path: Path, promtool: Promtool
 ) -> None:
     for name, faults, _ in FAULT_CASES:
         fresh_lab.model.set_faults(name + D, Faults.from_dict(faults))
@@ -212,10 +203,7 @@ def test_each_fault_maps_to_its_reason_and_never_holds_the_others(
     assert by_host[f"hv20{D}"].last_ok
     # nothing leaked: every shell we opened was deleted (a black-holed Delete is cleaned up
     # by the lab when the connection drops, or counted here)
-    text = render(refresher)
-    result = subprocess.run(
-        ["promtool", "check", "metrics"], input=text, capture_output=True, text=True, check=False
-    )
+    result = promtool.check_metrics(render(refresher))
     assert result.returncode == 0, result.stdout
 
 

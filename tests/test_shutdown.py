@@ -10,36 +10,20 @@ signal.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
 from vmm_cert_lab.fleet.interfaces import Faults
-from vmm_cert_lab.fleet.runner import RunningLab, start_lab
+from vmm_cert_lab.fleet.runner import RunningLab
+from vmm_cert_lab.processes import ExporterCommand, Process, Processes
 
-EXE = str(Path(sys.executable).parent / "vmm-cert-exporter")
+pytestmark = pytest.mark.e2e
 VMM = "vmm01.lab.example"
-
-
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[RunningLab]:
-    # a short cap on held Receives, so the lab itself never outlives a test by much
-    with start_lab(scenario="demo", state_dir=tmp_path / "lab", max_operation_wait=5.0) as running:
-        yield running
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _slow_hosts(lab: RunningLab, faults: Faults) -> list[str]:
@@ -50,25 +34,16 @@ def _slow_hosts(lab: RunningLab, faults: Faults) -> list[str]:
     return hosts
 
 
-def _start(lab: RunningLab, tmp_path: Path, timeout: str, log_format: str) -> subprocess.Popen[str]:
+def _start(
+    processes: Processes, lab: RunningLab, tmp_path: Path, timeout: str, log_format: str
+) -> Process:
     config = lab.write_config(tmp_path / "exporter.yml")
     data = yaml.safe_load(config.read_text())
     data["winrm"]["timeout"] = timeout
     data["collection"]["concurrency"] = 8
     config.write_text(yaml.safe_dump(data))
-    return subprocess.Popen(
-        [
-            EXE,
-            "serve",
-            "--config",
-            str(config),
-            f"--web.listen-address=127.0.0.1:{_free_port()}",
-            f"--log.format={log_format}",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    return processes.exporter(
+        "serve", "--config", str(config), f"--log.format={log_format}", listen=True
     )
 
 
@@ -120,11 +95,13 @@ def _shells_after_exit(lab: RunningLab) -> int:
         time.sleep(0.05)
 
 
-def test_sigterm_lets_in_flight_calls_finish_and_clean_up(lab: RunningLab, tmp_path: Path) -> None:
+def test_sigterm_lets_in_flight_calls_finish_and_clean_up(
+    lab: RunningLab, tmp_path: Path, processes: Processes
+) -> None:
     # 1 s per request: a call (Create, Command, Receive, Signal, Delete) takes about 5 s;
     # the 10 s deadline gives pywinrm a 4 s read timeout, well above the latency
     _slow_hosts(lab, Faults(latency=1.0))
-    proc = _start(lab, tmp_path, "10s", "logfmt")
+    proc = _start(processes, lab, tmp_path, "10s", "logfmt")
     try:
         in_flight = _wait_for_shells(lab, proc, at_least=8)
         proc.send_signal(signal.SIGTERM)
@@ -144,11 +121,13 @@ def test_sigterm_lets_in_flight_calls_finish_and_clean_up(lab: RunningLab, tmp_p
     assert "Traceback" not in stderr
 
 
-def test_sigterm_waits_at_most_the_deadline_then_cleans_up(lab: RunningLab, tmp_path: Path) -> None:
+def test_sigterm_waits_at_most_the_deadline_then_cleans_up(
+    lab: RunningLab, tmp_path: Path, processes: Processes
+) -> None:
     # slow answers and a command that never finishes: the calls in flight run out of their
     # 6 s deadline in Receive, then Signal + Delete (0.5 s each) fit their own allowance
     _slow_hosts(lab, Faults(latency=0.5, receive_timeout=True))
-    proc = _start(lab, tmp_path, "6s", "json")
+    proc = _start(processes, lab, tmp_path, "6s", "json")
     try:
         in_flight = _wait_for_shells(lab, proc, at_least=8)
         time.sleep(0.5)
@@ -174,12 +153,12 @@ def test_sigterm_waits_at_most_the_deadline_then_cleans_up(lab: RunningLab, tmp_
 
 
 def test_a_second_signal_abandons_calls_at_once_and_still_cleans_up(
-    lab: RunningLab, tmp_path: Path
+    lab: RunningLab, tmp_path: Path, processes: Processes
 ) -> None:
     # every Receive is held and answered "operation timeout": without the second signal the
     # calls would run to their 60 s deadline
     _slow_hosts(lab, Faults(receive_timeout=True))
-    proc = _start(lab, tmp_path, "60s", "logfmt")
+    proc = _start(processes, lab, tmp_path, "60s", "logfmt")
     try:
         in_flight = _wait_for_shells(lab, proc, at_least=8)
         proc.send_signal(signal.SIGTERM)
@@ -199,7 +178,7 @@ def test_a_second_signal_abandons_calls_at_once_and_still_cleans_up(
 
 
 def test_ctrl_c_on_check_ends_the_calls_in_flight_and_cleans_up(
-    lab: RunningLab, tmp_path: Path
+    lab: RunningLab, tmp_path: Path, processes: Processes
 ) -> None:
     # without the abort, the interpreter would wait for every queued call of the refresh
     _slow_hosts(lab, Faults(receive_timeout=True))
@@ -208,13 +187,7 @@ def test_ctrl_c_on_check_ends_the_calls_in_flight_and_cleans_up(
     data["winrm"]["timeout"] = "60s"
     data["collection"]["concurrency"] = 8
     config.write_text(yaml.safe_dump(data))
-    proc = subprocess.Popen(
-        [EXE, "check", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    proc = processes.exporter("check", "--config", str(config))
     try:
         in_flight = _wait_for_shells(lab, proc, at_least=8)
         proc.send_signal(signal.SIGINT)
@@ -231,7 +204,7 @@ def test_ctrl_c_on_check_ends_the_calls_in_flight_and_cleans_up(
 
 
 def test_sigterm_to_the_receiver_finishes_the_running_renewal_and_journals_it(
-    lab: RunningLab, tmp_path: Path
+    lab: RunningLab, tmp_path: Path, processes: Processes, exporter_command: ExporterCommand
 ) -> None:
     """The receiver never stops a renewal half-way: SIGTERM lets the running job finish
     (bounded by its WinRM deadlines), journals the outcome, leaves no shell, exits 0."""
@@ -247,21 +220,8 @@ def test_sigterm_to_the_receiver_finishes_the_running_renewal_and_journals_it(
         mode="execute",
         winrm={"timeout": "10s"},
     )
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            EXE,
-            "receiver",
-            "--config",
-            str(config),
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--log.format=json",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
+    proc = processes.exporter("receiver", "--config", str(config), "--log.format=json", listen=True)
+    base = proc.url
     body = json.dumps(payload(alert(host, "VMMCertificateExpiringCritical"))).encode()
     try:
         deadline = time.monotonic() + 60
@@ -292,13 +252,8 @@ def test_sigterm_to_the_receiver_finishes_the_running_renewal_and_journals_it(
     assert proc.returncode == 0, stderr
     assert elapsed < 60, elapsed
     assert _shells_after_exit(lab) == 0, lab.server.stats()
-    listed = subprocess.run(
-        [EXE, "jobs", "--config", str(config), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    listed = exporter_command.run("jobs", "--config", str(config), "--json", timeout=60)
+    assert listed.returncode == 0, listed.stderr
     job = next(j for j in json.loads(listed.stdout)["jobs"] if j["host"] == host)
     assert job["status"] == "succeeded", job  # finished, verified and journaled before exit
     assert [s["status"] for s in job["steps"]].count("succeeded") >= 3, job["steps"]

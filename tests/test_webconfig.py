@@ -1,6 +1,6 @@
 """--web.config.file: a table of bad files, then real TLS clients against real servers.
 
-Every client here is real (ssl sockets, urllib, requests) and every server is cheroot with the
+Every client here is real (ssl sockets, urllib, requests) and every server is ours, with the
 web config applied exactly as ``serve`` applies it; the last tests run the ``serve`` command.
 """
 
@@ -9,17 +9,14 @@ from __future__ import annotations
 import base64
 import datetime
 import ipaddress
-import os
 import socket
 import ssl
 import statistics
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,24 +24,23 @@ from typing import Any
 import bcrypt
 import pytest
 import requests
-from cheroot import wsgi
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from vmm_cert_exporter.http.credentials import parse_basic_auth
+from vmm_cert_exporter.http.server import HTTPServer
 from vmm_cert_exporter.web import make_server
 from vmm_cert_exporter.webconfig import (
     WebConfigError,
     WebConfigFile,
     load_web_config,
     loads_web_config,
-    parse_basic_auth,
-    server_url,
 )
-from vmm_cert_lab.fleet.runner import RunningLab, start_lab
+from vmm_cert_lab.fleet.runner import RunningLab
+from vmm_cert_lab.processes import ExporterCommand, Process, Processes
 
-EXE = str(Path(sys.executable).parent / "vmm-cert-exporter")
 PASSWORD = "Scrape-Passw0rd!"
 # cost 10, as the toolkit's examples: slow enough that timing differences would show
 HASH = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(10)).decode()
@@ -437,7 +433,7 @@ def hello(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
 
 @pytest.fixture
 def serve_with(tmp_path: Path) -> Iterator[Any]:
-    servers: list[wsgi.Server] = []
+    servers: list[HTTPServer] = []
 
     def start(body: str) -> tuple[str, WebConfigFile]:
         path = tmp_path / f"web{len(servers)}.yml"
@@ -447,7 +443,7 @@ def serve_with(tmp_path: Path) -> Iterator[Any]:
         server.prepare()
         threading.Thread(target=server.serve, daemon=True).start()
         servers.append(server)
-        return server_url(server), cfg
+        return server.url, cfg
 
     yield start
     for server in servers:
@@ -643,38 +639,25 @@ def test_headers_and_rate_limit(pki: PKI, serve_with: Any) -> None:
 # The serve command
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningLab]:
-    with start_lab(scenario="demo", state_dir=tmp_path_factory.mktemp("lab")) as running:
-        yield running
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
+@pytest.mark.e2e
 def test_serve_refuses_a_bad_web_config_before_listening(
-    lab: RunningLab, pki: PKI, tmp_path: Path
+    lab: RunningLab,
+    pki: PKI,
+    tmp_path: Path,
+    exporter_command: ExporterCommand,
+    free_port: Callable[[], int],
 ) -> None:
     config = lab.write_config(tmp_path / "exporter.yml")
     web = tmp_path / "web.yml"
     web.write_text(_mtls(pki, "RequireAnyClientCert"))
-    port = _free_port()
-    result = subprocess.run(
-        [
-            EXE,
-            "serve",
-            "--config",
-            str(config),
-            f"--web.listen-address=127.0.0.1:{port}",
-            f"--web.config.file={web}",
-        ],
-        capture_output=True,
-        text=True,
+    port = free_port()
+    result = exporter_command.run(
+        "serve",
+        "--config",
+        str(config),
+        f"--web.listen-address=127.0.0.1:{port}",
+        f"--web.config.file={web}",
         timeout=60,
-        check=False,
     )
     assert result.returncode == 1
     assert f"{web}: tls_server_config.client_auth_type: RequireAnyClientCert" in result.stderr
@@ -682,44 +665,31 @@ def test_serve_refuses_a_bad_web_config_before_listening(
         s.bind(("127.0.0.1", port))  # nobody listened
 
 
-def test_serve_with_mutual_tls_and_basic_auth(lab: RunningLab, pki: PKI, tmp_path: Path) -> None:
+@pytest.mark.e2e
+def test_serve_with_mutual_tls_and_basic_auth(
+    lab: RunningLab, pki: PKI, tmp_path: Path, processes: Processes
+) -> None:
     config = lab.write_config(tmp_path / "exporter.yml")
     web = tmp_path / "web.yml"
     web.write_text(_mtls(pki))
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            EXE,
-            "serve",
-            "--config",
-            str(config),
-            f"--web.listen-address=127.0.0.1:{port}",
-            f"--web.config.file={web}",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    proc = processes.exporter(
+        "serve", "--config", str(config), f"--web.config.file={web}", listen=True
     )
-    url = f"https://127.0.0.1:{port}"
+    url = f"https://127.0.0.1:{proc.port}"
     try:
-        deadline = time.monotonic() + 60
-        status = None
-        while time.monotonic() < deadline:
-            try:
-                status = requests.get(
+        proc.wait_until(
+            lambda: (
+                requests.get(
                     url + "/-/ready",
                     verify=str(pki.server_ca.path),
                     cert=(str(pki.client.cert), str(pki.client.key)),
                     auth=("prometheus", PASSWORD),
                     timeout=5,
                 ).status_code
-            except requests.exceptions.ConnectionError:
-                status = None
-            if status == 200:
-                break
-            time.sleep(0.3)
-        assert status == 200
+                == 200
+            ),
+            "/-/ready over mutual TLS",
+        )
         metrics = _get(url, pki, pki.client)
         assert metrics.status_code == 200 and "vmm_cert_expiry_seconds{" in metrics.text
         assert _get(url, pki, pki.client, ("prometheus", "nope")).status_code == 401
@@ -738,7 +708,9 @@ def test_serve_with_mutual_tls_and_basic_auth(lab: RunningLab, pki: PKI, tmp_pat
 # The renewal receiver takes the same file
 
 
-def _receiver(lab: RunningLab, tmp_path: Path, web: Path, **receiver: Any) -> tuple[Any, int]:
+def _receiver(
+    processes: Processes, lab: RunningLab, tmp_path: Path, web: Path, **receiver: Any
+) -> tuple[Process, int | None]:
     from vmm_cert_lab.receiver_config import write_lab_receiver_config
 
     config = write_lab_receiver_config(
@@ -748,25 +720,15 @@ def _receiver(lab: RunningLab, tmp_path: Path, web: Path, **receiver: Any) -> tu
         mode="dry-run",
         receiver=receiver or None,
     )
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            EXE,
-            "receiver",
-            "--config",
-            str(config),
-            f"--web.listen-address=127.0.0.1:{port}",
-            f"--web.config.file={web}",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    proc = processes.exporter(
+        "receiver", "--config", str(config), f"--web.config.file={web}", listen=True
     )
-    return proc, port
+    return proc, proc.port
 
 
+@pytest.mark.e2e
 def test_receiver_with_mutual_tls_from_the_web_config(
-    lab: RunningLab, pki: PKI, tmp_path: Path
+    lab: RunningLab, pki: PKI, tmp_path: Path, processes: Processes
 ) -> None:
     web = tmp_path / "web.yml"
     web.write_text(
@@ -774,7 +736,7 @@ def test_receiver_with_mutual_tls_from_the_web_config(
         f"  client_ca_file: {pki.client_ca.path}\n  client_auth_type: RequireAndVerifyClientCert\n"
         "http_server_config:\n  headers:\n    X-Content-Type-Options: nosniff\n"
     )
-    proc, port = _receiver(lab, tmp_path, web)
+    proc, port = _receiver(processes, lab, tmp_path, web)
     url = f"https://127.0.0.1:{port}"
     session = requests.Session()
     session.trust_env = False
@@ -812,12 +774,13 @@ def test_receiver_with_mutual_tls_from_the_web_config(
     assert f"address={url}" in stderr
 
 
+@pytest.mark.e2e
 def test_receiver_refuses_a_web_config_that_doubles_its_own_security(
-    lab: RunningLab, pki: PKI, tmp_path: Path
+    lab: RunningLab, pki: PKI, tmp_path: Path, processes: Processes
 ) -> None:
     web = tmp_path / "web.yml"
     web.write_text(f"basic_auth_users:\n  alertmanager: '{HASH}'\n")
-    proc, _ = _receiver(lab, tmp_path, web)
+    proc, _ = _receiver(processes, lab, tmp_path, web)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 1
     assert "basic_auth_users cannot be combined with the receiver's own credentials" in stderr
@@ -825,11 +788,15 @@ def test_receiver_refuses_a_web_config_that_doubles_its_own_security(
         f"tls_server_config:\n  cert_file: {pki.server.cert}\n  key_file: {pki.server.key}\n"
     )
     proc, _ = _receiver(
-        lab, tmp_path, web, tls={"cert_file": str(pki.server.cert), "key_file": str(pki.server.key)}
+        processes,
+        lab,
+        tmp_path,
+        web,
+        tls={"cert_file": str(pki.server.cert), "key_file": str(pki.server.key)},
     )
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 1 and "TLS is configured twice" in stderr
     web.write_text("tls_server_config:\n  cert_file: nope.pem\n")
-    proc, _ = _receiver(lab, tmp_path, web)
+    proc, _ = _receiver(processes, lab, tmp_path, web)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 2 and f"{web}: tls_server_config.key_file: required" in stderr

@@ -34,7 +34,8 @@ from vmm_cert_exporter.receiver.service import Receiver, start_receiver
 from vmm_cert_exporter.rules import FOR_DURATIONS, render_rules
 from vmm_cert_exporter.serve import Exporter, start_exporter
 from vmm_cert_lab.fleet.runner import RunningLab, start_lab
-from vmm_cert_lab.promstack import Process, find_binary, start_alertmanager, start_prometheus
+from vmm_cert_lab.processes import Process
+from vmm_cert_lab.promstack import find_binary, start_alertmanager, start_prometheus
 from vmm_cert_lab.receiver_config import write_lab_receiver_config
 
 log = logging.getLogger(__name__)

@@ -2,27 +2,21 @@
 
 Debian ships them as ``prometheus`` and ``prometheus-alertmanager``. Each process gets a
 free port and a data directory of its own, and is stopped (TERM, then KILL) by ``stop()``.
+``promtool`` and ``amtool`` come with them (``Tool``, ``Promtool``).
 """
 
 from __future__ import annotations
 
+import json
 import shutil
-import socket
 import subprocess
-import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from vmm_cert_lab.processes import Process, free_port
 
 PROMETHEUS = "prometheus"
 ALERTMANAGER = "prometheus-alertmanager"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def find_binary(name: str) -> str:
@@ -35,52 +29,50 @@ def find_binary(name: str) -> str:
     return path
 
 
-@dataclass
-class Process:
-    name: str
-    url: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-    _closed: bool = field(default=False, repr=False)
+class Tool:
+    """A binary of Debian's prometheus packages (promtool, amtool...), run to completion."""
 
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+    def __init__(self, name: str) -> None:
+        self.path = find_binary(name)
 
-    def wait_ready(self, path: str, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited early:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(self.url + path, timeout=2) as resp:  # noqa: S310 - our own loopback URL
-                    if resp.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"{self.name} not ready after {timeout:g}s:\n{self.log_tail()}")
-
-    def stop(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+    def run(
+        self, *args: str, cwd: Path | None = None, input: str | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        """Its whole report (failures go to stderr) is in ``stdout``."""
+        return subprocess.run(
+            [self.path, *args],
+            cwd=cwd,
+            input=input,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
 
 
-def _spawn(name: str, argv: list[str], workdir: Path, url: str) -> Process:
-    log_path = workdir / f"{name}.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
-    return Process(name=name, url=url, proc=proc, log_path=log_path)
+class Promtool(Tool):
+    def __init__(self) -> None:
+        super().__init__("promtool")
+
+    def check_metrics(self, exposition: str | bytes) -> subprocess.CompletedProcess[str]:
+        """``promtool check metrics`` (the exposition format's lint) on ``exposition``."""
+        text = exposition.decode() if isinstance(exposition, bytes) else exposition
+        return self.run("check", "metrics", input=text)
+
+    def query(self, prometheus_url: str, expr: str) -> list[dict[str, Any]]:
+        """``promtool query instant``: the result vector as JSON (it must succeed)."""
+        result = subprocess.run(
+            [self.path, "query", "instant", "-o", "json", prometheus_url, expr],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"promtool query {expr}: {result.stderr}")
+        data: list[dict[str, Any]] = json.loads(result.stdout)
+        return data
 
 
 def _start(
@@ -97,9 +89,9 @@ def _start(
         "--log.level=warn",
         *(flag.format(data=data) for flag in flags),
     ]
-    process = _spawn(name, argv, workdir, f"http://127.0.0.1:{port}")
+    process = Process(argv, port=port, log=workdir / f"{name}.log", cwd=workdir, name=name)
     try:
-        process.wait_ready("/-/ready")
+        process.wait_ready("/-/ready", timeout=30)
     except BaseException:
         process.stop()
         raise

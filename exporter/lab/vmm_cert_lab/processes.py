@@ -1,0 +1,176 @@
+"""Start a process, wait until it answers, stop it: the one way the tests and the demo's
+Prometheus and Alertmanager do it (``tests/conftest.py`` hands these out as fixtures)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+# The console script of the venv this runs in (make venv installs it).
+EXPORTER = str(Path(sys.executable).parent / "vmm-cert-exporter")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(
+    condition: Callable[[], object],
+    what: str,
+    timeout: float = 60.0,
+    interval: float = 0.1,
+    gone: Callable[[], str | None] = lambda: None,
+) -> None:
+    """Poll ``condition`` until it is true, else raise ``TimeoutError``.
+
+    An ``OSError`` from it (not listening yet, connection reset; ``requests`` errors are
+    ``OSError`` too) counts as "not yet". ``gone`` says why waiting is pointless (a process
+    that exited), or None; then ``RuntimeError``.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if condition():
+                return
+        except OSError:
+            pass
+        reason = gone()
+        if reason is not None:
+            raise RuntimeError(f"while waiting for {what}: {reason}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+class Process(subprocess.Popen[str]):
+    """A started process: a ``Popen`` with text pipes, or one log file for both streams.
+
+    ``port`` and ``url`` say where it listens when it was given a port.
+    """
+
+    def __init__(
+        self,
+        argv: list[str],
+        *,
+        port: int | None = None,
+        log: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.name = name or Path(argv[0]).name
+        self.port = port
+        self.log_path = log
+        self._log: IO[bytes] | None = log.open("ab") if log is not None else None
+        super().__init__(
+            argv,
+            stdout=subprocess.PIPE if self._log is None else self._log,
+            stderr=subprocess.PIPE if self._log is None else subprocess.STDOUT,
+            text=True,
+            cwd=cwd,
+            env={**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"},
+        )
+
+    @property
+    def url(self) -> str:
+        if self.port is None:
+            raise ValueError(f"{self.name} was not given a port")
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_until(self, condition: Callable[[], object], what: str, timeout: float = 60) -> None:
+        """``wait_until``, ending at once (with what it printed) if the process exits."""
+        wait_until(condition, what, timeout, 0.1, gone=self._exited)
+
+    def wait_ready(self, path: str = "/-/ready", timeout: float = 60) -> None:
+        """Until ``path`` answers 200 over plain HTTP."""
+
+        def ready() -> bool:
+            with urllib.request.urlopen(self.url + path, timeout=2) as response:  # noqa: S310 - our own loopback URL
+                return bool(response.status == 200)
+
+        self.wait_until(ready, f"{self.name}: {path} to answer 200", timeout)
+
+    def log_tail(self, lines: int = 30) -> str:
+        if self.log_path is None:
+            return ""
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def _exited(self) -> str | None:
+        if self.poll() is None:
+            return None
+        printed = self.log_tail() if self._log is not None else "".join(self.communicate())
+        return f"{self.name} exited with {self.returncode}:\n{printed[-3000:]}"
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 10 s; closes the log."""
+        if self.poll() is None:
+            self.send_signal(signal.SIGTERM)
+            try:
+                self.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                self.wait(timeout=10)
+        if self._log is not None:
+            self._log.close()
+
+
+class Processes:
+    """The processes of one piece of work (a test), stopped together."""
+
+    def __init__(self) -> None:
+        self._started: list[Process] = []
+
+    def start(self, *argv: str, **options: Any) -> Process:
+        """``Process(argv, **options)``, stopped by ``stop_all``."""
+        process = Process(list(argv), **options)
+        self._started.append(process)
+        return process
+
+    def exporter(self, *args: str, listen: bool = False, **options: Any) -> Process:
+        """``vmm-cert-exporter ARGS``; with ``listen``, on a free port of 127.0.0.1."""
+        if listen:
+            options["port"] = free_port()
+            args = (*args, f"--web.listen-address=127.0.0.1:{options['port']}")
+        return self.start(EXPORTER, *args, **options)
+
+    def stop_all(self) -> None:
+        for process in reversed(self._started):
+            process.stop()
+
+
+class ExporterCommand:
+    """The installed ``vmm-cert-exporter`` command, run to completion."""
+
+    path = EXPORTER
+
+    def run(
+        self,
+        *args: str,
+        timeout: float = 120,
+        cwd: Path | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """Its output as text: ``stdout`` and ``stderr`` apart."""
+        return subprocess.run(
+            [self.path, *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            cwd=cwd,
+            env=None if env is None else dict(env),
+        )

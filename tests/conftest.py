@@ -1,0 +1,167 @@
+"""Fixtures every test shares: the lab, free ports, the exporter's command, promtool, and one
+way to start a process, wait for it and stop it (``vmm_cert_lab.processes``).
+
+``tests/lab/conftest.py`` and ``tests/receiver/conftest.py`` override ``lab`` for their own
+directories (a light in-test fleet; a demo fleet that counts every script it receives).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, ExitStack
+from importlib import resources
+from pathlib import Path
+from typing import Any, Protocol
+
+import pytest
+
+from vmm_cert_lab.fleet.interfaces import Faults
+from vmm_cert_lab.fleet.runner import RunningLab, start_lab
+from vmm_cert_lab.processes import ExporterCommand, Processes, wait_until
+from vmm_cert_lab.processes import free_port as _free_port
+from vmm_cert_lab.promstack import Promtool, Tool
+
+# A test that requests one of these starts a process: it is end-to-end.
+_PROCESS_FIXTURES = frozenset({"processes", "exporter_command"})
+# What the built-in scenarios give the lab account; a test may replace it with a canary.
+_LAB_PASSWORD_LINE = "password: lab-password"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that starts a process must say so with ``@pytest.mark.e2e``, so that
+    ``pytest -m "not e2e"`` stays the fast run."""
+    unmarked = [
+        item.nodeid
+        for item in items
+        if _PROCESS_FIXTURES & set(getattr(item, "fixturenames", ()))
+        and item.get_closest_marker("e2e") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            "these tests start processes but are not marked e2e: " + ", ".join(unmarked)
+        )
+
+
+# ---- waiting, ports, processes --------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def wait_for() -> Callable[..., None]:
+    """``wait_for(condition, what, timeout=60, interval=0.1)``: poll until true, or fail."""
+    return wait_until
+
+
+@pytest.fixture(scope="session")
+def free_port() -> Callable[[], int]:
+    """``free_port()``: a TCP port on 127.0.0.1 that nothing listens on right now."""
+    return _free_port
+
+
+@pytest.fixture
+def processes() -> Iterator[Processes]:
+    """``processes.start(*argv)`` or ``processes.exporter(*args, listen=True)``: processes
+    stopped when the test ends. A test that uses it is marked ``e2e``."""
+    started = Processes()
+    try:
+        yield started
+    finally:
+        started.stop_all()
+
+
+@pytest.fixture(scope="session")
+def exporter_command() -> ExporterCommand:
+    """``exporter_command.run(*args)``: the installed command, run to completion."""
+    return ExporterCommand()
+
+
+@pytest.fixture(scope="session")
+def promtool() -> Promtool:
+    return Promtool()
+
+
+@pytest.fixture(scope="session")
+def debian_tool() -> Callable[[str], Tool]:
+    """``debian_tool("amtool")``: another binary of the prometheus packages."""
+    return Tool
+
+
+# ---- the lab -------------------------------------------------------------------------------
+
+
+class OpenLab(Protocol):
+    def __call__(
+        self,
+        state_dir: Path,
+        scenario: str = "demo",
+        *,
+        password: str | None = None,
+        faults: Mapping[str, Faults] | None = None,
+        **options: Any,
+    ) -> AbstractContextManager[RunningLab]: ...
+
+
+@contextlib.contextmanager
+def _open_lab(
+    state_dir: Path,
+    scenario: str = "demo",
+    *,
+    password: str | None = None,
+    faults: Mapping[str, Faults] | None = None,
+    **options: Any,
+) -> Iterator[RunningLab]:
+    """A lab on a built-in scenario (or a scenario file), stopped on exit.
+
+    ``password`` replaces the lab account's password (a canary a test then searches for);
+    ``faults`` are set before the lab is handed over; ``options`` go to ``start_lab``.
+    """
+    state_dir.mkdir(parents=True, exist_ok=True)
+    if password is not None:
+        builtin = resources.files("vmm_cert_lab.fleet").joinpath(f"scenarios/{scenario}.yaml")
+        text = builtin.read_text()
+        assert _LAB_PASSWORD_LINE in text, f"{scenario}: no lab password to replace"
+        written = state_dir / "scenario.yaml"
+        written.write_text(text.replace(_LAB_PASSWORD_LINE, f"password: '{password}'"))
+        scenario = str(written)
+    with start_lab(scenario=scenario, state_dir=state_dir, **options) as lab:
+        if password is not None:
+            assert lab.account.password == password
+        for fqdn, fault in (faults or {}).items():
+            lab.model.set_faults(fqdn, fault)
+        yield lab
+
+
+@pytest.fixture(scope="session")
+def open_lab() -> OpenLab:
+    """``with open_lab(state_dir, scenario, password=..., faults=..., **start_lab_options)``:
+    a lab for a fixture of a wider scope than one test."""
+    return _open_lab
+
+
+@pytest.fixture
+def make_lab(tmp_path: Path) -> Iterator[Callable[..., RunningLab]]:
+    """``make_lab(scenario="demo", **options)``: a lab of this test's own (the options of
+    ``open_lab``), stopped when the test ends."""
+    with ExitStack() as stack:
+        made = 0
+
+        def make(scenario: str = "demo", **options: Any) -> RunningLab:
+            nonlocal made
+            made += 1
+            return stack.enter_context(_open_lab(tmp_path / f"lab{made}", scenario, **options))
+
+        yield make
+
+
+@pytest.fixture
+def lab(make_lab: Callable[..., RunningLab]) -> RunningLab:
+    """The demo lab, this test's own (it may change it). A held Receive ends after 5 s, so
+    stopping the lab never waits long for a client."""
+    return make_lab(max_operation_wait=5.0)
+
+
+@pytest.fixture(scope="module")
+def demo_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningLab]:
+    """The demo lab, shared by one module's tests: a test that changes it puts it back."""
+    with _open_lab(tmp_path_factory.mktemp("demo-lab")) as running:
+        yield running
