@@ -18,7 +18,7 @@ import pytest
 
 from vmm_cert_lab.fleet.interfaces import Faults
 from vmm_cert_lab.fleet.runner import RunningLab, start_lab
-from vmm_cert_lab.processes import ExporterCommand, Processes, wait_until
+from vmm_cert_lab.processes import ExporterCommand, Processes
 from vmm_cert_lab.processes import free_port as _free_port
 from vmm_cert_lab.promstack import Promtool, Tool
 
@@ -44,12 +44,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 # ---- waiting, ports, processes --------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def wait_for() -> Callable[..., None]:
-    """``wait_for(condition, what, timeout=60, interval=0.1)``: poll until true, or fail."""
-    return wait_until
 
 
 @pytest.fixture(scope="session")

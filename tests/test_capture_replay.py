@@ -15,12 +15,10 @@ import re
 import secrets
 import shutil
 import stat
-import subprocess
-import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from datetime import datetime
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +40,8 @@ from vmm_cert_lab.fleet import powershell as lab_ps
 from vmm_cert_lab.fleet.interfaces import Faults
 from vmm_cert_lab.fleet.replay import load_replay, write_replay_config
 from vmm_cert_lab.fleet.runner import RunningLab, start_lab
+from vmm_cert_lab.processes import ExporterCommand, Processes
 
-EXE = str(Path(sys.executable).parent / "vmm-cert-exporter")
 D = ".lab.example"
 FAULTS = {
     f"hv02{D}": Faults(http_401=True),  # auth, before any script
@@ -81,6 +79,7 @@ class Fleet:
     plain: Path
     redacted: Path
     printed: str  # what both capture commands printed
+    command: ExporterCommand
 
 
 def verdicts(config: Path) -> dict[str, Verdict]:
@@ -105,23 +104,17 @@ def redacted_names(original: dict[str, Verdict]) -> dict[str, str]:
     return {name: f"host{n:03d}.redacted" for n, name in enumerate(sorted(original), start=1)}
 
 
-def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [EXE, *args], capture_output=True, text=True, timeout=timeout, check=False
-    )
-
-
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+def fleet(
+    tmp_path_factory: pytest.TempPathFactory,
+    open_lab: Callable[..., AbstractContextManager[RunningLab]],
+    exporter_command: ExporterCommand,
+) -> Iterator[Fleet]:
     root = tmp_path_factory.mktemp("capture")
     password = "Canary-" + secrets.token_urlsafe(18)
-    demo = resources.files("vmm_cert_lab.fleet").joinpath("scenarios/demo.yaml").read_text()
-    scenario = root / "scenario.yaml"
-    scenario.write_text(demo.replace("password: lab-password", f"password: '{password}'"))
-    with start_lab(scenario=str(scenario), state_dir=root / "lab", max_operation_wait=2.0) as lab:
-        assert lab.account.password == password and lab.account.username == ACCOUNT_NAME
-        for fqdn, faults in FAULTS.items():
-            lab.model.set_faults(fqdn, faults)
+    lab_options = {"password": password, "faults": FAULTS, "max_operation_wait": 2.0}
+    with open_lab(root / "lab", **lab_options) as lab:
+        assert lab.account.username == ACCOUNT_NAME
         config = lab.write_config(root / "exporter.yml")
         data = yaml.safe_load(config.read_text())
         data["winrm"]["timeout"] = "2s"
@@ -129,12 +122,22 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         original = verdicts(config)
         printed = ""
         for name, extra in (("plain", []), ("redacted", ["--redact"])):
-            result = run_cli("capture", "--config", str(config), "--out", str(root / name), *extra)
+            result = exporter_command.run(
+                "capture", "--config", str(config), "--out", str(root / name), *extra
+            )
             assert result.returncode == 0, result.stderr
             assert "Traceback" not in result.stderr
             printed += result.stdout + result.stderr
         yield Fleet(
-            lab, root, password, config, original, root / "plain", root / "redacted", printed
+            lab,
+            root,
+            password,
+            config,
+            original,
+            root / "plain",
+            root / "redacted",
+            printed,
+            exporter_command,
         )
 
 
@@ -150,6 +153,7 @@ def load(path: Path) -> Any:
 # What a capture holds
 
 
+@pytest.mark.e2e
 def test_the_original_fleet_has_every_case(fleet: Fleet) -> None:
     reasons = {k: v.reason for k, v in fleet.original.items() if v.reason}
     assert reasons == {
@@ -164,6 +168,7 @@ def test_the_original_fleet_has_every_case(fleet: Fleet) -> None:
     assert fleet.original[f"hv38{D}"].present is False
 
 
+@pytest.mark.e2e
 def test_layout_manifest_and_raw_bytes(fleet: Fleet) -> None:
     manifest = load(fleet.plain / "manifest.json")
     assert manifest["format"] == "vmm-cert-exporter-capture" and manifest["format_version"] == 1
@@ -214,6 +219,7 @@ def test_layout_manifest_and_raw_bytes(fleet: Fleet) -> None:
     assert "use --redact before sharing" in fleet.printed
 
 
+@pytest.mark.e2e
 def test_no_credential_is_written_or_printed(fleet: Fleet) -> None:
     assert fleet.password not in fleet.printed
     for path in files(fleet.plain) + files(fleet.redacted):
@@ -239,6 +245,7 @@ def _json_strings(value: Any, key: str | None = None) -> Iterator[tuple[str | No
         yield key, value
 
 
+@pytest.mark.e2e
 def test_redaction_leaves_no_hostname_anywhere(fleet: Fleet) -> None:
     fqdns = sorted(fleet.original)
     shorts = sorted({f.split(".")[0] for f in fqdns})
@@ -289,6 +296,7 @@ def _certificates(directory: Path, computer: str, operation: str) -> list[dict[s
     return list(load(path)["certificates"])
 
 
+@pytest.mark.e2e
 def test_redaction_reissues_certificates_and_keeps_what_is_judged(fleet: Fleet) -> None:
     names = redacted_names(fleet.original)
     for original, redacted in names.items():
@@ -338,6 +346,7 @@ def replay(request: pytest.FixtureRequest, fleet: Fleet) -> Iterator[tuple[str, 
         yield request.param, lab
 
 
+@pytest.mark.e2e
 def test_the_replay_gets_the_same_verdicts(fleet: Fleet, replay: tuple[str, RunningLab]) -> None:
     kind, _ = replay
     config = fleet.root / f"replay-{kind}.yml"
@@ -376,6 +385,7 @@ def _runner(lab: RunningLab) -> WinRMRunner:
     return WinRMRunner(load_config(config).winrm)
 
 
+@pytest.mark.e2e
 def test_the_replay_refuses_every_change(fleet: Fleet, replay: tuple[str, RunningLab]) -> None:
     kind, lab = replay
     names = redacted_names(fleet.original) if kind == "redacted" else {k: k for k in fleet.original}
@@ -401,6 +411,7 @@ def test_the_replay_refuses_every_change(fleet: Fleet, replay: tuple[str, Runnin
     assert unknown.value.reason == "wsman_fault" and "404" in unknown.value.detail
 
 
+@pytest.mark.e2e
 def test_the_replay_accepts_only_the_lab_account(replay: tuple[str, RunningLab]) -> None:
     _, lab = replay
     config = lab.write_config(lab.state_dir / "wrong.yml")
@@ -411,15 +422,11 @@ def test_the_replay_accepts_only_the_lab_account(replay: tuple[str, RunningLab])
     assert refused.value.reason == "auth"
 
 
-def test_lab_replay_command_and_check(fleet: Fleet, tmp_path: Path) -> None:
+@pytest.mark.e2e
+def test_lab_replay_command_and_check(fleet: Fleet, tmp_path: Path, processes: Processes) -> None:
     """As a user runs it: lab --replay DIR --write-config, then check against it."""
     config = tmp_path / "replay.yml"
-    proc = subprocess.Popen(
-        [EXE, "lab", "--replay", str(fleet.redacted), "--write-config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = processes.exporter("lab", "--replay", str(fleet.redacted), "--write-config", str(config))
     try:
         assert proc.stdout is not None
         lines: list[str] = []
@@ -433,8 +440,8 @@ def test_lab_replay_command_and_check(fleet: Fleet, tmp_path: Path) -> None:
         assert written["vmm_servers"] == [{"host": "host043.redacted", "discover": True}]
         written["winrm"]["timeout"] = "2s"
         config.write_text(yaml.safe_dump(written))
-        replayed = run_cli("check", "--json", "--config", str(config))
-        original = run_cli("check", "--json", "--config", str(fleet.config))
+        replayed = fleet.command.run("check", "--json", "--config", str(config))
+        original = fleet.command.run("check", "--json", "--config", str(fleet.config))
     finally:
         proc.terminate()
         assert proc.wait(timeout=20) == 0
@@ -457,6 +464,7 @@ def test_lab_replay_command_and_check(fleet: Fleet, tmp_path: Path) -> None:
         ]
 
 
+@pytest.mark.e2e
 def test_a_capture_edited_by_hand_is_a_test_case(fleet: Fleet, tmp_path: Path) -> None:
     """Turning a capture into a test: change one recorded answer, replay, see the effect."""
     edited = tmp_path / "edited"
@@ -497,6 +505,7 @@ def _small_config(fleet: Fleet, path: Path, hosts: list[str]) -> Path:
     return path
 
 
+@pytest.mark.e2e
 def test_capture_refuses_bad_arguments(
     fleet: Fleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -535,6 +544,7 @@ def test_capture_refuses_bad_arguments(
     assert not list(tmp_path.glob(".*.partial-*"))
 
 
+@pytest.mark.e2e
 def test_capture_of_a_fleet_that_never_answers(
     fleet: Fleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -548,6 +558,7 @@ def test_capture_of_a_fleet_that_never_answers(
     assert replayed.faults(f"hv40{D}").connection_refused
 
 
+@pytest.mark.e2e
 def test_lab_replay_refuses_what_it_cannot_serve(
     fleet: Fleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

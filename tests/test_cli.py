@@ -3,30 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
-import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 
 from vmm_cert_exporter.cli import main
-from vmm_cert_lab.fleet.runner import RunningLab, start_lab
+from vmm_cert_lab.fleet.runner import RunningLab
+from vmm_cert_lab.processes import ExporterCommand, Processes
 
 D = ".lab.example"
-EXE = str(Path(sys.executable).parent / "vmm-cert-exporter")
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningLab]:
-    with start_lab(scenario="demo", state_dir=tmp_path_factory.mktemp("lab")) as running:
-        yield running
 
 
 def _config(lab: RunningLab, path: Path, hosts: list[str] | None = None) -> Path:
@@ -39,27 +29,25 @@ def _config(lab: RunningLab, path: Path, hosts: list[str] | None = None) -> Path
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_check_exit_codes_follow_the_worst_finding(
-    lab: RunningLab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    demo_lab: RunningLab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["check", "--config", str(_config(lab, tmp_path / "all.yml"))]) == 2
+    assert main(["check", "--config", str(_config(demo_lab, tmp_path / "all.yml"))]) == 2
     table = capsys.readouterr().out
     assert "CRITICAL" in table and f"hv37{D}" in table and "expired" in table
-    assert main(["check", "--config", str(_config(lab, tmp_path / "ok.yml", [f"hv01{D}"]))]) == 0
-    warn = _config(lab, tmp_path / "warn.yml", [f"hv01{D}", f"hv31{D}"])
+    assert (
+        main(["check", "--config", str(_config(demo_lab, tmp_path / "ok.yml", [f"hv01{D}"]))]) == 0
+    )
+    warn = _config(demo_lab, tmp_path / "warn.yml", [f"hv01{D}", f"hv31{D}"])
     assert main(["check", "--config", str(warn)]) == 1
     # thresholds move the verdict: 20 days left is critical with --critical-days 21
     assert main(["check", "--config", str(warn), "--critical-days", "21"]) == 2
 
 
-def test_check_json(lab: RunningLab, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    config = _config(lab, tmp_path / "c.yml")
+def test_check_json(
+    demo_lab: RunningLab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _config(demo_lab, tmp_path / "c.yml")
     capsys.readouterr()
     assert main(["check", "--config", str(config), "--json"]) == 2
     doc = json.loads(capsys.readouterr().out)
@@ -71,16 +59,15 @@ def test_check_json(lab: RunningLab, tmp_path: Path, capsys: pytest.CaptureFixtu
     assert doc["computers"][0]["status"] == "CRITICAL"  # worst first
 
 
-def test_serve_refuses_a_bad_config_before_listening(tmp_path: Path) -> None:
-    port = _free_port()
+@pytest.mark.e2e
+def test_serve_refuses_a_bad_config_before_listening(
+    tmp_path: Path, exporter_command: ExporterCommand, free_port: Callable[[], int]
+) -> None:
+    port = free_port()
     bad = tmp_path / "bad.yml"
     bad.write_text("winrm:\n  transport: telnet\n")
-    result = subprocess.run(
-        [EXE, "serve", "--config", str(bad), f"--web.listen-address=127.0.0.1:{port}"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    result = exporter_command.run(
+        "serve", "--config", str(bad), f"--web.listen-address=127.0.0.1:{port}", timeout=60
     )
     assert result.returncode == 1
     assert str(bad) in result.stderr and "winrm.transport" in result.stderr
@@ -88,46 +75,22 @@ def test_serve_refuses_a_bad_config_before_listening(tmp_path: Path) -> None:
         s.bind(("127.0.0.1", port))  # nobody listened on it
 
 
-def test_serve_runs_and_stops_on_sigterm(lab: RunningLab, tmp_path: Path) -> None:
-    port = _free_port()
-    config = _config(lab, tmp_path / "c.yml")
-    proc = subprocess.Popen(
-        [
-            EXE,
-            "serve",
-            "--config",
-            str(config),
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--log.level=debug",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        deadline = time.monotonic() + 60
-        ready = False
-        while time.monotonic() < deadline and not ready:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=2) as r:
-                    ready = r.status == 200
-            except OSError:
-                time.sleep(0.2)
-        assert ready
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-            assert b"vmm_cert_expiry_seconds{" in r.read()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=20) == 0
-        _, stderr = proc.communicate()
-        # structured lines, one per refresh, failures naming host, operation and reason
-        assert 'msg="refresh done"' in stderr
-        assert f"host=hv40{D}" in stderr and "reason=connect" in stderr
-        assert lab.account.password not in stderr
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+@pytest.mark.e2e
+def test_serve_runs_and_stops_on_sigterm(
+    demo_lab: RunningLab, tmp_path: Path, processes: Processes
+) -> None:
+    config = _config(demo_lab, tmp_path / "c.yml")
+    proc = processes.exporter("serve", "--config", str(config), "--log.level=debug", listen=True)
+    proc.wait_ready()
+    with urllib.request.urlopen(f"{proc.url}/metrics", timeout=5) as r:
+        assert b"vmm_cert_expiry_seconds{" in r.read()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 0
+    _, stderr = proc.communicate()
+    # structured lines, one per refresh, failures naming host, operation and reason
+    assert 'msg="refresh done"' in stderr
+    assert f"host=hv40{D}" in stderr and "reason=connect" in stderr
+    assert demo_lab.account.password not in stderr
 
 
 def test_rules_with_another_runbook_base_url(capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,7 +7,6 @@ the two sides (and the renewal procedure the receiver relies on works on the wir
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,16 +23,10 @@ from vmm_cert_exporter.results import (
     parse_remove_result,
     parse_trusted_certificates,
 )
-from vmm_cert_lab.fleet.runner import RunningLab, start_lab
+from vmm_cert_lab.fleet.runner import RunningLab
 
 D = ".lab.example"
 VMM = f"vmm01{D}"
-
-
-@pytest.fixture()
-def lab(tmp_path: Path) -> Iterator[RunningLab]:
-    with start_lab(scenario="demo", state_dir=tmp_path / "lab") as running:
-        yield running
 
 
 @pytest.fixture()

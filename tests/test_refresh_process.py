@@ -10,11 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import subprocess
-import sys
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,25 +22,11 @@ from vmm_cert_exporter.refresh_process import RefreshProcess
 from vmm_cert_exporter.serve import Exporter, start_exporter
 from vmm_cert_exporter.sharding import Shard
 from vmm_cert_lab.fleet.interfaces import Faults
-from vmm_cert_lab.fleet.runner import RunningLab, start_lab
-from vmm_cert_lab.promstack import free_port
+from vmm_cert_lab.fleet.runner import RunningLab
+from vmm_cert_lab.processes import Process, Processes, wait_until
 
-EXE = str(Path(sys.executable).parent / "vmm-cert-exporter")
+pytestmark = pytest.mark.e2e
 D = ".lab.example"
-
-
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[RunningLab]:
-    with start_lab(scenario="demo", state_dir=tmp_path / "lab", max_operation_wait=5.0) as running:
-        yield running
-
-
-def _until(condition: Callable[[], object], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for: {what}")
-        time.sleep(0.05)
 
 
 def _metrics(exporter: Exporter) -> str:
@@ -112,13 +94,13 @@ def test_a_killed_refresh_process_is_replaced_and_metrics_keep_serving(
         assert first_pid is not None
         with caplog.at_level(logging.ERROR):
             os.kill(first_pid, signal.SIGKILL)
-            _until(lambda: not _alive(first_pid), 10, "the child to die")
+            wait_until(lambda: not _alive(first_pid), "the child to die", 10)
             # the last snapshot is still served while there is no refresh process
             assert f'host="hv01{D}"' in _metrics(exporter)
-            _until(lambda: refresher.restarts == 1, 10, "a restart")
+            wait_until(lambda: refresher.restarts == 1, "a restart", 10)
             # the restart is counted at once, although the snapshot has not changed
             assert "vmm_cert_exporter_refresh_process_restarts_total 1.0" in _metrics(exporter)
-            _until(lambda: refresher.snapshot is not published, 60, "a new snapshot")
+            wait_until(lambda: refresher.snapshot is not published, "a new snapshot", 60)
         assert refresher.pid not in (None, first_pid)
         assert "refresh process ended unexpectedly" in caplog.text
         assert f'host="hv01{D}"' in _metrics(exporter)
@@ -144,7 +126,7 @@ def test_a_configuration_that_no_longer_loads_is_reported_by_the_server(
         path.write_text(yaml.safe_dump(data))
         with caplog.at_level(logging.ERROR):
             os.kill(pid, signal.SIGKILL)
-            _until(lambda: "refresh process cannot start" in caplog.text, 30, "the error")
+            wait_until(lambda: "refresh process cannot start" in caplog.text, "the error", 30)
         failed = next(r for r in caplog.records if r.getMessage() == "refresh process cannot start")
         error = str(failed.__dict__["error"])
         assert config.path in error and "winrm.timeout" in error, error
@@ -153,36 +135,30 @@ def test_a_configuration_that_no_longer_loads_is_reported_by_the_server(
         exporter.stop(drain=10)
 
 
-def _serve_slowly(lab: RunningLab, tmp_path: Path, **popen: Any) -> subprocess.Popen[str]:
+def _serve_slowly(processes: Processes, lab: RunningLab, tmp_path: Path, **popen: Any) -> Process:
     """``serve`` as a real process, against hosts slow enough to have calls in flight."""
     for computer in lab.model.list_computers():
         if computer["fqdn"] != f"vmm01{D}":
             lab.model.set_faults(computer["fqdn"], Faults(latency=0.5))
     config = lab.write_config(tmp_path / "exporter.yml")
-    return subprocess.Popen(
-        [EXE, "serve", "--config", str(config), f"--web.listen-address=127.0.0.1:{free_port()}"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        **popen,
-    )
+    return processes.exporter("serve", "--config", str(config), listen=True, **popen)
 
 
 def test_the_refresh_process_does_not_outlive_a_killed_server(
-    lab: RunningLab, tmp_path: Path
+    lab: RunningLab, tmp_path: Path, processes: Processes
 ) -> None:
-    proc = _serve_slowly(lab, tmp_path)  # calls are in flight when the server dies
+    proc = _serve_slowly(processes, lab, tmp_path)  # calls are in flight when the server dies
     children: list[int] = []
     try:
         # the refresh process (and multiprocessing's resource tracker beside it)
-        _until(lambda: _refresh_child(proc.pid), 30, "the refresh process")
+        wait_until(lambda: _refresh_child(proc.pid), "the refresh process", 30)
         children = _children(proc.pid)
-        _until(lambda: lab.server.stats()["open_shells_total"], 60, "calls in flight")
+        wait_until(lambda: lab.server.stats()["open_shells_total"], "calls in flight", 60)
         proc.kill()
         proc.wait()
         # the child sees its pipe close, ends its calls (Signal + Delete) and exits
-        _until(lambda: not any(_alive(c) for c in children), 20, "the children to exit")
-        _until(lambda: lab.server.stats()["open_shells_total"] == 0, 10, "no shell left")
+        wait_until(lambda: not any(_alive(c) for c in children), "the children to exit", 20)
+        wait_until(lambda: lab.server.stats()["open_shells_total"] == 0, "no shell left", 10)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -192,16 +168,18 @@ def test_the_refresh_process_does_not_outlive_a_killed_server(
         proc.communicate()
 
 
-def test_ctrl_c_to_the_process_group_is_one_graceful_stop(lab: RunningLab, tmp_path: Path) -> None:
+def test_ctrl_c_to_the_process_group_is_one_graceful_stop(
+    lab: RunningLab, tmp_path: Path, processes: Processes
+) -> None:
     """Ctrl-C reaches the server and its child at once: that is one stop, not an abort."""
     proc = _serve_slowly(
+        processes,
         lab,
         tmp_path,
         start_new_session=True,  # its own process group, as a terminal's foreground job
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
-        _until(lambda: lab.server.stats()["open_shells_total"], 60, "calls in flight")
+        wait_until(lambda: lab.server.stats()["open_shells_total"], "calls in flight", 60)
         os.killpg(proc.pid, signal.SIGINT)
         _, stderr = proc.communicate(timeout=30)
     finally:
@@ -213,7 +191,7 @@ def test_ctrl_c_to_the_process_group_is_one_graceful_stop(lab: RunningLab, tmp_p
     assert 'msg="refresh abandoned: shutting down' in stderr
     assert "msg=stopped" in stderr
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
-    _until(lambda: lab.server.stats()["open_shells_total"] == 0, 5, "no shell left")
+    wait_until(lambda: lab.server.stats()["open_shells_total"] == 0, "no shell left", 5)
 
 
 def test_the_refresh_process_reads_only_its_shard(lab: RunningLab, tmp_path: Path) -> None:

@@ -19,15 +19,12 @@ import os
 import re
 import secrets
 import signal
-import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +33,9 @@ import pytest
 import yaml
 
 from vmm_cert_lab.fleet.interfaces import Faults
-from vmm_cert_lab.fleet.runner import RunningLab, start_lab
+from vmm_cert_lab.fleet.runner import RunningLab
+from vmm_cert_lab.processes import ExporterCommand, Processes
 
-EXE = str(Path(sys.executable).parent / "vmm-cert-exporter")
 D = ".lab.example"
 # what the lab does to which computer: one of every failure the exporter classifies
 FAULTS = {
@@ -61,6 +58,7 @@ class Canary:
     scrape: str  # the /metrics basic auth password
     root: Path
     lab: RunningLab
+    command: ExporterCommand
     seen: list[tuple[str, str]] = field(default_factory=list)  # (where, text) examined
 
     def check(self, where: str, text: str | bytes) -> None:
@@ -75,32 +73,24 @@ class Canary:
             assert value not in text, f"the {name} canary leaked into {where}"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
-def canary(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Canary]:
+def canary(
+    tmp_path_factory: pytest.TempPathFactory,
+    open_lab: Callable[..., AbstractContextManager[RunningLab]],
+    exporter_command: ExporterCommand,
+) -> Iterator[Canary]:
     root = tmp_path_factory.mktemp("canary")
     password = "Canary-" + secrets.token_urlsafe(18)
-    demo = resources.files("vmm_cert_lab.fleet").joinpath("scenarios/demo.yaml").read_text()
-    assert "password: lab-password" in demo
-    scenario = root / "scenario.yaml"
-    scenario.write_text(demo.replace("password: lab-password", f"password: '{password}'"))
     (root / "home").mkdir()
     (root / "work").mkdir()
-    with start_lab(scenario=str(scenario), state_dir=root / "lab") as lab:
-        assert lab.account.password == password
-        for fqdn, faults in FAULTS.items():
-            lab.model.set_faults(fqdn, faults)
+    with open_lab(root / "lab", password=password, faults=FAULTS) as lab:
         yield Canary(
             password=password,
             token="Token-" + secrets.token_urlsafe(18),
             scrape="Scrape-" + secrets.token_urlsafe(18),
             root=root,
             lab=lab,
+            command=exporter_command,
         )
 
 
@@ -130,15 +120,7 @@ def _run2(
     c: Canary, where: str, *args: str, env: dict[str, str] | None = None
 ) -> tuple[str, str, str]:
     """Run the CLI; check stdout and stderr; return (stdout, stderr, both)."""
-    result = subprocess.run(
-        [EXE, *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        cwd=c.root / "work",
-        env=env or _env(c),
-    )
+    result = c.command.run(*args, cwd=c.root / "work", env=env or _env(c))
     c.check(f"{where} stdout", result.stdout)
     c.check(f"{where} stderr", result.stderr)
     assert "Traceback" not in result.stderr, result.stderr
@@ -149,6 +131,7 @@ def _run2(
 # Configuration errors with the secret pasted where it does not belong
 
 
+@pytest.mark.e2e
 def test_config_errors_never_echo_the_secret(canary: Canary) -> None:
     c = canary
     good = _config(c, "good")
@@ -204,6 +187,7 @@ def _yaml(base: dict[str, Any], **winrm: Any) -> str:
     return yaml.safe_dump(data)
 
 
+@pytest.mark.e2e
 def test_a_secret_file_readable_by_others_is_warned_about(canary: Canary) -> None:
     c = canary
     config = _config(c, "readable")
@@ -255,6 +239,7 @@ def _check_log_structure(text: str, fmt: str, refreshes: int | None) -> set[str]
 
 
 @pytest.mark.parametrize("fmt", ["logfmt", "json"])
+@pytest.mark.e2e
 def test_check_with_every_failure_and_debug_logs(canary: Canary, fmt: str) -> None:
     c = canary
     config = _config(c, f"check-{fmt}")
@@ -273,6 +258,7 @@ def test_check_with_every_failure_and_debug_logs(canary: Canary, fmt: str) -> No
         assert reasons == REASONS, reasons
 
 
+@pytest.mark.e2e
 def test_check_over_ntlm_and_from_the_environment(canary: Canary) -> None:
     c = canary
     ntlm = _config(c, "ntlm", transport="ntlm", allow_unencrypted_basic=False)
@@ -295,20 +281,16 @@ def test_check_over_ntlm_and_from_the_environment(canary: Canary) -> None:
     assert len(json.loads(stdout)["computers"]) == 43
 
 
-def test_an_interrupted_check_prints_no_secret(canary: Canary) -> None:
+@pytest.mark.e2e
+def test_an_interrupted_check_prints_no_secret(canary: Canary, processes: Processes) -> None:
     c = canary
     config = _config(c, "slow", timeout="20s")
     slow = [f"hv1{n}{D}" for n in range(6)]
     for fqdn in slow:
         c.lab.model.set_faults(fqdn, Faults(receive_timeout=True))
     try:
-        proc = subprocess.Popen(
-            [EXE, "check", "--config", str(config), "--log.level=debug"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=c.root / "work",
-            env=_env(c),
+        proc = processes.exporter(
+            "check", "--config", str(config), "--log.level=debug", cwd=c.root / "work", env=_env(c)
         )
         deadline = time.monotonic() + 30
         while not c.lab.server.stats()["open_shells"].keys() & set(slow):
@@ -340,7 +322,8 @@ def _http(url: str, *, method: str = "GET", headers: dict[str, str] | None = Non
 
 
 @pytest.mark.parametrize("fmt", ["json", "logfmt"])
-def test_serve_pages_and_logs(canary: Canary, fmt: str) -> None:
+@pytest.mark.e2e
+def test_serve_pages_and_logs(canary: Canary, fmt: str, processes: Processes) -> None:
     import base64
 
     c = canary
@@ -348,38 +331,23 @@ def test_serve_pages_and_logs(canary: Canary, fmt: str) -> None:
     web = c.root / "cfg" / f"web-{fmt}.yml"
     hashed = bcrypt.hashpw(c.scrape.encode(), bcrypt.gensalt(4)).decode()
     web.write_text(f"basic_auth_users:\n  prometheus: '{hashed}'\n")
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
     good = {
         "Authorization": "Basic " + base64.b64encode(f"prometheus:{c.scrape}".encode()).decode()
     }
-    proc = subprocess.Popen(
-        [
-            EXE,
-            "serve",
-            "--config",
-            str(config),
-            f"--web.listen-address=127.0.0.1:{port}",
-            f"--web.config.file={web}",
-            "--log.level=debug",
-            f"--log.format={fmt}",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    proc = processes.exporter(
+        "serve",
+        "--config",
+        str(config),
+        f"--web.config.file={web}",
+        "--log.level=debug",
+        f"--log.format={fmt}",
+        listen=True,
         cwd=c.root / "work",
         env=_env(c),
     )
+    base = proc.url
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if _http(base + "/-/ready", headers=good) == b"Ready\n":
-                    break
-            except urllib.error.URLError:
-                pass  # not listening yet
-            assert time.monotonic() < deadline and proc.poll() is None
-            time.sleep(0.2)
+        proc.wait_until(lambda: _http(base + "/-/ready", headers=good) == b"Ready\n", "ready")
         pages = {
             path: _http(base + path, headers=good)
             for path in ("/metrics", "/", "/-/healthy", "/-/ready", "/nope", "/metrics?x=1")
@@ -412,7 +380,8 @@ def test_serve_pages_and_logs(canary: Canary, fmt: str) -> None:
 # The renewal receiver: its logs, API answers and journal
 
 
-def test_receiver_api_and_journal(canary: Canary) -> None:
+@pytest.mark.e2e
+def test_receiver_api_and_journal(canary: Canary, processes: Processes) -> None:
     from vmm_cert_lab.receiver_config import write_lab_receiver_config
 
     c = canary
@@ -420,34 +389,20 @@ def test_receiver_api_and_journal(canary: Canary) -> None:
     config = write_lab_receiver_config(
         c.lab, c.root / "cfg" / "receiver.yml", token=c.token, mode="dry-run", journal=journal
     )
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [
-            EXE,
-            "receiver",
-            "--config",
-            str(config),
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--log.level=debug",
-            "--log.format=json",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    proc = processes.exporter(
+        "receiver",
+        "--config",
+        str(config),
+        "--log.level=debug",
+        "--log.format=json",
+        listen=True,
         cwd=c.root / "work",
         env=_env(c),
     )
+    base = proc.url
     bearer = {"Authorization": f"Bearer {c.token}", "Content-Type": "application/json"}
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(base + "/-/healthy", timeout=2).read()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None
-                time.sleep(0.2)
+        proc.wait_ready("/-/healthy")
         alert = {
             "status": "firing",
             "labels": {"alertname": "VMMCertificateExpired", "host": f"hv37{D}"},
@@ -502,18 +457,19 @@ def test_receiver_api_and_journal(canary: Canary) -> None:
 # Last: nothing written anywhere holds a secret
 
 
+@pytest.mark.e2e
 def test_no_file_written_holds_a_secret(canary: Canary) -> None:
     c = canary
     # the secrets' own files hold them on purpose; everything else must not
     own = {p.resolve() for p in (c.root / "cfg").glob("*.password")}
     own |= {p.resolve() for p in (c.root / "cfg").glob("*.token")}
-    own.add((c.root / "scenario.yaml").resolve())
     scanned = 0
     for path in c.root.rglob("*"):
         if not path.is_file() or path.resolve() in own:
             continue
         if (c.root / "lab") in path.parents or (c.root / "inputs") in path.parents:
-            continue  # the lab's own state; the bad configurations written by the test
+            continue  # the lab's own state (its scenario holds the password); the bad
+            # configurations written by the test
         scanned += 1
         c.check(f"file {path.relative_to(c.root)}", path.read_bytes())
     assert scanned >= 10

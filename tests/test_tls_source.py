@@ -6,7 +6,6 @@ import socket
 import ssl
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +29,10 @@ from vmm_cert_exporter.metrics import Exposition, SnapshotCollector
 from vmm_cert_exporter.snapshot import Snapshot
 from vmm_cert_exporter.sources.tls import TlsProber
 from vmm_cert_lab.fleet.interfaces import Faults
-from vmm_cert_lab.fleet.runner import RunningLab, start_lab
+from vmm_cert_lab.fleet.runner import RunningLab
 from vmm_cert_lab.fleet.tls_listener import server_name
 
 D = ".lab.example"
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningLab]:
-    with start_lab(scenario="demo", state_dir=tmp_path_factory.mktemp("tlslab")) as running:
-        yield running
 
 
 def prober(lab: RunningLab, timeout: float = 2.0) -> TlsProber:
@@ -141,11 +134,11 @@ def test_server_name_is_read_from_a_real_client_hello() -> None:
     assert server_name(b"GET / HTTP/1.1\r\n\r\n") is None
 
 
-def test_each_computer_presents_its_current_certificate(lab: RunningLab) -> None:
-    probe = prober(lab)
+def test_each_computer_presents_its_current_certificate(demo_lab: RunningLab) -> None:
+    probe = prober(demo_lab)
     for fqdn in (f"hv01{D}", f"HV37{D}", f"vmm01{D}", f"hv41{D}"):
         certs = probe.read(fqdn)
-        described = lab.model.describe(fqdn)
+        described = demo_lab.model.describe(fqdn)
         assert len(certs) == 1, fqdn
         info = certs[0].info
         assert info.common_name is not None and info.common_name.lower() == fqdn.lower()
@@ -154,11 +147,11 @@ def test_each_computer_presents_its_current_certificate(lab: RunningLab) -> None
         assert info.not_after.isoformat().replace("+00:00", "Z") == described["not_after"]
 
 
-def test_a_certificate_that_is_not_the_scvmm_one_counts_as_absent(lab: RunningLab) -> None:
+def test_a_certificate_that_is_not_the_scvmm_one_counts_as_absent(demo_lab: RunningLab) -> None:
     # hv38's SCVMM certificate was deleted: its listener presents a CA-issued one
-    presented = prober(lab).fetch(f"hv38{D}")
+    presented = prober(demo_lab).fetch(f"hv38{D}")
     assert presented.der
-    assert prober(lab).read(f"hv38{D}") == ()
+    assert prober(demo_lab).read(f"hv38{D}") == ()
 
 
 @pytest.mark.parametrize(
@@ -171,24 +164,24 @@ def test_a_certificate_that_is_not_the_scvmm_one_counts_as_absent(lab: RunningLa
     ],
 )
 def test_failures_are_classified_and_bounded_by_the_deadline(
-    lab: RunningLab, faults: dict[str, Any], reason: str
+    demo_lab: RunningLab, faults: dict[str, Any], reason: str
 ) -> None:
     fqdn = f"hv05{D}"
-    lab.model.set_faults(fqdn, Faults.from_dict(faults))
+    demo_lab.model.set_faults(fqdn, Faults.from_dict(faults))
     try:
         started = time.monotonic()
         with pytest.raises(CollectError) as err:
-            prober(lab, timeout=1.5).read(fqdn)
+            prober(demo_lab, timeout=1.5).read(fqdn)
         elapsed = time.monotonic() - started
     finally:
-        lab.model.set_faults(fqdn, Faults())
+        demo_lab.model.set_faults(fqdn, Faults())
     assert err.value.reason == reason, err.value
     assert elapsed < 1.5 + 0.5
 
 
-def test_unknown_names_and_closed_ports_are_connect_failures(lab: RunningLab) -> None:
+def test_unknown_names_and_closed_ports_are_connect_failures(demo_lab: RunningLab) -> None:
     with pytest.raises(CollectError) as err:
-        prober(lab).read(f"nobody{D}")
+        prober(demo_lab).read(f"nobody{D}")
     assert err.value.reason == "connect"
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
@@ -208,14 +201,14 @@ def test_unknown_names_and_closed_ports_are_connect_failures(lab: RunningLab) ->
 
 @pytest.fixture(scope="module")
 def mixed(
-    lab: RunningLab, tmp_path_factory: pytest.TempPathFactory
+    demo_lab: RunningLab, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Snapshot, Snapshot, Refresher]:
     """The demo fleet read twice: all over WinRM, then VMM's computers over TLS."""
     directory = tmp_path_factory.mktemp("mixed")
-    winrm_only = Refresher(write_config(lab, directory / "w")).refresh_once()
-    vmm = lab.vmm_servers[0]
+    winrm_only = Refresher(write_config(demo_lab, directory / "w")).refresh_once()
+    vmm = demo_lab.vmm_servers[0]
     config = write_config(
-        lab,
+        demo_lab,
         directory / "t",
         vmm_servers=[{"host": vmm, "discover": True, "discovered_method": "tls"}],
         hosts=[{"host": f"lib01{D}", "role": "library_server", "method": "winrm"}],
@@ -278,6 +271,6 @@ def test_tls_output_passes_promtool_and_equals_the_fast_path(
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_the_lab_config_carries_the_tls_listener(lab: RunningLab, tmp_path: Path) -> None:
-    config = write_config(lab, tmp_path)
-    assert lab.tls_probe_address == (config.tls.address, config.tls.port)
+def test_the_lab_config_carries_the_tls_listener(demo_lab: RunningLab, tmp_path: Path) -> None:
+    config = write_config(demo_lab, tmp_path)
+    assert demo_lab.tls_probe_address == (config.tls.address, config.tls.port)

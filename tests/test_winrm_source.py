@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,20 +16,14 @@ from vmm_cert_exporter.results import CertificateRecord, CertificatesResult
 from vmm_cert_exporter.sources.winrm import WinRMSource, stored_certificates
 from vmm_cert_exporter.trust import trust_of
 from vmm_cert_lab.fleet.interfaces import Faults
-from vmm_cert_lab.fleet.runner import RunningLab, start_lab
+from vmm_cert_lab.fleet.runner import RunningLab
 
 D = ".lab.example"
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningLab]:
-    with start_lab(scenario="demo", state_dir=tmp_path_factory.mktemp("winrmlab")) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def config(lab: RunningLab, tmp_path_factory: pytest.TempPathFactory) -> Config:
-    return load_config(lab.write_config(tmp_path_factory.mktemp("cfg") / "exporter.yml"))
+def config(demo_lab: RunningLab, tmp_path_factory: pytest.TempPathFactory) -> Config:
+    return load_config(demo_lab.write_config(tmp_path_factory.mktemp("cfg") / "exporter.yml"))
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +41,11 @@ def scvmm_thumbprints(lab: RunningLab, fqdn: str) -> set[str]:
 
 
 def test_read_returns_every_scvmm_certificate_of_the_store(
-    lab: RunningLab, source: WinRMSource
+    demo_lab: RunningLab, source: WinRMSource
 ) -> None:
     for fqdn in (f"hv01{D}", f"HV41{D}", f"vmm01{D}", f"lib01{D}"):
         certificates = source.read(fqdn)
-        assert {c.info.thumbprint for c in certificates} == scvmm_thumbprints(lab, fqdn), fqdn
+        assert {c.info.thumbprint for c in certificates} == scvmm_thumbprints(demo_lab, fqdn), fqdn
         for stored in certificates:
             assert stored.friendly_name.upper() == f"SCVMM_CERTIFICATE_KEY_CONTAINER{fqdn}".upper()
             assert stored.has_private_key
@@ -79,14 +72,14 @@ def test_an_unparsable_scvmm_certificate_is_a_parse_failure() -> None:
 # ---- the VMM server ----------------------------------------------------------------------
 
 
-def test_discover_returns_what_vmm_manages(lab: RunningLab, source: WinRMSource) -> None:
-    vmm = lab.vmm_servers[0]
+def test_discover_returns_what_vmm_manages(demo_lab: RunningLab, source: WinRMSource) -> None:
+    vmm = demo_lab.vmm_servers[0]
     view = source.discover(vmm)
     assert view.vmm_server == vmm
     assert view.reported_name == f"vmm01{D}"
     expected = {
         fqdn_key(c["fqdn"])
-        for c in lab.model.list_computers()
+        for c in demo_lab.model.list_computers()
         if fqdn_key(c["managed_by"]) == fqdn_key(vmm)
     }
     assert {c.key for c in view.managed} == expected
@@ -98,11 +91,11 @@ def test_discover_returns_what_vmm_manages(lab: RunningLab, source: WinRMSource)
     assert by_key[f"hv38{D}"].vmm_state == "AccessDenied"
 
 
-def test_trusted_copies_judge_each_computer(lab: RunningLab, source: WinRMSource) -> None:
-    vmm = lab.vmm_servers[0]
+def test_trusted_copies_judge_each_computer(demo_lab: RunningLab, source: WinRMSource) -> None:
+    vmm = demo_lab.vmm_servers[0]
     view = source.discover(vmm)
     copies = source.trusted_copies(vmm)
-    hv39 = lab.model.describe(f"hv39{D}")["trusted"]
+    hv39 = demo_lab.model.describe(f"hv39{D}")["trusted"]
     assert copies.by_name[f"hv39{D}"] == {hv39["thumbprint"].upper()}
     by_key = {c.key: c for c in view.managed}
     verdicts = {}
@@ -128,25 +121,25 @@ def test_trusted_copies_judge_each_computer(lab: RunningLab, source: WinRMSource
     ],
 )
 def test_every_operation_reports_the_failure_reason(
-    lab: RunningLab, source: WinRMSource, faults: dict[str, Any], reason: str
+    demo_lab: RunningLab, source: WinRMSource, faults: dict[str, Any], reason: str
 ) -> None:
-    vmm = lab.vmm_servers[0]
-    lab.model.set_faults(vmm, Faults.from_dict(faults))
+    vmm = demo_lab.vmm_servers[0]
+    demo_lab.model.set_faults(vmm, Faults.from_dict(faults))
     try:
         for operation in (source.read, source.discover, source.trusted_copies):
             with pytest.raises(CollectError) as err:
                 operation(vmm)
             assert err.value.reason == reason, (operation.__name__, err.value)
     finally:
-        lab.model.set_faults(vmm, Faults())
+        demo_lab.model.set_faults(vmm, Faults())
 
 
 def test_abort_ends_the_calls_in_flight_and_refuses_new_ones(
-    lab: RunningLab, config: Config
+    demo_lab: RunningLab, config: Config
 ) -> None:
     source = WinRMSource(dataclasses.replace(config.winrm, timeout=20.0))
     fqdn = f"hv05{D}"
-    lab.model.set_faults(fqdn, Faults(black_hole=True))
+    demo_lab.model.set_faults(fqdn, Faults(black_hole=True))
     errors: list[CollectError] = []
 
     def read() -> None:
@@ -165,7 +158,7 @@ def test_abort_ends_the_calls_in_flight_and_refuses_new_ones(
         assert not reader.is_alive()
         assert time.monotonic() - started < 5.0  # far below the 20 s deadline
     finally:
-        lab.model.set_faults(fqdn, Faults())
+        demo_lab.model.set_faults(fqdn, Faults())
     assert [e.reason for e in errors] == ["timeout"]
     assert "shutting down" in errors[0].detail
     with pytest.raises(CollectError) as err:

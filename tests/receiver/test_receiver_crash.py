@@ -4,65 +4,21 @@ delete; the job is marked interrupted, resumed from verification, and ends verif
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from vmm_cert_lab.fleet.interfaces import Faults
 from vmm_cert_lab.fleet.runner import RunningLab
-from vmm_cert_lab.promstack import free_port
+from vmm_cert_lab.processes import Processes
 from vmm_cert_lab.receiver_testing import alert, auth, fleet_of, http, payload, receiver_config
 
 D = ".lab.example"
 HOST = f"hv36{D}"
-
-
-class ReceiverProcess:
-    def __init__(self, config_path: Path, url: str, log: Path) -> None:
-        self.url = url
-        self._log = log.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "vmm_cert_exporter", "receiver", "--config", str(config_path)],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, "the receiver exited early"
-            try:
-                if http("GET", self.url + "/-/ready", timeout=2)[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise TimeoutError("receiver not ready")
-
-    def kill(self) -> None:
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        self._log.close()
-
-
-@pytest.fixture
-def processes() -> Iterator[list[ReceiverProcess]]:
-    started: list[ReceiverProcess] = []
-    yield started
-    for process in started:
-        process.close()
 
 
 def rows(journal: str, sql: str, args: tuple[object, ...] = ()) -> list[sqlite3.Row]:
@@ -74,8 +30,9 @@ def rows(journal: str, sql: str, args: tuple[object, ...] = ()) -> list[sqlite3.
         db.close()
 
 
+@pytest.mark.e2e
 def test_kill_9_mid_register_then_restart(
-    lab: RunningLab, tmp_path: Path, processes: list[ReceiverProcess]
+    lab: RunningLab, tmp_path: Path, processes: Processes, free_port: Callable[[], int]
 ) -> None:
     port = free_port()
     config = receiver_config(
@@ -88,9 +45,9 @@ def test_kill_9_mid_register_then_restart(
     # every answer of the VMM server takes 0.3 s: register-managed-computer (five WinRM
     # requests) is in flight for about 1.5 s, long enough to kill the process inside it
     lab.model.set_faults(f"vmm01{D}", Faults(latency=0.3))
-    first = ReceiverProcess(Path(config.path), url, tmp_path / "receiver.log")
-    processes.append(first)
-    first.wait_ready()
+    log = tmp_path / "receiver.log"
+    first = processes.exporter("receiver", "--config", config.path, port=port, log=log)
+    first.wait_ready(timeout=30)
     status, answer = http(
         "POST", url + "/alertmanager", json.dumps(payload(alert(HOST))).encode(), auth()
     )
@@ -110,6 +67,7 @@ def test_kill_9_mid_register_then_restart(
     else:
         pytest.fail("the register step never started")
     first.kill()
+    first.wait(timeout=10)
 
     # what the journal knew at the moment of the crash
     job = rows(journal, "SELECT * FROM jobs WHERE id = ?", (job_id,))[0]
@@ -127,9 +85,8 @@ def test_kill_9_mid_register_then_restart(
     assert fleet.count("remove-certificates", HOST) == 1
 
     lab.model.set_faults(f"vmm01{D}", Faults())
-    second = ReceiverProcess(Path(config.path), url, tmp_path / "receiver.log")
-    processes.append(second)
-    second.wait_ready()
+    second = processes.exporter("receiver", "--config", config.path, port=port, log=log)
+    second.wait_ready(timeout=30)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         status, detail = http("GET", f"{url}/api/jobs/{job_id}", headers=auth())
@@ -169,5 +126,5 @@ def test_kill_9_mid_register_then_restart(
     assert certs[0]["not_after"].startswith(f"{year + 5}-01-01")
 
     # SIGTERM: a clean stop, exit code 0
-    second.proc.send_signal(signal.SIGTERM)
-    assert second.proc.wait(timeout=30) == 0
+    second.send_signal(signal.SIGTERM)
+    assert second.wait(timeout=30) == 0

@@ -56,7 +56,8 @@ def wait_until(
 class Process(subprocess.Popen[str]):
     """A started process: a ``Popen`` with text pipes, or one log file for both streams.
 
-    ``port`` and ``url`` say where it listens when it was given a port.
+    ``port`` and ``url`` say where it listens when it was given a port; ``popen`` goes to
+    ``Popen`` as it is (``start_new_session``...).
     """
 
     def __init__(
@@ -68,6 +69,7 @@ class Process(subprocess.Popen[str]):
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
         name: str | None = None,
+        **popen: Any,
     ) -> None:
         self.name = name or Path(argv[0]).name
         self.port = port
@@ -80,6 +82,7 @@ class Process(subprocess.Popen[str]):
             text=True,
             cwd=cwd,
             env={**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"},
+            **popen,
         )
 
     @property
