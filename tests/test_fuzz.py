@@ -30,14 +30,13 @@ from hypothesis import strategies as st
 from winrm.protocol import Protocol
 
 from vmm_cert_exporter.clixml import decode_stderr
+from vmm_cert_exporter.http.credentials import BcryptUsers, parse_basic_auth
 from vmm_cert_exporter.powershell import command_line, render_script
 from vmm_cert_exporter.receiver.webhook import PayloadError, WebhookPayload, parse_webhook
 from vmm_cert_exporter.webconfig import (
-    BasicAuth,
     WebConfigError,
     WebConfigFile,
     loads_web_config,
-    parse_basic_auth,
 )
 from vmm_cert_lab.fleet.control import ControlError, handle_control
 from vmm_cert_lab.fleet.interfaces import FleetModel
@@ -451,7 +450,7 @@ def test_web_config_any_text(tmp_path_factory: pytest.TempPathFactory, text: str
     _check_web_config(text, tmp_path_factory.getbasetemp())
 
 
-_AUTH = BasicAuth({})
+_AUTH = BcryptUsers({})
 
 
 @FAST

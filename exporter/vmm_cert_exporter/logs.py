@@ -99,5 +99,5 @@ def setup_logging(level: str = "info", fmt: str = "logfmt", stream: TextIO | Non
     root.setLevel(LEVELS.get(level, logging.INFO))
     threading.excepthook = _log_thread_exception
     # urllib3 and pywinrm debug lines can carry request bodies: keep them quiet
-    for noisy in ("urllib3", "winrm", "requests_ntlm", "spnego", "cheroot"):
+    for noisy in ("urllib3", "winrm", "requests_ntlm", "spnego", "asyncio"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

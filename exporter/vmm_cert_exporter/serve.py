@@ -12,16 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from cheroot import wsgi
-
 from vmm_cert_exporter.collection import Refresher
 from vmm_cert_exporter.config import Config, ConfigError, load_config, parse_listen_address
+from vmm_cert_exporter.http.limits import Limits
+from vmm_cert_exporter.http.server import HTTPServer
 from vmm_cert_exporter.logs import setup_logging
 from vmm_cert_exporter.metrics import Exposition, SnapshotCollector
 from vmm_cert_exporter.refresh_process import RefreshProcess
 from vmm_cert_exporter.sharding import Shard
 from vmm_cert_exporter.web import make_app, make_server
-from vmm_cert_exporter.webconfig import WebConfigFile, load_web_config, server_url
+from vmm_cert_exporter.webconfig import WebConfigFile, load_web_config
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +32,11 @@ class Exporter:
 
     config: Config
     refresher: Refresher | RefreshProcess
-    server: wsgi.Server
-    thread: threading.Thread
+    server: HTTPServer
 
     @property
     def url(self) -> str:
-        return server_url(self.server)
+        return self.server.url
 
     def stop(self, drain: float | None = None) -> bool:
         """Graceful: no new WinRM call; the calls in flight finish or reach their deadline and
@@ -47,7 +46,6 @@ class Exporter:
             timeout=self.refresher.drain_seconds if drain is None else drain
         )
         self.server.stop()
-        self.thread.join(timeout=5.0)
         return stopped
 
 
@@ -58,6 +56,7 @@ def start_exporter(
     web_config: WebConfigFile | None = None,
     *,
     isolate: bool = True,
+    limits: Limits | None = None,
 ) -> Exporter:
     """Start refreshing and serving; returns once the server listens.
 
@@ -82,12 +81,12 @@ def start_exporter(
     )
     refresher.listeners.append(exposition.warm)
     app = make_app(exposition, lambda: refresher.snapshot)
-    server = make_server(app, listen_address or config.web.listen_address, web_config=web_config)
-    server.prepare()  # binds now, so a taken port fails before we report success
-    thread = threading.Thread(target=server.serve, name="http", daemon=True)
-    thread.start()
+    server = make_server(
+        app, listen_address or config.web.listen_address, web_config=web_config, limits=limits
+    )
+    server.start()  # binds first, so a taken port fails before we report success
     refresher.start()
-    exporter = Exporter(config=config, refresher=refresher, server=server, thread=thread)
+    exporter = Exporter(config=config, refresher=refresher, server=server)
     log.info("listening", extra={"address": exporter.url, "config": config.path})
     return exporter
 

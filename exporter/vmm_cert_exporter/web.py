@@ -1,27 +1,26 @@
 """The exporter's HTTP surface as a WSGI app: /metrics, /-/healthy, /-/ready and /.
 
-Served by cheroot (a production-grade threaded WSGI server). Every handler only reads the
-current snapshot, so a scrape is answered at once even while a refresh is running.
+Served by the HTTP layer (``vmm_cert_exporter.http``). Every handler only reads the current
+snapshot, so a scrape is answered at once even while a refresh is running.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from cheroot import wsgi
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
-from vmm_cert_exporter import __version__, httpio
-from vmm_cert_exporter.config import parse_listen_address
+from vmm_cert_exporter import __version__
+from vmm_cert_exporter.http.limits import Limits
+from vmm_cert_exporter.http.server import HTTPServer
+from vmm_cert_exporter.http.wsgi import StartResponse, WSGIApp
 from vmm_cert_exporter.metrics import Exposition
 from vmm_cert_exporter.snapshot import HostSnapshot, Snapshot
-from vmm_cert_exporter.webconfig import WebConfigFile, apply_web_config
-
-StartResponse = Callable[..., Any]
-WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+from vmm_cert_exporter.webconfig import WebConfigFile
 
 DAY = 86400.0
 _HEADINGS = ("computer", "role", "days left", "NotAfter", "VMM state", "problems")
@@ -115,8 +114,8 @@ def _metrics(
     exposition: Exposition, environ: dict[str, Any], start_response: StartResponse
 ) -> Iterable[bytes]:
     gzipped = "gzip" in environ.get("HTTP_ACCEPT_ENCODING", "").lower()
-    # cached parts (rendered once per snapshot and per second), written as they are:
-    # httpio.SendallWriter sends each from the cache without a copy
+    # cached parts (rendered once per snapshot and per second), sent as they are: the HTTP
+    # layer sends each from the cache without a copy
     parts = exposition.render_gzip_parts() if gzipped else exposition.render_parts()
     length = sum(len(part) for part in parts)
     headers = [("Content-Type", CONTENT_TYPE_PLAIN_0_0_4), ("Content-Length", str(length))]
@@ -161,20 +160,14 @@ def make_app(
 def make_server(
     app: WSGIApp,
     listen_address: str,
-    threads: int = 8,
+    threads: int | None = None,
     web_config: WebConfigFile | None = None,
-) -> wsgi.Server:
-    """A cheroot server for ``app``; ``web_config`` (--web.config.file) adds TLS and auth."""
-    host, port = parse_listen_address(listen_address)
-    host = host or "0.0.0.0"  # noqa: S104 - ":port" means every interface, as in Go exporters
-    # a listen backlog for many scrapers at once (cheroot's default of 5 drops SYNs: 1 s stalls)
-    server = wsgi.Server(
-        (host, port),
-        app,
-        numthreads=threads,
-        server_name="vmm-cert-exporter",
-        request_queue_size=128,
+    limits: Limits | None = None,
+) -> HTTPServer:
+    """The exporter's server for ``app``; ``web_config`` (--web.config.file) adds TLS and auth."""
+    limits = limits or Limits()
+    if threads is not None:
+        limits = dataclasses.replace(limits, handler_threads=threads)
+    return HTTPServer(
+        app, listen_address, name="vmm-cert-exporter", web_config=web_config, limits=limits
     )
-    server.ConnectionClass = httpio.Connection  # responses leave without copies
-    apply_web_config(server, web_config)  # TLS: its own connection class, on httpio's
-    return server

@@ -32,44 +32,27 @@ Where we differ from the toolkit, on purpose (docs/security.md):
   and ``curve_preferences`` (Go names; OpenSSL's defaults apply), ``client_allowed_sans`` and
   ``http2: true`` are refused by name rather than silently ignored.
 
-``apply_web_config(server, web_config)`` secures any cheroot WSGI server: the exporter's and
-the renewal receiver's. TLS handshakes run in the worker threads (not in cheroot's single
-accept loop, where one silent client would hold every new connection for the socket timeout).
-Basic auth compares every user name in constant time, checks an unknown user against a dummy
-hash of the same cost (no user enumeration by timing), serialises bcrypt and caches outcomes
-under a per-process key, as the toolkit does.
+The file is parsed here, once; the HTTP layer (``vmm_cert_exporter.http``) applies it to
+the exporter's and the receiver's servers: TLS on the listener, and the Basic users, rate
+limit and headers in front of every handler (``http/gate.py``, ``http/credentials.py``).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime
 import difflib
-import hashlib
-import hmac
 import logging
 import os
 import re
-import secrets as pysecrets
-import socket
 import ssl
-import threading
-import time
-from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, NoReturn
 
-import bcrypt
-from cheroot import wsgi
-from cheroot.makefile import StreamReader, StreamWriter
-from cheroot.ssl import Adapter
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from vmm_cert_exporter import httpio
 from vmm_cert_exporter.config_file import (
     ConfigError,
     YamlMapping,
@@ -82,25 +65,20 @@ from vmm_cert_exporter.config_values import read_existing_path, read_string
 from vmm_cert_exporter.documents import describe, short
 from vmm_cert_exporter.durations import EXAMPLES as DURATION_EXAMPLES
 from vmm_cert_exporter.durations import parse_duration
+from vmm_cert_exporter.http.tls_context import TLS_VERSIONS, TLSSetupError, server_context
 from vmm_cert_exporter.secrets import Secret, warn_if_readable_by_others
 
 __all__ = [
     "CLIENT_AUTH_TYPES",
-    "BasicAuth",
     "RateLimit",
     "TLSServerConfig",
     "WebConfigError",
     "WebConfigFile",
-    "apply_web_config",
     "load_web_config",
     "loads_web_config",
-    "secure_app",
 ]
 
 log = logging.getLogger(__name__)
-
-StartResponse = Callable[..., Any]
-WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 MAX_WEB_CONFIG_BYTES: Final = 1024 * 1024
 CLIENT_AUTH_TYPES: Final = (
@@ -117,7 +95,6 @@ _VERIFY_CLIENT_AUTH: Final = {
     "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
     "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
 }
-TLS_VERSIONS: Final = {"TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
 _OBSOLETE_TLS: Final = ("TLS10", "TLS11")
 
 _TOP_KEYS: Final = ("tls_server_config", "http_server_config", "basic_auth_users", "rate_limit")
@@ -156,7 +133,6 @@ _BCRYPT_RE = re.compile(r"\$2[aby]\$([0-9]{2})\$[./A-Za-z0-9]{53}")
 BCRYPT_COSTS: Final = (4, 31)
 # Above this cost every uncached login takes seconds of CPU (and bcrypt is serialised).
 _SLOW_BCRYPT_COST: Final = 16
-_AUTH_CACHE_SIZE: Final = 1024
 _HASH_HELP: Final = (
     "generate one with: htpasswd -nBC 10 '' | tr -d ':\\n'  or  python3 -c "
     "'import bcrypt,getpass; print(bcrypt.hashpw(getpass.getpass().encode(), "
@@ -579,40 +555,23 @@ class _Validator:
                 "the server certificate has expired: clients will refuse it",
                 extra={"file": tls.cert_file, "not_after": leaf.not_valid_after_utc.isoformat()},
             )
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.minimum_version = TLS_VERSIONS[tls.min_version]
-        context.maximum_version = TLS_VERSIONS[tls.max_version]
-        context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
-        if tls.prefer_server_cipher_suites:
-            context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
-        else:
-            context.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
-
-        def no_passphrase() -> str:
-            raise _EncryptedKey
-
-        try:
-            context.load_cert_chain(tls.cert_file, tls.key_file, password=no_passphrase)
-        except _EncryptedKey:
-            self.fail(key_path, "the private key is encrypted", self.at(key_path))
-        except (ssl.SSLError, OSError) as exc:
-            self.fail(
-                key_path,
-                f"OpenSSL refused the certificate and key: {getattr(exc, 'reason', None) or exc}",
-                self.at(key_path),
-            )
-        if tls.client_auth_type in _VERIFY_CLIENT_AUTH:
-            assert tls.client_ca_file is not None  # checked in tls()
-            ca_path = f"{base}.client_ca_file"
+        ca_path = f"{base}.client_ca_file"
+        verify_mode = _VERIFY_CLIENT_AUTH.get(tls.client_auth_type, ssl.CERT_NONE)
+        if tls.client_ca_file is not None and verify_mode != ssl.CERT_NONE:
             self._certificates(tls.client_ca_file, ca_path, "the client CA file")
-            try:
-                context.load_verify_locations(cafile=tls.client_ca_file)
-            except (ssl.SSLError, OSError) as exc:
-                self.fail(ca_path, f"OpenSSL refused the CA file: {exc}", self.at(ca_path))
-            context.verify_mode = _VERIFY_CLIENT_AUTH[tls.client_auth_type]
-        else:
-            context.verify_mode = ssl.CERT_NONE
-        return context
+        try:
+            return server_context(
+                tls.cert_file,
+                tls.key_file,
+                client_ca_file=tls.client_ca_file,
+                verify_mode=verify_mode,
+                min_version=TLS_VERSIONS[tls.min_version],
+                max_version=TLS_VERSIONS[tls.max_version],
+                prefer_server_ciphers=tls.prefer_server_cipher_suites,
+            )
+        except TLSSetupError as exc:
+            where = key_path if exc.part == "key" else ca_path
+            self.fail(where, exc.message, self.at(where))
 
     def _certificates(self, path: str, field_path: str, what: str) -> list[x509.Certificate]:
         try:
@@ -630,229 +589,3 @@ class _Validator:
                 self.at(field_path),
             )
         return certs
-
-
-class _EncryptedKey(Exception):
-    pass
-
-
-# --------------------------------------------------------------------------------------------
-# Basic auth
-
-
-class BasicAuth:
-    """Checks ``Authorization: Basic`` headers against bcrypt hashes, as the toolkit does."""
-
-    def __init__(self, users: Mapping[str, Secret]) -> None:
-        self._users = [(u.encode(), h.reveal().encode()) for u, h in users.items()]
-        costs = sorted(int(h[4:6]) for _, h in self._users) or [10]
-        # the dummy hash an unknown user is checked against costs what a real one costs;
-        # made on first use, so that a high cost does not delay the start
-        self._dummy_cost = costs[len(costs) // 2]
-        self._dummy: bytes | None = None
-        self._key = pysecrets.token_bytes(32)
-        self._cache: OrderedDict[bytes, bool] = OrderedDict()
-        self._cache_lock = threading.Lock()
-        self._bcrypt_lock = threading.Lock()
-
-    def _dummy_hash(self) -> bytes:
-        with self._bcrypt_lock:
-            if self._dummy is None:
-                salt = bcrypt.gensalt(self._dummy_cost)
-                self._dummy = bcrypt.hashpw(pysecrets.token_bytes(16), salt)
-            return self._dummy
-
-    def check(self, header: str | None) -> bool:
-        """True when ``header`` (the Authorization value) names a user with the right password."""
-        creds = parse_basic_auth(header)
-        if creds is None:
-            return False
-        user, password = creds
-        hashed: bytes | None = None
-        for name, candidate in self._users:
-            # every name is compared, in constant time, whatever matches
-            if hmac.compare_digest(name, user):
-                hashed = candidate
-        known = hashed is not None
-        if hashed is None:
-            hashed = self._dummy_hash()
-        key = hmac.new(self._key, b"\0".join((hashed, user, password)), hashlib.sha256).digest()
-        with self._cache_lock:
-            cached = self._cache.get(key)
-            if cached is not None:
-                self._cache.move_to_end(key)
-                return cached and known
-        with self._bcrypt_lock:
-            try:
-                ok = bcrypt.checkpw(password, hashed)
-            except ValueError:  # longer than 72 bytes, as Go's bcrypt refuses too
-                ok = False
-        ok = ok and known
-        with self._cache_lock:
-            self._cache[key] = ok
-            while len(self._cache) > _AUTH_CACHE_SIZE:
-                self._cache.popitem(last=False)
-        return ok
-
-
-_MAX_AUTH_HEADER = 8192
-
-
-def parse_basic_auth(header: str | None) -> tuple[bytes, bytes] | None:
-    """``(user, password)`` from an ``Authorization: Basic`` value, or None if it is not one."""
-    if not header or len(header) > _MAX_AUTH_HEADER:
-        return None
-    scheme, _, token = header.strip().partition(" ")
-    if scheme.lower() != "basic":
-        return None
-    try:
-        raw = base64.b64decode(token.strip().encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError, ValueError):
-        return None
-    user, sep, password = raw.partition(b":")
-    if not sep:
-        return None
-    return user, password
-
-
-class _TokenBucket:
-    def __init__(self, limit: RateLimit, clock: Callable[[], float] = time.monotonic) -> None:
-        self._rate = 1.0 / limit.interval
-        self._burst = float(limit.burst)
-        self._tokens = float(limit.burst)
-        self._clock = clock
-        self._last = clock()
-        self._lock = threading.Lock()
-
-    def take(self) -> bool:
-        with self._lock:
-            now = self._clock()
-            self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
-            self._last = now
-            if self._tokens >= 1.0:
-                self._tokens -= 1.0
-                return True
-            return False
-
-
-def _refuse(
-    start_response: StartResponse, status: str, extra: list[tuple[str, str]]
-) -> list[bytes]:
-    body = (status.split(" ", 1)[1] + "\n").encode()
-    start_response(
-        status,
-        [
-            ("Content-Type", "text/plain; charset=utf-8"),
-            ("Content-Length", str(len(body))),
-            *extra,
-        ],
-    )
-    return [body]
-
-
-def secure_app(app: WSGIApp, web_config: WebConfigFile | None) -> WSGIApp:
-    """``app`` behind the web config's rate limit, basic auth and response headers."""
-    if web_config is None:
-        return app
-    auth = BasicAuth(web_config.basic_auth_users) if web_config.basic_auth_users else None
-    bucket = _TokenBucket(web_config.rate_limit) if web_config.rate_limit else None
-    headers = list(web_config.headers)
-    names = {name.lower() for name, _ in headers}
-
-    def secured(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        def start(status: str, response_headers: list[tuple[str, str]], *exc: Any) -> Any:
-            # a configured header replaces the app's own of the same name
-            kept = [(k, v) for k, v in response_headers if k.lower() not in names]
-            return start_response(status, [*kept, *headers], *exc)
-
-        if bucket is not None and not bucket.take():
-            return _refuse(start, "429 Too Many Requests", [])
-        if auth is not None and not auth.check(environ.get("HTTP_AUTHORIZATION")):
-            log.debug(
-                "request refused",
-                extra={
-                    "remote": environ.get("REMOTE_ADDR", ""),
-                    "path": environ.get("PATH_INFO", ""),
-                    "reason": "auth",
-                    "detail": "missing or wrong basic auth credentials",
-                },
-            )
-            return _refuse(
-                start,
-                "401 Unauthorized",
-                [("WWW-Authenticate", 'Basic realm="vmm-cert-exporter", charset="UTF-8"')],
-            )
-        return app(environ, start)
-
-    return secured
-
-
-# --------------------------------------------------------------------------------------------
-# TLS on cheroot
-
-
-class _TLSAdapter(Adapter):
-    """Wraps accepted sockets without a handshake; ``_TLSConnection`` runs it in a worker."""
-
-    def __init__(self, context: ssl.SSLContext) -> None:
-        super().__init__("", "")
-        self.context = context
-
-    def bind(self, sock: socket.socket) -> socket.socket:
-        return sock
-
-    def wrap(self, sock: socket.socket) -> tuple[ssl.SSLSocket, dict[str, str]]:
-        wrapped = self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-        return wrapped, {"wsgi.url_scheme": "https", "HTTPS": "on"}
-
-    def get_environ(self) -> dict[str, str]:
-        return {"wsgi.url_scheme": "https", "HTTPS": "on"}
-
-    def makefile(self, sock: socket.socket, mode: str = "r", bufsize: int = -1) -> Any:
-        cls = StreamReader if "r" in mode else StreamWriter
-        return cls(sock, mode, bufsize if bufsize > 0 else 8192)
-
-
-class _TLSConnection(httpio.Connection):
-    """Runs the TLS handshake on the first read, in a worker thread, within the socket timeout."""
-
-    _handshaken = False
-
-    def communicate(self) -> bool:
-        if not self._handshaken:
-            try:
-                self.socket.do_handshake()
-            except (ssl.SSLError, OSError) as exc:
-                # a wrong or missing client certificate, plain HTTP, a scanner, a timeout
-                log.debug(
-                    "TLS handshake refused",
-                    extra={
-                        "remote": getattr(self, "remote_addr", ""),
-                        "reason": "tls",
-                        "detail": getattr(exc, "reason", None) or type(exc).__name__,
-                    },
-                )
-                return False
-            self._handshaken = True
-        return bool(super().communicate())  # type: ignore[no-untyped-call]
-
-
-def apply_web_config(server: wsgi.Server, web_config: WebConfigFile | None) -> None:
-    """Secure a cheroot WSGI server (not yet started) with ``web_config``."""
-    if web_config is None:
-        return
-    server.wsgi_app = secure_app(server.wsgi_app, web_config)
-    if web_config.ssl_context is not None:
-        server.ssl_adapter = _TLSAdapter(web_config.ssl_context)
-        server.ConnectionClass = _TLSConnection
-
-
-def server_url(server: wsgi.Server) -> str:
-    """``http(s)://host:port`` of a bound server (loopback for a wildcard address)."""
-    host, port = server.bind_addr[:2]
-    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - we connect, not bind, here
-        host = "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    scheme = "https" if server.ssl_adapter is not None else "http"
-    return f"{scheme}://{host}:{port}"

@@ -71,7 +71,8 @@ def receiver_command(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None or config.receiver is None:
         return 2
-    from vmm_cert_exporter.receiver.service import start_receiver  # cheroot only when serving
+    # imported when serving only
+    from vmm_cert_exporter.receiver.service import start_receiver
     from vmm_cert_exporter.webconfig import load_web_config
 
     web_config_file = getattr(args, "web_config_file", None)

@@ -1,4 +1,4 @@
-"""The receiver's HTTP side (WSGI on cheroot) and ``start_receiver``, which wires it all up.
+"""The receiver's HTTP handler (a WSGI app) and ``start_receiver``, which wires it all up.
 
 Endpoints (docs/renewal.md):
 
@@ -18,29 +18,35 @@ Order of checks for everything else: a body larger than ``max_request_bytes`` is
 cross-site request (``Origin`` or ``Sec-Fetch-Site``) gets 403, because Alertmanager and
 curl never send those and a web page must not be able to drive the API with credentials a
 browser cached; then credentials (401, with nothing read or written); then the route.
+The HTTP layer (``vmm_cert_exporter.http``) serves it: it reads at most
+``max_request_bytes`` of a body (plus one byte, so a larger one is seen), checks the
+credentials and hands the caller's identity over as ``REMOTE_USER``; which paths need one is
+decided here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import logging
 import re
 import ssl
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
-from cheroot import wsgi
-from cheroot.ssl.builtin import BuiltinSSLAdapter
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from vmm_cert_exporter.config import Config, ReceiverConfig, parse_listen_address
-from vmm_cert_exporter.receiver.auth import Authenticator
+from vmm_cert_exporter.http.credentials import SharedSecrets
+from vmm_cert_exporter.http.limits import Limits
+from vmm_cert_exporter.http.server import HTTPServer
+from vmm_cert_exporter.http.tls_context import TLSSetupError, server_context
+from vmm_cert_exporter.http.wsgi import StartResponse
 from vmm_cert_exporter.receiver.discovery import InventoryCache
 from vmm_cert_exporter.receiver.engine import Engine
 from vmm_cert_exporter.receiver.intake import intake
@@ -54,11 +60,9 @@ from vmm_cert_exporter.receiver.metrics import ReceiverCollector, WebhookCounter
 from vmm_cert_exporter.receiver.runbook import ScriptRunner
 from vmm_cert_exporter.receiver.webhook import PayloadError, parse_webhook
 from vmm_cert_exporter.remoting import WinRMRunner
-from vmm_cert_exporter.webconfig import WebConfigFile, apply_web_config
+from vmm_cert_exporter.webconfig import WebConfigFile
 
 log = logging.getLogger(__name__)
-
-StartResponse = Callable[..., Any]
 
 _JOB_PATH = re.compile(r"/api/jobs/([0-9]{1,12})(?:/(approve|cancel))?")
 _JSON_TYPE = re.compile(r"application/json\s*(?:;.*)?", re.IGNORECASE)
@@ -118,7 +122,12 @@ class ReceiverApp:
         self.engine = engine
         self.inventory = inventory
         self.clock = clock
-        self.auth = Authenticator(config)
+        self.credentials = SharedSecrets(
+            realm="vmm-cert-exporter receiver",
+            bearer_token=config.bearer_token,
+            basic_username=config.basic_auth_username,
+            basic_password=config.basic_auth_password,
+        )
         self.webhooks = WebhookCounter()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(
@@ -144,7 +153,7 @@ class ReceiverApp:
                     "requests from web pages are refused (Origin / Sec-Fetch-Site present)",
                     "forbidden",
                 )
-            identity = self.auth.check(environ.get("HTTP_AUTHORIZATION"))
+            identity = environ.get("REMOTE_USER")  # the HTTP layer checked self.credentials
             if identity is None:
                 if webhook:
                     self.webhooks.inc("unauthorized")
@@ -156,7 +165,7 @@ class ReceiverApp:
                     start_response,
                     "401 Unauthorized",
                     {"error": "missing or wrong credentials"},
-                    [("WWW-Authenticate", c) for c in self.auth.challenges],
+                    [("WWW-Authenticate", c) for c in self.credentials.challenges],
                 )
             if webhook:
                 if method != "POST":
@@ -197,12 +206,10 @@ class ReceiverApp:
                 if len(data) < int(length):
                     raise _HTTPError("400 Bad Request", "the body is shorter than Content-Length")
                 return data
-            # chunked (or no body): read at most one byte past the limit
+            # chunked (or no body): the layer read at most one byte past the limit
             data = stream.read(limit + 1)
         except OSError as exc:
             raise _HTTPError("400 Bad Request", f"the body could not be read: {exc}") from exc
-        except Exception as exc:  # cheroot's MaxSizeExceeded and malformed chunking
-            raise _HTTPError("400 Bad Request", f"the body could not be read: {exc!r}") from exc
         if len(data) > limit:
             raise _HTTPError(
                 "413 Request Entity Too Large",
@@ -410,24 +417,36 @@ class ReceiverApp:
 # Wiring
 
 
-def make_receiver_server(app: ReceiverApp, config: ReceiverConfig, listen: str) -> wsgi.Server:
-    host, port = parse_listen_address(listen)
-    host = host or "0.0.0.0"  # noqa: S104 - ":port" means every interface, as in Go exporters
-    server = wsgi.Server(
-        (host, port), app, numthreads=8, server_name="vmm-cert-exporter-receiver", timeout=10
-    )
-    # Headers are small; a huge header block is an attack on the parser, not a client.
-    server.max_request_header_size = 64 * 1024
+def make_receiver_server(
+    app: ReceiverApp,
+    config: ReceiverConfig,
+    listen: str,
+    web_config: WebConfigFile | None = None,
+    limits: Limits | None = None,
+) -> HTTPServer:
+    tls = None
     if config.tls_cert_file and config.tls_key_file:
-        adapter = BuiltinSSLAdapter(
-            config.tls_cert_file, config.tls_key_file, config.tls_client_ca_file
-        )
-        adapter.context.minimum_version = ssl.TLSVersion.TLSv1_2
-        if config.tls_client_ca_file:
-            # mutual TLS: only clients with a certificate from this CA get to HTTP at all
-            adapter.context.verify_mode = ssl.CERT_REQUIRED
-        server.ssl_adapter = adapter
-    return server
+        try:
+            # mutual TLS with client_ca_file: only clients with a certificate from this CA
+            # get to HTTP at all
+            tls = server_context(
+                config.tls_cert_file,
+                config.tls_key_file,
+                client_ca_file=config.tls_client_ca_file,
+                verify_mode=ssl.CERT_REQUIRED if config.tls_client_ca_file else ssl.CERT_NONE,
+            )
+        except TLSSetupError as exc:
+            raise ValueError(f"receiver.tls: {exc.message}") from None
+    limits = dataclasses.replace(limits or Limits(), max_body_bytes=config.max_request_bytes)
+    return HTTPServer(
+        app,
+        listen,
+        name="vmm-cert-exporter-receiver",
+        web_config=web_config,
+        tls=tls,
+        credentials=app.credentials,
+        limits=limits,
+    )
 
 
 def _check_web_config(rcfg: ReceiverConfig, web_config: WebConfigFile | None) -> None:
@@ -465,23 +484,15 @@ class Receiver:
     engine: Engine
     inventory: InventoryCache
     app: ReceiverApp
-    server: wsgi.Server
-    thread: threading.Thread
+    server: HTTPServer
     owner: OwnerLock
 
     @property
     def url(self) -> str:
-        host, port = self.server.bind_addr[:2]
-        if host in ("0.0.0.0", "::", ""):  # noqa: S104 - we connect, not bind, here
-            host = "127.0.0.1"
-        if ":" in host:
-            host = f"[{host}]"
-        scheme = "https" if self.server.ssl_adapter is not None else "http"
-        return f"{scheme}://{host}:{port}"
+        return self.server.url
 
     def stop(self) -> None:
         self.server.stop()
-        self.thread.join(timeout=5)
         self.inventory.stop()
         self.engine.stop()
         self.owner.release()
@@ -497,6 +508,7 @@ def start_receiver(
     poll_interval: float = 1.0,
     background: bool = True,
     web_config: WebConfigFile | None = None,
+    limits: Limits | None = None,
 ) -> Receiver:
     """Open the journal, start discovery, the engine and the HTTP server; return at once.
 
@@ -516,21 +528,20 @@ def start_receiver(
             config, journal, runner, owner=owner, clock=clock, poll_interval=poll_interval
         )
         app = ReceiverApp(rcfg, journal, engine, inventory, clock=clock)
-        server = make_receiver_server(app, rcfg, listen_address or rcfg.listen_address)
-        apply_web_config(server, web_config)  # --web.config.file: TLS, headers, rate limit
-        server.prepare()  # binds now: a taken port fails here, before we report success
+        server = make_receiver_server(
+            app, rcfg, listen_address or rcfg.listen_address, web_config, limits
+        )
+        server.start()  # binds first: a taken port fails here, before we report success
     except BaseException:
         owner.release()
         journal.close()
         raise
-    thread = threading.Thread(target=server.serve, name="receiver-http", daemon=True)
-    thread.start()
     if background:
         inventory.start()
         engine.start()
-    receiver = Receiver(config, journal, engine, inventory, app, server, thread, owner)
+    receiver = Receiver(config, journal, engine, inventory, app, server, owner)
     host = parse_listen_address(listen_address or rcfg.listen_address)[0]
-    if not _loopback(host) and server.ssl_adapter is None:
+    if not _loopback(host) and server.tls is None:
         log.warning(
             "listening beyond loopback without TLS: the bearer token crosses the network in "
             "clear text; set receiver.tls or put a TLS proxy in front",
