@@ -66,6 +66,11 @@ def one(config_path: str, concurrency: int, lab_pid: int) -> dict[str, Any]:
         "failed": dict(
             Counter(h.last_error_reason or "skipped" for h in snapshot.hosts if not h.last_ok)
         ),
+        "failed_hosts": [
+            f"{h.computer.fqdn} ({h.last_error_reason or 'skipped'})"
+            for h in snapshot.hosts
+            if not h.last_ok
+        ][:5],
     }
 
 

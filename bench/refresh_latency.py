@@ -34,9 +34,11 @@ import json
 import logging
 import math
 import os
+import platform
 import resource
 import statistics
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -216,10 +218,18 @@ def report(runs: list[dict[str, Any]]) -> str:
     for r in runs:
         if r.get("failed"):
             reasons = ", ".join(f"{k} {v}" for k, v in sorted(r["failed"].items()))
+            hosts = ", ".join(r.get("failed_hosts", []))
             notes.append(
                 f"failed at {int(r['computers']):,} computers, concurrency {r['concurrency']}: "
-                f"{reasons}"
+                f"{reasons}: {hosts}"
             )
+    for size in sorted({int(r["computers"]) for r in runs}):
+        r = next(r for r in runs if int(r["computers"]) == size)
+        notes.append(
+            f"single calls at {size:,} computers: t_computer {float(r['t_computer']):.3f} s "
+            f"(samples {', '.join(f'{t:.3f}' for t in r['t_computer_samples'])}), "
+            f"t_list {float(r['t_list']):.2f} s, t_trusted {float(r['t_trusted']):.2f} s"
+        )
     n, c, limit = TARGET
     for r in runs:
         if int(r["computers"]) == n and int(r["concurrency"]) == c:
@@ -230,6 +240,16 @@ def report(runs: list[dict[str, Any]]) -> str:
                 f"({ratio:.2f})"
             )
     return text + "\n" + "\n".join(notes)
+
+
+def machine() -> str:
+    """The CPU model and core count, for the record."""
+    model = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def main() -> None:
@@ -246,8 +266,9 @@ def main() -> None:
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     ensure_descriptors(max(concurrencies))
     started, load_before = time.monotonic(), os.getloadavg()[0]
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     runs = measure(sizes, concurrencies)
-    text = report(runs)
+    text = f"{when}, {machine()}\n" + report(runs)
     text += (
         f"\nthis section took {time.monotonic() - started:.0f} s on {os.cpu_count()} cores; "
         f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
