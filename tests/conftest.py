@@ -75,9 +75,8 @@ def promtool() -> Promtool:
 
 
 @pytest.fixture(scope="session")
-def debian_tool() -> Callable[[str], Tool]:
-    """``debian_tool("amtool")``: another binary of the prometheus packages."""
-    return Tool
+def amtool() -> Tool:
+    return Tool("amtool")
 
 
 # ---- the lab -------------------------------------------------------------------------------

@@ -25,8 +25,10 @@ from vmm_cert_exporter.config import load_config
 from vmm_cert_exporter.rules import FOR_DURATIONS, render_rules
 from vmm_cert_exporter.serve import Exporter, start_exporter
 from vmm_cert_lab.fleet.runner import RunningLab, start_lab
-from vmm_cert_lab.promstack import Process, start_alertmanager, start_prometheus
+from vmm_cert_lab.processes import Process, wait_until
+from vmm_cert_lab.promstack import start_alertmanager, start_prometheus
 
+pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parent.parent
 D = ".lab.example"
 TOKEN = "e2e-bearer-token"
@@ -189,24 +191,16 @@ EXPECTED_FIRING = {
 }
 
 
-def _wait(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_alerts_fire_for_exactly_the_expected_hosts_then_resolve(stack: Stack) -> None:
     capture = stack.capture
-    _wait(
+    wait_until(
         lambda: all(
             capture.alerts("firing").get(name, set()) >= hosts
             for name, hosts in EXPECTED_FIRING.items()
         ),
+        lambda: f"the expected alerts; got {capture.alerts('firing')}",
         60,
-        f"the expected alerts; got {capture.alerts('firing')}",
+        interval=0.5,
     )
     time.sleep(3)  # let anything unexpected arrive too
     assert capture.alerts("firing") == EXPECTED_FIRING
@@ -223,11 +217,12 @@ def test_alerts_fire_for_exactly_the_expected_hosts_then_resolve(stack: Stack) -
     )
     with urllib.request.urlopen(request, timeout=10) as resp:
         assert resp.status == 200
-    _wait(
+    wait_until(
         lambda: (
             f"hv36{D}" in capture.alerts("resolved").get("VMMCertificateExpiringCritical", set())
         ),
-        45,
         "the resolved notification for hv36",
+        45,
+        interval=0.5,
     )
     assert "VMMCertificateExporterDown" not in capture.alerts("firing")

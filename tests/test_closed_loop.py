@@ -7,10 +7,8 @@ in dry-run mode the same run changes nothing in the lab.
 
 from __future__ import annotations
 
-import json
-import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +17,10 @@ import pytest
 from dashboard import panel_expressions, render_dashboard
 from vmm_cert_exporter.rules import FOR_DURATIONS
 from vmm_cert_lab.demo import Stack, running_stack
-from vmm_cert_lab.promstack import Process
+from vmm_cert_lab.processes import Process, wait_until
+from vmm_cert_lab.promstack import Promtool
 
+pytestmark = pytest.mark.e2e
 D = ".lab.example"
 # hosts whose alerts are renewal triggers in the demo (hv40 is unreachable: CollectionFailing;
 # hv41's duplicate is a warning the receiver does not act on)
@@ -28,32 +28,11 @@ RENEWED = {f"hv{n}{D}" for n in range(31, 40)} | {f"vmm01{D}"}
 FAST = {name: "3s" for name in FOR_DURATIONS} | {"VMMCertificateExporterDown": "1m"}
 
 
-def _query(prometheus: Process, expr: str) -> list[dict[str, Any]]:
-    result = subprocess.run(
-        ["promtool", "query", "instant", "-o", "json", prometheus.url, expr],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, f"{expr}: {result.stderr}"
-    data: list[dict[str, Any]] = json.loads(result.stdout)
-    return data
-
-
-def _firing(prometheus: Process) -> dict[str, set[str]]:
+def _firing(promtool: Promtool, prometheus: Process) -> dict[str, set[str]]:
     out: dict[str, set[str]] = {}
-    for item in _query(prometheus, 'ALERTS{alertstate="firing"}'):
+    for item in promtool.query(prometheus.url, 'ALERTS{alertstate="firing"}'):
         out.setdefault(item["metric"]["alertname"], set()).add(item["metric"].get("host", ""))
     return out
-
-
-def _wait(predicate: Callable[[], bool], timeout: float, what: Callable[[], str]) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(1)
-    raise AssertionError(f"timed out: {what()}")
 
 
 def _thumbprints(stack: Stack) -> dict[str, list[str]]:
@@ -63,8 +42,8 @@ def _thumbprints(stack: Stack) -> dict[str, list[str]]:
     }
 
 
-def _labels(prometheus: Process, expr: str, label: str) -> set[str]:
-    return {item["metric"].get(label, "") for item in _query(prometheus, expr)}
+def _labels(promtool: Promtool, prometheus: Process, expr: str, label: str) -> set[str]:
+    return {item["metric"].get(label, "") for item in promtool.query(prometheus.url, expr)}
 
 
 @pytest.fixture()
@@ -93,7 +72,7 @@ def stack(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Stack]:
     ids=["en-US", "ja-JP"],
     indirect=True,
 )
-def test_execute_mode_renews_and_the_alerts_resolve(stack: Stack) -> None:
+def test_execute_mode_renews_and_the_alerts_resolve(stack: Stack, promtool: Promtool) -> None:
     prometheus = stack.processes["prometheus"]
     assert stack.receiver is not None
     journal = stack.receiver.journal
@@ -101,7 +80,7 @@ def test_execute_mode_renews_and_the_alerts_resolve(stack: Stack) -> None:
     def renewed() -> set[str]:
         return {j.host.lower() for j in journal.list_jobs() if j.status == "succeeded"}
 
-    _wait(lambda: renewed() >= RENEWED, 90, lambda: f"renewed {sorted(renewed())}")
+    wait_until(lambda: renewed() >= RENEWED, lambda: f"renewed {sorted(renewed())}", 90, interval=1)
     # the exporter sees the new certificates, Prometheus resolves every renewal alert
     triggers = (
         "VMMCertificateExpiringSoon",
@@ -110,10 +89,11 @@ def test_execute_mode_renews_and_the_alerts_resolve(stack: Stack) -> None:
         "VMMCertificateMissing",
         "VMMCertificateNotTrusted",
     )
-    _wait(
-        lambda: not any(name in _firing(prometheus) for name in triggers),
+    wait_until(
+        lambda: not any(name in _firing(promtool, prometheus) for name in triggers),
+        lambda: f"still firing: {_firing(promtool, prometheus)}",
         60,
-        lambda: f"still firing: {_firing(prometheus)}",
+        interval=1,
     )
     jobs = journal.list_jobs()
     assert {j.status for j in jobs} <= {"succeeded", "already-fresh"}, [
@@ -126,47 +106,60 @@ def test_execute_mode_renews_and_the_alerts_resolve(stack: Stack) -> None:
     }
     # labels carry VMM's invariant values only, whatever language VMM displays
     state = "vmm_managed_computer_state"
-    assert _labels(prometheus, state, "state") <= {"Responding", "NotResponding", "AccessDenied"}
-    assert _labels(prometheus, state, "role") == {"vmm_server", "hyperv_host", "library_server"}
+    assert _labels(promtool, prometheus, state, "state") <= {
+        "Responding",
+        "NotResponding",
+        "AccessDenied",
+    }
+    assert _labels(promtool, prometheus, state, "role") == {
+        "vmm_server",
+        "hyperv_host",
+        "library_server",
+    }
     # the dashboard's "not Responding" list: only the host no renewal can reach
     unhealthy = f'{state}{{state!="Responding"}}'
-    _wait(
-        lambda: _labels(prometheus, unhealthy, "host") == {f"hv40{D}"},
+    wait_until(
+        lambda: _labels(promtool, prometheus, unhealthy, "host") == {f"hv40{D}"},
+        lambda: f"not responding: {_labels(promtool, prometheus, unhealthy, 'host')}",
         60,
-        lambda: f"not responding: {_labels(prometheus, unhealthy, 'host')}",
+        interval=1,
     )
     # what is left is what a renewal does not fix (CollectionFailing needs three failed
     # refreshes, so it may come after the renewals on a busy machine)
-    _wait(
-        lambda: _firing(prometheus).get("VMMCertificateCollectionFailing") == {f"hv40{D}"},
+    wait_until(
+        lambda: (
+            _firing(promtool, prometheus).get("VMMCertificateCollectionFailing") == {f"hv40{D}"}
+        ),
+        lambda: f"firing: {_firing(promtool, prometheus)}",
         60,
-        lambda: f"firing: {_firing(prometheus)}",
+        interval=1,
     )
     # refreshes kept finishing (every 10 s) throughout: the exporter was never stale
     stale = 'ALERTS{alertname="VMMCertificateExporterStale",alertstate="firing"}'
-    assert _query(prometheus, f"count_over_time({stale}[1h])") == []
+    assert promtool.query(prometheus.url, f"count_over_time({stale}[1h])") == []
 
     # the dashboard: every expression parses and returns data, the renewal panels included
     expressions = panel_expressions(
         render_dashboard(), {"__rate_interval": "30s", "__interval": "5s", "__range": "5m"}
     )
-    empty = [e for e in expressions if not _query(prometheus, e)]
+    empty = [e for e in expressions if not promtool.query(prometheus.url, e)]
     assert not empty, f"no data for: {empty}"
 
 
 @pytest.mark.parametrize("stack", [("dry-run", "demo", None)], indirect=True)
-def test_dry_run_changes_nothing(stack: Stack) -> None:
+def test_dry_run_changes_nothing(stack: Stack, promtool: Promtool) -> None:
     before = _thumbprints(stack)
     assert stack.receiver is not None
     journal = stack.receiver.journal
-    _wait(
+    wait_until(
         lambda: {j.host.lower() for j in journal.list_jobs()} >= RENEWED,
-        90,
         lambda: f"planned {[(j.host, j.status) for j in journal.list_jobs()]}",
+        90,
+        interval=1,
     )
     time.sleep(3)
     assert _thumbprints(stack) == before
-    assert "VMMCertificateExpired" in _firing(stack.processes["prometheus"])
+    assert "VMMCertificateExpired" in _firing(promtool, stack.processes["prometheus"])
 
 
 HA_VMM = {f"vmm-ha{D}", f"vmmha-n1{D}", f"vmmha-n2{D}"}  # role name, active, passive node
@@ -177,7 +170,9 @@ ROLLUP = "apply the update rollup (VMM 2016 UR10, 2019 UR2, 2022 RTM or later)"
 
 
 @pytest.mark.parametrize("stack", [("execute", "ha", None)], indirect=True)
-def test_every_name_of_a_vmm_server_is_renewed_by_procedure_2_never_1(stack: Stack) -> None:
+def test_every_name_of_a_vmm_server_is_renewed_by_procedure_2_never_1(
+    stack: Stack, promtool: Promtool
+) -> None:
     """The ha lab: an HA VMM (role name, active and passive node), an old HA VMM without
     Update-SCVMMCertificate, and a VMM the configuration names by an alias."""
     prometheus = stack.processes["prometheus"]
@@ -191,7 +186,9 @@ def test_every_name_of_a_vmm_server_is_renewed_by_procedure_2_never_1(stack: Sta
         return {h for h, j in jobs().items() if j.status in ("succeeded", "already-fresh")}
 
     due = HA_VMM | ALIASED_VMM | HOSTS_DUE
-    _wait(lambda: done() >= due, 120, lambda: f"done {sorted(done())} of {sorted(due)}")
+    wait_until(
+        lambda: done() >= due, lambda: f"done {sorted(done())} of {sorted(due)}", 120, interval=1
+    )
     for host, job in jobs().items():
         expected = "update-vmm-certificate" if host in HA_VMM | ALIASED_VMM else "remove-register"
         assert job.procedure == expected, (host, job.procedure, job.reason)
@@ -201,26 +198,32 @@ def test_every_name_of_a_vmm_server_is_renewed_by_procedure_2_never_1(stack: Sta
             assert not steps & {"remove-certificates", "register-managed-computer"}, (host, steps)
     # the old HA VMM: every name refused with the update rollup reason, nothing planned
     assert not set(jobs()) & OLD_HA_VMM
-    _wait(
+    wait_until(
         lambda: {a["host"].lower() for a in journal.rejected_alerts(1000)} >= OLD_HA_VMM,
-        60,
         lambda: f"rejected {journal.rejected_alerts()}",
+        60,
+        interval=1,
     )
     for alert in journal.rejected_alerts():
         if alert["host"].lower() in OLD_HA_VMM:
             assert ROLLUP in (alert["reason"] or ""), alert
     # what is left: the old HA VMM's expiry, and the host in ConstrainedLanguage mode
-    _wait(
+    wait_until(
         lambda: (
-            set().union(*(h for n, h in _firing(prometheus).items() if "Expir" in n)) == OLD_HA_VMM
+            set().union(*(h for n, h in _firing(promtool, prometheus).items() if "Expir" in n))
+            == OLD_HA_VMM
         ),
+        lambda: f"firing: {_firing(promtool, prometheus)}",
         60,
-        lambda: f"firing: {_firing(prometheus)}",
+        interval=1,
     )
-    _wait(
-        lambda: _firing(prometheus).get("VMMCertificateCollectionFailing") == {f"hv-clm01{D}"},
+    wait_until(
+        lambda: (
+            _firing(promtool, prometheus).get("VMMCertificateCollectionFailing") == {f"hv-clm01{D}"}
+        ),
+        lambda: f"firing: {_firing(promtool, prometheus)}",
         60,
-        lambda: f"firing: {_firing(prometheus)}",
+        interval=1,
     )
     errors = 'vmm_cert_collect_errors_total{host="hv-clm01.lab.example"}'
-    assert _labels(prometheus, errors, "reason") == {"language_mode"}
+    assert _labels(promtool, prometheus, errors, "reason") == {"language_mode"}

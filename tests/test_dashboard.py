@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 import yaml
 
 import dashboard
+from vmm_cert_lab.promstack import Promtool
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "grafana" / "dashboards" / "vmm-certificates.json"
@@ -58,24 +58,6 @@ def committed() -> dict[str, Any]:
 
 def panels(data: dict[str, Any]) -> list[dict[str, Any]]:
     return [p for p in data["panels"] if p["type"] != "row"]
-
-
-def promtool() -> str:
-    path = shutil.which("promtool") or "/usr/bin/promtool"
-    assert Path(path).exists(), "promtool not found: install Debian's prometheus (make tools)"
-    return path
-
-
-def run_promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [promtool(), *args],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 # ---- the committed file is the generator's output ----------------------------------------
@@ -275,18 +257,18 @@ def recording_rules(exprs: list[str]) -> str:
     return yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}, sort_keys=False)
 
 
-def test_every_expression_parses(tmp_path: Path) -> None:
+def test_every_expression_parses(tmp_path: Path, promtool: Promtool) -> None:
     exprs = dashboard.panel_expressions(committed())
     (tmp_path / "exprs.yml").write_text(recording_rules(exprs))
-    res = run_promtool("check", "rules", "exprs.yml", cwd=tmp_path)
+    res = promtool.run("check", "rules", "exprs.yml", cwd=tmp_path)
     assert res.returncode == 0, res.stdout
     assert f"SUCCESS: {len(exprs)} rules found" in res.stdout
 
 
-def test_a_broken_expression_fails_the_parse(tmp_path: Path) -> None:
+def test_a_broken_expression_fails_the_parse(tmp_path: Path, promtool: Promtool) -> None:
     exprs = [*dashboard.panel_expressions(committed()), "sum by (reason (vmm_cert_present)"]
     (tmp_path / "exprs.yml").write_text(recording_rules(exprs))
-    res = run_promtool("check", "rules", "exprs.yml", cwd=tmp_path)
+    res = promtool.run("check", "rules", "exprs.yml", cwd=tmp_path)
     assert res.returncode == 1
     assert "dashboard:expr_" in res.stdout or "parse error" in res.stdout
 
@@ -364,7 +346,9 @@ def fleet_series() -> list[dict[str, str]]:
     return series
 
 
-def test_every_expression_returns_data_for_a_small_fleet(tmp_path: Path) -> None:
+def test_every_expression_returns_data_for_a_small_fleet(
+    tmp_path: Path, promtool: Promtool
+) -> None:
     """Each panel expression wrapped in absent(): an alert means the panel would be empty."""
     exprs = dashboard.panel_expressions(committed())
     alerts = [{"alert": f"Empty{i}", "expr": f"absent({e})"} for i, e in enumerate(exprs)]
@@ -380,7 +364,7 @@ def test_every_expression_returns_data_for_a_small_fleet(tmp_path: Path) -> None
             "tests": [{"interval": "1m", "input_series": series, "alert_rule_test": cases}],
         }
         (tmp_path / "empty.test.yml").write_text(yaml.safe_dump(test, sort_keys=False))
-        return run_promtool("test", "rules", "empty.test.yml", cwd=tmp_path)
+        return promtool.run("test", "rules", "empty.test.yml", cwd=tmp_path)
 
     res = run_with(fleet_series())
     assert res.returncode == 0, "\n".join(
@@ -395,7 +379,9 @@ def test_every_expression_returns_data_for_a_small_fleet(tmp_path: Path) -> None
     assert "alertname: Empty" in res.stdout
 
 
-def test_the_scope_keeps_static_hosts_and_filters_by_vmm_server(tmp_path: Path) -> None:
+def test_the_scope_keeps_static_hosts_and_filters_by_vmm_server(
+    tmp_path: Path, promtool: Promtool
+) -> None:
     """$vmm_server keeps the computers it manages plus those no VMM server reports."""
     exprs = dashboard.panel_expressions(committed(), {"vmm_server": "vmm02.lab.example"})
     monitored = exprs[0]
@@ -427,5 +413,5 @@ def test_the_scope_keeps_static_hosts_and_filters_by_vmm_server(tmp_path: Path) 
         ],
     }
     (tmp_path / "scope.test.yml").write_text(yaml.safe_dump(test, sort_keys=False))
-    res = run_promtool("test", "rules", "scope.test.yml", cwd=tmp_path)
+    res = promtool.run("test", "rules", "scope.test.yml", cwd=tmp_path)
     assert res.returncode == 0, res.stdout

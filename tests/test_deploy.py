@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -29,7 +28,8 @@ from vmm_cert_exporter import rules
 from vmm_cert_exporter.config import load_config
 from vmm_cert_exporter.receiver.service import start_receiver
 from vmm_cert_lab.fleet.runner import start_lab
-from vmm_cert_lab.promstack import free_port
+from vmm_cert_lab.processes import ExporterCommand
+from vmm_cert_lab.promstack import Promtool, Tool, start_alertmanager
 from vmm_cert_lab.receiver_config import lab_run_as_account
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,25 +38,6 @@ PROMETHEUS_YML = DEPLOY / "prometheus.yml"
 ALERTMANAGER_YML = DEPLOY / "alertmanager.yml"
 COMPOSE_YML = DEPLOY / "docker-compose.yml"
 RECEIVER_YML = DEPLOY / "receiver.yml"
-EXE = str(Path(sys.executable).parent / "vmm-cert-exporter")
-
-
-def tool(name: str) -> str:
-    path = shutil.which(name) or f"/usr/bin/{name}"
-    assert Path(path).exists(), f"{name} not found: install Debian's prometheus packages"
-    return path
-
-
-def run(*args: str, cwd: Path = DEPLOY) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        list(args),
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -67,8 +48,8 @@ def load(path: Path) -> dict[str, Any]:
 # ---- prometheus.yml ----------------------------------------------------------------------
 
 
-def test_promtool_checks_the_prometheus_config_and_its_rules() -> None:
-    res = run(tool("promtool"), "check", "config", "prometheus.yml")
+def test_promtool_checks_the_prometheus_config_and_its_rules(promtool: Promtool) -> None:
+    res = promtool.run("check", "config", "prometheus.yml", cwd=DEPLOY)
     assert res.returncode == 0, res.stdout
     assert "SUCCESS: 1 rule files found" in res.stdout
     assert f"SUCCESS: {len(rules.ALERT_NAMES)} rules found" in res.stdout
@@ -86,34 +67,34 @@ def test_prometheus_config_scrapes_the_job_the_rules_expect() -> None:
     assert targets == ["alertmanager:9093"]
 
 
-def test_a_broken_prometheus_config_fails(tmp_path: Path) -> None:
+def test_a_broken_prometheus_config_fails(tmp_path: Path, promtool: Promtool) -> None:
     bad = PROMETHEUS_YML.read_text().replace("scrape_interval: 60s", "scrape_interval: soon", 1)
     (tmp_path / "prometheus.yml").write_text(bad)
-    res = run(tool("promtool"), "check", "config", "prometheus.yml", cwd=tmp_path)
+    res = promtool.run("check", "config", "prometheus.yml", cwd=tmp_path)
     assert res.returncode != 0
 
 
 # ---- alertmanager.yml --------------------------------------------------------------------
 
 
-def test_amtool_checks_the_alertmanager_config() -> None:
-    res = run(tool("amtool"), "check-config", "alertmanager.yml")
+def test_amtool_checks_the_alertmanager_config(amtool: Tool) -> None:
+    res = amtool.run("check-config", "alertmanager.yml", cwd=DEPLOY)
     assert res.returncode == 0, res.stdout
     assert "SUCCESS" in res.stdout
 
 
-def test_a_broken_alertmanager_config_fails(tmp_path: Path) -> None:
+def test_a_broken_alertmanager_config_fails(tmp_path: Path, amtool: Tool) -> None:
     bad = ALERTMANAGER_YML.read_text().replace("receiver: default", "receiver: nobody", 1)
     (tmp_path / "alertmanager.yml").write_text(bad)
-    res = run(tool("amtool"), "check-config", "alertmanager.yml", cwd=tmp_path)
+    res = amtool.run("check-config", "alertmanager.yml", cwd=tmp_path)
     assert res.returncode != 0
 
 
-def routes_for(**labels: str) -> list[str]:
+def routes_for(amtool: Tool, **labels: str) -> list[str]:
     """The receivers an alert with ``labels`` goes to (amtool's routing, offline)."""
     res = subprocess.run(
         [
-            tool("amtool"),
+            amtool.path,
             "config",
             "routes",
             "test",
@@ -131,12 +112,12 @@ def routes_for(**labels: str) -> list[str]:
 
 
 @pytest.mark.parametrize("alert", rules.ALERT_NAMES)
-def test_routes(alert: str) -> None:
+def test_routes(alert: str, amtool: Tool) -> None:
     severity = load(ROOT / "alerts" / "vmm-certificates.rules.yml")
     found = {r["alert"]: r["labels"]["severity"] for g in severity["groups"] for r in g["rules"]}[
         alert
     ]
-    receivers = routes_for(alertname=alert, severity=found, host="hv01.lab.example")
+    receivers = routes_for(amtool, alertname=alert, severity=found, host="hv01.lab.example")
     # people by severity; the renewal receiver as well for the alerts a renewal fixes
     expected = ["vmm-cert-renewal", found] if alert in rules.TRIGGER_ALERTS else [found]
     assert receivers == expected
@@ -177,43 +158,14 @@ def alertmanager(tmp_path: Path) -> Iterator[str]:
     for route in config["route"]["routes"]:
         route["group_wait"] = "1s"
     (tmp_path / "am.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    log = (tmp_path / "am.log").open("w")
-    proc = subprocess.Popen(
-        [
-            tool("prometheus-alertmanager"),
-            f"--config.file={tmp_path / 'am.yml'}",
-            f"--storage.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--cluster.listen-address=",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
+    process = start_alertmanager(tmp_path / "am.yml", tmp_path)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            assert proc.poll() is None, (tmp_path / "am.log").read_text()
-            try:
-                with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "alertmanager did not become ready"
-            time.sleep(0.1)
-        yield url
+        yield process.url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        process.stop()
 
 
+@pytest.mark.e2e
 def test_a_real_alertmanager_inhibits_per_host(alertmanager: str) -> None:
     severity = {
         "VMMCertificateExpiringSoon": "warning",
@@ -501,22 +453,29 @@ def receiver_config_with_stand_ins(tmp_path: Path) -> Path:
     return path
 
 
-def test_check_config_accepts_the_receiver_config(tmp_path: Path) -> None:
+@pytest.mark.e2e
+def test_check_config_accepts_the_receiver_config(
+    tmp_path: Path, exporter_command: ExporterCommand
+) -> None:
     path = receiver_config_with_stand_ins(tmp_path)
-    res = run(EXE, "check-config", "--config", str(path), cwd=tmp_path)
-    assert res.returncode == 0, res.stdout
-    assert "1 VMM servers" in res.stdout and "receiver in dry-run mode" in res.stdout
+    res = exporter_command.run("check-config", "--config", str(path), cwd=tmp_path)
+    printed = res.stdout + res.stderr
+    assert res.returncode == 0, printed
+    assert "1 VMM servers" in printed and "receiver in dry-run mode" in printed
     receiver = load_config(path).receiver
     assert receiver is not None and not receiver.execute
     assert receiver.bearer_token is not None
 
 
-def test_check_config_refuses_the_receiver_config_without_its_token(tmp_path: Path) -> None:
+@pytest.mark.e2e
+def test_check_config_refuses_the_receiver_config_without_its_token(
+    tmp_path: Path, exporter_command: ExporterCommand
+) -> None:
     path = receiver_config_with_stand_ins(tmp_path)
     (tmp_path / "run-secrets" / "receiver-token").unlink()
-    res = run(EXE, "check-config", "--config", str(path), cwd=tmp_path)
+    res = exporter_command.run("check-config", "--config", str(path), cwd=tmp_path)
     assert res.returncode == 1
-    assert "receiver.bearer_token_file" in res.stdout
+    assert "receiver.bearer_token_file" in res.stdout + res.stderr
 
 
 def test_the_receiver_config_starts_a_receiver_against_the_demo_lab(tmp_path: Path) -> None:

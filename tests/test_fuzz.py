@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
@@ -40,7 +39,7 @@ from vmm_cert_exporter.webconfig import (
 )
 from vmm_cert_lab.fleet.control import ControlError, handle_control
 from vmm_cert_lab.fleet.interfaces import FleetModel
-from vmm_cert_lab.fleet.runner import RunningLab, start_lab
+from vmm_cert_lab.fleet.runner import RunningLab
 from vmm_cert_lab.fleet.scenario import load_fleet
 from vmm_cert_lab.fleet.wsman import (
     ACTION_CREATE,
@@ -182,19 +181,13 @@ class RecordingProtocol(Protocol):
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningLab]:
-    with start_lab(scenario="demo", state_dir=tmp_path_factory.mktemp("lab")) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def envelopes(lab: RunningLab) -> list[bytes]:
+def envelopes(demo_lab: RunningLab) -> list[bytes]:
     """Create, Command (a real contract script), Receive, Signal and Delete, from pywinrm."""
     protocol = RecordingProtocol(
-        endpoint=lab.endpoint("hv01.lab.example"),
+        endpoint=demo_lab.endpoint("hv01.lab.example"),
         transport="basic",
-        username=lab.username,
-        password=lab.account.password,
+        username=demo_lab.username,
+        password=demo_lab.account.password,
         server_cert_validation="ignore",
     )
     shell = protocol.open_shell(codepage=65001)

@@ -13,6 +13,7 @@ import pytest
 
 from vmm_cert_exporter import __version__
 from vmm_cert_exporter.cli import main
+from vmm_cert_lab.processes import ExporterCommand
 
 ROOT = Path(__file__).resolve().parent.parent
 PRODUCT = ROOT / "exporter" / "vmm_cert_exporter"
@@ -58,9 +59,9 @@ def test_cli_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert "vmm-cert-exporter" in capsys.readouterr().out
 
 
-def test_console_script_installed() -> None:
-    exe = Path(sys.executable).parent / "vmm-cert-exporter"
-    result = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=False)
+@pytest.mark.e2e
+def test_console_script_installed(exporter_command: ExporterCommand) -> None:
+    result = exporter_command.run("--help")
     assert result.returncode == 0
     for command in ("serve", "check", "check-config", "print-script", "lab", "rules", "demo"):
         assert command in result.stdout

@@ -12,7 +12,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -34,6 +33,7 @@ from vmm_cert_exporter.powershell import (
     render_script,
     script_source,
 )
+from vmm_cert_lab.processes import ExporterCommand
 
 REPO = Path(__file__).resolve().parents[1]
 PARSE_MJS = REPO / "tests" / "powershell" / "parse.mjs"
@@ -637,8 +637,9 @@ def test_print_script_command_takes_the_parsed_namespace(
     assert capsys.readouterr().out.startswith("# vmm-cert-exporter:update-vmm-certificate/1\n")
 
 
-def test_print_script_through_the_installed_command() -> None:
-    exe = Path(sys.executable).with_name("vmm-cert-exporter")
+@pytest.mark.e2e
+def test_print_script_through_the_installed_command(exporter_command: ExporterCommand) -> None:
+    exe = Path(exporter_command.path)
     assert exe.is_file(), f"{exe} missing: the project is not installed in this venv"
     proc = subprocess.run(
         [str(exe), "print-script", "list-managed-computers"],

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import yaml
@@ -13,8 +12,10 @@ import yaml
 from vmm_cert_exporter.config import load_config
 from vmm_cert_exporter.serve import Exporter, start_exporter
 from vmm_cert_lab.fleet.runner import start_lab
-from vmm_cert_lab.promstack import Process, start_prometheus
+from vmm_cert_lab.processes import Process
+from vmm_cert_lab.promstack import Promtool, start_prometheus
 
+pytestmark = pytest.mark.e2e
 D = ".lab.example"
 
 
@@ -50,18 +51,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Exporter, 
             exporter.stop()
 
 
-def query(prometheus: Process, expr: str, timeout: float = 30.0) -> list[dict[str, object]]:
-    """Run ``promtool query instant`` until it returns data (the first scrape takes a moment)."""
+def query(
+    promtool: Promtool, prometheus: Process, expr: str, timeout: float = 30.0
+) -> list[dict[str, Any]]:
+    """``promtool query instant`` until it returns data (the first scrape takes a moment)."""
     deadline = time.monotonic() + timeout
     while True:
-        result = subprocess.run(
-            ["promtool", "query", "instant", "-o", "json", prometheus.url, expr],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert result.returncode == 0, result.stderr
-        data: list[dict[str, object]] = json.loads(result.stdout)
+        data = promtool.query(prometheus.url, expr)
         if data or time.monotonic() > deadline:
             return data
         time.sleep(0.5)
@@ -71,17 +67,19 @@ def hosts(data: list[dict[str, object]]) -> set[str]:
     return {str(item["metric"]["host"]) for item in data}  # type: ignore[index]
 
 
-def test_prometheus_scrapes_every_case(stack: tuple[Exporter, Process]) -> None:
+def test_prometheus_scrapes_every_case(stack: tuple[Exporter, Process], promtool: Promtool) -> None:
     _, prometheus = stack
-    assert hosts(query(prometheus, "vmm_cert_expiry_seconds < 0")) == {f"hv37{D}"}
-    assert hosts(query(prometheus, "vmm_cert_expiry_seconds > 0 < 7*86400")) == {f"hv36{D}"}
-    assert hosts(query(prometheus, "vmm_cert_expiry_seconds > 7*86400 < 30*86400")) == {
+    assert hosts(query(promtool, prometheus, "vmm_cert_expiry_seconds < 0")) == {f"hv37{D}"}
+    assert hosts(query(promtool, prometheus, "vmm_cert_expiry_seconds > 0 < 7*86400")) == {
+        f"hv36{D}"
+    }
+    assert hosts(query(promtool, prometheus, "vmm_cert_expiry_seconds > 7*86400 < 30*86400")) == {
         *(f"hv{n}{D}" for n in range(31, 36)),
         f"vmm01{D}",
     }
-    assert hosts(query(prometheus, "vmm_cert_present == 0")) == {f"hv38{D}"}
-    assert hosts(query(prometheus, "vmm_cert_trusted == 0")) == {f"hv39{D}"}
-    assert hosts(query(prometheus, "vmm_cert_certificates > 1")) == {f"hv41{D}"}
-    assert hosts(query(prometheus, "vmm_cert_collect_success == 0")) == {f"hv40{D}"}
-    up = query(prometheus, 'up{job="vmm-cert-exporter"}')
-    assert up and up[0]["value"][1] == "1"  # type: ignore[index]
+    assert hosts(query(promtool, prometheus, "vmm_cert_present == 0")) == {f"hv38{D}"}
+    assert hosts(query(promtool, prometheus, "vmm_cert_trusted == 0")) == {f"hv39{D}"}
+    assert hosts(query(promtool, prometheus, "vmm_cert_certificates > 1")) == {f"hv41{D}"}
+    assert hosts(query(promtool, prometheus, "vmm_cert_collect_success == 0")) == {f"hv40{D}"}
+    up = query(promtool, prometheus, 'up{job="vmm-cert-exporter"}')
+    assert up and up[0]["value"][1] == "1"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 import yaml
 
 from vmm_cert_exporter import rules
+from vmm_cert_lab.promstack import Promtool
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "alerts"
@@ -42,25 +42,6 @@ CONTRACT = {
     "VMMCertificateRenewalFailed": "warning",
 }
 PER_HOST = set(CONTRACT) - {"VMMCertificateExporterDown", "VMMCertificateExporterStale"}
-
-
-def promtool() -> str:
-    path = shutil.which("promtool") or "/usr/bin/promtool"
-    assert Path(path).exists(), "promtool not found: install Debian's prometheus (make tools)"
-    return path
-
-
-def run_promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run promtool; its report (stdout and stderr: failures go to stderr) is in ``stdout``."""
-    return subprocess.run(
-        [promtool(), *args],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def all_rules(text: str) -> list[dict[str, Any]]:
@@ -98,8 +79,8 @@ def test_there_are_unit_test_files() -> None:
 
 
 @pytest.mark.parametrize("test_file", TEST_FILES, ids=lambda p: p.name)
-def test_promtool_unit_tests_pass(test_file: Path) -> None:
-    res = run_promtool("test", "rules", test_file.name, cwd=test_file.parent)
+def test_promtool_unit_tests_pass(test_file: Path, promtool: Promtool) -> None:
+    res = promtool.run("test", "rules", test_file.name, cwd=test_file.parent)
     assert res.returncode == 0, res.stdout
     assert "SUCCESS" in res.stdout
 
@@ -115,8 +96,8 @@ def test_every_alert_is_tested_firing_and_silent() -> None:
     assert silent == set(CONTRACT)
 
 
-def test_shipped_rules_pass_promtool_lint() -> None:
-    res = run_promtool("check", "rules", "--lint=all", "--lint-fatal", str(RULE_FILE))
+def test_shipped_rules_pass_promtool_lint(promtool: Promtool) -> None:
+    res = promtool.run("check", "rules", "--lint=all", "--lint-fatal", str(RULE_FILE))
     assert res.returncode == 0, res.stdout
     assert f"SUCCESS: {len(CONTRACT)} rules found" in res.stdout
 
@@ -124,7 +105,7 @@ def test_shipped_rules_pass_promtool_lint() -> None:
 # ---- proof that the unit tests can fail --------------------------------------------------
 
 
-def test_a_wrong_expectation_makes_promtool_fail(tmp_path: Path) -> None:
+def test_a_wrong_expectation_makes_promtool_fail(tmp_path: Path, promtool: Promtool) -> None:
     # claim the wrong time left for the certificate 7 days and 1 second from expiry
     dest = copy_test(
         tmp_path,
@@ -132,17 +113,19 @@ def test_a_wrong_expectation_makes_promtool_fail(tmp_path: Path) -> None:
         RULE_FILE.read_text(),
         edit="expires in 7d 0h 0m 1s => expires in 7d 0h 0m 2s",
     )
-    res = run_promtool("test", "rules", dest.name, cwd=tmp_path)
+    res = promtool.run("test", "rules", dest.name, cwd=tmp_path)
     assert res.returncode == 1, res.stdout
     assert "FAILED" in res.stdout and "hv7d1s.corp.example" in res.stdout
 
 
-def test_a_boundary_off_by_one_second_makes_promtool_fail(tmp_path: Path) -> None:
+def test_a_boundary_off_by_one_second_makes_promtool_fail(
+    tmp_path: Path, promtool: Promtool
+) -> None:
     # a rule that used < instead of <= would miss the certificate at exactly 30 days
     text = RULE_FILE.read_text().replace("<= 2592000", "< 2592000")
     assert text != RULE_FILE.read_text()
     dest = copy_test(tmp_path, ALERTS / "tests" / "expiry.test.yml", text)
-    res = run_promtool("test", "rules", dest.name, cwd=tmp_path)
+    res = promtool.run("test", "rules", dest.name, cwd=tmp_path)
     assert res.returncode == 1
     assert "hv30d.corp.example" in res.stdout
 
@@ -162,10 +145,10 @@ def naive_rules() -> str:
     return yaml.safe_dump({"groups": groups}, sort_keys=False)
 
 
-def test_naive_expressions_flap_across_a_restart(tmp_path: Path) -> None:
+def test_naive_expressions_flap_across_a_restart(tmp_path: Path, promtool: Promtool) -> None:
     dest = copy_test(tmp_path, ALERTS / "tests" / "restart.test.yml", naive_rules())
-    assert run_promtool("check", "rules", "rules.yml", cwd=tmp_path).returncode == 0
-    res = run_promtool("test", "rules", dest.name, cwd=tmp_path)
+    assert promtool.run("check", "rules", "rules.yml", cwd=tmp_path).returncode == 0
+    res = promtool.run("test", "rules", dest.name, cwd=tmp_path)
     assert res.returncode == 1
     # resolved during the gap, and the pending Missing lost its for: clock
     assert "alertname: VMMCertificateExpiringSoon, time: 1h12m" in res.stdout
@@ -186,11 +169,11 @@ def test_naive_expressions_flap_across_a_restart(tmp_path: Path) -> None:
     ],
 )
 def test_shorter_for_durations_fail_the_unit_tests(
-    tmp_path: Path, alert: str, duration: str, test_name: str, symptom: str
+    tmp_path: Path, alert: str, duration: str, test_name: str, symptom: str, promtool: Promtool
 ) -> None:
     text = rules.render_rules(for_durations={alert: duration})
     dest = copy_test(tmp_path, ALERTS / "tests" / test_name, text)
-    res = run_promtool("test", "rules", dest.name, cwd=tmp_path)
+    res = promtool.run("test", "rules", dest.name, cwd=tmp_path)
     assert res.returncode == 1, res.stdout
     assert symptom in res.stdout
 
@@ -234,7 +217,7 @@ def test_output_is_stable_and_round_trips() -> None:
     assert all(k == ["alert", "expr", "for", "labels", "annotations"] for k in keys)
 
 
-def test_manifest_holds_the_same_groups(tmp_path: Path) -> None:
+def test_manifest_holds_the_same_groups(tmp_path: Path, promtool: Promtool) -> None:
     manifest = yaml.safe_load(MANIFEST.read_text())
     assert manifest["apiVersion"] == "monitoring.coreos.com/v1"
     assert manifest["kind"] == "PrometheusRule"
@@ -242,7 +225,7 @@ def test_manifest_holds_the_same_groups(tmp_path: Path) -> None:
     assert manifest["spec"]["groups"] == yaml.safe_load(RULE_FILE.read_text())["groups"]
     extracted = tmp_path / "from-manifest.yml"
     extracted.write_text(yaml.safe_dump({"groups": manifest["spec"]["groups"]}))
-    res = run_promtool("check", "rules", str(extracted))
+    res = promtool.run("check", "rules", str(extracted))
     assert res.returncode == 0, res.stdout
 
 
@@ -297,12 +280,12 @@ def test_runbook_base_url_can_be_changed() -> None:
 # ---- other thresholds --------------------------------------------------------------------
 
 
-def test_other_thresholds_change_only_the_numbers(tmp_path: Path) -> None:
+def test_other_thresholds_change_only_the_numbers(tmp_path: Path, promtool: Promtool) -> None:
     text = rules.render_rules(60, 14)
     assert "<= 5184000  # 60 days" in text and "<= 1209600  # 14 days" in text
     assert "--warn-days 60 --critical-days 14" in text.splitlines()[0]
     (tmp_path / "rules.yml").write_text(text)
-    res = run_promtool("check", "rules", "--lint=all", "--lint-fatal", "rules.yml", cwd=tmp_path)
+    res = promtool.run("check", "rules", "--lint=all", "--lint-fatal", "rules.yml", cwd=tmp_path)
     assert res.returncode == 0, res.stdout
     # and they really fire at the new marks, to the second
     scrape = 'instance="e:9868",job="vmm-cert-exporter"'
@@ -354,12 +337,12 @@ def test_other_thresholds_change_only_the_numbers(tmp_path: Path) -> None:
     }
     (tmp_path / "t.test.yml").write_text(yaml.safe_dump(test, sort_keys=False))
     # the last expected sample has a deliberate typo (role="critical"): promtool must fail ...
-    res = run_promtool("test", "rules", "t.test.yml", cwd=tmp_path)
+    res = promtool.run("test", "rules", "t.test.yml", cwd=tmp_path)
     assert res.returncode == 1 and 'host="c"' in res.stdout
     # ... and pass once it is right
     fixed = (tmp_path / "t.test.yml").read_text().replace('role="critical"', 'role="hyperv_host"')
     (tmp_path / "t.test.yml").write_text(fixed)
-    res = run_promtool("test", "rules", "t.test.yml", cwd=tmp_path)
+    res = promtool.run("test", "rules", "t.test.yml", cwd=tmp_path)
     assert res.returncode == 0, res.stdout
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from vmm_cert_exporter.config import load_config
 from vmm_cert_exporter.inventory import Computer, Inventory
 from vmm_cert_exporter.sharding import Shard, owner, parse_shard, shard_argument
 from vmm_cert_lab.fleet.runner import start_lab
+from vmm_cert_lab.promstack import Promtool
 
 ROOT = Path(__file__).resolve().parents[1]
 FLEET = [f"hv{i:05d}.corp.example" for i in range(20_000)]
@@ -130,15 +130,10 @@ def test_shards_of_a_lab_fleet_read_it_exactly_once(tmp_path: Path) -> None:
     assert seen.count(lab.vmm_servers[0].lower()) == 1
 
 
-def test_example_prometheus_config_passes_promtool() -> None:
+def test_example_prometheus_config_passes_promtool(promtool: Promtool) -> None:
     path = ROOT / "deploy" / "prometheus-sharded.yml"
-    result = subprocess.run(
-        ["promtool", "check", "config", str(path)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    result = promtool.run("check", "config", str(path))
+    assert result.returncode == 0, result.stdout
     jobs = yaml.safe_load(path.read_text())["scrape_configs"]
     shard_jobs = [j for j in jobs if j["job_name"].startswith("vmm-cert-exporter-shard-")]
     assert len(shard_jobs) == 3

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import ssl
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from vmm_cert_exporter.sources.tls import TlsProber
 from vmm_cert_lab.fleet.interfaces import Faults
 from vmm_cert_lab.fleet.runner import RunningLab
 from vmm_cert_lab.fleet.tls_listener import server_name
+from vmm_cert_lab.promstack import Promtool
 
 D = ".lab.example"
 
@@ -251,7 +251,7 @@ def test_tls_hosts_publish_what_tls_can_know(mixed: tuple[Snapshot, Snapshot, Re
 
 
 def test_tls_output_passes_promtool_and_equals_the_fast_path(
-    mixed: tuple[Snapshot, Snapshot, Refresher],
+    mixed: tuple[Snapshot, Snapshot, Refresher], promtool: Promtool
 ) -> None:
     _, _, refresher = mixed
     instant = 1_800_000_000.5
@@ -265,10 +265,8 @@ def test_tls_output_passes_promtool_and_equals_the_fast_path(
         collector, lambda: refresher.snapshot, lambda: refresher.histogram.count
     )
     assert exposition.render(now=instant) == reference
-    result = subprocess.run(
-        ["promtool", "check", "metrics"], input=reference, capture_output=True, check=False
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    result = promtool.check_metrics(reference)
+    assert result.returncode == 0, result.stdout
 
 
 def test_the_lab_config_carries_the_tls_listener(demo_lab: RunningLab, tmp_path: Path) -> None:

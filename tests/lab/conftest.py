@@ -1,4 +1,4 @@
-"""Shared lab fixtures: a light in-test FleetModel and a running LabServer around it.
+"""Shared lab fixtures: a light in-test FleetModel and running LabServers around it.
 
 The light model answers canned executions so transport tests do not depend on the real
 Windows/VMM model; tests of the real model run the demo scenario through the same server.
@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from typing import Any
 
 import pytest
 
-from vmm_cert_lab.fleet.interfaces import Account, Execution, Faults
+from vmm_cert_lab.fleet.interfaces import Account, Execution, Faults, FleetModel
 from vmm_cert_lab.fleet.server import LabServer
 
 ACCOUNT = Account("LAB", "svc-vmmcert", "Lab-Passw0rd!")
@@ -130,11 +131,17 @@ def make_fleet() -> Callable[[int], LightFleet]:
 
 
 @pytest.fixture
-def lab(light_fleet: LightFleet) -> Iterator[LabServer]:
+def make_server() -> Iterator[Callable[..., LabServer]]:
+    """``make_server(fleet, **options)``: a started LabServer, stopped when the test ends."""
+    with ExitStack() as stack:
+
+        def make(fleet: FleetModel, **options: Any) -> LabServer:
+            return stack.enter_context(LabServer(fleet, **options))
+
+        yield make
+
+
+@pytest.fixture
+def lab(light_fleet: LightFleet, make_server: Callable[..., LabServer]) -> LabServer:
     """A plain-HTTP lab over the light fleet, with small Receive chunks and short waits."""
-    server = LabServer(light_fleet, receive_chunk=1000, max_operation_wait=1.0)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    return make_server(light_fleet, receive_chunk=1000, max_operation_wait=1.0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -61,13 +61,8 @@ def fleet(make_fleet: Callable[[int], Any]) -> Any:
 
 
 @pytest.fixture
-def windows_lab(fleet: Any) -> Iterator[LabServer]:
-    server = LabServer(fleet, latency=WINDOWS)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+def windows_lab(fleet: Any, make_server: Callable[..., LabServer]) -> LabServer:
+    return make_server(fleet, latency=WINDOWS)
 
 
 def _requests(lab: LabServer) -> int:

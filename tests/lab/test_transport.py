@@ -10,7 +10,7 @@ import base64
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
@@ -93,13 +93,8 @@ def lab_tls(tmp_path_factory: pytest.TempPathFactory) -> LabTLS:
 
 
 @pytest.fixture
-def tls_lab(light_fleet: Any, lab_tls: LabTLS) -> Iterator[LabServer]:
-    server = LabServer(light_fleet, tls=lab_tls, receive_chunk=1000, max_operation_wait=1.0)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+def tls_lab(light_fleet: Any, lab_tls: LabTLS, make_server: Callable[..., LabServer]) -> LabServer:
+    return make_server(light_fleet, tls=lab_tls, receive_chunk=1000, max_operation_wait=1.0)
 
 
 # --- the happy paths -----------------------------------------------------------------------

@@ -8,21 +8,24 @@ is rejected and changes nothing.
 
 from __future__ import annotations
 
-import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from vmm_cert_exporter.receiver.service import start_receiver
 from vmm_cert_lab.fleet.runner import RunningLab
-from vmm_cert_lab.promstack import find_binary, start_alertmanager
+from vmm_cert_lab.promstack import Tool, start_alertmanager
 from vmm_cert_lab.receiver_testing import TOKEN, fleet_of, receiver_config
 
 D = ".lab.example"
 
 
-def test_alertmanager_webhook_renews_the_host(lab: RunningLab, tmp_path: Path) -> None:
+@pytest.mark.e2e
+def test_alertmanager_webhook_renews_the_host(
+    lab: RunningLab, tmp_path: Path, amtool: Tool
+) -> None:
     config = receiver_config(lab, tmp_path, mode="execute", interval="1h")
     receiver = start_receiver(config, poll_interval=0.1)
     token = tmp_path / "am-token"
@@ -63,18 +66,12 @@ def test_alertmanager_webhook_renews_the_host(lab: RunningLab, tmp_path: Path) -
     try:
         assert receiver.inventory.loaded.wait(30)
 
-        def amtool(*args: str) -> None:
-            subprocess.run(
-                [find_binary("amtool"), f"--alertmanager.url={alertmanager.url}", *args],
-                check=True,
-                capture_output=True,
-                timeout=30,
-            )
+        def alert(*args: str) -> None:
+            added = amtool.run(f"--alertmanager.url={alertmanager.url}", "alert", "add", *args)
+            assert added.returncode == 0, added.stdout
 
-        amtool(
-            "alert", "add", "VMMCertificateExpiringCritical", f"host=hv36{D}", "severity=critical"
-        )
-        amtool("alert", "add", "VMMCertificateExpired", f"host=hv37{D}'; Stop-Computer #")
+        alert("VMMCertificateExpiringCritical", f"host=hv36{D}", "severity=critical")
+        alert("VMMCertificateExpired", f"host=hv37{D}'; Stop-Computer #")
         deadline = time.monotonic() + 60
         job = None
         while time.monotonic() < deadline:

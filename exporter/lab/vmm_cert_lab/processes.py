@@ -27,12 +27,13 @@ def free_port() -> int:
 
 def wait_until(
     condition: Callable[[], object],
-    what: str,
+    what: str | Callable[[], str],
     timeout: float = 60.0,
     interval: float = 0.1,
     gone: Callable[[], str | None] = lambda: None,
 ) -> None:
-    """Poll ``condition`` until it is true, else raise ``TimeoutError``.
+    """Poll ``condition`` until it is true, else raise ``TimeoutError`` naming ``what``
+    (a callable is asked then, so it can say what the state was).
 
     An ``OSError`` from it (not listening yet, connection reset; ``requests`` errors are
     ``OSError`` too) counts as "not yet". ``gone`` says why waiting is pointless (a process
@@ -47,10 +48,14 @@ def wait_until(
             pass
         reason = gone()
         if reason is not None:
-            raise RuntimeError(f"while waiting for {what}: {reason}")
+            raise RuntimeError(f"while waiting for {_said(what)}: {reason}")
         if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
+            raise TimeoutError(f"timed out after {timeout:g}s waiting for {_said(what)}")
         time.sleep(interval)
+
+
+def _said(what: str | Callable[[], str]) -> str:
+    return what if isinstance(what, str) else what()
 
 
 class Process(subprocess.Popen[str]):
