@@ -15,7 +15,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
+from vmm_cert_exporter.collection import Refresher
+from vmm_cert_exporter.metrics import Exposition, SnapshotCollector
 from vmm_cert_lab.fleet.interfaces import Faults
 from vmm_cert_lab.fleet.runner import RunningLab, start_lab
 from vmm_cert_lab.processes import ExporterCommand, Processes
@@ -77,6 +80,33 @@ def promtool() -> Promtool:
 @pytest.fixture(scope="session")
 def amtool() -> Tool:
     return Tool("amtool")
+
+
+# ---- /metrics ------------------------------------------------------------------------------
+
+TwoExpositions = Callable[[Refresher, float], tuple[Exposition, Callable[[], bytes]]]
+
+
+@pytest.fixture(scope="session")
+def two_expositions() -> TwoExpositions:
+    """``fast, reference = two_expositions(refresher, instant)``: the cached /metrics path
+    (``fast.render(now=instant)``) and what prometheus_client's ``generate_latest`` renders
+    from the same collector at that instant (``reference()``, rendered anew each call)."""
+
+    def both(refresher: Refresher, instant: float) -> tuple[Exposition, Callable[[], bytes]]:
+        collector = SnapshotCollector(
+            lambda: refresher.snapshot, lambda: refresher.histogram, clock=lambda: instant
+        )
+
+        def reference() -> bytes:
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(collector)
+            return generate_latest(registry)
+
+        fast = Exposition(collector, lambda: refresher.snapshot, lambda: refresher.histogram.count)
+        return fast, reference
+
+    return both
 
 
 # ---- the lab -------------------------------------------------------------------------------

@@ -342,29 +342,17 @@ def test_ready_only_after_the_first_refresh(tmp_path: Path) -> None:
 
 
 def test_fast_exposition_equals_the_reference_collector(
-    demo: tuple[Refresher, Snapshot, str],
+    demo: tuple[Refresher, Snapshot, str], two_expositions: Any
 ) -> None:
     """The cached /metrics path must produce exactly what generate_latest would."""
-    from vmm_cert_exporter.metrics import Exposition
-
     refresher, _, _ = demo
     instant = 1_800_000_000.25
-    collector = SnapshotCollector(
-        lambda: refresher.snapshot, lambda: refresher.histogram, clock=lambda: instant
-    )
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)
-    reference = generate_latest(registry)
-    exposition = Exposition(
-        collector, lambda: refresher.snapshot, lambda: refresher.histogram.count
-    )
-    assert exposition.render(now=instant) == reference
-    assert gzip.decompress(exposition.render_gzip(now=instant)) == reference
+    exposition, reference = two_expositions(refresher, instant)
+    assert exposition.render(now=instant) == reference()
+    assert gzip.decompress(exposition.render_gzip(now=instant)) == reference()
     # a new snapshot (a refresh) is picked up, not served stale from the cache
     refresher.refresh_once()
-    registry2 = CollectorRegistry(auto_describe=False)
-    registry2.register(collector)
-    assert exposition.render(now=instant) == generate_latest(registry2)
+    assert exposition.render(now=instant) == reference()
 
 
 def test_label_values_are_escaped_like_prometheus_client() -> None:

@@ -6,7 +6,7 @@ say everything), so requests need not look them up on every request.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,15 +14,14 @@ import pytest
 from vmm_cert_exporter.config import load_config
 from vmm_cert_exporter.powershell import render_script
 from vmm_cert_exporter.remoting import WinRMRunner
-from vmm_cert_lab.fleet.runner import RunningLab, start_lab
+from vmm_cert_lab.fleet.runner import RunningLab
 
 DEAD_PROXY = "http://127.0.0.1:9"  # the discard port: nothing answers there
 
 
 @pytest.fixture
-def tls_lab(tmp_path: Path) -> Iterator[RunningLab]:
-    with start_lab(tls=True, tls_listener=False, state_dir=tmp_path / "lab") as lab:
-        yield lab
+def tls_lab(make_lab: Callable[..., RunningLab]) -> RunningLab:
+    return make_lab(tls=True, tls_listener=False)
 
 
 def test_calls_ignore_proxy_and_ca_bundle_variables(

@@ -16,7 +16,7 @@ from vmm_cert_exporter.collection import Refresher
 from vmm_cert_exporter.config import load_config
 from vmm_cert_exporter.inventory import Computer, Inventory
 from vmm_cert_exporter.sharding import Shard, owner, parse_shard, shard_argument
-from vmm_cert_lab.fleet.runner import start_lab
+from vmm_cert_lab.fleet.runner import RunningLab
 from vmm_cert_lab.promstack import Promtool
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,16 +114,15 @@ def test_select_keeps_the_vmm_views() -> None:
     assert {c.fqdn for c in kept.computers} == {n for n in FLEET[:100] if owner(n, 2) == 0}
 
 
-def test_shards_of_a_lab_fleet_read_it_exactly_once(tmp_path: Path) -> None:
+def test_shards_of_a_lab_fleet_read_it_exactly_once(lab: RunningLab, tmp_path: Path) -> None:
     """Three refreshers with --shard k/3 over the demo fleet: together, every computer once."""
-    with start_lab(scenario="demo", state_dir=tmp_path / "lab") as lab:
-        config = load_config(lab.write_config(tmp_path / "exporter.yml"))
-        everything = {h.computer.key for h in Refresher(config).refresh_once().hosts}
-        seen: list[str] = []
-        for k in range(3):
-            snapshot = Refresher(config, shard=Shard(k, 3)).refresh_once()
-            assert all(h.last_ok or h.last_error_reason for h in snapshot.hosts)
-            seen += [h.computer.key for h in snapshot.hosts]
+    config = load_config(lab.write_config(tmp_path / "exporter.yml"))
+    everything = {h.computer.key for h in Refresher(config).refresh_once().hosts}
+    seen: list[str] = []
+    for k in range(3):
+        snapshot = Refresher(config, shard=Shard(k, 3)).refresh_once()
+        assert all(h.last_ok or h.last_error_reason for h in snapshot.hosts)
+        seen += [h.computer.key for h in snapshot.hosts]
     assert len(seen) == len(set(seen)) == len(everything)
     assert set(seen) == everything
     # the VMM server's own certificate belongs to exactly one shard

@@ -24,7 +24,7 @@ from vmm_cert_exporter.config import (
     loads_config,
 )
 from vmm_cert_exporter.failures import CollectError
-from vmm_cert_exporter.metrics import Exposition, SnapshotCollector
+from vmm_cert_exporter.metrics import SnapshotCollector
 from vmm_cert_exporter.snapshot import Snapshot
 from vmm_cert_exporter.sources.tls import TlsProber
 from vmm_cert_lab.fleet.interfaces import Faults
@@ -251,21 +251,13 @@ def test_tls_hosts_publish_what_tls_can_know(mixed: tuple[Snapshot, Snapshot, Re
 
 
 def test_tls_output_passes_promtool_and_equals_the_fast_path(
-    mixed: tuple[Snapshot, Snapshot, Refresher], promtool: Promtool
+    mixed: tuple[Snapshot, Snapshot, Refresher], promtool: Promtool, two_expositions: Any
 ) -> None:
     _, _, refresher = mixed
     instant = 1_800_000_000.5
-    collector = SnapshotCollector(
-        lambda: refresher.snapshot, lambda: refresher.histogram, clock=lambda: instant
-    )
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)
-    reference = generate_latest(registry)
-    exposition = Exposition(
-        collector, lambda: refresher.snapshot, lambda: refresher.histogram.count
-    )
-    assert exposition.render(now=instant) == reference
-    result = promtool.check_metrics(reference)
+    exposition, reference = two_expositions(refresher, instant)
+    assert exposition.render(now=instant) == reference()
+    result = promtool.check_metrics(reference())
     assert result.returncode == 0, result.stdout
 
 

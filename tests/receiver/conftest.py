@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from vmm_cert_lab.fleet.runner import RunningLab, start_lab
+from vmm_cert_lab.fleet.runner import RunningLab
 from vmm_cert_lab.fleet.scenario import load_fleet
 from vmm_cert_lab.receiver_testing import CountingFleet, Harness, make_harness
 
@@ -27,20 +27,16 @@ def _restore_logging() -> Iterator[None]:
 
 
 @pytest.fixture
-def lab(tmp_path: Path) -> Iterator[RunningLab]:
-    """The demo lab, fresh for each test (renewals change it); ~50 ms to start."""
-    fleet = CountingFleet(load_fleet("demo"))
-    with start_lab(fleet=fleet, state_dir=tmp_path / "lab") as running:
-        yield running
+def lab(make_lab: Callable[..., RunningLab]) -> RunningLab:
+    """The demo lab, fresh for each test (renewals change it), counting what it is sent."""
+    return make_lab(fleet=CountingFleet(load_fleet("demo")))
 
 
 @pytest.fixture
-def ha_lab(tmp_path: Path) -> Iterator[RunningLab]:
+def ha_lab(make_lab: Callable[..., RunningLab]) -> RunningLab:
     """The ``ha`` lab, fresh for each test: a highly available VMM 2022, a highly available
     VMM 2019 UR1 without Update-SCVMMCertificate, and a VMM 2022 configured by an alias."""
-    fleet = CountingFleet(load_fleet("ha"))
-    with start_lab(fleet=fleet, state_dir=tmp_path / "ha-lab") as running:
-        yield running
+    return make_lab(fleet=CountingFleet(load_fleet("ha")))
 
 
 @pytest.fixture
