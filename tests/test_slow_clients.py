@@ -118,14 +118,14 @@ def scrape(url: str, **options: Any) -> requests.Response:
     return answer
 
 
-def partial_client_hello() -> bytes:
+def client_hello() -> bytes:
     client = ssl.create_default_context()
     client.check_hostname = False
     client.verify_mode = ssl.CERT_NONE
     tls = client.wrap_bio(ssl.MemoryBIO(), outgoing := ssl.MemoryBIO())
     with pytest.raises(ssl.SSLWantReadError):
         tls.do_handshake()
-    return outgoing.read()[:100]
+    return outgoing.read()
 
 
 def test_idle_and_half_sent_requests_do_not_silence_the_exporter(
@@ -181,10 +181,17 @@ def test_stalled_tls_handshakes_do_not_silence_the_exporter(
     web = f"tls_server_config:\n  cert_file: {lab_tls.cert_path}\n  key_file: {lab_tls.key_path}\n"
     with exporter(demo_lab, tmp_path, SHORT, web) as running:
         port = running.server.port
-        with connections(port, 40) as silent, connections(port, 10, partial_client_hello()) as half:
+        hello = client_hello()
+        with (
+            connections(port, 30) as silent,
+            connections(port, 10, hello[:100]) as half,
+            connections(port, 10, hello) as whole,  # the server answers, then waits
+        ):
             answer = scrape(running.url + "/metrics", verify=str(lab_tls.ca_path))
             assert answer.status_code == 200 and "vmm_cert_expiry_seconds{" in answer.text
-            cut = wait_closed(silent + half, within=10.0)
+            for sock in whole:
+                assert sock.recv(5)[:1] == b"\x16"  # the ServerHello's record
+            cut = wait_closed(silent + half + whole, within=10.0)
             assert cut[-1] < 4.0, cut  # the 1 s handshake deadline
             assert scrape(running.url + "/-/healthy", verify=str(lab_tls.ca_path)).ok
 
@@ -195,7 +202,7 @@ def test_idle_clients_and_stalled_handshakes_do_not_silence_the_receiver(
     tls = {"cert_file": str(lab_tls.cert_path), "key_file": str(lab_tls.key_path)}
     with receiver(demo_lab, tmp_path, SHORT, tls=tls) as running:
         port = running.server.port
-        with connections(port, 40) as silent, connections(port, 10, partial_client_hello()) as half:
+        with connections(port, 40) as silent, connections(port, 10, client_hello()[:100]) as half:
             verify = str(lab_tls.ca_path)
             assert scrape(running.url + "/-/healthy", verify=verify).text == "Healthy\n"
             assert "vmm_receiver_" in scrape(running.url + "/metrics", verify=verify).text

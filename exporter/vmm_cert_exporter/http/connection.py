@@ -2,9 +2,10 @@
 
 A connection goes through these phases (docs/architecture.md, "One HTTP layer"):
 
-``HANDSHAKE``  TLS only. Nothing is allocated for TLS until the client sends its first byte
-               (a silent client costs a socket, not an OpenSSL session); the handshake runs
-               non-blocking, within ``handshake_timeout`` of the accept.
+``HANDSHAKE``  TLS only. Nothing is allocated for TLS until the client's whole ClientHello
+               has arrived (a silent or stalling client costs a socket, not an OpenSSL
+               session); the handshake runs non-blocking, within ``handshake_timeout`` of
+               the accept.
 ``HEAD``       waiting for a request and reading its head (h11 parses it), within
                ``head_timeout``: a new connection, a kept-alive one, a slowloris client alike.
 ``BODY``       reading the body into memory, at most ``max_body_bytes`` plus one byte.
@@ -53,6 +54,9 @@ _READS_PER_WAKEUP: Final = 8
 # buffers handed to one sendmsg (plain) and bytes to one TLS send (encrypted in one go)
 _SEND_BUFFERS: Final = 64
 _TLS_SEND_SLICE: Final = 1 << 20
+# a TLS record of type handshake (22) opens every ClientHello; one is at most 16 KiB + 5
+_HANDSHAKE_RECORD: Final = 22
+_HELLO_MAX: Final = 16384 + 5
 _WOULD_BLOCK: Final = (
     BlockingIOError,
     InterruptedError,
@@ -284,7 +288,9 @@ class Connection:
         context = self.server.tls
         assert context is not None
         if not isinstance(self.sock, ssl.SSLSocket):
-            # only now that the client speaks: an OpenSSL session costs ~40 KB
+            if not self._hello_arrived():
+                return
+            # only now: an OpenSSL session costs ~40 KB, a client still sending costs nothing
             self.sock = context.wrap_socket(
                 self.sock, server_side=True, do_handshake_on_connect=False
             )
@@ -312,6 +318,31 @@ class Connection:
         self._wait_for_request()
         # a TLS 1.3 client may have sent its request together with its Finished
         self.loop.call_soon(self._on_readable)
+
+    def _hello_arrived(self) -> bool:
+        """Whether the client's first TLS record (its ClientHello) is here, whole.
+
+        Until it is, the kernel holds the bytes: the record header says how many to wait
+        for, and SO_RCVLOWAT makes the socket readable only once they are all there.
+        """
+        try:
+            data = self.sock.recv(_HELLO_MAX, socket.MSG_PEEK)
+        except _WOULD_BLOCK:
+            return False
+        except OSError:
+            self.close(abort=True)
+            return False
+        if not data:
+            self.close(abort=True)
+            return False
+        need = 0
+        if data[0] == _HANDSHAKE_RECORD:  # anything else is not TLS: OpenSSL will say so
+            need = 5 if len(data) < 5 else min(5 + int.from_bytes(data[3:5], "big"), _HELLO_MAX)
+        if len(data) < need:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, need)
+            return False
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+        return True
 
     # ---- the request -----------------------------------------------------------------------
 

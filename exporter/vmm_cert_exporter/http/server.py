@@ -143,6 +143,9 @@ class HTTPServer:
         """Serve in this thread until ``stop()``."""
         self.prepare()
         assert self._sock is not None
+        if self._sock.fileno() < 0:  # stopped before it started
+            self._done.set()
+            return
         loop = asyncio.new_event_loop()
         self._loop = loop
         self._handlers = ThreadPoolExecutor(
