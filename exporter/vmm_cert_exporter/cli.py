@@ -22,6 +22,7 @@ _HANDLERS: dict[str, tuple[str, str]] = {
     "lab": ("vmm_cert_lab.fleet.cli", "run"),
     "serve": ("vmm_cert_exporter.serve", "run"),
     "check": ("vmm_cert_exporter.check", "run"),
+    "cohorts": ("vmm_cert_exporter.cohorts_command", "run"),
     "check-config": ("vmm_cert_exporter.config", "check_config_command"),
     "capture": ("vmm_cert_exporter.capture", "capture_command"),
     "print-script": ("vmm_cert_exporter.powershell", "print_script_command"),
@@ -105,6 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--critical-days", type=float, default=7.0, metavar="M")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_shard(p)
+    _add_logging(p)
+
+    p = sub.add_parser(
+        "cohorts",
+        help="computers per expiry day against the receiver's capacity: on time or at risk",
+    )
+    _add_config(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_logging(p)
 
     p = sub.add_parser("check-config", help="validate a configuration file and exit")

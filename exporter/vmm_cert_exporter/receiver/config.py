@@ -474,6 +474,16 @@ class ReceiverConfig:
         default=600.0,
         metadata=duration("deadline of one change step", 10.0, 6 * 3600.0),
     )
+    # Capacity planning (docs/renewal.md#cohorts): the duration a renewal is assumed to take
+    # until the journal has measured one, and how early a cohort should be finished.
+    assumed_renewal_duration: float = field(
+        default=300.0,
+        metadata=duration("one renewal's duration until one is measured", 10.0, 6 * 3600.0),
+    )
+    cohort_margin: float = field(
+        default=7 * _DAY,
+        metadata=duration("finish a cohort at least this long before its day", 0.0, 180 * _DAY),
+    )
 
     @property
     def execute(self) -> bool:

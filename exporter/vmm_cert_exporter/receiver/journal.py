@@ -1264,6 +1264,37 @@ class Journal:
         }
         return {hosts.get(r["host_key"], r["host_key"]): float(r["t"]) for r in rows}
 
+    def renewal_durations(self) -> dict[str, list[float]]:
+        """Seconds each successful execute attempt took, by procedure: the measured cost of a
+        renewal that capacity planning uses (docs/renewal.md#cohorts)."""
+        rows = self._read(
+            "SELECT procedure, finished_at - started_at AS took FROM attempts "
+            "WHERE result = 'succeeded' AND mode = 'execute' ORDER BY procedure"
+        )
+        durations: dict[str, list[float]] = {}
+        for r in rows:
+            durations.setdefault(r["procedure"], []).append(float(r["took"]))
+        return durations
+
+    def renewed_not_afters(self) -> list[float]:
+        """For each computer an execute job renewed, the NotAfter its certificate had before:
+        which cohort it was renewed out of."""
+        rows = self._read(
+            "SELECT certificates_before FROM jobs WHERE status = 'succeeded' "
+            "AND mode = 'execute' AND certificates_before IS NOT NULL"
+        )
+        out: list[float] = []
+        for r in rows:
+            before = _loads(r["certificates_before"])
+            stamps = [
+                datetime.fromisoformat(c["not_after"]).timestamp()
+                for c in before
+                if isinstance(c, dict) and isinstance(c.get("not_after"), str)
+            ]
+            if stamps:
+                out.append(max(stamps))
+        return out
+
     def status_counts(self) -> dict[str, int]:
         rows = self._read(
             "SELECT status, COUNT(*) AS n FROM jobs WHERE finished_at IS NULL GROUP BY status"
