@@ -25,12 +25,12 @@ from vmm_cert_exporter.config import load_config
 from vmm_cert_exporter.rules import FOR_DURATIONS, render_rules
 from vmm_cert_exporter.serve import Exporter, start_exporter
 from vmm_cert_lab.fleet.runner import RunningLab, start_lab
+from vmm_cert_lab.fleet.scenario import LAB_DOMAIN, lab_host
 from vmm_cert_lab.processes import Process, wait_until
 from vmm_cert_lab.promstack import start_alertmanager, start_prometheus
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parent.parent
-D = ".lab.example"
 TOKEN = "e2e-bearer-token"
 
 
@@ -179,14 +179,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 EXPECTED_FIRING = {
-    "VMMCertificateExpired": {f"hv37{D}"},
-    "VMMCertificateExpiringCritical": {f"hv36{D}"},
+    "VMMCertificateExpired": {lab_host("hv37")},
+    "VMMCertificateExpiringCritical": {lab_host("hv36")},
     # hv36 is inhibited here by ExpiringCritical (the shipped inhibit_rules)
-    "VMMCertificateExpiringSoon": {*(f"hv{n}{D}" for n in range(31, 36)), f"vmm01{D}"},
-    "VMMCertificateMissing": {f"hv38{D}"},
-    "VMMCertificateNotTrusted": {f"hv39{D}"},
-    "VMMCertificateDuplicate": {f"hv41{D}"},
-    "VMMCertificateCollectionFailing": {f"hv40{D}"},
+    "VMMCertificateExpiringSoon": {*(lab_host(f"hv{n}") for n in range(31, 36)), lab_host("vmm01")},
+    "VMMCertificateMissing": {lab_host("hv38")},
+    "VMMCertificateNotTrusted": {lab_host("hv39")},
+    "VMMCertificateDuplicate": {lab_host("hv41")},
+    "VMMCertificateCollectionFailing": {lab_host("hv40")},
     # not VMMCertificateExporterStale: a refresh finishes every 10 s (it needs 30 s without)
 }
 
@@ -213,13 +213,14 @@ def test_alerts_fire_for_exactly_the_expected_hosts_then_resolve(stack: Stack) -
 
     # renew hv36 through the lab's control API: its alert must resolve by itself
     request = urllib.request.Request(
-        f"{stack.lab.control_url}/computers/hv36{D}/renew", method="POST", data=b"{}"
+        f"{stack.lab.control_url}/computers/hv36.{LAB_DOMAIN}/renew", method="POST", data=b"{}"
     )
     with urllib.request.urlopen(request, timeout=10) as resp:
         assert resp.status == 200
     wait_until(
         lambda: (
-            f"hv36{D}" in capture.alerts("resolved").get("VMMCertificateExpiringCritical", set())
+            lab_host("hv36")
+            in capture.alerts("resolved").get("VMMCertificateExpiringCritical", set())
         ),
         "the resolved notification for hv36",
         45,

@@ -40,16 +40,16 @@ from vmm_cert_lab.fleet import powershell as lab_ps
 from vmm_cert_lab.fleet.interfaces import Faults
 from vmm_cert_lab.fleet.replay import load_replay, write_replay_config
 from vmm_cert_lab.fleet.runner import RunningLab, start_lab
+from vmm_cert_lab.fleet.scenario import LAB_DOMAIN, lab_host
 from vmm_cert_lab.processes import ExporterCommand, Processes
 
-D = ".lab.example"
 FAULTS = {
-    f"hv02{D}": Faults(http_401=True),  # auth, before any script
-    f"hv03{D}": Faults(access_denied=True),  # auth: WS-Man AccessDenied
-    f"hv04{D}": Faults(garbage_stdout=True),  # parse: bytes that are not UTF-8
-    f"hv05{D}": Faults(script_error=True),  # script: a CLIXML error record, exit 1
-    f"hv06{D}": Faults(progress_only_stderr=True),  # fine, with CLIXML progress on stderr
-    f"hv07{D}": Faults(receive_timeout=True),  # timeout
+    lab_host("hv02"): Faults(http_401=True),  # auth, before any script
+    lab_host("hv03"): Faults(access_denied=True),  # auth: WS-Man AccessDenied
+    lab_host("hv04"): Faults(garbage_stdout=True),  # parse: bytes that are not UTF-8
+    lab_host("hv05"): Faults(script_error=True),  # script: a CLIXML error record, exit 1
+    lab_host("hv06"): Faults(progress_only_stderr=True),  # fine, with CLIXML progress on stderr
+    lab_host("hv07"): Faults(receive_timeout=True),  # timeout
     # hv40 is refused by the demo scenario itself: connect
 }
 ACCOUNT_NAME = "svc-vmmcert"
@@ -157,15 +157,15 @@ def load(path: Path) -> Any:
 def test_the_original_fleet_has_every_case(fleet: Fleet) -> None:
     reasons = {k: v.reason for k, v in fleet.original.items() if v.reason}
     assert reasons == {
-        f"hv02{D}": "auth",
-        f"hv03{D}": "auth",
-        f"hv04{D}": "parse",
-        f"hv05{D}": "script",
-        f"hv07{D}": "timeout",
-        f"hv40{D}": "connect",
+        lab_host("hv02"): "auth",
+        lab_host("hv03"): "auth",
+        lab_host("hv04"): "parse",
+        lab_host("hv05"): "script",
+        lab_host("hv07"): "timeout",
+        lab_host("hv40"): "connect",
     }
-    assert fleet.original[f"hv39{D}"].trusted is False
-    assert fleet.original[f"hv38{D}"].present is False
+    assert fleet.original[lab_host("hv39")].trusted is False
+    assert fleet.original[lab_host("hv38")].present is False
 
 
 @pytest.mark.e2e
@@ -178,7 +178,7 @@ def test_layout_manifest_and_raw_bytes(fleet: Fleet) -> None:
         "list-trusted-certificates",
         "collect-certificates",
     ]
-    assert manifest["vmm_servers"] == [{"host": f"vmm01{D}", "discover": True}]
+    assert manifest["vmm_servers"] == [{"host": lab_host("vmm01"), "discover": True}]
     assert {m["fqdn"].lower() for m in manifest["computers"]} == set(fleet.original)
     assert manifest["summary"]["failed"] == {"auth": 2, "connect": 1, "timeout": 1}
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", manifest["captured_at"])
@@ -186,34 +186,34 @@ def test_layout_manifest_and_raw_bytes(fleet: Fleet) -> None:
 
     computers = fleet.plain / "computers"
     assert {p.name for p in computers.iterdir()} == set(fleet.original)
-    vmm = computers / f"vmm01{D}"
+    vmm = computers / lab_host("vmm01")
     assert {p.name for p in vmm.iterdir()} == {
         f"{op}.{ext}"
         for op in ("list-managed-computers", "list-trusted-certificates", "collect-certificates")
         for ext in ("json", "stdout", "stderr")
     }
     # the bytes as the computer sent them: not decoded, not re-encoded
-    assert (computers / f"hv04{D}" / "collect-certificates.stdout").read_bytes() == (
+    assert (computers / lab_host("hv04") / "collect-certificates.stdout").read_bytes() == (
         lab_ps.garbage_stdout()
     )
-    script_error = computers / f"hv05{D}"
+    script_error = computers / lab_host("hv05")
     assert load(script_error / "collect-certificates.json")["exit_code"] == 1
     assert (script_error / "collect-certificates.stderr").read_bytes().startswith(b"#< CLIXML")
     assert (
-        (computers / f"hv06{D}" / "collect-certificates.stderr")
+        (computers / lab_host("hv06") / "collect-certificates.stderr")
         .read_bytes()
         .startswith(b"#< CLIXML")
     )
-    refused = load(computers / f"hv40{D}" / "collect-certificates.json")
+    refused = load(computers / lab_host("hv40") / "collect-certificates.json")
     assert refused["failure"]["reason"] == "connect"
-    assert not (computers / f"hv40{D}" / "collect-certificates.stdout").exists()
-    assert load(computers / f"hv02{D}" / "collect-certificates.json")["failure"] == {
+    assert not (computers / lab_host("hv40") / "collect-certificates.stdout").exists()
+    assert load(computers / lab_host("hv02") / "collect-certificates.json")["failure"] == {
         "reason": "auth",
         "detail": "credentials rejected (HTTP 401)",
     }
-    healthy = (computers / f"hv01{D}" / "collect-certificates.stdout").read_text()
+    healthy = (computers / lab_host("hv01") / "collect-certificates.stdout").read_text()
     (certificate,) = parse_collect_certificates(healthy).certificates
-    described = fleet.lab.model.describe(f"hv01{D}")
+    described = fleet.lab.model.describe(lab_host("hv01"))
     assert certificate.thumbprint in {c["thumbprint"] for c in described["certificates"]}
     assert "captured 45 calls on 43 computers" in fleet.printed
     assert "use --redact before sharing" in fleet.printed
@@ -251,7 +251,7 @@ def test_redaction_leaves_no_hostname_anywhere(fleet: Fleet) -> None:
     shorts = sorted({f.split(".")[0] for f in fqdns})
     # the short names are tested as words: inside random bytes "hv1" can occur by chance
     word = re.compile(r"(?<![a-z0-9])(?:" + "|".join(shorts) + r")(?![a-z0-9])", re.IGNORECASE)
-    long_names = [n.encode() for n in [*fqdns, D[1:]]]
+    long_names = [n.encode() for n in [*fqdns, LAB_DOMAIN]]
 
     def no_name_in_text(text: str, where: str) -> None:
         lowered = text.lower()
@@ -328,9 +328,11 @@ def test_redaction_reissues_certificates_and_keeps_what_is_judged(fleet: Fleet) 
     # the same certificate in a host's My and in VMM's TrustedPeople is the same copy
     trusted = {
         c["thumbprint"]
-        for c in _certificates(fleet.redacted, names[f"vmm01{D}"], "list-trusted-certificates")
+        for c in _certificates(
+            fleet.redacted, names[lab_host("vmm01")], "list-trusted-certificates"
+        )
     }
-    host = _certificates(fleet.redacted, names[f"hv01{D}"], "collect-certificates")[0]
+    host = _certificates(fleet.redacted, names[lab_host("hv01")], "collect-certificates")[0]
     assert host["thumbprint"] in trusted
 
 
@@ -389,7 +391,7 @@ def _runner(lab: RunningLab) -> WinRMRunner:
 def test_the_replay_refuses_every_change(fleet: Fleet, replay: tuple[str, RunningLab]) -> None:
     kind, lab = replay
     names = redacted_names(fleet.original) if kind == "redacted" else {k: k for k in fleet.original}
-    host, vmm = names[f"hv01{D}"], names[f"vmm01{D}"]
+    host, vmm = names[lab_host("hv01")], names[lab_host("vmm01")]
     runner = _runner(lab)
     before = runner.run(host, render_script("collect-certificates"))
     thumbprint = parse_collect_certificates(before.stdout).certificates[0].thumbprint
@@ -407,7 +409,7 @@ def test_the_replay_refuses_every_change(fleet: Fleet, replay: tuple[str, Runnin
     answer = requests.post(f"{lab.control_url}/computers/{host}/renew", timeout=10)
     assert answer.status_code == 400 and "read-only" in answer.json()["error"]
     with pytest.raises(CollectError) as unknown:
-        runner.run(f"nosuch{D}", render_script("collect-certificates"))
+        runner.run(lab_host("nosuch"), render_script("collect-certificates"))
     assert unknown.value.reason == "wsman_fault" and "404" in unknown.value.detail
 
 
@@ -469,13 +471,13 @@ def test_a_capture_edited_by_hand_is_a_test_case(fleet: Fleet, tmp_path: Path) -
     """Turning a capture into a test: change one recorded answer, replay, see the effect."""
     edited = tmp_path / "edited"
     shutil.copytree(fleet.plain, edited)
-    trusted = edited / "computers" / f"vmm01{D}" / "list-trusted-certificates"
+    trusted = edited / "computers" / lab_host("vmm01") / "list-trusted-certificates"
     record = load(trusted.with_suffix(".json"))
     del record["exit_code"]
     record["failure"] = {"reason": "wsman_fault", "detail": "w:InternalError: the store is gone"}
     trusted.with_suffix(".json").write_text(json.dumps(record))
     trusted.with_suffix(".stdout").unlink()
-    hv01 = edited / "computers" / f"hv01{D}" / "collect-certificates.stdout"
+    hv01 = edited / "computers" / lab_host("hv01") / "collect-certificates.stdout"
     document = load(hv01)
     document["certificates"] = []
     hv01.write_text(json.dumps(document))
@@ -483,14 +485,14 @@ def test_a_capture_edited_by_hand_is_a_test_case(fleet: Fleet, tmp_path: Path) -
     with start_lab(fleet=replayed, state_dir=tmp_path / "lab") as lab:
         config = write_replay_config(lab, replayed, tmp_path / "edited.yml")
         data = yaml.safe_load(config.read_text())
-        data["vmm_servers"] = [{"host": f"vmm01{D}", "discover": True}]
+        data["vmm_servers"] = [{"host": lab_host("vmm01"), "discover": True}]
         data["winrm"]["timeout"] = "2s"
         config.write_text(yaml.safe_dump(data))
         result = verdicts(config)
-    assert result[f"vmm01{D}"].reason == "wsman_fault"
-    assert result[f"hv39{D}"].trusted is None  # no TrustedPeople, no verdict
-    assert result[f"hv01{D}"].present is False
-    assert result[f"hv10{D}"] == replace(fleet.original[f"hv10{D}"], trusted=None)
+    assert result[lab_host("vmm01")].reason == "wsman_fault"
+    assert result[lab_host("hv39")].trusted is None  # no TrustedPeople, no verdict
+    assert result[lab_host("hv01")].present is False
+    assert result[lab_host("hv10")] == replace(fleet.original[lab_host("hv10")], trusted=None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -509,7 +511,7 @@ def _small_config(fleet: Fleet, path: Path, hosts: list[str]) -> Path:
 def test_capture_refuses_bad_arguments(
     fleet: Fleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = _small_config(fleet, tmp_path / "one.yml", [f"hv01{D}"])
+    config = _small_config(fleet, tmp_path / "one.yml", [lab_host("hv01")])
 
     def capture(*args: str) -> tuple[int, str]:
         code = main(["capture", "--config", *args])
@@ -540,7 +542,7 @@ def test_capture_refuses_bad_arguments(
     assert code == 2 and "other files (notes.txt)" in err
     (out / "notes.txt").unlink()
     assert main(["capture", "--config", str(config), "--out", str(out), "--force"]) == 0
-    assert {p.name for p in (out / "computers").iterdir()} == {f"hv01{D}"}
+    assert {p.name for p in (out / "computers").iterdir()} == {lab_host("hv01")}
     assert not list(tmp_path.glob(".*.partial-*"))
 
 
@@ -548,14 +550,14 @@ def test_capture_refuses_bad_arguments(
 def test_capture_of_a_fleet_that_never_answers(
     fleet: Fleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = _small_config(fleet, tmp_path / "down.yml", [f"hv40{D}"])
+    config = _small_config(fleet, tmp_path / "down.yml", [lab_host("hv40")])
     out = tmp_path / "down"
     assert main(["capture", "--config", str(config), "--out", str(out)]) == 1
     assert "no computer answered" in capsys.readouterr().err
-    record = load(out / "computers" / f"hv40{D}" / "collect-certificates.json")
+    record = load(out / "computers" / lab_host("hv40") / "collect-certificates.json")
     assert record["failure"]["reason"] == "connect"  # written all the same: it is evidence
     replayed = load_replay(out)
-    assert replayed.faults(f"hv40{D}").connection_refused
+    assert replayed.faults(lab_host("hv40")).connection_refused
 
 
 @pytest.mark.e2e
@@ -574,7 +576,7 @@ def test_lab_replay_refuses_what_it_cannot_serve(
     assert code == 2 and "--scenario or --hosts" in err
     broken = tmp_path / "broken"
     shutil.copytree(fleet.plain, broken)
-    stdout = broken / "computers" / f"hv01{D}" / "collect-certificates.stdout"
+    stdout = broken / "computers" / lab_host("hv01") / "collect-certificates.stdout"
     stdout.unlink()
     code, err = lab("--replay", str(broken))
     assert code == 2 and str(stdout) in err
@@ -596,9 +598,9 @@ def _capture_of(*calls: Call) -> Capture:
         exporter_version="test",
         winrm={},
         concurrency=1,
-        vmm_servers=[(f"vmm01{D}", True)],
+        vmm_servers=[(lab_host("vmm01"), True)],
         hosts=[],
-        members=[Member(c.computer, "hyperv_host", f"vmm01{D}", "winrm") for c in calls],
+        members=[Member(c.computer, "hyperv_host", lab_host("vmm01"), "winrm") for c in calls],
         calls=list(calls),
     )
 
@@ -614,13 +616,14 @@ def test_redaction_of_every_text_form() -> None:
         '"dns_names":["HV01","hv99.lab.example"],"role":"Host","note":"Host on host"}\r\n'
     )
     calls = (
-        Call(f"HV01{D}", "collect-certificates", 0.1, document.encode(), clixml, 0),
-        Call(f"host{D}", "collect-certificates", 0.1, b"", b"", 0),
-        Call(f"scvmm{D}", "collect-certificates", 0.1,
+        Call(lab_host("HV01"), "collect-certificates", 0.1, document.encode(), clixml, 0),
+        Call(lab_host("host"), "collect-certificates", 0.1, b"", b"", 0),
+        Call(lab_host("scvmm"), "collect-certificates", 0.1,
              b'{"friendly_name":"SCVMM_CERTIFICATE_KEY_CONTAINERscvmm.lab.example"}', b"", 0),
-        Call(f"hv02{D}", "collect-certificates", 0.1, f"hv02{D}".encode("utf-16-le"), b"", 0),
-        Call(f"hv03{D}", "collect-certificates", 0.1, failure_reason="connect",
-             failure_detail=f"HTTPConnectionPool(host='hv03{D}', port=5986)"),
+        Call(lab_host("hv02"), "collect-certificates", 0.1,
+             lab_host("hv02").encode("utf-16-le"), b"", 0),
+        Call(lab_host("hv03"), "collect-certificates", 0.1, failure_reason="connect",
+             failure_detail=f"HTTPConnectionPool(host='hv03.{LAB_DOMAIN}', port=5986)"),
     )  # fmt: skip
     redacted = redact(_capture_of(*calls))
     # sorted: host, hv01, hv02, hv03, hv99, scvmm, vmm01
@@ -655,7 +658,7 @@ def test_redaction_of_every_text_form() -> None:
 
 def test_the_account_is_scrubbed_from_every_answer() -> None:
     call = Call(
-        f"hv01{D}",
+        lab_host("hv01"),
         "collect-certificates",
         0.1,
         b'{"schema":1,"who":"LAB\\\\svc-vmmcert","der_base64":"MIIsvc"}',
@@ -663,7 +666,7 @@ def test_the_account_is_scrubbed_from_every_answer() -> None:
         1,
     )
     failed = Call(
-        f"hv02{D}", "collect-certificates", 0.1, failure_reason="auth",
+        lab_host("hv02"), "collect-certificates", 0.1, failure_reason="auth",
         failure_detail="user svc-vmmcert@lab.example: S3cret-Passw0rd",
     )  # fmt: skip
     scrubbed = scrub(

@@ -14,9 +14,8 @@ import yaml
 
 from vmm_cert_exporter.cli import main
 from vmm_cert_lab.fleet.runner import RunningLab
+from vmm_cert_lab.fleet.scenario import LAB_DOMAIN, lab_host
 from vmm_cert_lab.processes import ExporterCommand, Processes
-
-D = ".lab.example"
 
 
 def _config(lab: RunningLab, path: Path, hosts: list[str] | None = None) -> Path:
@@ -34,11 +33,12 @@ def test_check_exit_codes_follow_the_worst_finding(
 ) -> None:
     assert main(["check", "--config", str(_config(demo_lab, tmp_path / "all.yml"))]) == 2
     table = capsys.readouterr().out
-    assert "CRITICAL" in table and f"hv37{D}" in table and "expired" in table
+    assert "CRITICAL" in table and lab_host("hv37") in table and "expired" in table
     assert (
-        main(["check", "--config", str(_config(demo_lab, tmp_path / "ok.yml", [f"hv01{D}"]))]) == 0
+        main(["check", "--config", str(_config(demo_lab, tmp_path / "ok.yml", [lab_host("hv01")]))])
+        == 0
     )
-    warn = _config(demo_lab, tmp_path / "warn.yml", [f"hv01{D}", f"hv31{D}"])
+    warn = _config(demo_lab, tmp_path / "warn.yml", [lab_host("hv01"), lab_host("hv31")])
     assert main(["check", "--config", str(warn)]) == 1
     # thresholds move the verdict: 20 days left is critical with --critical-days 21
     assert main(["check", "--config", str(warn), "--critical-days", "21"]) == 2
@@ -53,9 +53,9 @@ def test_check_json(
     doc = json.loads(capsys.readouterr().out)
     assert doc["status"] == "CRITICAL"
     by_host = {c["host"]: c for c in doc["computers"]}
-    assert by_host[f"hv38{D}"]["problems"] == ["no SCVMM certificate"]
-    assert by_host[f"hv01{D}"]["status"] == "OK"
-    assert by_host[f"hv40{D}"]["status"] == "WARNING"
+    assert by_host[lab_host("hv38")]["problems"] == ["no SCVMM certificate"]
+    assert by_host[lab_host("hv01")]["status"] == "OK"
+    assert by_host[lab_host("hv40")]["status"] == "WARNING"
     assert doc["computers"][0]["status"] == "CRITICAL"  # worst first
 
 
@@ -89,7 +89,7 @@ def test_serve_runs_and_stops_on_sigterm(
     _, stderr = proc.communicate()
     # structured lines, one per refresh, failures naming host, operation and reason
     assert 'msg="refresh done"' in stderr
-    assert f"host=hv40{D}" in stderr and "reason=connect" in stderr
+    assert f"host=hv40.{LAB_DOMAIN}" in stderr and "reason=connect" in stderr
     assert demo_lab.account.password not in stderr
 
 

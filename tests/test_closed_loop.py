@@ -17,14 +17,14 @@ import pytest
 from dashboard import panel_expressions, render_dashboard
 from vmm_cert_exporter.rules import FOR_DURATIONS
 from vmm_cert_lab.demo import Stack, running_stack
+from vmm_cert_lab.fleet.scenario import lab_host
 from vmm_cert_lab.processes import Process, wait_until
 from vmm_cert_lab.promstack import Promtool
 
 pytestmark = pytest.mark.e2e
-D = ".lab.example"
 # hosts whose alerts are renewal triggers in the demo (hv40 is unreachable: CollectionFailing;
 # hv41's duplicate is a warning the receiver does not act on)
-RENEWED = {f"hv{n}{D}" for n in range(31, 40)} | {f"vmm01{D}"}
+RENEWED = {lab_host(f"hv{n}") for n in range(31, 40)} | {lab_host("vmm01")}
 FAST = {name: "3s" for name in FOR_DURATIONS} | {"VMMCertificateExporterDown": "1m"}
 
 
@@ -101,7 +101,7 @@ def test_execute_mode_renews_and_the_alerts_resolve(stack: Stack, promtool: Prom
     ]
     # the VMM server by procedure 2, every other computer by procedure 1
     assert {j.host.lower(): j.procedure for j in jobs} == {
-        host: "update-vmm-certificate" if host == f"vmm01{D}" else "remove-register"
+        host: "update-vmm-certificate" if host == lab_host("vmm01") else "remove-register"
         for host in {j.host.lower() for j in jobs}
     }
     # labels carry VMM's invariant values only, whatever language VMM displays
@@ -119,7 +119,7 @@ def test_execute_mode_renews_and_the_alerts_resolve(stack: Stack, promtool: Prom
     # the dashboard's "not Responding" list: only the host no renewal can reach
     unhealthy = f'{state}{{state!="Responding"}}'
     wait_until(
-        lambda: _labels(promtool, prometheus, unhealthy, "host") == {f"hv40{D}"},
+        lambda: _labels(promtool, prometheus, unhealthy, "host") == {lab_host("hv40")},
         lambda: f"not responding: {_labels(promtool, prometheus, unhealthy, 'host')}",
         60,
         interval=1,
@@ -128,7 +128,8 @@ def test_execute_mode_renews_and_the_alerts_resolve(stack: Stack, promtool: Prom
     # refreshes, so it may come after the renewals on a busy machine)
     wait_until(
         lambda: (
-            _firing(promtool, prometheus).get("VMMCertificateCollectionFailing") == {f"hv40{D}"}
+            _firing(promtool, prometheus).get("VMMCertificateCollectionFailing")
+            == {lab_host("hv40")}
         ),
         lambda: f"firing: {_firing(promtool, prometheus)}",
         60,
@@ -162,10 +163,18 @@ def test_dry_run_changes_nothing(stack: Stack, promtool: Promtool) -> None:
     assert "VMMCertificateExpired" in _firing(promtool, stack.processes["prometheus"])
 
 
-HA_VMM = {f"vmm-ha{D}", f"vmmha-n1{D}", f"vmmha-n2{D}"}  # role name, active, passive node
-ALIASED_VMM = {f"scvmm{D}", f"vmm03{D}"}  # the configured alias and VMM's own FQDN
-OLD_HA_VMM = {f"vmm-old{D}", f"vmmold-n1{D}", f"vmmold-n2{D}"}  # no Update-SCVMMCertificate
-HOSTS_DUE = {f"hv-mixed01{D}", f"hv-old02{D}", f"hv-a02{D}"}
+HA_VMM = {
+    lab_host("vmm-ha"),
+    lab_host("vmmha-n1"),
+    lab_host("vmmha-n2"),
+}  # role name, active, passive node
+ALIASED_VMM = {lab_host("scvmm"), lab_host("vmm03")}  # the configured alias and VMM's own FQDN
+OLD_HA_VMM = {
+    lab_host("vmm-old"),
+    lab_host("vmmold-n1"),
+    lab_host("vmmold-n2"),
+}  # no Update-SCVMMCertificate
+HOSTS_DUE = {lab_host("hv-mixed01"), lab_host("hv-old02"), lab_host("hv-a02")}
 ROLLUP = "apply the update rollup (VMM 2016 UR10, 2019 UR2, 2022 RTM or later)"
 
 
@@ -219,7 +228,8 @@ def test_every_name_of_a_vmm_server_is_renewed_by_procedure_2_never_1(
     )
     wait_until(
         lambda: (
-            _firing(promtool, prometheus).get("VMMCertificateCollectionFailing") == {f"hv-clm01{D}"}
+            _firing(promtool, prometheus).get("VMMCertificateCollectionFailing")
+            == {lab_host("hv-clm01")}
         ),
         lambda: f"firing: {_firing(promtool, prometheus)}",
         60,

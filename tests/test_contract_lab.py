@@ -24,9 +24,9 @@ from vmm_cert_exporter.results import (
     parse_trusted_certificates,
 )
 from vmm_cert_lab.fleet.runner import RunningLab
+from vmm_cert_lab.fleet.scenario import lab_host
 
-D = ".lab.example"
-VMM = f"vmm01{D}"
+VMM = lab_host("vmm01")
 
 
 @pytest.fixture()
@@ -57,7 +57,7 @@ def _trusted_thumbprints(runner: WinRMRunner, host: str) -> set[str]:
 def test_remove_and_register_gives_a_new_certificate_and_trustedpeople_follows(
     lab: RunningLab, runner: WinRMRunner
 ) -> None:
-    host = f"hv36{D}"
+    host = lab_host("hv36")
     before = _certs(runner, host)
     assert len(before) == 1
     old_thumbprint = before[0][0]
@@ -91,7 +91,7 @@ def test_register_fails_for_an_unknown_run_as_account(runner: WinRMRunner) -> No
     out = runner.run(
         VMM,
         render_script(
-            "register-managed-computer", {"computer": f"hv36{D}", "run_as_account": "Nobody"}
+            "register-managed-computer", {"computer": lab_host("hv36"), "run_as_account": "Nobody"}
         ),
     )
     job = parse_job_result(out.stdout)
@@ -116,16 +116,16 @@ def test_list_managed_computers_matches_the_scenario(runner: WinRMRunner) -> Non
     assert result.supports_update_certificate is True
     assert result.high_availability is False
     names = {m.fqdn.lower() for m in result.managed_computers}
-    assert len(names) == 43 and VMM in names and f"lib01{D}" in names
+    assert len(names) == 43 and VMM in names and lab_host("lib01") in names
 
 
 def test_a_vmm_operation_on_a_plain_host_is_a_script_error(runner: WinRMRunner) -> None:
-    out = runner.run(f"hv01{D}", render_script("list-managed-computers"))
+    out = runner.run(lab_host("hv01"), render_script("list-managed-computers"))
     assert out.exit_code != 0
     assert "Get-SCVMMManagedComputer" in out.stderr or "not recognized" in out.stderr
 
 
 def test_unreachable_host_raises_a_classified_error(runner: WinRMRunner) -> None:
     with pytest.raises(CollectError) as exc:
-        runner.run(f"hv40{D}", render_script("collect-certificates"))
+        runner.run(lab_host("hv40"), render_script("collect-certificates"))
     assert exc.value.reason == "connect"

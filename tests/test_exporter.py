@@ -20,10 +20,10 @@ from vmm_cert_exporter.metrics import SnapshotCollector
 from vmm_cert_exporter.snapshot import Snapshot
 from vmm_cert_lab.fleet.interfaces import Faults
 from vmm_cert_lab.fleet.runner import RunningLab, start_lab
+from vmm_cert_lab.fleet.scenario import LAB_DOMAIN, lab_host
 from vmm_cert_lab.promstack import Promtool
 
 DAY = 86400.0
-D = ".lab.example"
 
 
 def lab_config(lab: RunningLab, directory: Path, **winrm: Any) -> Config:
@@ -70,32 +70,32 @@ def test_every_demo_case_has_the_right_value(demo: tuple[Refresher, Snapshot, st
     assert len(snapshot.hosts) == 43
     # healthy: present, one certificate, trusted, more than a year left
     for n in range(1, 31):
-        host = f"hv{n:02d}{D}"
+        host = lab_host(f"hv{n:02d}")
         assert m["vmm_cert_present"][host] == 1
         assert m["vmm_cert_certificates"][host] == 1
         assert m["vmm_cert_trusted"][host] == 1
         assert days[host] > 30
         assert m["vmm_cert_collect_success"][host] == 1
     # the cohort: same NotAfter, within 30 days
-    cohort = {m["vmm_cert_not_after_timestamp_seconds"][f"hv{n}{D}"] for n in range(31, 36)}
+    cohort = {m["vmm_cert_not_after_timestamp_seconds"][lab_host(f"hv{n}")] for n in range(31, 36)}
     assert len(cohort) == 1
     assert 7 < (cohort.pop() - now) / DAY <= 30
-    assert 0 < days[f"hv36{D}"] <= 7
-    assert days[f"hv37{D}"] < 0  # expired: negative
+    assert 0 < days[lab_host("hv36")] <= 7
+    assert days[lab_host("hv37")] < 0  # expired: negative
     # deleted: read, none there; no expiry series, no trust verdict
-    assert m["vmm_cert_present"][f"hv38{D}"] == 0
-    assert m["vmm_cert_certificates"][f"hv38{D}"] == 0
-    assert f"hv38{D}" not in expiry
-    assert f"hv38{D}" not in m["vmm_cert_trusted"]
-    assert m["vmm_cert_trusted"][f"hv39{D}"] == 0  # TrustedPeople copy does not match
+    assert m["vmm_cert_present"][lab_host("hv38")] == 0
+    assert m["vmm_cert_certificates"][lab_host("hv38")] == 0
+    assert lab_host("hv38") not in expiry
+    assert lab_host("hv38") not in m["vmm_cert_trusted"]
+    assert m["vmm_cert_trusted"][lab_host("hv39")] == 0  # TrustedPeople copy does not match
     # unreachable: never read, so no present/expiry, and a connect error
-    assert f"hv40{D}" not in m["vmm_cert_present"]
-    assert f"hv40{D}" not in expiry
-    assert m["vmm_cert_collect_success"][f"hv40{D}"] == 0
-    assert m["vmm_cert_collect_errors_total"][f"hv40{D}"] == 1
-    assert m["vmm_cert_certificates"][f"hv41{D}"] == 2  # duplicated
+    assert lab_host("hv40") not in m["vmm_cert_present"]
+    assert lab_host("hv40") not in expiry
+    assert m["vmm_cert_collect_success"][lab_host("hv40")] == 0
+    assert m["vmm_cert_collect_errors_total"][lab_host("hv40")] == 1
+    assert m["vmm_cert_certificates"][lab_host("hv41")] == 2  # duplicated
     # the VMM server itself: within 30 days; no self-copy in TrustedPeople, so no verdict
-    vmm = f"vmm01{D}"
+    vmm = lab_host("vmm01")
     assert 7 < days[vmm] <= 30
     assert vmm not in m["vmm_cert_trusted"]
     assert m["vmm_cert_collect_success"][vmm] == 1
@@ -112,21 +112,21 @@ def test_roles_info_and_vmm_states(demo: tuple[Refresher, Snapshot, str]) -> Non
                 roles[s.labels["host"]] = s.labels["role"]
             if s.name == "vmm_managed_computer_state":
                 states[s.labels["host"]] = s.labels["state"]
-                assert s.labels["vmm_server"] == f"vmm01{D}"
+                assert s.labels["vmm_server"] == lab_host("vmm01")
             if s.name == "vmm_cert_info":
                 infos.setdefault(s.labels["host"], []).append(s.labels)
-    assert roles[f"vmm01{D}"] == "vmm_server"
-    assert roles[f"lib01{D}"] == "library_server"
-    assert roles[f"hv01{D}"] == "hyperv_host"
-    assert states[f"hv01{D}"] == "Responding"
-    assert states[f"hv38{D}"] == "AccessDenied"
-    assert states[f"hv40{D}"] == "NotResponding"
-    info = infos[f"hv01{D}"][0]
+    assert roles[lab_host("vmm01")] == "vmm_server"
+    assert roles[lab_host("lib01")] == "library_server"
+    assert roles[lab_host("hv01")] == "hyperv_host"
+    assert states[lab_host("hv01")] == "Responding"
+    assert states[lab_host("hv38")] == "AccessDenied"
+    assert states[lab_host("hv40")] == "NotResponding"
+    info = infos[lab_host("hv01")][0]
     assert info["self_signed"] == "true"
-    assert info["subject"] == info["issuer"] == f"CN=hv01{D}"
+    assert info["subject"] == info["issuer"] == f"CN=hv01.{LAB_DOMAIN}"
     assert info["key_algorithm"] == "RSA"
     assert len(info["thumbprint"]) == 40
-    assert len(infos[f"hv41{D}"]) == 2
+    assert len(infos[lab_host("hv41")]) == 2
 
 
 def test_every_family_has_help_and_passes_promtool(
@@ -185,7 +185,7 @@ def test_each_fault_maps_to_its_reason_and_never_holds_the_others(
     fresh_lab: RunningLab, tmp_path: Path, promtool: Promtool
 ) -> None:
     for name, faults, _ in FAULT_CASES:
-        fresh_lab.model.set_faults(name + D, Faults.from_dict(faults))
+        fresh_lab.model.set_faults(lab_host(name), Faults.from_dict(faults))
     timeout = 3.0
     refresher = Refresher(lab_config(fresh_lab, tmp_path, timeout=f"{timeout:g}s"))
     started = time.monotonic()
@@ -193,14 +193,14 @@ def test_each_fault_maps_to_its_reason_and_never_holds_the_others(
     elapsed = time.monotonic() - started
     by_host = {h.computer.fqdn: h for h in snapshot.hosts}
     for name, _, reason in FAULT_CASES:
-        host = by_host[name + D]
+        host = by_host[lab_host(name)]
         assert host.last_error_reason == reason, (name, host.last_error)
         assert host.last_ok is (reason is None), name
     # the bad hosts run side by side: the refresh lasts about one deadline (plus the short
     # Signal/Delete allowance), not the sum of them
     assert elapsed < timeout + 1.5 + 4.0, elapsed
     # healthy computers were read in the same refresh
-    assert by_host[f"hv20{D}"].last_ok
+    assert by_host[lab_host("hv20")].last_ok
     # nothing leaked: every shell we opened was deleted (a black-holed Delete is cleaned up
     # by the lab when the connection drops, or counted here)
     result = promtool.check_metrics(render(refresher))
@@ -222,14 +222,14 @@ def test_tls_validation_failure_is_tls(tmp_path: Path) -> None:
 
 def test_https_with_the_lab_ca_and_a_tls_fault(tmp_path: Path) -> None:
     with start_lab(scenario="demo", tls=True, state_dir=tmp_path / "lab") as lab:
-        lab.model.set_faults(f"hv02{D}", Faults(tls_error=True))
+        lab.model.set_faults(lab_host("hv02"), Faults(tls_error=True))
         refresher = Refresher(lab_config(lab, tmp_path))
         by_host = {h.computer.fqdn: h for h in refresher.refresh_once().hosts}
-        assert by_host[f"hv01{D}"].last_ok
-        assert by_host[f"hv02{D}"].last_error_reason == "tls"
+        assert by_host[lab_host("hv01")].last_ok
+        assert by_host[lab_host("hv02")].last_error_reason == "tls"
         # the demo's refused host: over HTTPS the lab can only reset after the handshake,
         # which must still read as a connection problem, not a certificate one
-        assert by_host[f"hv40{D}"].last_error_reason == "connect"
+        assert by_host[lab_host("hv40")].last_error_reason == "connect"
 
 
 def test_ntlm_with_message_encryption(tmp_path: Path) -> None:
@@ -244,10 +244,10 @@ def test_ntlm_with_message_encryption(tmp_path: Path) -> None:
 def test_auth_failure_is_not_retried_in_the_same_refresh(
     fresh_lab: RunningLab, tmp_path: Path
 ) -> None:
-    fresh_lab.model.set_faults(f"vmm01{D}", Faults(http_401=True))
+    fresh_lab.model.set_faults(lab_host("vmm01"), Faults(http_401=True))
     refresher = Refresher(lab_config(fresh_lab, tmp_path))
     snapshot = refresher.refresh_once()
-    vmm = next(h for h in snapshot.hosts if h.computer.fqdn == f"vmm01{D}")
+    vmm = next(h for h in snapshot.hosts if h.computer.fqdn == lab_host("vmm01"))
     # list-managed-computers failed with 401: neither TrustedPeople nor the store was tried
     assert vmm.errors_total == {"auth": 1}
     assert not vmm.last_ok
@@ -256,32 +256,32 @@ def test_auth_failure_is_not_retried_in_the_same_refresh(
 def test_a_computer_removed_from_vmm_leaves_metrics(fresh_lab: RunningLab, tmp_path: Path) -> None:
     refresher = Refresher(lab_config(fresh_lab, tmp_path))
     refresher.refresh_once()
-    assert f'host="hv05{D}"' in render(refresher)
-    fresh_lab.model.remove_computer(f"hv05{D}")
+    assert f'host="hv05.{LAB_DOMAIN}"' in render(refresher)
+    fresh_lab.model.remove_computer(lab_host("hv05"))
     refresher.refresh_once()
     text = render(refresher)
-    assert f'host="hv05{D}"' not in text
-    assert f'host="hv06{D}"' in text
+    assert f'host="hv05.{LAB_DOMAIN}"' not in text
+    assert f'host="hv06.{LAB_DOMAIN}"' in text
 
 
 def test_vmm_unreachable_keeps_its_computers(fresh_lab: RunningLab, tmp_path: Path) -> None:
     refresher = Refresher(lab_config(fresh_lab, tmp_path))
     first = refresher.refresh_once()
-    fresh_lab.model.set_faults(f"vmm01{D}", Faults(connection_refused=True))
+    fresh_lab.model.set_faults(lab_host("vmm01"), Faults(connection_refused=True))
     second = refresher.refresh_once()
     assert {h.computer.key for h in second.hosts} == {h.computer.key for h in first.hosts}
     # the expiry of a host survives its own unreachability too
-    fresh_lab.model.set_faults(f"hv31{D}", Faults(connection_refused=True))
+    fresh_lab.model.set_faults(lab_host("hv31"), Faults(connection_refused=True))
     third = refresher.refresh_once()
-    hv31 = next(h for h in third.hosts if h.computer.fqdn == f"hv31{D}")
+    hv31 = next(h for h in third.hosts if h.computer.fqdn == lab_host("hv31"))
     assert not hv31.last_ok and hv31.present is True and hv31.current is not None
 
 
 def test_renewal_shows_at_the_next_refresh(fresh_lab: RunningLab, tmp_path: Path) -> None:
     refresher = Refresher(lab_config(fresh_lab, tmp_path))
-    before = samples(render_after(refresher))["vmm_cert_expiry_seconds"][f"hv36{D}"]
-    fresh_lab.model.renew(f"hv36{D}")
-    after = samples(render_after(refresher))["vmm_cert_expiry_seconds"][f"hv36{D}"]
+    before = samples(render_after(refresher))["vmm_cert_expiry_seconds"][lab_host("hv36")]
+    fresh_lab.model.renew(lab_host("hv36"))
+    after = samples(render_after(refresher))["vmm_cert_expiry_seconds"][lab_host("hv36")]
     assert before < 7 * DAY < 365 * DAY < after
 
 
@@ -318,9 +318,13 @@ def test_http_endpoints(demo_lab: RunningLab, tmp_path: Path) -> None:
         status, headers, body = _get(exporter.url + "/")
         page = body.decode()
         assert status == 200 and headers["Content-Type"].startswith("text/html")
-        assert f"hv38{D}" in page and "MISSING" in page and "NOT TRUSTED" in page
+        assert lab_host("hv38") in page and "MISSING" in page and "NOT TRUSTED" in page
         # sorted by days left: the expired host comes before the healthy ones
-        assert page.index(f"hv37{D}") < page.index(f"hv36{D}") < page.index(f"hv01{D}")
+        assert (
+            page.index(lab_host("hv37"))
+            < page.index(lab_host("hv36"))
+            < page.index(lab_host("hv01"))
+        )
         assert _get(exporter.url + "/nope")[0] == 404
     finally:
         exporter.stop()
@@ -330,7 +334,7 @@ def test_ready_only_after_the_first_refresh(tmp_path: Path) -> None:
     from vmm_cert_exporter.serve import start_exporter
 
     with start_lab(scenario="demo", state_dir=tmp_path / "lab") as lab:
-        lab.model.set_faults(f"vmm01{D}", Faults(latency=0.3))
+        lab.model.set_faults(lab_host("vmm01"), Faults(latency=0.3))
         exporter = start_exporter(lab_config(lab, tmp_path), "127.0.0.1:0")
         try:
             assert _get(exporter.url + "/-/ready")[0] == 503

@@ -12,11 +12,11 @@ import yaml
 from vmm_cert_exporter.config import load_config
 from vmm_cert_exporter.serve import Exporter, start_exporter
 from vmm_cert_lab.fleet.runner import start_lab
+from vmm_cert_lab.fleet.scenario import lab_host
 from vmm_cert_lab.processes import Process
 from vmm_cert_lab.promstack import Promtool, start_prometheus
 
 pytestmark = pytest.mark.e2e
-D = ".lab.example"
 
 
 @pytest.fixture(scope="module")
@@ -69,17 +69,17 @@ def hosts(data: list[dict[str, object]]) -> set[str]:
 
 def test_prometheus_scrapes_every_case(stack: tuple[Exporter, Process], promtool: Promtool) -> None:
     _, prometheus = stack
-    assert hosts(query(promtool, prometheus, "vmm_cert_expiry_seconds < 0")) == {f"hv37{D}"}
+    assert hosts(query(promtool, prometheus, "vmm_cert_expiry_seconds < 0")) == {lab_host("hv37")}
     assert hosts(query(promtool, prometheus, "vmm_cert_expiry_seconds > 0 < 7*86400")) == {
-        f"hv36{D}"
+        lab_host("hv36")
     }
     assert hosts(query(promtool, prometheus, "vmm_cert_expiry_seconds > 7*86400 < 30*86400")) == {
-        *(f"hv{n}{D}" for n in range(31, 36)),
-        f"vmm01{D}",
+        *(lab_host(f"hv{n}") for n in range(31, 36)),
+        lab_host("vmm01"),
     }
-    assert hosts(query(promtool, prometheus, "vmm_cert_present == 0")) == {f"hv38{D}"}
-    assert hosts(query(promtool, prometheus, "vmm_cert_trusted == 0")) == {f"hv39{D}"}
-    assert hosts(query(promtool, prometheus, "vmm_cert_certificates > 1")) == {f"hv41{D}"}
-    assert hosts(query(promtool, prometheus, "vmm_cert_collect_success == 0")) == {f"hv40{D}"}
+    assert hosts(query(promtool, prometheus, "vmm_cert_present == 0")) == {lab_host("hv38")}
+    assert hosts(query(promtool, prometheus, "vmm_cert_trusted == 0")) == {lab_host("hv39")}
+    assert hosts(query(promtool, prometheus, "vmm_cert_certificates > 1")) == {lab_host("hv41")}
+    assert hosts(query(promtool, prometheus, "vmm_cert_collect_success == 0")) == {lab_host("hv40")}
     up = query(promtool, prometheus, 'up{job="vmm-cert-exporter"}')
     assert up and up[0]["value"][1] == "1"

@@ -23,10 +23,10 @@ from vmm_cert_exporter.serve import Exporter, start_exporter
 from vmm_cert_exporter.sharding import Shard
 from vmm_cert_lab.fleet.interfaces import Faults
 from vmm_cert_lab.fleet.runner import RunningLab
+from vmm_cert_lab.fleet.scenario import LAB_DOMAIN, lab_host
 from vmm_cert_lab.processes import Process, Processes, wait_until
 
 pytestmark = pytest.mark.e2e
-D = ".lab.example"
 
 
 def _metrics(exporter: Exporter) -> str:
@@ -71,7 +71,7 @@ def test_serve_refreshes_in_a_child_process(lab: RunningLab, tmp_path: Path) -> 
         assert refresher.pid is not None and refresher.pid != os.getpid()
         assert refresher.ready and refresher.refreshes >= 1
         text = _metrics(exporter)
-        assert f'vmm_cert_present{{host="hv38{D}",role="hyperv_host"}} 0.0' in text
+        assert f'vmm_cert_present{{host="hv38.{LAB_DOMAIN}",role="hyperv_host"}} 0.0' in text
         assert "vmm_cert_exporter_refresh_duration_seconds_count 1.0" in text
         assert "vmm_cert_exporter_refresh_process_restarts_total 0.0" in text
     finally:
@@ -96,14 +96,14 @@ def test_a_killed_refresh_process_is_replaced_and_metrics_keep_serving(
             os.kill(first_pid, signal.SIGKILL)
             wait_until(lambda: not _alive(first_pid), "the child to die", 10)
             # the last snapshot is still served while there is no refresh process
-            assert f'host="hv01{D}"' in _metrics(exporter)
+            assert f'host="hv01.{LAB_DOMAIN}"' in _metrics(exporter)
             wait_until(lambda: refresher.restarts == 1, "a restart", 10)
             # the restart is counted at once, although the snapshot has not changed
             assert "vmm_cert_exporter_refresh_process_restarts_total 1.0" in _metrics(exporter)
             wait_until(lambda: refresher.snapshot is not published, "a new snapshot", 60)
         assert refresher.pid not in (None, first_pid)
         assert "refresh process ended unexpectedly" in caplog.text
-        assert f'host="hv01{D}"' in _metrics(exporter)
+        assert f'host="hv01.{LAB_DOMAIN}"' in _metrics(exporter)
     finally:
         assert exporter.stop()
 
@@ -130,7 +130,7 @@ def test_a_configuration_that_no_longer_loads_is_reported_by_the_server(
         failed = next(r for r in caplog.records if r.getMessage() == "refresh process cannot start")
         error = str(failed.__dict__["error"])
         assert config.path in error and "winrm.timeout" in error, error
-        assert f'host="hv01{D}"' in _metrics(exporter)  # still serving what it had
+        assert f'host="hv01.{LAB_DOMAIN}"' in _metrics(exporter)  # still serving what it had
     finally:
         exporter.stop(drain=10)
 
@@ -138,7 +138,7 @@ def test_a_configuration_that_no_longer_loads_is_reported_by_the_server(
 def _serve_slowly(processes: Processes, lab: RunningLab, tmp_path: Path, **popen: Any) -> Process:
     """``serve`` as a real process, against hosts slow enough to have calls in flight."""
     for computer in lab.model.list_computers():
-        if computer["fqdn"] != f"vmm01{D}":
+        if computer["fqdn"] != lab_host("vmm01"):
             lab.model.set_faults(computer["fqdn"], Faults(latency=0.5))
     config = lab.write_config(tmp_path / "exporter.yml")
     return processes.exporter("serve", "--config", str(config), listen=True, **popen)

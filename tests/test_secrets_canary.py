@@ -34,18 +34,18 @@ import yaml
 
 from vmm_cert_lab.fleet.interfaces import Faults
 from vmm_cert_lab.fleet.runner import RunningLab
+from vmm_cert_lab.fleet.scenario import LAB_DOMAIN, lab_host
 from vmm_cert_lab.processes import ExporterCommand, Processes
 
-D = ".lab.example"
 # what the lab does to which computer: one of every failure the exporter classifies
 FAULTS = {
-    f"hv02{D}": Faults(http_401=True),  # auth: the password was refused
-    f"hv03{D}": Faults(access_denied=True),  # auth: WS-Man AccessDenied
-    f"hv04{D}": Faults(garbage_stdout=True),  # parse
-    f"hv05{D}": Faults(script_error=True),  # script (CLIXML error record)
-    f"hv06{D}": Faults(progress_only_stderr=True),  # fine: progress records only
-    f"hv07{D}": Faults(receive_timeout=True),  # timeout
-    f"hv08{D}": Faults(tls_error=True),  # connect (not TLS on plain HTTP)
+    lab_host("hv02"): Faults(http_401=True),  # auth: the password was refused
+    lab_host("hv03"): Faults(access_denied=True),  # auth: WS-Man AccessDenied
+    lab_host("hv04"): Faults(garbage_stdout=True),  # parse
+    lab_host("hv05"): Faults(script_error=True),  # script (CLIXML error record)
+    lab_host("hv06"): Faults(progress_only_stderr=True),  # fine: progress records only
+    lab_host("hv07"): Faults(receive_timeout=True),  # timeout
+    lab_host("hv08"): Faults(tls_error=True),  # connect (not TLS on plain HTTP)
     # hv40 is refused by the demo scenario itself: connect
 }
 REASONS = {"auth", "parse", "script", "timeout", "connect"}
@@ -263,7 +263,7 @@ def test_check_over_ntlm_and_from_the_environment(canary: Canary) -> None:
     c = canary
     ntlm = _config(c, "ntlm", transport="ntlm", allow_unencrypted_basic=False)
     out = _run(c, "check ntlm", "check", "--config", str(ntlm), "--log.level=debug")
-    assert f"host=hv02{D}" in out and "reason=auth" in out
+    assert f"host=hv02.{LAB_DOMAIN}" in out and "reason=auth" in out
     env = _config(c, "env", password_file=None, password_env="VMM_CANARY_PASSWORD")
     data = yaml.safe_load(env.read_text())
     data["winrm"].pop("password_file")
@@ -285,7 +285,7 @@ def test_check_over_ntlm_and_from_the_environment(canary: Canary) -> None:
 def test_an_interrupted_check_prints_no_secret(canary: Canary, processes: Processes) -> None:
     c = canary
     config = _config(c, "slow", timeout="20s")
-    slow = [f"hv1{n}{D}" for n in range(6)]
+    slow = [lab_host(f"hv1{n}") for n in range(6)]
     for fqdn in slow:
         c.lab.model.set_faults(fqdn, Faults(receive_timeout=True))
     try:
@@ -353,7 +353,7 @@ def test_serve_pages_and_logs(canary: Canary, fmt: str, processes: Processes) ->
             for path in ("/metrics", "/", "/-/healthy", "/-/ready", "/nope", "/metrics?x=1")
         }
         assert b"vmm_cert_collect_errors_total" in pages["/metrics"]
-        assert f"hv02{D}".encode() in pages["/"]
+        assert lab_host("hv02").encode() in pages["/"]
         pages["POST /"] = _http(base + "/", method="POST", headers=good)
         # wrong credentials, the right password under another name, the secret as a user name
         for user, password in (("prometheus", "wrong"), ("admin", c.scrape), (c.scrape, "x")):
@@ -405,7 +405,7 @@ def test_receiver_api_and_journal(canary: Canary, processes: Processes) -> None:
         proc.wait_ready("/-/healthy")
         alert = {
             "status": "firing",
-            "labels": {"alertname": "VMMCertificateExpired", "host": f"hv37{D}"},
+            "labels": {"alertname": "VMMCertificateExpired", "host": lab_host("hv37")},
             "annotations": {},
             "startsAt": "2030-06-01T00:00:00Z",
             "endsAt": "0001-01-01T00:00:00Z",

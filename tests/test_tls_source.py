@@ -29,10 +29,9 @@ from vmm_cert_exporter.snapshot import Snapshot
 from vmm_cert_exporter.sources.tls import TlsProber
 from vmm_cert_lab.fleet.interfaces import Faults
 from vmm_cert_lab.fleet.runner import RunningLab
+from vmm_cert_lab.fleet.scenario import lab_host
 from vmm_cert_lab.fleet.tls_listener import server_name
 from vmm_cert_lab.promstack import Promtool
-
-D = ".lab.example"
 
 
 def prober(lab: RunningLab, timeout: float = 2.0) -> TlsProber:
@@ -136,7 +135,7 @@ def test_server_name_is_read_from_a_real_client_hello() -> None:
 
 def test_each_computer_presents_its_current_certificate(demo_lab: RunningLab) -> None:
     probe = prober(demo_lab)
-    for fqdn in (f"hv01{D}", f"HV37{D}", f"vmm01{D}", f"hv41{D}"):
+    for fqdn in (lab_host("hv01"), lab_host("HV37"), lab_host("vmm01"), lab_host("hv41")):
         certs = probe.read(fqdn)
         described = demo_lab.model.describe(fqdn)
         assert len(certs) == 1, fqdn
@@ -149,9 +148,9 @@ def test_each_computer_presents_its_current_certificate(demo_lab: RunningLab) ->
 
 def test_a_certificate_that_is_not_the_scvmm_one_counts_as_absent(demo_lab: RunningLab) -> None:
     # hv38's SCVMM certificate was deleted: its listener presents a CA-issued one
-    presented = prober(demo_lab).fetch(f"hv38{D}")
+    presented = prober(demo_lab).fetch(lab_host("hv38"))
     assert presented.der
-    assert prober(demo_lab).read(f"hv38{D}") == ()
+    assert prober(demo_lab).read(lab_host("hv38")) == ()
 
 
 @pytest.mark.parametrize(
@@ -166,7 +165,7 @@ def test_a_certificate_that_is_not_the_scvmm_one_counts_as_absent(demo_lab: Runn
 def test_failures_are_classified_and_bounded_by_the_deadline(
     demo_lab: RunningLab, faults: dict[str, Any], reason: str
 ) -> None:
-    fqdn = f"hv05{D}"
+    fqdn = lab_host("hv05")
     demo_lab.model.set_faults(fqdn, Faults.from_dict(faults))
     try:
         started = time.monotonic()
@@ -181,14 +180,14 @@ def test_failures_are_classified_and_bounded_by_the_deadline(
 
 def test_unknown_names_and_closed_ports_are_connect_failures(demo_lab: RunningLab) -> None:
     with pytest.raises(CollectError) as err:
-        prober(demo_lab).read(f"nobody{D}")
+        prober(demo_lab).read(lab_host("nobody"))
     assert err.value.reason == "connect"
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
     closed = TlsProber(TlsConfig(address="127.0.0.1", port=port, timeout=1.0))
     with pytest.raises(CollectError) as err:
-        closed.read(f"hv01{D}")
+        closed.read(lab_host("hv01"))
     assert err.value.reason == "connect"
     unresolvable = TlsProber(TlsConfig(address="{host}", port=443, timeout=1.0))
     with pytest.raises(CollectError) as err:
@@ -211,7 +210,7 @@ def mixed(
         demo_lab,
         directory / "t",
         vmm_servers=[{"host": vmm, "discover": True, "discovered_method": "tls"}],
-        hosts=[{"host": f"lib01{D}", "role": "library_server", "method": "winrm"}],
+        hosts=[{"host": lab_host("lib01"), "role": "library_server", "method": "winrm"}],
     )
     refresher = Refresher(config)
     return winrm_only, refresher.refresh_once(), refresher
@@ -220,9 +219,9 @@ def mixed(
 def test_tls_hosts_publish_what_tls_can_know(mixed: tuple[Snapshot, Snapshot, Refresher]) -> None:
     winrm_only, snapshot, _ = mixed
     methods = {h.computer.fqdn: h.method for h in snapshot.hosts}
-    assert methods[f"vmm01{D}"] == "winrm"  # a VMM server is always read over WinRM
-    assert methods[f"lib01{D}"] == "winrm"  # a static entry says so
-    assert methods[f"hv01{D}"] == "tls"
+    assert methods[lab_host("vmm01")] == "winrm"  # a VMM server is always read over WinRM
+    assert methods[lab_host("lib01")] == "winrm"  # a static entry says so
+    assert methods[lab_host("hv01")] == "tls"
     m = families(snapshot)
     w = families(winrm_only)
     # the same NotAfter either way, for every computer with an SCVMM certificate
@@ -230,24 +229,24 @@ def test_tls_hosts_publish_what_tls_can_know(mixed: tuple[Snapshot, Snapshot, Re
     winrm_after = by_host(w["vmm_cert_not_after_timestamp_seconds"])
     assert tls_after == winrm_after
     present = by_host(m["vmm_cert_present"])
-    assert present[f"hv01{D}"] == 1
-    assert present[f"hv38{D}"] == 0  # deleted: another certificate is presented
+    assert present[lab_host("hv01")] == 1
+    assert present[lab_host("hv38")] == 0  # deleted: another certificate is presented
     # not knowable over TLS: the store count and the trust verdict
-    assert f"hv01{D}" not in by_host(m["vmm_cert_certificates"])
-    assert f"hv41{D}" not in by_host(m["vmm_cert_certificates"])
-    assert f"hv39{D}" not in by_host(m.get("vmm_cert_trusted", []))
-    assert by_host(m["vmm_cert_certificates"])[f"vmm01{D}"] == 1
+    assert lab_host("hv01") not in by_host(m["vmm_cert_certificates"])
+    assert lab_host("hv41") not in by_host(m["vmm_cert_certificates"])
+    assert lab_host("hv39") not in by_host(m.get("vmm_cert_trusted", []))
+    assert by_host(m["vmm_cert_certificates"])[lab_host("vmm01")] == 1
     info = {(labels["host"], labels["method"]) for labels, _ in m["vmm_cert_info"]}
-    assert (f"hv01{D}", "tls") in info
-    assert (f"vmm01{D}", "winrm") in info
-    assert len([h for h, _ in info if h == f"hv41{D}"]) == 1  # only the presented one
+    assert (lab_host("hv01"), "tls") in info
+    assert (lab_host("vmm01"), "winrm") in info
+    assert len([h for h, _ in info if h == lab_host("hv41")]) == 1  # only the presented one
     # hv40 is unreachable: a connect failure, counted like any other
     errors = {
         (labels["host"], labels["reason"]): value
         for labels, value in m["vmm_cert_collect_errors_total"]
     }
-    assert errors[(f"hv40{D}", "connect")] == 1
-    assert by_host(m["vmm_cert_collect_success"])[f"hv01{D}"] == 1
+    assert errors[(lab_host("hv40"), "connect")] == 1
+    assert by_host(m["vmm_cert_collect_success"])[lab_host("hv01")] == 1
 
 
 def test_tls_output_passes_promtool_and_equals_the_fast_path(

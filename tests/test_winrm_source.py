@@ -17,8 +17,7 @@ from vmm_cert_exporter.sources.winrm import WinRMSource, stored_certificates
 from vmm_cert_exporter.trust import trust_of
 from vmm_cert_lab.fleet.interfaces import Faults
 from vmm_cert_lab.fleet.runner import RunningLab
-
-D = ".lab.example"
+from vmm_cert_lab.fleet.scenario import lab_host
 
 
 @pytest.fixture(scope="module")
@@ -43,17 +42,17 @@ def scvmm_thumbprints(lab: RunningLab, fqdn: str) -> set[str]:
 def test_read_returns_every_scvmm_certificate_of_the_store(
     demo_lab: RunningLab, source: WinRMSource
 ) -> None:
-    for fqdn in (f"hv01{D}", f"HV41{D}", f"vmm01{D}", f"lib01{D}"):
+    for fqdn in (lab_host("hv01"), lab_host("HV41"), lab_host("vmm01"), lab_host("lib01")):
         certificates = source.read(fqdn)
         assert {c.info.thumbprint for c in certificates} == scvmm_thumbprints(demo_lab, fqdn), fqdn
         for stored in certificates:
             assert stored.friendly_name.upper() == f"SCVMM_CERTIFICATE_KEY_CONTAINER{fqdn}".upper()
             assert stored.has_private_key
-    assert len(source.read(f"hv41{D}")) == 2  # a leftover beside the current one
+    assert len(source.read(lab_host("hv41"))) == 2  # a leftover beside the current one
 
 
 def test_a_store_without_the_scvmm_certificate_reads_as_empty(source: WinRMSource) -> None:
-    assert source.read(f"hv38{D}") == ()  # deleted by mistake in the demo
+    assert source.read(lab_host("hv38")) == ()  # deleted by mistake in the demo
 
 
 def test_an_unparsable_scvmm_certificate_is_a_parse_failure() -> None:
@@ -61,10 +60,10 @@ def test_an_unparsable_scvmm_certificate_is_a_parse_failure() -> None:
         return CertificateRecord("My", "AB" * 20, friendly_name, True, der)
 
     other = record("Remote Desktop", b"not DER either")
-    assert stored_certificates(CertificatesResult(f"hv01{D}", (other,))) == ()
-    broken = record(f"SCVMM_CERTIFICATE_KEY_CONTAINERhv01{D}", b"not DER")
+    assert stored_certificates(CertificatesResult(lab_host("hv01"), (other,))) == ()
+    broken = record(lab_host("SCVMM_CERTIFICATE_KEY_CONTAINERhv01"), b"not DER")
     with pytest.raises(CollectError) as err:
-        stored_certificates(CertificatesResult(f"hv01{D}", (other, broken)))
+        stored_certificates(CertificatesResult(lab_host("hv01"), (other, broken)))
     assert err.value.reason == "parse"
     assert "AB" * 20 in err.value.detail
 
@@ -76,7 +75,7 @@ def test_discover_returns_what_vmm_manages(demo_lab: RunningLab, source: WinRMSo
     vmm = demo_lab.vmm_servers[0]
     view = source.discover(vmm)
     assert view.vmm_server == vmm
-    assert view.reported_name == f"vmm01{D}"
+    assert view.reported_name == lab_host("vmm01")
     expected = {
         fqdn_key(c["fqdn"])
         for c in demo_lab.model.list_computers()
@@ -84,25 +83,28 @@ def test_discover_returns_what_vmm_manages(demo_lab: RunningLab, source: WinRMSo
     }
     assert {c.key for c in view.managed} == expected
     by_key = {c.key: c for c in view.managed}
-    assert by_key[f"vmm01{D}"].role == "vmm_server"  # VMM lists itself
-    assert by_key[f"lib01{D}"].role == "library_server"
-    assert (by_key[f"hv01{D}"].role, by_key[f"hv01{D}"].vmm_state) == ("hyperv_host", "Responding")
-    assert by_key[f"hv37{D}"].vmm_state == "NotResponding"
-    assert by_key[f"hv38{D}"].vmm_state == "AccessDenied"
+    assert by_key[lab_host("vmm01")].role == "vmm_server"  # VMM lists itself
+    assert by_key[lab_host("lib01")].role == "library_server"
+    assert (by_key[lab_host("hv01")].role, by_key[lab_host("hv01")].vmm_state) == (
+        "hyperv_host",
+        "Responding",
+    )
+    assert by_key[lab_host("hv37")].vmm_state == "NotResponding"
+    assert by_key[lab_host("hv38")].vmm_state == "AccessDenied"
 
 
 def test_trusted_copies_judge_each_computer(demo_lab: RunningLab, source: WinRMSource) -> None:
     vmm = demo_lab.vmm_servers[0]
     view = source.discover(vmm)
     copies = source.trusted_copies(vmm)
-    hv39 = demo_lab.model.describe(f"hv39{D}")["trusted"]
-    assert copies.by_name[f"hv39{D}"] == {hv39["thumbprint"].upper()}
+    hv39 = demo_lab.model.describe(lab_host("hv39"))["trusted"]
+    assert copies.by_name[lab_host("hv39")] == {hv39["thumbprint"].upper()}
     by_key = {c.key: c for c in view.managed}
     verdicts = {}
     for name in ("hv01", "hv39", "hv41", "lib01"):
-        stored = source.read(name + D)
+        stored = source.read(lab_host(name))
         current = max(stored, key=lambda c: c.info.not_after)
-        verdicts[name] = trust_of(by_key[name + D], current, copies)
+        verdicts[name] = trust_of(by_key[lab_host(name)], current, copies)
     # hv39's copy is an older certificate; hv41's is its current one, not the leftover
     assert verdicts == {"hv01": True, "hv39": False, "hv41": True, "lib01": True}
 
@@ -138,7 +140,7 @@ def test_abort_ends_the_calls_in_flight_and_refuses_new_ones(
     demo_lab: RunningLab, config: Config
 ) -> None:
     source = WinRMSource(dataclasses.replace(config.winrm, timeout=20.0))
-    fqdn = f"hv05{D}"
+    fqdn = lab_host("hv05")
     demo_lab.model.set_faults(fqdn, Faults(black_hole=True))
     errors: list[CollectError] = []
 
@@ -162,6 +164,6 @@ def test_abort_ends_the_calls_in_flight_and_refuses_new_ones(
     assert [e.reason for e in errors] == ["timeout"]
     assert "shutting down" in errors[0].detail
     with pytest.raises(CollectError) as err:
-        source.read(f"hv01{D}")
+        source.read(lab_host("hv01"))
     assert "not started" in err.value.detail
     assert source.max_call_seconds > 20.0

@@ -21,21 +21,20 @@ from vmm_cert_lab.fleet.interfaces import Execution, Faults
 from vmm_cert_lab.fleet.model import Fleet
 from vmm_cert_lab.fleet.powershell import contract_script
 from vmm_cert_lab.fleet.runner import start_lab
-from vmm_cert_lab.fleet.scenario import ScenarioError, build_fleet, load_fleet
+from vmm_cert_lab.fleet.scenario import ScenarioError, build_fleet, lab_host, load_fleet
 
 PREFIX = "SCVMM_CERTIFICATE_KEY_CONTAINER"
-D = ".lab.example"
-HA, HA_ACTIVE, HA_PASSIVE = f"vmm-ha{D}", f"vmmha-n1{D}", f"vmmha-n2{D}"
-OLD, OLD_ACTIVE, OLD_PASSIVE = f"vmm-old{D}", f"vmmold-n1{D}", f"vmmold-n2{D}"
-ALIASED, ALIAS = f"vmm03{D}", f"scvmm{D}"
-MIXED = f"HV-Mixed01{D}"
-CLM = f"hv-clm01{D}"
+HA, HA_ACTIVE, HA_PASSIVE = lab_host("vmm-ha"), lab_host("vmmha-n1"), lab_host("vmmha-n2")
+OLD, OLD_ACTIVE, OLD_PASSIVE = lab_host("vmm-old"), lab_host("vmmold-n1"), lab_host("vmmold-n2")
+ALIASED, ALIAS = lab_host("vmm03"), lab_host("scvmm")
+MIXED = lab_host("HV-Mixed01")
+CLM = lab_host("hv-clm01")
 RUN_AS = "VMM Host Admins"
 VMM_OPERATIONS = [
     ("list-managed-computers", {}),
     ("list-trusted-certificates", {}),
     ("find-run-as-account", {"run_as_account": RUN_AS}),
-    ("register-managed-computer", {"computer": f"hv-ha01{D}", "run_as_account": RUN_AS}),
+    ("register-managed-computer", {"computer": lab_host("hv-ha01"), "run_as_account": RUN_AS}),
     ("update-vmm-certificate", {"vmm_server": HA}),
 ]
 EVERY_OPERATION = [
@@ -90,7 +89,7 @@ def ha() -> Fleet:
 
 def test_japanese_vmm_translates_display_strings_only() -> None:
     fleet = load_fleet("demo", locale="ja-JP")
-    listed = managed(fleet, f"vmm01{D}")
+    listed = managed(fleet, lab_host("vmm01"))
     pairs = {(m["role"], m["role_display"]) for m in listed.values()}
     assert pairs == {
         ("Library, VMMServerRole", "ライブラリ, VMM サーバー"),
@@ -103,7 +102,7 @@ def test_japanese_vmm_translates_display_strings_only() -> None:
         ("NotResponding", "応答なし"),
         ("AccessDenied", "アクセス拒否"),  # no recording shows this one (unverified)
     }
-    assert listed[f"vmm01{D}"]["role_display"] == "ライブラリ, VMM サーバー"
+    assert listed[lab_host("vmm01")]["role_display"] == "ライブラリ, VMM サーバー"
     ha_nodes = managed(load_fleet("ha", locale="ja-JP"), HA)
     assert (ha_nodes[HA_ACTIVE]["role"], ha_nodes[HA_ACTIVE]["role_display"]) == (
         "VMMServerRole",
@@ -113,7 +112,7 @@ def test_japanese_vmm_translates_display_strings_only() -> None:
 
 @pytest.mark.parametrize("scenario", ["demo", "ha"])
 def test_invariant_fields_do_not_change_with_the_locale(scenario: str) -> None:
-    names = {"demo": [f"vmm01{D}"], "ha": [HA, OLD, ALIAS]}[scenario]
+    names = {"demo": [lab_host("vmm01")], "ha": [HA, OLD, ALIAS]}[scenario]
     for name in names:
         english = ok(load_fleet(scenario), name, "list-managed-computers")
         japanese = ok(load_fleet(scenario, locale="ja-JP"), name, "list-managed-computers")
@@ -132,14 +131,14 @@ def test_invariant_fields_do_not_change_with_the_locale(scenario: str) -> None:
 def test_locale_from_the_scenario_the_argument_wins_and_bad_ones_are_refused() -> None:
     data = {
         "locale": "ja-JP",
-        "vmm_server": {"fqdn": f"vmm01{D}", "version": "2022"},
-        "computers": [{"fqdn": f"hv01{D}", "role": "hyperv_host"}],
+        "vmm_server": {"fqdn": lab_host("vmm01"), "version": "2022"},
+        "computers": [{"fqdn": lab_host("hv01"), "role": "hyperv_host"}],
     }
     japanese = build_fleet(data)
     assert japanese.locale == "ja-JP"
-    assert managed(japanese, f"vmm01{D}")[f"hv01{D}"]["state_display"] == "稼働中"
+    assert managed(japanese, lab_host("vmm01"))[lab_host("hv01")]["state_display"] == "稼働中"
     english = build_fleet(data, locale="en-US")
-    assert managed(english, f"vmm01{D}")[f"hv01{D}"]["state_display"] == "Responding"
+    assert managed(english, lab_host("vmm01"))[lab_host("hv01")]["state_display"] == "Responding"
     assert load_fleet("demo", locale="JA-jp").locale == "ja-JP"  # culture names ignore case
     assert load_fleet("demo").locale == "en-US"
     with pytest.raises(ScenarioError, match=r"scenario: locale: expected one of en-US, ja-JP"):
@@ -147,7 +146,7 @@ def test_locale_from_the_scenario_the_argument_wins_and_bad_ones_are_refused() -
     with pytest.raises(ScenarioError, match=r"--locale: expected a locale"):
         load_fleet("demo", locale="fr-FR")
     japanese.set_locale("en-US")
-    assert managed(japanese, f"vmm01{D}")[f"hv01{D}"]["role_display"] == "Host"
+    assert managed(japanese, lab_host("vmm01"))[lab_host("hv01")]["role_display"] == "Host"
 
 
 def test_control_api_speaks_the_same_roles_and_states(ha: Fleet) -> None:
@@ -219,7 +218,7 @@ def test_collect_certificates_answers_on_every_name(ha: Fleet) -> None:
 @pytest.mark.parametrize("vmm_server", [HA, HA_ACTIVE, HA_PASSIVE.upper(), "localhost"])
 @pytest.mark.parametrize("sent_to", [HA, HA_ACTIVE])
 def test_update_on_an_ha_vmm_renews_every_node(ha: Fleet, sent_to: str, vmm_server: str) -> None:
-    hosts_before = ok(ha, f"hv-ha01{D}", "collect-certificates")
+    hosts_before = ok(ha, lab_host("hv-ha01"), "collect-certificates")
     old = {node: scvmm_cert(ha, node)[0]["thumbprint"] for node in (HA_ACTIVE, HA_PASSIVE)}
     result = ok(ha, sent_to, "update-vmm-certificate", {"vmm_server": vmm_server})
     assert result == {"schema": 1, "status": "Completed", "error": None}
@@ -229,7 +228,7 @@ def test_update_on_an_ha_vmm_renews_every_node(ha: Fleet, sent_to: str, vmm_serv
         assert entry["thumbprint"] != old[node]
         assert cert.not_valid_after_utc == datetime(year + 5, 1, 1, tzinfo=UTC)
         assert entry["friendly_name"] == PREFIX + node
-    assert ok(ha, f"hv-ha01{D}", "collect-certificates") == hosts_before
+    assert ok(ha, lab_host("hv-ha01"), "collect-certificates") == hosts_before
     assert scvmm_cert(ha, OLD_ACTIVE)[0]["thumbprint"]  # the other HA VMM is untouched
     assert days_left(ha, OLD_ACTIVE) < 30
 
@@ -292,7 +291,7 @@ def test_old_ha_vmm_has_no_update_cmdlet_and_renewal_is_refused(ha: Fleet) -> No
     renewed = ha.renew(OLD_ACTIVE)  # the control API's runbook
     assert (renewed["procedure"], renewed["status"], renewed["removed"]) == (1, "Failed", [])
     assert scvmm_cert(ha, OLD_ACTIVE)[0] == before
-    host = ha.renew(f"hv-old02{D}")  # its hosts renew as usual
+    host = ha.renew(lab_host("hv-old02"))  # its hosts renew as usual
     assert (host["procedure"], host["status"]) == (1, "Completed")
 
 
@@ -334,7 +333,7 @@ def test_fqdn_case_is_kept_as_registered(ha: Fleet) -> None:
 def test_what_expires_in_the_ha_scenario(ha: Fleet) -> None:
     soon = {
         HA_ACTIVE: 20, HA_PASSIVE: 24, OLD_ACTIVE: 10, OLD_PASSIVE: 12, ALIASED: 26,
-        MIXED: 15, f"hv-old02{D}": 22, f"hv-a02{D}": 9,
+        MIXED: 15, lab_host("hv-old02"): 22, lab_host("hv-a02"): 9,
     }  # fmt: skip
     for computer in ha.list_computers():
         not_after = datetime.fromisoformat(computer["not_after"])
@@ -385,9 +384,13 @@ def test_language_mode_fault_values_are_checked() -> None:
     with pytest.raises(ScenarioError, match=r"computers\[0\]\.faults\.language_mode: expected"):
         build_fleet(
             {
-                "vmm_server": {"fqdn": f"vmm01{D}", "version": "2022"},
+                "vmm_server": {"fqdn": lab_host("vmm01"), "version": "2022"},
                 "computers": [
-                    {"fqdn": f"hv01{D}", "role": "hyperv_host", "faults": {"language_mode": 3}}
+                    {
+                        "fqdn": lab_host("hv01"),
+                        "role": "hyperv_host",
+                        "faults": {"language_mode": 3},
+                    }
                 ],
             }
         )
@@ -411,9 +414,9 @@ def test_find_run_as_account_counts_exact_names(name: str, matches: int) -> None
     fleet = load_fleet("ha")
     accounts = [*fleet.run_as_accounts(), "Twin", "TWIN"]
     fleet = build_fleet(
-        {"run_as_accounts": accounts, "vmm_server": {"fqdn": f"vmm01{D}", "version": "2022"}}
+        {"run_as_accounts": accounts, "vmm_server": {"fqdn": lab_host("vmm01"), "version": "2022"}}
     )
-    assert ok(fleet, f"vmm01{D}", "find-run-as-account", {"run_as_account": name}) == {
+    assert ok(fleet, lab_host("vmm01"), "find-run-as-account", {"run_as_account": name}) == {
         "schema": 1,
         "run_as_account": name,
         "matches": matches,
@@ -434,22 +437,26 @@ def test_register_needs_exactly_one_run_as_account(run_as: str, found: int) -> N
     fleet = build_fleet(
         {
             "run_as_accounts": [RUN_AS, "VMM Host Admins (old)", "Twin", "twin"],
-            "vmm_server": {"fqdn": f"vmm01{D}", "version": "2022"},
-            "computers": [{"fqdn": f"hv01{D}", "role": "hyperv_host", "trusted": "mismatch"}],
+            "vmm_server": {"fqdn": lab_host("vmm01"), "version": "2022"},
+            "computers": [{"fqdn": lab_host("hv01"), "role": "hyperv_host", "trusted": "mismatch"}],
         }
     )
-    params = {"computer": f"hv01{D}", "run_as_account": run_as}
-    execution, doc = run(fleet, f"vmm01{D}", "register-managed-computer", params)
+    params = {"computer": lab_host("hv01"), "run_as_account": run_as}
+    execution, doc = run(fleet, lab_host("vmm01"), "register-managed-computer", params)
     assert execution.exit_code == 1
     assert doc == {
         "schema": 1,
         "status": "Failed",
         "error": f"expected exactly one Run As account named '{run_as}', found {found}",
     }
-    assert managed(fleet, f"vmm01{D}")[f"hv01{D}"]["state"] == "AccessDenied"  # untouched
+    assert (
+        managed(fleet, lab_host("vmm01"))[lab_host("hv01")]["state"] == "AccessDenied"
+    )  # untouched
     params["run_as_account"] = "vmm host admins"
-    assert ok(fleet, f"vmm01{D}", "register-managed-computer", params)["status"] == "Completed"
-    assert managed(fleet, f"vmm01{D}")[f"hv01{D}"]["state"] == "Responding"
+    assert (
+        ok(fleet, lab_host("vmm01"), "register-managed-computer", params)["status"] == "Completed"
+    )
+    assert managed(fleet, lab_host("vmm01"))[lab_host("hv01")]["state"] == "Responding"
 
 
 @pytest.mark.parametrize("params", [{}, {"run_as_account": ""}, {"run_as_account": 5}])
@@ -459,7 +466,7 @@ def test_find_run_as_account_parameter_is_checked(ha: Fleet, params: dict[str, A
 
 
 def test_find_run_as_account_on_a_plain_host_is_command_not_found(ha: Fleet) -> None:
-    execution, _ = run(ha, f"hv-ha01{D}", "find-run-as-account", {"run_as_account": RUN_AS})
+    execution, _ = run(ha, lab_host("hv-ha01"), "find-run-as-account", {"run_as_account": RUN_AS})
     assert "The term 'Get-SCRunAsAccount' is not recognized" in stderr_text(execution)
 
 
@@ -468,7 +475,7 @@ def test_find_run_as_account_on_a_plain_host_is_command_not_found(ha: Fleet) -> 
 
 def test_trusted_people_copies_carry_their_friendly_names() -> None:
     fleet = load_fleet("demo")
-    entries = ok(fleet, f"vmm01{D}", "list-trusted-certificates")["certificates"]
+    entries = ok(fleet, lab_host("vmm01"), "list-trusted-certificates")["certificates"]
     copies = [e for e in entries if e["friendly_name"]]
     assert copies and all(e["friendly_name"] == PREFIX + e["dns_names"][0] for e in copies)
     assert all(e["has_private_key"] is False for e in entries)

@@ -16,10 +16,9 @@ import yaml
 
 from vmm_cert_exporter.receiver.service import start_receiver
 from vmm_cert_lab.fleet.runner import RunningLab
+from vmm_cert_lab.fleet.scenario import LAB_DOMAIN, lab_host
 from vmm_cert_lab.promstack import Tool, start_alertmanager
 from vmm_cert_lab.receiver_testing import TOKEN, fleet_of, receiver_config
-
-D = ".lab.example"
 
 
 @pytest.mark.e2e
@@ -70,8 +69,8 @@ def test_alertmanager_webhook_renews_the_host(
             added = amtool.run(f"--alertmanager.url={alertmanager.url}", "alert", "add", *args)
             assert added.returncode == 0, added.stdout
 
-        alert("VMMCertificateExpiringCritical", f"host=hv36{D}", "severity=critical")
-        alert("VMMCertificateExpired", f"host=hv37{D}'; Stop-Computer #")
+        alert("VMMCertificateExpiringCritical", f"host=hv36.{LAB_DOMAIN}", "severity=critical")
+        alert("VMMCertificateExpired", f"host=hv37.{LAB_DOMAIN}'; Stop-Computer #")
         deadline = time.monotonic() + 60
         job = None
         while time.monotonic() < deadline:
@@ -82,8 +81,8 @@ def test_alertmanager_webhook_renews_the_host(
                 break
             time.sleep(0.2)
         assert job is not None, alertmanager.log_tail()
-        assert (job.host, job.status) == (f"hv36{D}", "succeeded"), job.reason
-        described = lab.model.describe(f"hv36{D}")
+        assert (job.host, job.status) == (lab_host("hv36"), "succeeded"), job.reason
+        described = lab.model.describe(lab_host("hv36"))
         certs = [c for c in described["certificates"] if c["scvmm"]]
         year = int(lab.model.clock_info()["now"][:4])
         assert len(certs) == 1 and certs[0]["not_after"].startswith(f"{year + 5}-01-01")
@@ -93,7 +92,7 @@ def test_alertmanager_webhook_renews_the_host(
         assert len(alerts[0]["fingerprint"]) == 16
         assert "not a plain FQDN" in rejected[0]["reason"]
         assert len(receiver.journal.list_jobs()) == 1
-        assert fleet_of(lab).count("remove-certificates", f"hv37{D}") == 0
+        assert fleet_of(lab).count("remove-certificates", lab_host("hv37")) == 0
         assert receiver.app.webhooks.snapshot()["unauthorized"] == 0
     finally:
         alertmanager.stop()

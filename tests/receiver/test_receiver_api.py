@@ -29,7 +29,7 @@ from vmm_cert_exporter.powershell import render_script
 from vmm_cert_exporter.receiver.journal import Journal
 from vmm_cert_exporter.receiver.service import Receiver, start_receiver
 from vmm_cert_lab.fleet.runner import RunningLab, start_lab
-from vmm_cert_lab.fleet.scenario import load_fleet
+from vmm_cert_lab.fleet.scenario import LAB_DOMAIN, lab_host, load_fleet
 from vmm_cert_lab.receiver_testing import (
     TOKEN,
     CountingFleet,
@@ -40,8 +40,6 @@ from vmm_cert_lab.receiver_testing import (
     payload,
     receiver_config,
 )
-
-D = ".lab.example"
 
 
 def post_alerts(receiver: Receiver, *hosts: str, headers: dict[str, str] | None = None) -> Any:
@@ -86,18 +84,18 @@ def start(lab: RunningLab, tmp_path: Path) -> Iterator[Callable[..., Receiver]]:
 
 def test_jobs_api_and_metrics(start: Callable[..., Receiver]) -> None:
     receiver = start()
-    answer = post_alerts(receiver, f"hv36{D}", f"hv01{D}")
+    answer = post_alerts(receiver, lab_host("hv36"), lab_host("hv01"))
     assert [a["outcome"] for a in answer["alerts"]] == ["created", "created"]
     wait_idle(receiver)
     status, listing = http("GET", receiver.url + "/api/jobs", headers=auth())
     assert status == 200 and listing["mode"] == "execute" and listing["paused"] is False
     jobs = {j["host"]: j for j in listing["jobs"]}
-    assert jobs[f"hv36{D}"]["status"] == "succeeded"
-    assert jobs[f"hv01{D}"]["status"] == "already-fresh"
+    assert jobs[lab_host("hv36")]["status"] == "succeeded"
+    assert jobs[lab_host("hv01")]["status"] == "already-fresh"
     for job in jobs.values():
         assert {"id", "host", "procedure", "status", "steps"} <= set(job)
     status, detail = http(
-        "GET", f"{receiver.url}/api/jobs/{jobs[f'hv36{D}']['id']}", headers=auth()
+        "GET", f"{receiver.url}/api/jobs/{jobs[lab_host('hv36')]['id']}", headers=auth()
     )
     assert status == 200
     assert [s["name"] for s in detail["steps"]] == [
@@ -115,14 +113,14 @@ def test_jobs_api_and_metrics(start: Callable[..., Receiver]) -> None:
     status, filtered = http(
         "GET", receiver.url + "/api/jobs?status=succeeded&limit=5", headers=auth()
     )
-    assert [j["host"] for j in filtered["jobs"]] == [f"hv36{D}"]
+    assert [j["host"] for j in filtered["jobs"]] == [lab_host("hv36")]
 
     status, text = http("GET", receiver.url + "/metrics")
     assert status == 200 and isinstance(text, str)
     assert 'vmm_renewal_jobs_total{procedure="remove-register",result="succeeded"} 1.0' in text
     assert 'vmm_renewal_jobs_total{procedure="remove-register",result="already-fresh"} 1.0' in text
     assert "vmm_renewal_jobs_in_progress 0.0" in text
-    assert f'vmm_renewal_last_success_timestamp_seconds{{host="hv36{D}"}}' in text
+    assert f'vmm_renewal_last_success_timestamp_seconds{{host="hv36.{LAB_DOMAIN}"}}' in text
     assert 'vmm_receiver_webhooks_total{outcome="accepted"} 1.0' in text
     assert 'vmm_receiver_info{mode="execute"' in text
     promtool = shutil.which("promtool") or "/usr/bin/promtool"
@@ -134,7 +132,7 @@ def test_jobs_api_and_metrics(start: Callable[..., Receiver]) -> None:
 
 def test_approve_cancel_pause_resume(start: Callable[..., Receiver]) -> None:
     receiver = start(require_approval=True)
-    answer = post_alerts(receiver, f"hv36{D}", f"hv37{D}")
+    answer = post_alerts(receiver, lab_host("hv36"), lab_host("hv37"))
     first, second = (a["job_id"] for a in answer["alerts"])
     wait_idle(receiver)
     status, job = http("GET", f"{receiver.url}/api/jobs/{first}", headers=auth())
@@ -171,7 +169,7 @@ def test_inventory_not_loaded_yet_is_503(lab: RunningLab, tmp_path: Path) -> Non
         status, answer = http(
             "POST",
             receiver.url + "/alertmanager",
-            json.dumps(payload(alert(f"hv36{D}"))).encode(),
+            json.dumps(payload(alert(lab_host("hv36")))).encode(),
             auth(),
         )
         assert status == 503 and "retry" in answer["error"]
@@ -250,7 +248,7 @@ def test_tls_with_client_certificates_and_basic_auth(
         basic_auth={"username": "alertmanager", "password_file": str(password)},
     )
     assert receiver.url.startswith("https://")
-    body = json.dumps(payload(alert(f"hv36{D}"))).encode()
+    body = json.dumps(payload(alert(lab_host("hv36")))).encode()
 
     def call(headers: dict[str, str], client: bool) -> int:
         context = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
@@ -292,24 +290,24 @@ def test_renew_dry_run_prints_the_exact_powershell_and_changes_nothing(
     lab: RunningLab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = receiver_config(lab, tmp_path, mode="execute")
-    picture = lab.model.describe(f"hv36{D}")
-    assert main(["renew", "--config", config.path, "--host", f"hv36{D}"]) == 0
+    picture = lab.model.describe(lab_host("hv36"))
+    assert main(["renew", "--config", config.path, "--host", lab_host("hv36")]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"DRY RUN (nothing will be changed): hv36{D} (hyperv_host)")
+    assert out.startswith(f"DRY RUN (nothing will be changed): hv36.{LAB_DOMAIN} (hyperv_host)")
     thumbprint = next(c for c in picture["certificates"] if c["scvmm"])["thumbprint"]
     assert render_script("remove-certificates", {"thumbprints": [thumbprint]}) in out
     assert (
         render_script(
             "register-managed-computer",
-            {"computer": f"hv36{D}", "run_as_account": "VMM Host Admins"},
+            {"computer": lab_host("hv36"), "run_as_account": "VMM Host Admins"},
         )
         in out
     )
     assert "dry run: nothing was changed" in out
-    assert lab.model.describe(f"hv36{D}") == picture
+    assert lab.model.describe(lab_host("hv36")) == picture
     assert not Path(config.receiver.journal).exists()  # type: ignore[union-attr]
     # refused before any WinRM call: not in the inventory, a look-alike, denied
-    assert main(["renew", "--config", config.path, "--host", f"hv99{D}"]) == 2
+    assert main(["renew", "--config", config.path, "--host", lab_host("hv99")]) == 2
     assert main(["renew", "--config", config.path, "--host", "hv3б.lab.example"]) == 2
 
 
@@ -318,23 +316,29 @@ def test_renew_execute_then_jobs(
 ) -> None:
     config = receiver_config(lab, tmp_path, mode="dry-run")  # the flag decides, not the mode
     assert config.receiver is not None
-    assert main(["renew", "--config", config.path, "--host", f"hv37{D}", "--execute"]) == 0
+    assert main(["renew", "--config", config.path, "--host", lab_host("hv37"), "--execute"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"EXECUTE: hv37{D}")
+    assert out.startswith(f"EXECUTE: hv37.{LAB_DOMAIN}")
     assert "job 1: succeeded" in out
-    assert fleet_of(lab).count("remove-certificates", f"hv37{D}") == 1
+    assert fleet_of(lab).count("remove-certificates", lab_host("hv37")) == 1
     journal = Journal(config.receiver.journal)
     job = journal.get(1)
     assert job is not None and job.source == "cli" and job.status == "succeeded"
     journal.close()
     # already fresh now: nothing to do, exit 0
-    assert main(["renew", "--config", config.path, "--host", f"hv37{D}", "--execute"]) == 0
+    assert main(["renew", "--config", config.path, "--host", lab_host("hv37"), "--execute"]) == 0
     assert "already fresh" in capsys.readouterr().out
     assert main(["jobs", "--config", config.path]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].split()[:5] == ["ID", "HOST", "PROCEDURE", "MODE", "STATUS"]
-    assert table[1].split()[:5] == ["1", f"hv37{D}", "remove-register", "execute", "succeeded"]
-    assert main(["jobs", "--config", config.path, "--json", "--host", f"hv37{D}"]) == 0
+    assert table[1].split()[:5] == [
+        "1",
+        lab_host("hv37"),
+        "remove-register",
+        "execute",
+        "succeeded",
+    ]
+    assert main(["jobs", "--config", config.path, "--json", "--host", lab_host("hv37")]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert [s["name"] for s in doc["jobs"][0]["steps"]] == [
         "preflight",
@@ -353,7 +357,7 @@ def test_renew_refuses_while_paused_and_commands_need_the_section(
     journal = Journal(config.receiver.journal)
     journal.set_paused(True, "ops")
     journal.close()
-    assert main(["renew", "--config", config.path, "--host", f"hv36{D}", "--execute"]) == 1
+    assert main(["renew", "--config", config.path, "--host", lab_host("hv36"), "--execute"]) == 1
     assert "paused" in capsys.readouterr().err
     assert fleet_of(lab).count("remove-certificates") == 0
     plain = lab.write_config(tmp_path / "exporter-only.yml")
@@ -361,7 +365,7 @@ def test_renew_refuses_while_paused_and_commands_need_the_section(
     data = yaml.safe_load(plain.read_text())
     del data["receiver"]
     plain.write_text(yaml.safe_dump(data))
-    for command in (["receiver"], ["renew", "--host", f"hv36{D}"], ["jobs"]):
+    for command in (["receiver"], ["renew", "--host", lab_host("hv36")], ["jobs"]):
         assert main([*command, "--config", str(plain)]) == 2
         assert "no receiver: section" in capsys.readouterr().err
 
@@ -373,7 +377,7 @@ def test_job_details_show_vmm_state_and_its_display_text_on_a_japanese_vmm(
     fleet = CountingFleet(load_fleet("demo", locale="ja-JP"))
     with start_lab(fleet=fleet, state_dir=tmp_path / "lab") as lab:
         config = receiver_config(lab, tmp_path, interval="1h")
-        host = f"hv37{D}"  # expired: NotResponding, 応答なし in Japanese
+        host = lab_host("hv37")  # expired: NotResponding, 応答なし in Japanese
         assert main(["renew", "--config", config.path, "--host", host]) == 0
         assert "VMM state: NotResponding (応答なし)\n" in capsys.readouterr().out
         receiver = start_receiver(config, poll_interval=0.05)

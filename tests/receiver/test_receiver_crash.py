@@ -14,11 +14,11 @@ import pytest
 
 from vmm_cert_lab.fleet.interfaces import Faults
 from vmm_cert_lab.fleet.runner import RunningLab
+from vmm_cert_lab.fleet.scenario import lab_host
 from vmm_cert_lab.processes import Processes
 from vmm_cert_lab.receiver_testing import alert, auth, fleet_of, http, payload, receiver_config
 
-D = ".lab.example"
-HOST = f"hv36{D}"
+HOST = lab_host("hv36")
 
 
 def rows(journal: str, sql: str, args: tuple[object, ...] = ()) -> list[sqlite3.Row]:
@@ -44,7 +44,7 @@ def test_kill_9_mid_register_then_restart(
     fleet = fleet_of(lab)
     # every answer of the VMM server takes 0.3 s: register-managed-computer (five WinRM
     # requests) is in flight for about 1.5 s, long enough to kill the process inside it
-    lab.model.set_faults(f"vmm01{D}", Faults(latency=0.3))
+    lab.model.set_faults(lab_host("vmm01"), Faults(latency=0.3))
     log = tmp_path / "receiver.log"
     first = processes.exporter("receiver", "--config", config.path, port=port, log=log)
     first.wait_ready(timeout=30)
@@ -84,7 +84,7 @@ def test_kill_9_mid_register_then_restart(
     ]
     assert fleet.count("remove-certificates", HOST) == 1
 
-    lab.model.set_faults(f"vmm01{D}", Faults())
+    lab.model.set_faults(lab_host("vmm01"), Faults())
     second = processes.exporter("receiver", "--config", config.path, port=port, log=log)
     second.wait_ready(timeout=30)
     deadline = time.monotonic() + 60

@@ -14,10 +14,10 @@ import pytest
 from vmm_cert_exporter.config import MaintenanceWindow
 from vmm_cert_exporter.receiver import guards
 from vmm_cert_exporter.receiver.journal import PauseState
+from vmm_cert_lab.fleet.scenario import lab_host
 from vmm_cert_lab.receiver_testing import FakeClock, Harness
 
 HOUR = 3600.0
-D = ".lab.example"
 
 
 def ts(text: str) -> float:
@@ -99,7 +99,7 @@ def test_backoff_doubles_from_one_hour_to_32_hours() -> None:
 
 
 def test_pause_wins_over_everything(harness: Harness) -> None:
-    decision = harness.submit(f"hv36{D}")
+    decision = harness.submit(lab_host("hv36"))
     job = harness.job(decision.job_id)
     assert harness.config.receiver is not None
     reason = guards.blocked_reason(
@@ -131,7 +131,7 @@ def test_maintenance_window_makes_jobs_wait(harness_factory: Callable[..., Harne
             {"weekdays": ["mon"], "start": "22:00", "end": "04:00", "timezone": "Europe/Berlin"}
         ],
     )
-    decision = harness.submit(f"hv36{D}")
+    decision = harness.submit(lab_host("hv36"))
     harness.tick()
     assert waiting(harness, decision.job_id).startswith("outside the maintenance windows")
     assert harness.fleet.count("remove-certificates") == 0
@@ -144,8 +144,8 @@ def test_max_concurrent_overall_and_per_vmm_server(
     harness_factory: Callable[..., Harness],
 ) -> None:
     harness = harness_factory(max_concurrent=1, max_concurrent_per_vmm_server=1)
-    first = harness.submit(f"hv36{D}")
-    second = harness.submit(f"hv37{D}")
+    first = harness.submit(lab_host("hv36"))
+    second = harness.submit(lab_host("hv37"))
     started = harness.engine.tick(wait=False)
     assert len(started) == 1
     assert "max_concurrent reached (1 running)" in waiting(harness, second.job_id)
@@ -156,7 +156,7 @@ def test_max_concurrent_overall_and_per_vmm_server(
     assert harness.job(second.job_id).status == "succeeded"
 
     other = harness_factory(max_concurrent=3, max_concurrent_per_vmm_server=1)
-    a, b = other.submit(f"hv31{D}"), other.submit(f"hv32{D}")
+    a, b = other.submit(lab_host("hv31")), other.submit(lab_host("hv32"))
     started = other.engine.tick(wait=False)
     assert len(started) == 1
     assert "max_concurrent_per_vmm_server reached (1 running on vmm01.lab.example)" in waiting(
@@ -169,7 +169,7 @@ def test_max_concurrent_overall_and_per_vmm_server(
 
 
 def test_cooldown_after_a_renewal(harness: Harness) -> None:
-    host = f"hv36{D}"
+    host = lab_host("hv36")
     first = harness.submit(host)
     harness.tick()
     assert harness.job(first.job_id).status == "succeeded"
@@ -188,7 +188,7 @@ def test_cooldown_after_a_renewal(harness: Harness) -> None:
 
 def test_manual_approval(harness_factory: Callable[..., Harness]) -> None:
     harness = harness_factory(require_approval=True)
-    decision = harness.submit(f"hv36{D}")
+    decision = harness.submit(lab_host("hv36"))
     harness.tick()
     assert waiting(harness, decision.job_id).startswith("awaiting manual approval")
     assert decision.job_id is not None
@@ -202,7 +202,7 @@ def test_pause_switch_api_and_file(harness_factory: Callable[..., Harness], tmp_
     pause_file = tmp_path / "pause"
     harness = harness_factory(pause_file=str(pause_file))
     harness.journal.set_paused(True, "bearer")
-    decision = harness.submit(f"hv36{D}")
+    decision = harness.submit(lab_host("hv36"))
     harness.tick()
     assert waiting(harness, decision.job_id).startswith("paused by bearer")
     harness.journal.set_paused(False, "bearer")
@@ -219,9 +219,9 @@ def test_dry_run_receiver_never_starts_execute_jobs(
 ) -> None:
     executing = harness_factory()
     job = executing.journal.create_job(
-        host=f"hv36{D}",
+        host=lab_host("hv36"),
         role="hyperv_host",
-        vmm_server=f"vmm01{D}",
+        vmm_server=lab_host("vmm01"),
         is_vmm_server=False,
         procedure="remove-register",
         mode="execute",
@@ -241,5 +241,5 @@ def test_dry_run_receiver_never_starts_execute_jobs(
     )
     engine.tick(wait=True)
     assert waiting(executing, job.id).startswith("the receiver runs in dry-run mode")
-    assert executing.fleet.count("collect-certificates", f"hv36{D}") == 0
+    assert executing.fleet.count("collect-certificates", lab_host("hv36")) == 0
     engine.stop()

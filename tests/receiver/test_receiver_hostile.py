@@ -23,6 +23,7 @@ import pytest
 from vmm_cert_exporter.powershell import render_script
 from vmm_cert_exporter.receiver.service import Receiver, start_receiver
 from vmm_cert_lab.fleet.runner import RunningLab
+from vmm_cert_lab.fleet.scenario import LAB_DOMAIN, lab_host
 from vmm_cert_lab.receiver_testing import (
     TOKEN,
     alert,
@@ -33,7 +34,6 @@ from vmm_cert_lab.receiver_testing import (
     receiver_config,
 )
 
-D = ".lab.example"
 LIMIT = 512 * 1024
 
 
@@ -53,40 +53,40 @@ def body(*alerts: dict[str, Any], **top: Any) -> bytes:
     return json.dumps(doc).encode()
 
 
-VALID = body(alert(f"hv36{D}"))
+VALID = body(alert(lab_host("hv36")))
 
 # PowerShell metacharacters and injection attempts
 INJECTIONS = [
-    f"hv36{D}'; Remove-Item -Recurse -Force C:\\ #",
-    f'hv36{D}"; Stop-Computer -Force; "',
-    f"$(Stop-Computer){D}",
+    f"hv36.{LAB_DOMAIN}'; Remove-Item -Recurse -Force C:\\ #",
+    f'hv36.{LAB_DOMAIN}"; Stop-Computer -Force; "',
+    f"$(Stop-Computer).{LAB_DOMAIN}",
     "`nStop-Computer",
-    f"hv36{D}; calc.exe",
-    f"hv36{D} | Out-File C:\\pwned",
-    f"hv36{D} & whoami",
-    f"hv36{D}`r`nwhoami",
+    f"hv36.{LAB_DOMAIN}; calc.exe",
+    f"hv36.{LAB_DOMAIN} | Out-File C:\\pwned",
+    f"hv36.{LAB_DOMAIN} & whoami",
+    f"hv36.{LAB_DOMAIN}`r`nwhoami",
     "${env:COMPUTERNAME}",
     "@(Get-Process)",
     "'+(Invoke-Expression 'whoami')+'",
-    f"hv36{D}\nwhoami",
-    f"hv36{D}\r\n",
-    f"hv36{D}\x00",
-    f"hv36{D} ",
-    f" hv36{D}",
-    f"hv36{D}.",
-    f"hv36{D},hv37{D}",
-    f"hv3*{D}",
-    f"hv3?{D}",
+    f"hv36.{LAB_DOMAIN}\nwhoami",
+    f"hv36.{LAB_DOMAIN}\r\n",
+    f"hv36.{LAB_DOMAIN}\x00",
+    f"hv36.{LAB_DOMAIN} ",
+    f" hv36.{LAB_DOMAIN}",
+    f"hv36.{LAB_DOMAIN}.",
+    f"hv36.{LAB_DOMAIN},hv37.{LAB_DOMAIN}",
+    f"hv3*.{LAB_DOMAIN}",
+    f"hv3?.{LAB_DOMAIN}",
     "*",
     "..\\..\\windows\\system32",
     "/etc/passwd",
-    f"hv36{D}<script>",
-    f"-ComputerName hv36{D}",
+    f"hv36.{LAB_DOMAIN}<script>",
+    f"-ComputerName hv36.{LAB_DOMAIN}",
     "$null",
     "#",
     "",
     "x" * 300,
-    f"hv36{D}%00",
+    f"hv36.{LAB_DOMAIN}%00",
 ]
 # look-alikes of hv36.lab.example
 LOOKALIKES = [
@@ -105,12 +105,12 @@ LOOKALIKES = [
     "xn--hv36-lab-example",  # punycode-looking, not in the inventory
 ]
 NOT_IN_INVENTORY = [
-    f"hv99{D}",
-    f"hv36{D}.evil.example",
+    lab_host("hv99"),
+    f"hv36.{LAB_DOMAIN}.evil.example",
     "hv36",
     "localhost",
     "127.0.0.1",
-    f"vmm01{D}.",
+    f"vmm01.{LAB_DOMAIN}.",
     "hv36.lab.example.lab.example",
 ]
 UNKNOWN_ALERTS = [
@@ -186,7 +186,7 @@ def hostile_cases() -> list[Case]:
     )
     for cut in (1, 10, 50, 100, len(VALID) // 2, len(VALID) - 1):
         add(Case(f"truncated at {cut}", 400, VALID[:cut]))
-    good = payload(alert(f"hv36{D}"))
+    good = payload(alert(lab_host("hv36")))
     for name, raw in [
         ("empty", b""),
         ("not JSON", b"hello"),
@@ -222,7 +222,7 @@ def hostile_cases() -> list[Case]:
         ("unknown top field", mutate("command", "Stop-Computer")),
         ("alerts empty", mutate("alerts", [])),
         ("alerts object", mutate("alerts", {"a": 1})),
-        ("too many alerts", mutate("alerts", [alert(f"hv36{D}")] * 1001)),
+        ("too many alerts", mutate("alerts", [alert(lab_host("hv36"))] * 1001)),
         ("status FIRING", mutate("status", "FIRING")),
         ("alert status null", mutate("alerts.0.status", None)),
         ("firing group, resolved alerts", mutate("alerts.0.status", "resolved")),
@@ -235,7 +235,7 @@ def hostile_cases() -> list[Case]:
         ("label name with dash", mutate("alerts.0.labels.ho-st", "x")),
         ("label name injection", mutate("alerts.0.labels.$(whoami)", "x")),
         ("no alertname", mutate("alerts.0.labels.alertname", None, delete=True)),
-        ("labels a list", mutate("alerts.0.labels", [["host", f"hv36{D}"]])),
+        ("labels a list", mutate("alerts.0.labels", [["host", lab_host("hv36")]])),
         ("unknown alert field", mutate("alerts.0.script", "whoami")),
         ("truncatedAlerts negative", mutate("truncatedAlerts", -1)),
         ("truncatedAlerts boolean", mutate("truncatedAlerts", True)),
@@ -251,13 +251,13 @@ def hostile_cases() -> list[Case]:
     for host in NOT_IN_INVENTORY:
         add(Case(f"not in the inventory: {host[:30]}", 200, body(alert(host))))
     for name in UNKNOWN_ALERTS:
-        add(Case(f"alert not a trigger: {name!r}", 200, body(alert(f"hv36{D}", name))))
+        add(Case(f"alert not a trigger: {name!r}", 200, body(alert(lab_host("hv36"), name))))
     for n, name in enumerate(INJECTIONS[:10]):
-        add(Case(f"injection in alertname #{n}", 200, body(alert(f"hv36{D}", name or "x"))))
+        add(Case(f"injection in alertname #{n}", 200, body(alert(lab_host("hv36"), name or "x"))))
     add(Case("no host label", 200, body(alert(None))))
-    add(Case("denied host", 200, body(alert(f"lib01{D}"))))
+    add(Case("denied host", 200, body(alert(lab_host("lib01")))))
     for name in ("VMMCertificateExpired", "VMMCertificateMissing", "VMMCertificateNotTrusted"):
-        resolved = alert(f"hv36{D}", name, status="resolved")
+        resolved = alert(lab_host("hv36"), name, status="resolved")
         resolved["endsAt"] = "2030-06-02T00:00:00Z"
         add(Case(f"resolved only: {name}", 200, body(resolved)))
     add(
@@ -266,7 +266,7 @@ def hostile_cases() -> list[Case]:
             200,
             body(
                 *[
-                    alert(f"hv3{i}{D}", status="resolved", fingerprint=f"{i:016x}")
+                    alert(lab_host(f"hv3{i}"), status="resolved", fingerprint=f"{i:016x}")
                     for i in range(1, 7)
                 ]
             ),
@@ -437,9 +437,9 @@ def test_hostile_requests_run_nothing(receiver: Receiver, lab: RunningLab) -> No
 def test_replayed_and_duplicated_alerts_make_one_job(receiver: Receiver, lab: RunningLab) -> None:
     fleet = fleet_of(lab)
     same = body(
-        alert(f"hv36{D}"),
-        alert(f"hv36{D}"),
-        alert(f"hv36{D}", "VMMCertificateExpired", fingerprint="fedcba9876543210"),
+        alert(lab_host("hv36")),
+        alert(lab_host("hv36")),
+        alert(lab_host("hv36"), "VMMCertificateExpired", fingerprint="fedcba9876543210"),
     )
     statuses: list[int] = []
 
@@ -458,8 +458,8 @@ def test_replayed_and_duplicated_alerts_make_one_job(receiver: Receiver, lab: Ru
     while time.monotonic() < deadline and any(j.active for j in receiver.journal.list_jobs()):
         time.sleep(0.05)
     jobs = receiver.journal.list_jobs()
-    assert [(j.host, j.status) for j in jobs] == [(f"hv36{D}", "succeeded")]
-    assert fleet.count("remove-certificates", f"hv36{D}") == 1
+    assert [(j.host, j.status) for j in jobs] == [(lab_host("hv36"), "succeeded")]
+    assert fleet.count("remove-certificates", lab_host("hv36")) == 1
     assert fleet.count("register-managed-computer") == 1
     # Alertmanager repeats the same alert later: it joins the finished job, nothing runs
     before = len(fleet.calls)
@@ -474,7 +474,7 @@ def test_replayed_and_duplicated_alerts_make_one_job(receiver: Receiver, lab: Ru
 def test_labels_never_reach_powershell(receiver: Receiver, lab: RunningLab) -> None:
     """Injection in every other label of a valid alert: the scripts carry only the FQDN."""
     hostile = {f"l{i}": v for i, v in enumerate(INJECTIONS) if v}
-    doc = alert(f"hv36{D}", **hostile)
+    doc = alert(lab_host("hv36"), **hostile)
     doc["annotations"] = {"description": INJECTIONS[0], "runbook": INJECTIONS[1]}
     status, answer = http("POST", receiver.url + "/alertmanager", body(doc), auth())
     assert status == 200 and answer["alerts"][0]["outcome"] == "created"
@@ -496,6 +496,6 @@ def test_labels_never_reach_powershell(receiver: Receiver, lab: RunningLab) -> N
                 assert value not in text
     assert job.plan["steps"][0]["params"]["thumbprints"]
     assert job.plan["steps"][1]["params"] == {
-        "computer": f"hv36{D}",
+        "computer": lab_host("hv36"),
         "run_as_account": "VMM Host Admins",
     }

@@ -22,6 +22,7 @@ from vmm_cert_exporter.receiver.metrics import ReceiverCollector, WebhookCounter
 from vmm_cert_exporter.receiver.service import start_receiver
 from vmm_cert_exporter.receiver.webhook import parse_webhook
 from vmm_cert_lab.fleet.runner import RunningLab
+from vmm_cert_lab.fleet.scenario import LAB_DOMAIN, lab_host
 from vmm_cert_lab.receiver_testing import (
     FakeClock,
     Harness,
@@ -32,7 +33,6 @@ from vmm_cert_lab.receiver_testing import (
     receiver_config,
 )
 
-D = ".lab.example"
 T0 = 1_900_000_000.0
 HOUR = 3600.0
 DAY = 86400.0
@@ -151,21 +151,21 @@ def test_prune_deletes_only_old_finished_jobs_with_their_rows(
     journal: Journal, clock: FakeClock
 ) -> None:
     # old and finished, in every terminal status; each host's latest outcome comes after
-    old_success = finished(journal, f"hv01{D}", "succeeded")
-    kept_success = finished(journal, f"hv01{D}", "succeeded")  # hv01's latest (and success)
-    old_cancelled = finished(journal, f"hv02{D}", "cancelled")
-    old_failed = finished(journal, f"hv02{D}", "failed")  # gave up (terminal)
-    old_plan = finished(journal, f"hv02{D}", "planned", mode="dry-run")
-    old_dry_fresh = finished(journal, f"hv02{D}", "already-fresh", mode="dry-run")
-    kept_fresh = finished(journal, f"hv02{D}", "already-fresh")  # hv02's latest execute job
+    old_success = finished(journal, lab_host("hv01"), "succeeded")
+    kept_success = finished(journal, lab_host("hv01"), "succeeded")  # hv01's latest (and success)
+    old_cancelled = finished(journal, lab_host("hv02"), "cancelled")
+    old_failed = finished(journal, lab_host("hv02"), "failed")  # gave up (terminal)
+    old_plan = finished(journal, lab_host("hv02"), "planned", mode="dry-run")
+    old_dry_fresh = finished(journal, lab_host("hv02"), "already-fresh", mode="dry-run")
+    kept_fresh = finished(journal, lab_host("hv02"), "already-fresh")  # hv02's latest execute job
     # as old, but active: whatever their age, a resume or a retry needs them
     still_active = {
-        status: active(journal, f"hv1{n}{D}", status)
+        status: active(journal, lab_host(f"hv1{n}"), status)
         for n, status in enumerate(("planned", "waiting", "running", "interrupted", "failed"))
     }
     clock.advance(10 * DAY)
-    recent_old_host = finished(journal, f"hv01{D}", "cancelled")
-    recent = finished(journal, f"hv20{D}", "failed")
+    recent_old_host = finished(journal, lab_host("hv01"), "cancelled")
+    recent = finished(journal, lab_host("hv20"), "failed")
     gone = [old_success, old_cancelled, old_failed, old_plan, old_dry_fresh]
     kept = [kept_success, kept_fresh, *still_active.values(), recent_old_host, recent]
     before = {(job, table): rows(journal, table, job) for job in kept for table in CHILD_TABLES}
@@ -199,11 +199,11 @@ def test_prune_deletes_only_old_finished_jobs_with_their_rows(
 def test_prune_keeps_what_metrics_read_and_counts_stay_monotonic(
     journal: Journal, clock: FakeClock
 ) -> None:
-    last_success = finished(journal, f"hv01{D}", "succeeded")
-    finished(journal, f"hv01{D}", "already-fresh")
-    failed = finished(journal, f"hv01{D}", "failed")  # hv01's latest: still failing
-    finished(journal, f"hv02{D}", "succeeded")
-    finished(journal, f"hv02{D}", "succeeded")
+    last_success = finished(journal, lab_host("hv01"), "succeeded")
+    finished(journal, lab_host("hv01"), "already-fresh")
+    failed = finished(journal, lab_host("hv01"), "failed")  # hv01's latest: still failing
+    finished(journal, lab_host("hv02"), "succeeded")
+    finished(journal, lab_host("hv02"), "succeeded")
     clock.advance(30 * DAY)
     counts = journal.attempt_counts()
     successes = journal.last_success_by_host()
@@ -227,8 +227,8 @@ def test_prune_keeps_what_metrics_read_and_counts_stay_monotonic(
 def test_a_repeated_alert_keeps_its_job(journal: Journal, clock: FakeClock) -> None:
     """Alertmanager repeats a firing alert every repeat_interval; each repeat joins the job
     it led to, and keeps that job (and so the repeat's idempotency) past the retention."""
-    job = finished(journal, f"hv01{D}", "already-fresh", fingerprint="00000000000000aa")
-    finished(journal, f"hv01{D}", "already-fresh")  # the host's latest: job is prunable
+    job = finished(journal, lab_host("hv01"), "already-fresh", fingerprint="00000000000000aa")
+    finished(journal, lab_host("hv01"), "already-fresh")  # the host's latest: job is prunable
     for _ in range(72):
         clock.advance(HOUR)
         _alert(journal, job, "00000000000000aa", "joined")
@@ -241,7 +241,7 @@ def test_a_repeated_alert_keeps_its_job(journal: Journal, clock: FakeClock) -> N
 
 def test_prune_removes_old_rows_of_no_job(journal: Journal, clock: FakeClock) -> None:
     _alert(journal, None, "00000000000000r1", "rejected")  # old webhook + rejected alert
-    job = active(journal, f"hv01{D}", "waiting")
+    job = active(journal, lab_host("hv01"), "waiting")
     _alert(journal, job, "00000000000000j1", "created")  # old, but its job is active
     journal.set_paused(True, "bearer")  # an event of no job
     clock.advance(10 * DAY)
@@ -264,23 +264,23 @@ def test_cooldown_lookback_survives_the_minimum_retention(
     """With retention = cooldown (the least the configuration allows), what the cooldown
     and the dry run's "planned recently" read is never pruned while they still matter."""
     cooldown = DAY
-    fresh = finished(journal, f"hv01{D}", "already-fresh")
-    finished(journal, f"hv01{D}", "already-fresh")
+    fresh = finished(journal, lab_host("hv01"), "already-fresh")
+    finished(journal, lab_host("hv01"), "already-fresh")
     fresh_at = journal.must_get(fresh).finished_at
-    plan = finished(journal, f"hv02{D}", "planned", mode="dry-run")
-    finished(journal, f"hv02{D}", "planned", mode="dry-run")
+    plan = finished(journal, lab_host("hv02"), "planned", mode="dry-run")
+    finished(journal, lab_host("hv02"), "planned", mode="dry-run")
     created = journal.must_get(plan).created_at
     for _ in range(23):
         clock.advance(HOUR)
         journal.prune(clock() - cooldown)
         assert journal.get(fresh) is not None and journal.get(plan) is not None
-        assert journal.recent_job(f"hv02{D}", "dry-run", clock() - cooldown) is not None
+        assert journal.recent_job(lab_host("hv02"), "dry-run", clock() - cooldown) is not None
     assert fresh_at is not None and clock() - fresh_at < cooldown
     clock.advance(HOUR + 1)
     assert clock() - created > cooldown  # no longer recent: only now may it go
     # hv01's first; both dry runs (no metric reads a dry run: the latest plan goes too)
     assert journal.prune(clock() - cooldown).jobs == 3
-    assert journal.recent_job(f"hv02{D}", "dry-run", clock() - cooldown) is None
+    assert journal.recent_job(lab_host("hv02"), "dry-run", clock() - cooldown) is None
 
 
 # --------------------------------------------------------------------------------------------
@@ -296,16 +296,16 @@ def test_pruned_jobs_counter(journal: Journal, clock: FakeClock) -> None:
 
     assert value("vmm_renewal_journal_pruned_jobs_total") == 0  # published from the start
     for _ in range(3):
-        finished(journal, f"hv01{D}", "failed")
-    finished(journal, f"hv01{D}", "succeeded")
+        finished(journal, lab_host("hv01"), "failed")
+    finished(journal, lab_host("hv01"), "succeeded")
     jobs_total = {"procedure": "remove-register", "result": "failed"}
     assert value("vmm_renewal_jobs_total", **jobs_total) == 3
     clock.advance(10 * DAY)
     journal.prune(clock() - DAY)
     assert value("vmm_renewal_journal_pruned_jobs_total") == 3
     assert value("vmm_renewal_jobs_total", **jobs_total) == 3
-    finished(journal, f"hv01{D}", "cancelled")
-    finished(journal, f"hv01{D}", "cancelled")
+    finished(journal, lab_host("hv01"), "cancelled")
+    finished(journal, lab_host("hv01"), "cancelled")
     clock.advance(10 * DAY)
     journal.prune(clock() - DAY)
     # the first cancelled job; the success stays (hv01's latest), the second is the latest
@@ -343,44 +343,44 @@ def test_guards_decide_the_same_with_the_minimum_retention(
     extra = {} if retention is None else {"journal_retention": retention}
     harness = harness_factory(cooldown="1d", **extra)
     start = harness.clock()
-    j1 = send(harness, f"hv01{D}", "00000000000000a1")
-    j2 = send(harness, f"hv36{D}", "00000000000000b1")
+    j1 = send(harness, lab_host("hv01"), "00000000000000a1")
+    j2 = send(harness, lab_host("hv36"), "00000000000000b1")
     assert (j1.outcome, j2.outcome) == ("created", "created")
     harness.settle()
     assert harness.job(j1.job_id).status == "already-fresh"
     assert harness.job(j2.job_id).status == "succeeded"
 
     harness.clock.advance(2 * HOUR)
-    j3 = send(harness, f"hv36{D}", "00000000000000c1")
+    j3 = send(harness, lab_host("hv36"), "00000000000000c1")
     harness.tick()
     renewed = harness.job(j2.job_id).finished_at
     assert renewed is not None
     assert harness.job(j3.job_id).reason == (
-        f"cooldown: hv36{D} was last renewed or found fresh at {iso(renewed)}; "
+        f"cooldown: hv36.{LAB_DOMAIN} was last renewed or found fresh at {iso(renewed)}; "
         f"no new renewal before {iso(renewed + DAY)} (cooldown 1d)"
     )
-    repeat = send(harness, f"hv36{D}", "00000000000000b1")  # Alertmanager's repeat
+    repeat = send(harness, lab_host("hv36"), "00000000000000b1")  # Alertmanager's repeat
     assert (repeat.outcome, repeat.job_id) == ("joined", j2.job_id)
 
     harness.clock.advance(DAY - HOUR)  # start + 1d + 1h
     harness.tick()
     assert harness.job(j3.job_id).status == "already-fresh"
-    j4 = send(harness, f"hv01{D}", "00000000000000d1")
+    j4 = send(harness, lab_host("hv01"), "00000000000000d1")
     harness.tick()
     assert harness.job(j4.job_id).status == "already-fresh"
 
     harness.clock.advance(HOUR)
-    j5 = send(harness, f"hv01{D}", "00000000000000e1")
+    j5 = send(harness, lab_host("hv01"), "00000000000000e1")
     harness.tick()
     assert (harness.job(j5.job_id).reason or "").startswith(
-        f"cooldown: hv01{D} was last renewed or found fresh at "
+        f"cooldown: hv01.{LAB_DOMAIN} was last renewed or found fresh at "
         f"{iso(harness.job(j4.job_id).finished_at)}"
     )
 
     harness.clock.advance(DAY)  # start + 2d + 2h: j1 is a day past the retention
     harness.tick()
     assert harness.job(j5.job_id).status == "already-fresh"
-    assert harness.fleet.count("remove-certificates", f"hv36{D}") == 1
+    assert harness.fleet.count("remove-certificates", lab_host("hv36")) == 1
     assert harness.clock() - start > 2 * DAY
     for kept in (j2, j3, j4, j5):  # hv36's last success and every host's latest outcome
         assert harness.journal.get(kept.job_id or 0) is not None
@@ -396,8 +396,8 @@ def test_engine_prunes_on_its_first_pass_then_hourly(
     harness_factory: Callable[..., Harness], caplog: pytest.LogCaptureFixture
 ) -> None:
     harness = harness_factory(journal_retention="1d")
-    old = finished(harness.journal, f"hv90{D}", "cancelled")
-    finished(harness.journal, f"hv90{D}", "cancelled")
+    old = finished(harness.journal, lab_host("hv90"), "cancelled")
+    finished(harness.journal, lab_host("hv90"), "cancelled")
     caplog.set_level(logging.DEBUG, logger="vmm_cert_exporter.receiver.engine")
 
     harness.clock.advance(DAY - 10 * 60)
@@ -421,7 +421,7 @@ def test_engine_prunes_on_its_first_pass_then_hourly(
 
 def test_unset_retention_never_prunes(harness_factory: Callable[..., Harness]) -> None:
     harness = harness_factory()
-    jobs = [finished(harness.journal, f"hv90{D}", "cancelled") for _ in range(3)]
+    jobs = [finished(harness.journal, lab_host("hv90"), "cancelled") for _ in range(3)]
     for _ in range(3):
         harness.clock.advance(400 * DAY)
         harness.tick()
@@ -435,8 +435,8 @@ def test_receiver_prunes_at_start_and_publishes_the_counter(
     config = receiver_config(lab, tmp_path, interval="1h", journal_retention="1d")
     assert config.receiver is not None
     old = Journal(config.receiver.journal, clock=FakeClock(time.time() - 30 * DAY))
-    pruned = finished(old, f"hv90{D}", "cancelled")
-    finished(old, f"hv90{D}", "cancelled")
+    pruned = finished(old, lab_host("hv90"), "cancelled")
+    finished(old, lab_host("hv90"), "cancelled")
     old.close()
     receiver = start_receiver(config, poll_interval=0.05)
     try:

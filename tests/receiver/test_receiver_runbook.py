@@ -14,11 +14,10 @@ from vmm_cert_exporter.receiver import planner
 from vmm_cert_exporter.receiver.journal import Job
 from vmm_cert_lab.fleet.interfaces import Faults
 from vmm_cert_lab.fleet.runner import start_lab
-from vmm_cert_lab.fleet.scenario import load_fleet
+from vmm_cert_lab.fleet.scenario import LAB_DOMAIN, lab_host, load_fleet
 from vmm_cert_lab.receiver_testing import CountingFleet, Harness, make_harness
 
 HOUR = 3600.0
-D = ".lab.example"
 ROLLUP = "apply the update rollup (VMM 2016 UR10, 2019 UR2, 2022 RTM or later)"
 
 
@@ -56,7 +55,7 @@ def assert_renewed(harness: Harness, host: str, old: str | None) -> str:
 
 
 def test_execute_renews_hv36_and_journals_everything(harness: Harness) -> None:
-    host = f"hv36{D}"
+    host = lab_host("hv36")
     old = scvmm(harness.describe(host))[0]
     job = run(harness, host)
     assert job.status == "succeeded", job.reason
@@ -85,7 +84,7 @@ def test_execute_renews_hv36_and_journals_everything(harness: Harness) -> None:
     sent = [s["script"] for s in job.plan["steps"]]
     assert sent[0] == render_script("remove-certificates", {"thumbprints": [old["thumbprint"]]})
     assert harness.fleet.count("remove-certificates", host) == 1
-    assert harness.fleet.count("register-managed-computer", f"vmm01{D}") == 1
+    assert harness.fleet.count("register-managed-computer", lab_host("vmm01")) == 1
     # exactly one Run As account of that name: checked once, before anything was deleted
     operations = [op for _, op in harness.runner.calls]
     assert operations.count("find-run-as-account") == 1
@@ -96,7 +95,14 @@ def test_execute_renews_hv36_and_journals_everything(harness: Harness) -> None:
 
 def test_dry_run_plans_and_changes_nothing(harness_factory: Callable[..., Harness]) -> None:
     harness = harness_factory(mode="dry-run")
-    hosts = [f"hv36{D}", f"hv38{D}", f"hv41{D}", f"vmm01{D}", f"hv01{D}", f"hv40{D}"]
+    hosts = [
+        lab_host("hv36"),
+        lab_host("hv38"),
+        lab_host("hv41"),
+        lab_host("vmm01"),
+        lab_host("hv01"),
+        lab_host("hv40"),
+    ]
     before = {c["fqdn"]: harness.describe(c["fqdn"]) for c in harness.lab.model.list_computers()}
     jobs = {h: harness.submit(h).job_id for h in hosts}
     harness.settle()
@@ -106,14 +112,14 @@ def test_dry_run_plans_and_changes_nothing(harness_factory: Callable[..., Harnes
         assert harness.fleet.count(operation) == 0
     statuses = {h: harness.job(j).status for h, j in jobs.items()}
     assert statuses == {
-        f"hv36{D}": "planned",
-        f"hv38{D}": "planned",
-        f"hv41{D}": "planned",
-        f"vmm01{D}": "planned",
-        f"hv01{D}": "already-fresh",
-        f"hv40{D}": "failed",
+        lab_host("hv36"): "planned",
+        lab_host("hv38"): "planned",
+        lab_host("hv41"): "planned",
+        lab_host("vmm01"): "planned",
+        lab_host("hv01"): "already-fresh",
+        lab_host("hv40"): "failed",
     }
-    plan = harness.job(jobs[f"hv36{D}"]).plan
+    plan = harness.job(jobs[lab_host("hv36")]).plan
     assert plan is not None
     assert [s["name"] for s in plan["steps"]] == [
         "remove-certificates",
@@ -121,41 +127,46 @@ def test_dry_run_plans_and_changes_nothing(harness_factory: Callable[..., Harnes
     ]
     assert plan["steps"][1]["script"] == render_script(
         "register-managed-computer",
-        {"computer": f"hv36{D}", "run_as_account": "VMM Host Admins"},
+        {"computer": lab_host("hv36"), "run_as_account": "VMM Host Admins"},
     )
     assert plan["execute_mode_would"] == "start at once"
-    vmm_plan = harness.job(jobs[f"vmm01{D}"]).plan
+    vmm_plan = harness.job(jobs[lab_host("vmm01")]).plan
     assert vmm_plan is not None and vmm_plan["procedure"] == planner.UPDATE_CERTIFICATE
     # dry runs are final: nothing is active, a repeat in the cooldown joins the plan
     assert harness.journal.active_jobs() == []
-    again = harness.submit(f"hv36{D}")
-    assert again.outcome == "joined" and again.job_id == jobs[f"hv36{D}"]
+    again = harness.submit(lab_host("hv36"))
+    assert again.outcome == "joined" and again.job_id == jobs[lab_host("hv36")]
 
 
 def test_each_demo_case_gets_its_procedure(harness: Harness) -> None:
-    expired, deleted, mismatch, two = f"hv37{D}", f"hv38{D}", f"hv39{D}", f"hv41{D}"
+    expired, deleted, mismatch, two = (
+        lab_host("hv37"),
+        lab_host("hv38"),
+        lab_host("hv39"),
+        lab_host("hv41"),
+    )
     olds = {
         h: [c["thumbprint"] for c in scvmm(harness.describe(h))] for h in (expired, mismatch, two)
     }
-    for host in (f"vmm01{D}", expired, deleted, mismatch, two, f"lib01{D}"):
+    for host in (lab_host("vmm01"), expired, deleted, mismatch, two, lab_host("lib01")):
         assert harness.submit(host).outcome == "created"
     harness.settle()  # max_concurrent 2 (the lab config): several passes
     jobs = {j.host: j for j in harness.journal.list_jobs()}
     assert {h: j.status for h, j in jobs.items()} == {
-        f"vmm01{D}": "succeeded",
+        lab_host("vmm01"): "succeeded",
         expired: "succeeded",
         deleted: "succeeded",
         mismatch: "succeeded",
         two: "succeeded",
-        f"lib01{D}": "already-fresh",
+        lab_host("lib01"): "already-fresh",
     }
-    assert jobs[f"vmm01{D}"].procedure == planner.UPDATE_CERTIFICATE
-    assert [s.name for s in harness.journal.steps(jobs[f"vmm01{D}"].id)] == [
+    assert jobs[lab_host("vmm01")].procedure == planner.UPDATE_CERTIFICATE
+    assert [s.name for s in harness.journal.steps(jobs[lab_host("vmm01")].id)] == [
         "preflight",
         "update-vmm-certificate",
         "verify",
     ]
-    assert_renewed(harness, f"vmm01{D}", None)
+    assert_renewed(harness, lab_host("vmm01"), None)
     # deleted: nothing to remove, the step is journaled as skipped
     assert steps(harness, jobs[deleted])[1] == (1, "remove-certificates", "skipped")
     assert harness.fleet.count("remove-certificates", deleted) == 0
@@ -166,7 +177,7 @@ def test_each_demo_case_gets_its_procedure(harness: Harness) -> None:
     for host in (expired, deleted, mismatch, two):
         assert_renewed(harness, host, None)
     # lib01 was fresh: read only
-    assert harness.fleet.count("remove-certificates", f"lib01{D}") == 0
+    assert harness.fleet.count("remove-certificates", lab_host("lib01")) == 0
     # the Run As account is looked up for the four procedure-1 renewals, not for procedure 2
     assert harness.fleet.count("find-run-as-account") == 4
 
@@ -190,13 +201,13 @@ def test_ha_vmm_server_without_update_gets_nothing(tmp_path: Path) -> None:
     with start_lab(fleet=fleet, state_dir=tmp_path / "lab") as lab:
         harness = make_harness(lab, tmp_path / "r")
         try:
-            decision = harness.submit(f"vmm01{D}")
+            decision = harness.submit(lab_host("vmm01"))
             assert decision.outcome == "rejected"
             assert "highly available" in decision.reason and ROLLUP in decision.reason
             # its hosts are renewed as usual (procedure 1 runs on the hosts, not on VMM)
-            job = run(harness, f"hv01{D}")
+            job = run(harness, lab_host("hv01"))
             assert job.status == "succeeded", job.reason
-            assert fleet.count("remove-certificates", f"vmm01{D}") == 0
+            assert fleet.count("remove-certificates", lab_host("vmm01")) == 0
         finally:
             harness.close()
 
@@ -206,12 +217,12 @@ def test_vmm_server_without_update_uses_procedure_1_on_itself(tmp_path: Path) ->
     with start_lab(fleet=fleet, state_dir=tmp_path / "lab") as lab:
         harness = make_harness(lab, tmp_path / "r")
         try:
-            job = run(harness, f"vmm01{D}")
+            job = run(harness, lab_host("vmm01"))
             assert job.status == "succeeded", job.reason
             assert job.procedure == planner.REMOVE_REGISTER
             assert fleet.count("update-vmm-certificate") == 0
-            assert fleet.count("remove-certificates", f"vmm01{D}") == 1
-            certs = scvmm(lab.model.describe(f"vmm01{D}"))
+            assert fleet.count("remove-certificates", lab_host("vmm01")) == 1
+            certs = scvmm(lab.model.describe(lab_host("vmm01")))
             assert len(certs) == 1 and certs[0]["not_after"].startswith(
                 f"{int(lab.model.clock_info()['now'][:4]) + 5}-01-01"
             )
@@ -224,7 +235,7 @@ def test_vmm_server_without_update_uses_procedure_1_on_itself(tmp_path: Path) ->
 
 
 def test_host_unreachable_after_the_delete(harness: Harness) -> None:
-    host = f"hv36{D}"
+    host = lab_host("hv36")
     harness.runner.after[(host, "remove-certificates")] = lambda: harness.lab.model.set_faults(
         host, Faults(connection_refused=True)
     )
@@ -264,7 +275,7 @@ def test_failures_back_off_doubling_then_give_up(
     harness_factory: Callable[..., Harness],
 ) -> None:
     harness = harness_factory(max_attempts=4)
-    host = f"hv40{D}"  # connection refused: every preflight fails
+    host = lab_host("hv40")  # connection refused: every preflight fails
     job = run(harness, host)
     delays = []
     for attempt in range(1, 5):
@@ -288,9 +299,9 @@ def test_failures_back_off_doubling_then_give_up(
 
 
 def test_verification_fails_then_the_retry_fixes_it(harness: Harness) -> None:
-    host = f"hv36{D}"
+    host = lab_host("hv36")
     # VMM's TrustedPeople copy is replaced right after the register: verification must see it
-    harness.runner.after[(f"vmm01{D}", "register-managed-computer")] = lambda: (
+    harness.runner.after[(lab_host("vmm01"), "register-managed-computer")] = lambda: (
         harness.lab.model.set_trusted_mismatch(host)
     )
     job = run(harness, host)
@@ -314,7 +325,7 @@ def test_verification_fails_then_the_retry_fixes_it(harness: Harness) -> None:
 
 
 def test_preflight_failure_changes_nothing(harness: Harness) -> None:
-    job = run(harness, f"hv40{D}")  # connection refused
+    job = run(harness, lab_host("hv40"))  # connection refused
     assert job.status == "failed" and job.failed_step == "preflight"
     assert job.reason is not None and "connect" in job.reason
     assert steps(harness, job) == [(1, "preflight", "failed")]
@@ -326,7 +337,7 @@ def test_preflight_failure_changes_nothing(harness: Harness) -> None:
 def test_verification_needs_min_validity(harness_factory: Callable[..., Harness]) -> None:
     # 20 years: no certificate the lab makes (5 years) is ever fresh enough
     harness = harness_factory(min_validity="7300d")
-    job = run(harness, f"hv01{D}")
+    job = run(harness, lab_host("hv01"))
     assert job.status == "failed" and job.failed_step == "verify"
     assert job.reason is not None and "at least 7300.0 days required" in job.reason
 
@@ -342,7 +353,7 @@ def assert_refused_before_anything_changed(
     assert job.reason is not None and text in job.reason, job.reason
     assert not job.active and job.next_attempt_at is None  # permanent: no retry loop
     assert steps(harness, job) == [(1, "preflight", "failed")]
-    assert harness.fleet.count("find-run-as-account", f"vmm01{D}") == 1
+    assert harness.fleet.count("find-run-as-account", lab_host("vmm01")) == 1
     assert harness.fleet.count("remove-certificates") == 0
     assert harness.fleet.count("register-managed-computer") == 0
     assert harness.describe(job.host) == picture  # the store is untouched
@@ -354,7 +365,7 @@ def test_a_run_as_name_matching_no_account_refuses_in_preflight(
 ) -> None:
     # a wildcard is a name like any other: -eq compares it whole, so nothing matches
     harness = harness_factory(run_as_account="VMM*", mode=mode)
-    host = f"hv36{D}"
+    host = lab_host("hv36")
     picture = harness.describe(host)
     job = run(harness, host)
     assert_refused_before_anything_changed(
@@ -373,7 +384,7 @@ def test_an_ambiguous_run_as_name_refuses_in_preflight(tmp_path: Path) -> None:
     with start_lab(fleet=fleet, state_dir=tmp_path / "lab") as lab:
         harness = make_harness(lab, tmp_path / "r", run_as_account="VMM Host Admins")
         try:
-            host = f"hv01{D}"
+            host = lab_host("hv01")
             picture = harness.describe(host)
             job = run(harness, host)
             assert_refused_before_anything_changed(
@@ -395,7 +406,7 @@ def test_procedure_2_does_not_need_the_run_as_account(
     harness_factory: Callable[..., Harness],
 ) -> None:
     harness = harness_factory(run_as_account="No Such Account")
-    job = run(harness, f"vmm01{D}")
+    job = run(harness, lab_host("vmm01"))
     assert job.status == "succeeded", job.reason
     assert job.procedure == planner.UPDATE_CERTIFICATE
     assert harness.fleet.count("find-run-as-account") == 0
@@ -408,7 +419,7 @@ CLM = "language_mode: PowerShell runs in ConstrainedLanguage mode, not FullLangu
 
 
 def test_a_constrained_language_host_fails_preflight_with_the_reason(harness: Harness) -> None:
-    host = f"hv36{D}"
+    host = lab_host("hv36")
     harness.lab.model.set_faults(host, Faults(language_mode="ConstrainedLanguage"))
     job = run(harness, host)
     assert job.status == "failed" and job.failed_step == "preflight"
@@ -418,10 +429,10 @@ def test_a_constrained_language_host_fails_preflight_with_the_reason(harness: Ha
 
 
 def test_a_constrained_language_host_at_a_change_step(harness: Harness) -> None:
-    host = f"hv36{D}"
+    host = lab_host("hv36")
     picture = harness.describe(host)
     # hardened between the preflight's reads and the delete
-    harness.runner.after[(f"vmm01{D}", "find-run-as-account")] = lambda: (
+    harness.runner.after[(lab_host("vmm01"), "find-run-as-account")] = lambda: (
         harness.lab.model.set_faults(host, Faults(language_mode="ConstrainedLanguage"))
     )
     job = run(harness, host)
@@ -435,7 +446,7 @@ def test_a_constrained_language_host_at_a_change_step(harness: Harness) -> None:
 def test_a_constrained_language_vmm_server_fails_preflight_with_the_reason(
     harness: Harness,
 ) -> None:
-    harness.lab.model.set_faults(f"vmm01{D}", Faults(language_mode="ConstrainedLanguage"))
-    job = run(harness, f"hv36{D}")
+    harness.lab.model.set_faults(lab_host("vmm01"), Faults(language_mode="ConstrainedLanguage"))
+    job = run(harness, lab_host("hv36"))
     assert job.failed_step == "preflight" and job.reason is not None
-    assert job.reason.startswith(f"list-managed-computers on vmm01{D}: {CLM}"), job.reason
+    assert job.reason.startswith(f"list-managed-computers on vmm01.{LAB_DOMAIN}: {CLM}"), job.reason

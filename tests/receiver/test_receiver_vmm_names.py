@@ -14,6 +14,7 @@ from vmm_cert_exporter.cli import main
 from vmm_cert_exporter.receiver import planner
 from vmm_cert_exporter.receiver.journal import Job
 from vmm_cert_lab.fleet.runner import RunningLab
+from vmm_cert_lab.fleet.scenario import lab_host
 from vmm_cert_lab.receiver_testing import (
     Harness,
     make_harness,
@@ -21,15 +22,14 @@ from vmm_cert_lab.receiver_testing import (
     scvmm_certs,
 )
 
-D = ".lab.example"
 ROLLUP = "apply the update rollup (VMM 2016 UR10, 2019 UR2, 2022 RTM or later)"
-HA = f"vmm-ha{D}"  # the clustered role name, as the written configuration names it
-HA_NAMES = (HA, f"vmmha-n1{D}", f"vmmha-n2{D}")  # role name, active node, passive node
-OLD = f"vmm-old{D}"  # highly available VMM 2019 UR1: no Update-SCVMMCertificate
-OLD_NAMES = (OLD, f"vmmold-n1{D}", f"vmmold-n2{D}")
-ALIAS = f"scvmm{D}"  # configured name of vmm03, which VMM reports as its FQDN
-ALIAS_NAMES = (ALIAS, f"vmm03{D}")
-NODES = (*HA_NAMES[1:], *OLD_NAMES[1:], f"vmm03{D}")
+HA = lab_host("vmm-ha")  # the clustered role name, as the written configuration names it
+HA_NAMES = (HA, lab_host("vmmha-n1"), lab_host("vmmha-n2"))  # role name, active node, passive node
+OLD = lab_host("vmm-old")  # highly available VMM 2019 UR1: no Update-SCVMMCertificate
+OLD_NAMES = (OLD, lab_host("vmmold-n1"), lab_host("vmmold-n2"))
+ALIAS = lab_host("scvmm")  # configured name of vmm03, which VMM reports as its FQDN
+ALIAS_NAMES = (ALIAS, lab_host("vmm03"))
+NODES = (*HA_NAMES[1:], *OLD_NAMES[1:], lab_host("vmm03"))
 
 
 def operations(harness: Harness, operation: str) -> list[str]:
@@ -84,12 +84,12 @@ def test_ha_vmm_server_without_the_cmdlet_is_refused_with_the_rollup(
         assert decision.outcome == "rejected", (name, decision)
         assert ROLLUP in decision.reason and "highly available" in decision.reason
     # its hosts are renewed as usual: procedure 1 on the host, register on the VMM server
-    job = job_of(ha_harness, f"hv-old02{D}")
+    job = job_of(ha_harness, lab_host("hv-old02"))
     ha_harness.tick()
     job = ha_harness.job(job.id)
     assert job.status == "succeeded", job.reason
     assert operations(ha_harness, "register-managed-computer") == [OLD]
-    assert operations(ha_harness, "remove-certificates") == [f"hv-old02{D}"]
+    assert operations(ha_harness, "remove-certificates") == [lab_host("hv-old02")]
 
 
 def test_a_dry_run_receiver_explains_the_same_refusal(ha_lab: RunningLab, tmp_path: Path) -> None:
@@ -100,7 +100,7 @@ def test_a_dry_run_receiver_explains_the_same_refusal(ha_lab: RunningLab, tmp_pa
             assert decision.outcome == "rejected" and ROLLUP in decision.reason, name
         # a dry-run job that reaches preflight anyway (journaled before VMM said otherwise)
         job = harness.journal.create_job(
-            host=f"vmmold-n1{D}",
+            host=lab_host("vmmold-n1"),
             role="vmm_server",
             vmm_server=OLD,
             is_vmm_server=True,
@@ -123,9 +123,9 @@ def test_a_dry_run_receiver_explains_the_same_refusal(ha_lab: RunningLab, tmp_pa
 @pytest.mark.parametrize(
     ("host", "vmm_server", "status"),
     [
-        (f"vmmold-n2{D}", OLD, "failed"),  # refused: no procedure at all
-        (f"vmmha-n2{D}", HA, "succeeded"),  # procedure 2 instead
-        (f"vmm03{D}", ALIAS, "succeeded"),
+        (lab_host("vmmold-n2"), OLD, "failed"),  # refused: no procedure at all
+        (lab_host("vmmha-n2"), HA, "succeeded"),  # procedure 2 instead
+        (lab_host("vmm03"), ALIAS, "succeeded"),
     ],
 )
 def test_preflight_re_decides_a_job_planned_as_procedure_1(
@@ -170,7 +170,7 @@ def test_the_fqdn_of_a_vmm_server_configured_by_an_alias_gets_procedure_2(
     ha_harness.settle()
     assert {ha_harness.job(j.id).status for j in jobs} <= {"succeeded", "already-fresh"}
     assert operations(ha_harness, "remove-certificates") == []
-    assert renewed_in(ha_harness.lab, ha_harness.describe(f"vmm03{D}"))
+    assert renewed_in(ha_harness.lab, ha_harness.describe(lab_host("vmm03")))
 
 
 def test_renew_explains_the_same_decisions(

@@ -29,7 +29,6 @@ from vmm_cert_lab.fleet.interfaces import Execution, FleetModel
 from vmm_cert_lab.fleet.runner import RunningLab
 from vmm_cert_lab.receiver_config import write_lab_receiver_config
 
-D = ".lab.example"
 TOKEN = "t0ken-for-tests-5b1f"  # noqa: S105 - tests and the lab only
 # 2030-06-03 10:00 UTC, a Monday: far enough from any lab certificate date to be neutral
 MONDAY_10_UTC = 1906884000.0

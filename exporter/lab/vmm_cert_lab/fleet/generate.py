@@ -16,7 +16,7 @@ ANOMALY_SHARE = 0.01  # ~1% each: certificate missing, TrustedPeople mismatch, d
 COHORT_WEIGHTS = {0: 0.15, 1: 0.25, 2: 0.25, 3: 0.2, 4: 0.15}
 
 
-def generated_scenario(hosts: int, seed: int = 1, domain: str = "lab.example") -> dict[str, Any]:
+def generated_scenario(hosts: int, seed: int, domain: str) -> dict[str, Any]:
     if isinstance(hosts, bool) or not isinstance(hosts, int) or hosts < 0:
         raise ValueError(f"hosts must be an integer >= 0, got {hosts!r}")
     rng = random.Random(seed)  # noqa: S311 - a reproducible lab, not cryptography

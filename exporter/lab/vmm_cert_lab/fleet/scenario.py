@@ -39,6 +39,8 @@ from vmm_cert_lab.fleet.model import (
 DEFAULT_ACCOUNT = Account(domain="LAB", username="svc-vmmcert", password="lab-password")  # noqa: S106
 DEFAULT_RUN_AS = "VMM Host Admins"
 BUILT_IN = ("demo", "ha")  # scenarios/<name>.yaml, shipped in the package
+# the DNS domain of every computer in the built-in scenarios and in generated fleets
+LAB_DOMAIN = "lab.example"
 
 _FQDN_RE = re.compile(
     r"(?=.{3,253}$)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
@@ -64,6 +66,11 @@ _VMM_KEYS = (_COMPUTER_KEYS - {"role"}) | _VMM_ONLY_KEYS
 
 class ScenarioError(ValueError):
     """A scenario that does not validate: ``<where>: <path>: expected ..., got ...``."""
+
+
+def lab_host(name: str) -> str:
+    """A computer's FQDN in the lab's domain: ``lab_host("hv01")`` is ``hv01.lab.example``."""
+    return f"{name}.{LAB_DOMAIN}"
 
 
 def _fail(where: str, path: str, expected: str, got: Any = ...) -> ScenarioError:
@@ -477,7 +484,9 @@ def load_fleet(
         from vmm_cert_lab.fleet.generate import generated_scenario
 
         return build_fleet(
-            generated_scenario(hosts, seed), where=f"generated(hosts={hosts})", locale=locale
+            generated_scenario(hosts, seed, LAB_DOMAIN),
+            where=f"generated(hosts={hosts})",
+            locale=locale,
         )
     if scenario in BUILT_IN:
         data = yaml.safe_load(built_in_scenario_text(scenario))
