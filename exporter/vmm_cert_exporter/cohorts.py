@@ -18,6 +18,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
+import statistics
 import zoneinfo
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -190,6 +191,36 @@ class Capacity:
         begin = bisect.bisect_right(self._cumulative, top - rest, hi=index + 1) - 1
         first_minute = minute - (index - begin) - int(weeks) * _WEEK_MINUTES
         return _MONDAY + first_minute * 60.0
+
+
+def capacities(
+    *,
+    max_concurrent: int,
+    per_vmm_server: int,
+    vmm_servers: int,
+    windows: Sequence[MaintenanceWindow],
+    approval: bool,
+    paused: bool,
+    assumed: float,
+    durations: Mapping[str, Sequence[float]],
+    at: float,
+) -> tuple[Capacity, Capacity]:
+    """(as configured, as used): the receiver's capacity with ``assumed`` as the renewal's
+    duration, and with the median of the measured ``durations`` (successful renewals, by
+    procedure) when there is one, else the configured one again."""
+    concurrency = min(max_concurrent, per_vmm_server * max(1, vmm_servers))
+
+    def capacity(duration: float, source: str) -> Capacity:
+        return Capacity(
+            concurrency, duration, source, tuple(windows), paused=paused, approval=approval, at=at
+        )
+
+    configured = capacity(assumed, "assumed")
+    measured = [d for ds in durations.values() for d in ds]
+    if not measured:
+        return configured, configured
+    # a renewal measured at under a second (a clock that did not move) is not a rate
+    return configured, capacity(max(1.0, statistics.median(measured)), "measured")
 
 
 @dataclass(frozen=True)

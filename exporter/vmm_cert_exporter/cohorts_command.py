@@ -26,8 +26,8 @@ from vmm_cert_exporter.cohorts import (
     CRITICAL,
     OK,
     WARNING,
-    Capacity,
     Projection,
+    capacities,
     group,
     minute_utc,
     project,
@@ -103,33 +103,22 @@ def _journal_facts(path: str | None) -> JournalFacts:
         journal.close()
 
 
-def _concurrency(settings: Settings, snapshot: Snapshot) -> int:
-    servers = {h.computer.vmm_server.lower() for h in snapshot.hosts if h.computer.vmm_server}
-    return min(
-        settings.max_concurrent, settings.max_concurrent_per_vmm_server * max(1, len(servers))
-    )
-
-
 def plan(snapshot: Snapshot, settings: Settings, facts: JournalFacts, now: float) -> dict[str, Any]:
     """The report as a JSON document (the table is rendered from it)."""
     paused = facts.paused or bool(settings.pause_file and os.path.exists(settings.pause_file))
-    measured = [d for ds in facts.durations.values() for d in ds]
-    concurrency = _concurrency(settings, snapshot)
-
-    def capacity(duration: float, source: str) -> Capacity:
-        return Capacity(
-            concurrency,
-            duration,
-            source,
-            settings.windows,
-            paused=paused,
-            approval=settings.require_approval,
-            at=now,
-        )
-
-    configured = capacity(settings.assumed_renewal_duration, "assumed")
-    # a renewal measured at under a second (a clock that did not move) is not a rate
-    used = capacity(max(1.0, statistics.median(measured)), "measured") if measured else configured
+    servers = {h.computer.vmm_server.lower() for h in snapshot.hosts if h.computer.vmm_server}
+    configured, used = capacities(
+        max_concurrent=settings.max_concurrent,
+        per_vmm_server=settings.max_concurrent_per_vmm_server,
+        vmm_servers=len(servers),
+        windows=settings.windows,
+        approval=settings.require_approval,
+        paused=paused,
+        assumed=settings.assumed_renewal_duration,
+        durations=facts.durations,
+        at=now,
+    )
+    measured = used is not configured
     cohorts = group(
         (
             (host.computer.role, host.current.info.not_after.timestamp())

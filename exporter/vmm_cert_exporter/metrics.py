@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from vmm_cert_exporter import __version__
+from vmm_cert_exporter.cohorts import group
 from vmm_cert_exporter.collection import RefreshHistogram
 from vmm_cert_exporter.snapshot import HostSnapshot, Snapshot
 
@@ -55,6 +56,28 @@ def expiry_points(snapshot: Snapshot) -> Iterator[tuple[HostSnapshot, float]]:
         current = host.current
         if current is not None:
             yield host, current.info.not_after.timestamp()
+
+
+def cohort_families(snapshot: Snapshot) -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+    """Computers per NotAfter day: one series per distinct (UTC) day and role, so a fleet
+    has a handful (docs/renewal.md#cohorts)."""
+    computers = GaugeMetricFamily(
+        "vmm_cert_cohort_computers",
+        "Computers whose current SCVMM certificate expires on the cohort's day (UTC "
+        "YYYY-MM-DD), by role.",
+        labels=["cohort", "role"],
+    )
+    expiry = GaugeMetricFamily(
+        "vmm_cert_cohort_expiry_timestamp_seconds",
+        "The earliest NotAfter of the cohort's computers, as a Unix timestamp.",
+        labels=["cohort"],
+    )
+    for cohort in group((host.computer.role, after) for host, after in expiry_points(snapshot)):
+        day = cohort.day.isoformat()
+        expiry.add_metric([day], cohort.expires_at)
+        for role, n in cohort.by_role.items():
+            computers.add_metric([day, role], float(n))
+    return computers, expiry
 
 
 class SnapshotCollector(Collector):
@@ -233,6 +256,7 @@ class SnapshotCollector(Collector):
             duration,
             errors,
         )
+        yield from cohort_families(snapshot)
         yield from self._exporter_metrics(snapshot)
 
     def _exporter_metrics(self, snapshot: Snapshot) -> Iterator[Metric]:

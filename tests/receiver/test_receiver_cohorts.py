@@ -7,13 +7,23 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from vmm_cert_exporter.cli import main
-from vmm_cert_lab.receiver_testing import Harness
+from vmm_cert_exporter.cohorts import minute_utc
+from vmm_cert_exporter.collection import Refresher
+from vmm_cert_exporter.config import load_config
+from vmm_cert_exporter.metrics import SnapshotCollector
+from vmm_cert_exporter.receiver.service import Receiver, start_receiver
+from vmm_cert_lab.fleet.runner import RunningLab
+from vmm_cert_lab.promstack import Promtool
+from vmm_cert_lab.receiver_testing import Harness, alert, auth, http, payload, receiver_config
 
 D = ".lab.example"
 
@@ -98,3 +108,96 @@ def test_the_table_and_a_paused_receiver(
     assert report["capacity"]["per_day"] == 0
     assert {c["projected_finish"] for c in report["cohorts"] if c["computers"]} == {None}
     assert {c["risk"] for c in report["cohorts"] if c["computers"]} == {"critical"}
+
+
+def test_the_exporter_publishes_the_same_cohorts(
+    harness_factory: Callable[..., Harness],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    promtool: Promtool,
+) -> None:
+    """vmm_cert_cohort_* on /metrics (promtool-valid) hold what `cohorts` prints."""
+    harness = harness_factory()
+    config = tmp_path / "receiver0" / "receiver.yml"
+    _, report = cohorts(config, capsys)
+    refresher = Refresher(load_config(config))
+    refresher.refresh_once()
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(lambda: refresher.snapshot))
+    text = generate_latest(registry).decode()
+    assert promtool.check_metrics(text).returncode == 0
+    computers: dict[str, dict[str, int]] = {}
+    expiry: dict[str, str] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "vmm_cert_cohort_computers":
+                by_role = computers.setdefault(sample.labels["cohort"], {})
+                by_role[sample.labels["role"]] = int(sample.value)
+            elif sample.name == "vmm_cert_cohort_expiry_timestamp_seconds":
+                expiry[sample.labels["cohort"]] = minute_utc(sample.value) or ""
+    assert computers == {c["day"]: c["by_role"] for c in report["cohorts"]}
+    assert expiry == {c["day"]: c["expires_at"] for c in report["cohorts"]}
+    assert sum(map(sum, (r.values() for r in computers.values()))) == sum(
+        lab_cohorts(harness).values()
+    )
+
+
+_CAPACITY_FAMILIES = ("vmm_renewal_capacity", "vmm_renewal_duration", "vmm_renewal_cohort")
+
+
+def receiver_samples(receiver: Receiver, promtool: Promtool) -> dict[str, float]:
+    status, text = http("GET", receiver.url + "/metrics")
+    assert status == 200 and isinstance(text, str)
+    assert promtool.check_metrics(text).returncode == 0
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.startswith(_CAPACITY_FAMILIES):
+                source = sample.labels.get("duration_source")
+                out[sample.name + (f"/{source}" if source else "")] = sample.value
+    return out
+
+
+def test_the_receiver_publishes_its_capacity(
+    lab: RunningLab, tmp_path: Path, promtool: Promtool
+) -> None:
+    hour = datetime.now(UTC).hour  # a 4-hour window open now, so the renewal below may run
+    config = receiver_config(
+        lab,
+        tmp_path,
+        max_concurrent=2,
+        max_concurrent_per_vmm_server=2,
+        maintenance_windows=[{"start": f"{hour:02d}:00", "end": f"{(hour + 4) % 24:02d}:00"}],
+        assumed_renewal_duration="5m",
+        cohort_margin="10d",
+    )
+    receiver = start_receiver(config, background=False)
+    try:
+        receiver.inventory.refresh()
+        # before any renewal: the assumed 5 minutes, 2 at once, 4 hours a night
+        assert receiver_samples(receiver, promtool) == {
+            "vmm_renewal_capacity_per_day/assumed": 96.0,
+            "vmm_renewal_duration_seconds/assumed": 300.0,
+            "vmm_renewal_cohort_margin_seconds": 864000.0,
+        }
+        status, _ = http("POST", receiver.url + "/api/pause", headers=auth())
+        assert status == 200
+        assert receiver_samples(receiver, promtool)["vmm_renewal_capacity_per_day/assumed"] == 0
+        http("POST", receiver.url + "/api/resume", headers=auth())
+        # one renewal
+        status, answer = http(
+            "POST",
+            receiver.url + "/alertmanager",
+            json.dumps(payload(alert(f"hv36{D}"))).encode(),
+            auth(),
+        )
+        assert status == 200, answer
+        receiver.engine.tick(wait=True)
+        job = receiver.journal.get(answer["alerts"][0]["job_id"])
+        assert job is not None and job.status == "succeeded", job
+        # measured now: the lab answers within a second, counted as one second
+        samples = receiver_samples(receiver, promtool)
+        assert samples["vmm_renewal_duration_seconds/measured"] == 1.0
+        assert samples["vmm_renewal_capacity_per_day/measured"] == 2 * 240 * 60
+    finally:
+        receiver.stop()

@@ -8,7 +8,9 @@ works from the first scrape), ``vmm_renewal_jobs_in_progress``,
 ``vmm_renewal_host_failed{host,procedure,step}`` (1 while a host's latest job failed, the
 series ``VMMCertificateRenewalFailed`` fires on), ``vmm_renewal_jobs_active{status}``,
 ``vmm_receiver_paused`` and ``vmm_receiver_info{version,mode}``; for retention,
-``vmm_renewal_journal_pruned_jobs_total`` (0 while ``journal_retention`` is unset).
+``vmm_renewal_journal_pruned_jobs_total`` (0 while ``journal_retention`` is unset); for
+capacity planning, ``vmm_renewal_capacity_per_day{duration_source}``,
+``vmm_renewal_duration_seconds{duration_source}`` and ``vmm_renewal_cohort_margin_seconds``.
 
 Counts come from the journal, so they survive restarts (a counter only resets if the
 journal file is replaced; pruning keeps the attempts it deletes counted); webhook counts are
@@ -25,6 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from vmm_cert_exporter import __version__
+from vmm_cert_exporter.cohorts import Capacity
 from vmm_cert_exporter.receiver.journal import ACTIVE_STATUSES, ATTEMPT_RESULTS, Journal
 from vmm_cert_exporter.receiver.planner import PROCEDURES
 
@@ -61,11 +64,15 @@ class ReceiverCollector(Collector):
         webhooks: WebhookCounter,
         mode: str,
         paused: Callable[[], bool],
+        capacity: Callable[[], Capacity] | None = None,
+        cohort_margin: float = 0.0,
     ) -> None:
         self._journal = journal
         self._webhooks = webhooks
         self._mode = mode
         self._paused = paused
+        self._capacity = capacity
+        self._cohort_margin = cohort_margin
 
     def describe(self) -> Iterator[Metric]:
         return iter(())  # registering must not query the journal
@@ -135,8 +142,36 @@ class ReceiverCollector(Collector):
             "1 while the global pause switch (API or pause file) is on.",
             value=1 if self._paused() else 0,
         )
+        if self._capacity is not None:
+            yield from self._capacity_families(self._capacity())
+
         info = GaugeMetricFamily(
             "vmm_receiver_info", "The receiver's version and mode.", labels=["version", "mode"]
         )
         info.add_metric([__version__, self._mode], 1)
         yield info
+
+    def _capacity_families(self, capacity: Capacity) -> Iterator[Metric]:
+        """What VMMCertificateCohortAtRisk divides the cohorts by (docs/renewal.md#cohorts)."""
+        per_day = GaugeMetricFamily(
+            "vmm_renewal_capacity_per_day",
+            "Computers the receiver can renew per day: max_concurrent, the maintenance "
+            "windows and the pause switch, with the measured median renewal duration, or "
+            "receiver.assumed_renewal_duration before one is measured (duration_source).",
+            labels=["duration_source"],
+        )
+        per_day.add_metric([capacity.duration_source], capacity.per_day)
+        yield per_day
+        duration = GaugeMetricFamily(
+            "vmm_renewal_duration_seconds",
+            "The duration of one renewal the capacity is computed with (duration_source: "
+            "measured from the journal, or assumed).",
+            labels=["duration_source"],
+        )
+        duration.add_metric([capacity.duration_source], capacity.duration)
+        yield duration
+        yield GaugeMetricFamily(
+            "vmm_renewal_cohort_margin_seconds",
+            "receiver.cohort_margin: how long before its day a cohort should be renewed.",
+            value=self._cohort_margin,
+        )

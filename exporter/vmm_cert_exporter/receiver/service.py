@@ -41,6 +41,7 @@ from urllib.parse import parse_qs
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
+from vmm_cert_exporter.cohorts import Capacity, capacities
 from vmm_cert_exporter.config import Config, ReceiverConfig, parse_listen_address
 from vmm_cert_exporter.http.credentials import SharedSecrets
 from vmm_cert_exporter.http.limits import Limits
@@ -132,9 +133,30 @@ class ReceiverApp:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(
             ReceiverCollector(
-                journal, self.webhooks, config.mode, lambda: engine.pause_state().paused
+                journal,
+                self.webhooks,
+                config.mode,
+                lambda: engine.pause_state().paused,
+                capacity=self._capacity,
+                cohort_margin=config.cohort_margin,
             )
         )
+
+    def _capacity(self) -> Capacity:
+        """The capacity used now: measured once the journal holds a successful renewal."""
+        config = self.config
+        _, used = capacities(
+            max_concurrent=config.max_concurrent,
+            per_vmm_server=config.max_concurrent_per_vmm_server,
+            vmm_servers=len(self.inventory.inventory.vmm_views),
+            windows=config.maintenance_windows,
+            approval=config.require_approval,
+            paused=self.engine.pause_state().paused,
+            assumed=config.assumed_renewal_duration,
+            durations=self.journal.renewal_durations(),
+            at=self.clock(),
+        )
+        return used
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
