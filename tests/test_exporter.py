@@ -211,7 +211,7 @@ def test_tls_validation_failure_is_tls(tmp_path: Path) -> None:
     with start_lab(scenario="demo", tls=True, state_dir=tmp_path / "lab") as lab:
         # a trust store that does not hold the lab CA: validation must fail, as tls
         other = tmp_path / "other-ca.pem"
-        from vmm_cert_lab.fleet.tls import create_lab_tls
+        from vmm_cert_lab.fleet.lab_ca import create_lab_tls
 
         other_tls = create_lab_tls(tmp_path / "other")
         other.write_bytes(Path(other_tls.ca_path).read_bytes())

@@ -27,8 +27,8 @@ from vmm_cert_exporter.http.limits import Limits
 from vmm_cert_exporter.receiver.service import Receiver, start_receiver
 from vmm_cert_exporter.serve import Exporter, start_exporter
 from vmm_cert_exporter.webconfig import load_web_config
+from vmm_cert_lab.fleet.lab_ca import LabTLS, create_lab_tls
 from vmm_cert_lab.fleet.runner import RunningLab
-from vmm_cert_lab.fleet.tls import LabTLS, create_lab_tls
 from vmm_cert_lab.receiver_testing import auth, receiver_config
 
 SHORT = Limits(handshake_timeout=1.0, head_timeout=1.0)

@@ -26,11 +26,11 @@ from vmm_cert_exporter.config import (
 from vmm_cert_exporter.failures import CollectError
 from vmm_cert_exporter.metrics import SnapshotCollector
 from vmm_cert_exporter.snapshot import Snapshot
-from vmm_cert_exporter.sources.tls import TlsProber
+from vmm_cert_exporter.sources.tls_probe import TlsProber
 from vmm_cert_lab.fleet.interfaces import Faults
 from vmm_cert_lab.fleet.runner import RunningLab
 from vmm_cert_lab.fleet.scenario import lab_host
-from vmm_cert_lab.fleet.tls_listener import server_name
+from vmm_cert_lab.fleet.sni_listener import server_name
 from vmm_cert_lab.promstack import Promtool
 
 

@@ -2,7 +2,7 @@
 
 Calls per refresh: ``list-managed-computers`` (when ``discover``) and
 ``list-trusted-certificates`` once per VMM server, and one read per computer (its source:
-``sources/winrm.py`` or ``sources/tls.py``), all through one bounded pool; once discovery
+``sources/winrm.py`` or ``sources/tls_probe.py``), all through one bounded pool; once discovery
 succeeds, TrustedPeople is read beside the computers' stores rather than before them. A
 computer that refuses our credentials is not called again in the same refresh (account
 lockout policies count every attempt). Refreshes run in one background thread, so they can
@@ -28,7 +28,7 @@ from vmm_cert_exporter.inventory import Computer, Inventory, VmmView, build_inve
 from vmm_cert_exporter.sharding import Shard
 from vmm_cert_exporter.snapshot import HostSnapshot, Snapshot, StoredCertificate
 from vmm_cert_exporter.sources import TLS, WINRM, MethodTable, Source
-from vmm_cert_exporter.sources.tls import TlsProber
+from vmm_cert_exporter.sources.tls_probe import TlsProber
 from vmm_cert_exporter.sources.winrm import LIST_MANAGED, LIST_TRUSTED, WinRMSource
 from vmm_cert_exporter.trust import TrustedCopies, trust_of
 

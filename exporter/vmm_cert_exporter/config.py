@@ -123,7 +123,7 @@ SERVER_CERT_VALIDATION: Final = ("validate", "ignore")
 PASSWORD_TRANSPORTS: Final = frozenset({"ntlm", "basic", "credssp"})
 TIMEOUT_RANGE: Final = (1.0, 3600.0)
 # How a computer is read: its store over WinRM, or the certificate its TLS listener presents
-# (sources/tls.py). The TLS probe's own deadline defaults to less than WinRM's.
+# (sources/tls_probe.py). The TLS probe's own deadline defaults to less than WinRM's.
 METHODS: Final = ("winrm", "tls")
 DEFAULT_TLS_PORT: Final = 443
 DEFAULT_TLS_ADDRESS: Final = "{host}"
@@ -387,7 +387,7 @@ def _read_tls_address(section: Section, slot: Slot) -> str:
 
 @dataclass(frozen=True)
 class TlsConfig:
-    """The ``tls:`` section: how ``method: tls`` computers are read (sources/tls.py)."""
+    """The ``tls:`` section: how ``method: tls`` computers are read (sources/tls_probe.py)."""
 
     address: str = field(
         default=DEFAULT_TLS_ADDRESS,

@@ -50,7 +50,7 @@ class HostSnapshot:
     last_error_reason: str | None
     errors_total: Mapping[str, int] = field(default_factory=dict)
     # how it was read: "winrm" (its store) or "tls" (the certificate it presents, which
-    # tells no store count and no trust verdict; see sources/tls.py)
+    # tells no store count and no trust verdict; see sources/tls_probe.py)
     method: str = "winrm"
 
     @property

@@ -28,8 +28,8 @@ from winrm.exceptions import (
 from winrm.protocol import Protocol
 
 from vmm_cert_lab.fleet.interfaces import Account, Faults, FleetModel
+from vmm_cert_lab.fleet.lab_ca import LabTLS, create_lab_tls
 from vmm_cert_lab.fleet.server import LabServer
-from vmm_cert_lab.fleet.tls import LabTLS, create_lab_tls
 from vmm_cert_lab.fleet.wsman import CODE_SHELL_NOT_FOUND, decode_encoded_command
 
 Transport = Literal["basic", "ntlm"]

@@ -3,7 +3,7 @@
 Each source reads one computer at a time behind ``Source``. ``method: winrm``
 (``sources/winrm.py``) reads the ``LocalMachine\\My`` store through the script contract, and
 is also how the VMM server is asked what it manages and what its TrustedPeople holds.
-``method: tls`` (``sources/tls.py``) needs no credentials: it reads the certificate the
+``method: tls`` (``sources/tls_probe.py``) needs no credentials: it reads the certificate the
 computer presents in a TLS handshake, which tells less (no store count, no trust verdict;
 see docs/metrics.md).
 """

@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from vmm_cert_lab.fleet.interfaces import Account, FleetModel
+from vmm_cert_lab.fleet.lab_ca import create_lab_tls
 from vmm_cert_lab.fleet.latency import NONE, Latency
 from vmm_cert_lab.fleet.server import LabServer
-from vmm_cert_lab.fleet.tls import create_lab_tls
 
 if TYPE_CHECKING:
-    from vmm_cert_lab.fleet.tls_listener import TlsListener
+    from vmm_cert_lab.fleet.sni_listener import TlsListener
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -254,7 +254,7 @@ def start_lab(
     )
     server.start()
     from vmm_cert_lab.fleet.model import Fleet
-    from vmm_cert_lab.fleet.tls_listener import TlsListener
+    from vmm_cert_lab.fleet.sni_listener import TlsListener
 
     listener = None
     if tls_listener and isinstance(fleet, Fleet):

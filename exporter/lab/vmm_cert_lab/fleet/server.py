@@ -27,8 +27,8 @@ from urllib.parse import urlsplit
 from vmm_cert_lab.fleet import ntlm
 from vmm_cert_lab.fleet.control import ControlError, handle_control
 from vmm_cert_lab.fleet.interfaces import Account, Faults, FleetModel
+from vmm_cert_lab.fleet.lab_ca import LabTLS
 from vmm_cert_lab.fleet.latency import NONE, Latency
-from vmm_cert_lab.fleet.tls import LabTLS
 from vmm_cert_lab.fleet.wsman import (
     DEFAULT_IDLE_TIMEOUT,
     LabStopping,
