@@ -92,7 +92,7 @@ def write_result(name: str, text: str) -> None:
     os.environ.setdefault("VMM_BENCH_QUIET", "")
 
 
-# ---- added for the fleet-scale benchmarks (issue 6) ---------------------------------------
+# ---- the fleet-scale benchmarks ----------------------------------------------------------
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -10,8 +10,8 @@ processes share this machine's two cores, as they would share a small VM.
 
 Prints wall time, exporter CPU seconds, lab CPU seconds, peak RSS of the exporter and the
 cost per computer; writes ``bench/results/exporter_refresh.{txt,png}``.
-Targets (this 2-core machine, lab included): 1,000 computers in <= 30 s (issue 3),
-5,000 computers in <= 150 s (issue 6).
+Targets (this 2-core machine, lab included; docs/scaling.md): 1,000 computers in <= 30 s,
+5,000 computers in <= 150 s.
 """
 
 from __future__ import annotations

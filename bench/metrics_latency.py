@@ -16,7 +16,7 @@ Scrapers are separate processes (as Prometheus is), each asking ``--per-scraper`
 one HTTP/1.1 keep-alive connection, as Prometheus does, and reading the whole body;
 first one scraper, then ``--scrapers`` at once; with ``Accept-Encoding: gzip`` (what
 Prometheus sends) and without. Writes ``bench/results/metrics_latency.{txt,png}``.
-Targets (issue 6): p50 <= 50 ms at 10,000 computers and <= 250 ms at 50,000 with 10
+Targets (docs/scaling.md): p50 <= 50 ms at 10,000 computers and <= 250 ms at 50,000 with 10
 concurrent scrapers; peak RSS <= 300 MB at 10,000.
 """
 

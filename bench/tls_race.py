@@ -22,7 +22,7 @@ and of the exporter process, the lab's CPU seconds, and the ratios. Finally a cr
 both must report the same NotAfter for every endpoint that presents its SCVMM certificate
 (blackbox's ``probe_ssl_earliest_cert_expiry``); endpoints that present another certificate
 are listed (the exporter says ``vmm_cert_present 0``; blackbox cannot tell).
-Target (issue 6): the exporter's wall time <= blackbox's. Writes
+Target (docs/scaling.md): the exporter's wall time <= blackbox's. Writes
 ``bench/results/tls_race.{txt,png}``.
 """
 

@@ -21,7 +21,7 @@ GENERATOR = ROOT / "exporter" / "tools" / "dashboard.py"
 DATASOURCES = ROOT / "grafana" / "provisioning" / "datasources" / "prometheus.yaml"
 PROVIDERS = ROOT / "grafana" / "provisioning" / "dashboards" / "vmm-certificates.yaml"
 
-# The exporter's metric names (issue 3, a contract), histogram series included.
+# The exporter's metric names (a contract: docs/metrics.md), histogram series included.
 METRICS = {
     "vmm_cert_expiry_seconds",
     "vmm_cert_not_after_timestamp_seconds",

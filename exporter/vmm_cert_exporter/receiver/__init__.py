@@ -1,8 +1,10 @@
-"""The renewal receiver: Alertmanager webhook → guarded SCVMM renewal runbooks (issue 5).
+"""The renewal receiver: Alertmanager webhook → guarded SCVMM renewal runbooks.
 
 Modules, in the order data flows through them:
 
-- ``webhook`` parses Alertmanager's webhook (version 4) strictly; ``auth`` checks credentials.
+- ``config`` is the ``receiver:`` section of the configuration file.
+- ``webhook`` parses Alertmanager's webhook (version 4) strictly (the HTTP layer,
+  ``vmm_cert_exporter.http``, has checked the credentials).
 - ``intake`` turns firing alerts into journaled jobs, or records why it would not.
 - ``journal`` is the SQLite (WAL) memory: jobs, attempts, steps, alerts, events.
 - ``guards`` decides whether a job may start now (mode, pause, approval, windows, limits).

@@ -1,10 +1,10 @@
 """The receiver's own ``/metrics``: read from the journal at scrape time, plus counters.
 
-Names are a contract (issue 5): ``vmm_renewal_jobs_total{procedure,result}`` (one per
+Names are a contract (docs/metrics.md): ``vmm_renewal_jobs_total{procedure,result}`` (one per
 finished attempt; every procedure/result pair is published, zero included, so ``rate()``
 works from the first scrape), ``vmm_renewal_jobs_in_progress``,
 ``vmm_renewal_last_success_timestamp_seconds{host}`` and
-``vmm_receiver_webhooks_total{outcome}``. Added for the alert and the dashboard:
+``vmm_receiver_webhooks_total{outcome}``. For the alert and the dashboard:
 ``vmm_renewal_host_failed{host,procedure,step}`` (1 while a host's latest job failed, the
 series ``VMMCertificateRenewalFailed`` fires on), ``vmm_renewal_jobs_active{status}``,
 ``vmm_receiver_paused`` and ``vmm_receiver_info{version,mode}``; for retention,

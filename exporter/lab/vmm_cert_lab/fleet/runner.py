@@ -122,7 +122,7 @@ class RunningLab:
         return out
 
     def exporter_config(self, password_file: Path) -> dict[str, Any]:
-        """The exporter configuration (issue 3's shape) that points at this lab."""
+        """The exporter configuration that points at this lab."""
         winrm: dict[str, Any] = {
             "endpoint": self.endpoint_template,
             "transport": "basic",
