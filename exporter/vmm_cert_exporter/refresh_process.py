@@ -1,30 +1,8 @@
-"""The refresh in a child process of its own, so that a scrape never waits for it.
+"""The refresh in a child process of its own, so that a scrape never waits for it, and a
+crash or memory spike of a refresh cannot take the server down.
 
-Why: a refresh is Python work (HTTP, SOAP, NTLM, X.509 parsing: ~7 ms of CPU per computer).
-In the serving process it shares the one interpreter lock with every scrape; in its own
-process it has its own interpreter, and the server only receives the finished snapshots.
-Measured (docs/scaling.md): 10 concurrent uncompressed scrapes of 10,000 computers while a
-CPU-bound refresh runs took p50 ~170 ms with the refresh in a thread, ~60 ms with it here.
-It also keeps a refresh's memory and any crash inside it away from the server: a refresh
-process that dies is started again, and /metrics keeps serving the last snapshot meanwhile.
-
-The child is a ``spawn``-ed Python (no fork of a threaded process). It reads the same
-configuration file (secrets are never pickled: ``secrets.Secret`` refuses it) and runs the
-ordinary ``collection.Refresher``. One pipe, pickled messages:
-
-- child -> server: ``("snapshot", Snapshot, RefreshHistogram, refreshes)`` after every
-  refresh; ``("first",)`` once the first refresh has ended, published or not;
-  ``("failed", message)`` when the child cannot start (a configuration that no longer
-  loads); ``("stopped", in_time)`` as it exits.
-- server -> child: ``"stop"`` (graceful: no new call, the calls in flight finish or reach
-  their deadline and send Signal + Delete) and ``"abort"`` (end the calls in flight now; each
-  still sends Signal + Delete).
-
-The server owns the shutdown: the child ignores SIGINT (Ctrl-C reaches the whole process
-group; the server turns the first into "stop", the second into "abort"). SIGTERM sent to
-the child itself (systemd signals the whole control group) means "stop". A server that dies
-closes the pipe: the child then aborts its calls and exits, so no refresh outlives it.
-"""
+Why, the messages on its pipe and who owns the shutdown: docs/architecture.md ("Why the
+refresh runs in a process of its own")."""
 
 from __future__ import annotations
 

@@ -1,20 +1,7 @@
 """``--shard K/N``: N exporters split one fleet, with no overlap and no gap.
 
-Rendezvous (highest-random-weight) hashing of the lower-cased FQDN: every shard index
-``i`` in ``0..N-1`` gets the score ``blake2b("<i>:<fqdn>", 8 bytes)`` read as a big-endian
-integer, and the computer belongs to the shard with the highest score. Consequences:
-
-- every computer has exactly one owner, computed from its name alone: N exporters with the
-  same N and different K agree without talking to each other;
-- adding or removing computers never moves any other computer;
-- going from N to N+1 shards moves only the computers the new shard wins (about 1/(N+1)),
-  each to the new shard;
-- the spelling of a name does not matter (``HV01.corp.example`` = ``hv01.corp.example``).
-
-The split is applied after discovery: every shard still asks every VMM server what it manages
-(and reads its TrustedPeople, needed for the trust verdict of its hosts); the VMM server's own
-certificate belongs to one shard like any other computer. See docs/scaling.md.
-"""
+Rendezvous hashing of the lower-cased FQDN, applied after discovery; its properties are in
+docs/scaling.md ("Sharding")."""
 
 from __future__ import annotations
 

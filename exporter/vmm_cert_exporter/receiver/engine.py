@@ -1,29 +1,8 @@
 """The scheduler: which job runs when, and the journaled run of one attempt.
 
-A job's life (docs/renewal.md has the diagram):
-
-    planned ─► waiting ─► running ─► succeeded | already-fresh | failed ─(backoff)─► running
-                 ▲  guards    │                                   └─ gives up: failed (final)
-                 └────────────┘ dry run: running ─► planned (the plan, final)
-    running ─(process died)─► interrupted ─► running (resume: verify first) ─► ...
-    planned | waiting | failed (retry pending) | interrupted ─(API)─► cancelled
-
-Rules that keep it safe:
-
-- An execute attempt is only ever started by an engine that may execute (receiver
-  ``mode: execute``, or ``renew --execute``). A dry-run receiver plans, reads, and changes
-  nothing.
-- Every change step is journaled (intent, committed) before its script is sent, and its
-  outcome after. An interrupted job is resumed by *verifying* (reading both ends), never by
-  re-sending a step; if verification does not find a fresh certificate, the next attempt
-  starts from a new preflight that removes only what it sees then.
-- A running job is never stopped half-way (delete without re-register would leave the
-  computer unmanageable); pause and cancel act on jobs not yet running.
-
-With ``receiver.journal_retention`` set, the scheduling loop also prunes the journal: on its
-first pass (at receiver start) and then every ``prune_interval`` (an hour). ``Journal.prune``
-says what it keeps; ``renew --execute`` never prunes.
-"""
+A job's life and the rules that keep a renewal safe: docs/renewal.md ("Jobs", "Safety
+model"). With ``receiver.journal_retention`` set, the scheduling loop also prunes the
+journal (at start, then every ``prune_interval``)."""
 
 from __future__ import annotations
 

@@ -1,25 +1,7 @@
 """From a valid webhook to jobs: each alert creates a job, joins one, or is rejected.
 
-An alert causes work only if all of these hold, checked in this order; the first that
-fails is recorded as the alert's rejection reason (and nothing runs):
-
-1. its status is ``firing`` (resolved alerts never start anything);
-2. its ``alertname`` is one of ``receiver.trigger_alerts``;
-3. it has a ``host`` label that is a plain ASCII FQDN (no whitespace, no trailing dot, no
-   look-alike Unicode) naming a computer of the inventory (case-insensitive, as Windows);
-4. policy allows the host (``deny_hosts``, ``allow_hosts``, ``allow_roles``);
-5. a procedure exists for it: any name of the VMM server (``planner.deciding_view``) gets
-   procedure 2, or procedure 1 only on a single VMM server without Update-SCVMMCertificate;
-   a highly available one without the cmdlet is refused (apply the update rollup first).
-
-Then, idempotently: a copy of an alert already seen (same fingerprint, same start, same
-mode: Alertmanager repeats notifications) joins the job it led to; an alert for a host with
-an active job joins that job (the database allows one); in dry-run mode an alert for a host
-planned within ``cooldown`` joins that plan. Otherwise a new job is created.
-
-Label values only ever reach PowerShell as the FQDN of an inventory computer (the
-inventory's own spelling), through the script contract's base64 parameters.
-"""
+The checks an alert must pass, in order, and when it joins a job instead:
+docs/renewal.md ("How a webhook becomes a renewal")."""
 
 from __future__ import annotations
 

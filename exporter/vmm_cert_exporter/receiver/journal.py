@@ -1,32 +1,7 @@
 """The renewal journal: SQLite in WAL mode, the receiver's memory and its audit trail.
 
-Tables: ``jobs`` (one renewal of one host), ``attempts`` (each run of a job: its result is
-what ``vmm_renewal_jobs_total`` counts), ``steps`` (each script sent, with its parameters
-and outcome), ``alerts`` (every alert received, with what was done about it and why),
-``webhooks``, ``events`` (a free-text history), ``settings`` (the pause switch) and
-``pruned_attempts`` (what pruning removed from ``attempts``, so that the counts read from
-the journal never go down).
-
-Rules the database itself enforces, so that no code path can break them:
-
-- **One active job per host**: a partial unique index on ``jobs(host_key) WHERE finished_at
-  IS NULL``. A job is active until it is terminal; every terminal status has ``finished_at``.
-- A ``running`` job always names its ``owner`` (the process running it), and only a running
-  job has one; a ``failed`` job that is still active has a retry time.
-
-Crash safety: a change step is journaled as ``started`` (its intent, with the exact
-parameters) and committed with ``synchronous=FULL`` *before* its script is sent, and its
-outcome is written after. After a crash, ``recover`` finds running jobs whose owner process
-is gone (``OwnerLock``), marks them ``interrupted`` and their unfinished steps ``unknown``;
-the engine then resumes them from verification. Nothing is ever re-sent from the journal.
-
-Pruning is opt-in (``receiver.journal_retention``; without it nothing is ever deleted) and
-``prune`` documents what it keeps: never an active job, nor anything a guard, a resume or a
-metric reads.
-
-The journal must live on a local file system: SQLite's locking and ``flock`` are not
-reliable over network file systems.
-"""
+Its tables, the rules the database itself enforces and how a crash is recovered are in
+docs/renewal.md ("The journal"); ``prune`` says what retention keeps."""
 
 from __future__ import annotations
 

@@ -1,23 +1,9 @@
 """What to do for one computer, and whether there is anything to do: pure decisions, no I/O.
 
-The support article's two procedures (docs/renewal.md):
-
-- ``remove-register`` (procedure 1, any managed computer): delete the SCVMM certificate(s)
-  from the computer's ``LocalMachine\\My`` by thumbprint, then ``Register-SCVMMManagedComputer``
-  on its VMM server with a Run As account named in VMM.
-- ``update-vmm-certificate`` (procedure 2, the VMM server only, on versions that have
-  ``Update-SCVMMCertificate``).
-
-"The VMM server" is every name it goes by (``VmmView.is_server_name``): the configured name,
-VMM's own FQDN, a computer whose role holds ``VMMServerRole``, each node of a highly
-available one. Procedure 1 runs on such a name only when VMM says the server is a single,
-not highly available one without ``Update-SCVMMCertificate``; a highly available one without
-it gets nothing, whatever else is known.
-
-"Fresh" is defined once, here, for preflight and verification alike: exactly one SCVMM
-certificate, NotAfter at least ``min_validity`` away, and VMM's TrustedPeople copy matching
-its thumbprint (for the VMM server only when VMM keeps a self-copy; see trust.trust_of).
-"""
+It chooses between the support article's two procedures (``remove-register``,
+``update-vmm-certificate``) and is the one place that says what "fresh" means, for
+preflight and verification alike (VMM's TrustedPeople copy counts for the VMM server only
+when VMM keeps one: ``trust.trust_of``): docs/renewal.md ("The runbooks")."""
 
 from __future__ import annotations
 

@@ -1,21 +1,7 @@
 """Alertmanager's webhook payload (version 4), parsed strictly.
 
-The body Alertmanager POSTs (``notify/webhook``: ``template.Data`` plus ``version``,
-``groupKey`` and ``truncatedAlerts``)::
-
-    {"version": "4", "groupKey": "...", "truncatedAlerts": 0, "status": "firing",
-     "receiver": "...", "groupLabels": {...}, "commonLabels": {...},
-     "commonAnnotations": {...}, "externalURL": "...",
-     "alerts": [{"status": "firing", "labels": {...}, "annotations": {...},
-                 "startsAt": "RFC 3339", "endsAt": "RFC 3339", "generatorURL": "...",
-                 "fingerprint": "16 hex digits"}]}
-
-Strict means: exactly one JSON object in UTF-8, no duplicate keys, no NaN, every field of
-the schema present with its type (``truncatedAlerts`` may be missing: Alertmanager before
-0.22 did not send it), no field outside it, label names as Prometheus allows them, times
-as RFC 3339, a group status consistent with its alerts, and bounded sizes. The first
-violation is raised as ``PayloadError`` whose message names the field: the HTTP 400 body.
-"""
+The first violation of the schema (docs/renewal.md, "How a webhook becomes a renewal") is
+raised as ``PayloadError``, whose message names the field: the HTTP 400 body."""
 
 from __future__ import annotations
 

@@ -1,23 +1,8 @@
-"""The agentless TLS source: the certificate a computer presents, read without credentials.
+"""The agentless TLS source (``method: tls``): the certificate a computer presents in a TLS
+handshake, read by SNI without credentials and within each probe's own deadline.
 
-For computers where no WinRM account is available (perimeter hosts, untrusted domains),
-``method: tls`` opens a TCP connection to ``tls.address``:``tls.port`` (443 by default),
-sends the computer's FQDN as SNI, completes a TLS handshake **without validating anything**
-(the point is to read a self-signed certificate), takes the leaf certificate's DER and closes.
-Nothing else is sent: no HTTP request, no credentials.
-
-The presented certificate counts as the SCVMM certificate when it is self-signed (issuer =
-subject and the signature verifies with its own key) and its subject CN is the computer's
-FQDN (compared case-insensitively). Anything else is reported as "no SCVMM certificate"
-(``vmm_cert_present 0``). Which listener presents the SCVMM certificate (443, the BITS data
-channel, is the likely one) is unverified: check it on your own fleet before relying on it
-(docs/configuration.md shows how).
-
-Every probe has its own hard deadline (``tls.timeout``): the connect is bounded by the time
-left, and the handshake runs on a non-blocking socket polled against the deadline, so a
-server that answers one byte at a time cannot hold it longer. Name resolution
-(``getaddrinfo``) is the one step the deadline cannot interrupt.
-"""
+What counts as the SCVMM certificate and which failure is which: docs/configuration.md
+("tls: the agentless source")."""
 
 from __future__ import annotations
 

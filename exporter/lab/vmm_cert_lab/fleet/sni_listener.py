@@ -1,23 +1,6 @@
-"""TLS listeners for the lab's computers: each presents its current certificate, by SNI.
-
-A real managed computer answers TLS on its own address (port 443, the BITS data channel, is
-the listener most likely to present the SCVMM certificate; unverified). The lab has one
-address, so one port plays every computer: the listener reads the ClientHello's server name
-(SNI) before the handshake, looks the computer up in the fleet model, and completes the
-handshake with that computer's current SCVMM certificate (the one with the latest NotAfter)
-and its private key. It is what the exporter's ``method: tls`` and blackbox_exporter probe.
-
-- A computer without an SCVMM certificate (deleted by mistake) presents another certificate
-  for its FQDN, issued by a per-listener "corporate" CA: what a listener bound to some other
-  certificate would show. A probe must report it as "not the SCVMM one".
-- A name the fleet does not know, or no SNI at all: the connection is reset.
-- The computer's transport faults apply: ``connection_refused`` resets the connection,
-  ``black_hole`` never answers the ClientHello, ``tls_error`` answers with non-TLS bytes,
-  ``latency`` waits before the handshake, ``drip`` sends the server's handshake one byte
-  every ``drip`` seconds.
-
-TLS 1.2 and 1.3, no session tickets (every probe is a full handshake, as for a real fleet).
-"""
+"""One TLS port that plays every lab computer's listener: it reads the SNI of the ClientHello
+and presents that computer's current SCVMM certificate (what ``method: tls`` and
+blackbox_exporter probe). The cases and faults it answers: docs/lab.md."""
 
 from __future__ import annotations
 
