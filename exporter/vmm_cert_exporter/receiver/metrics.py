@@ -1,21 +1,8 @@
 """The receiver's own ``/metrics``: read from the journal at scrape time, plus counters.
 
-Names are a contract (docs/metrics.md): ``vmm_renewal_jobs_total{procedure,result}`` (one per
-finished attempt; every procedure/result pair is published, zero included, so ``rate()``
-works from the first scrape), ``vmm_renewal_jobs_in_progress``,
-``vmm_renewal_last_success_timestamp_seconds{host}`` and
-``vmm_receiver_webhooks_total{outcome}``. For the alert and the dashboard:
-``vmm_renewal_host_failed{host,procedure,step}`` (1 while a host's latest job failed, the
-series ``VMMCertificateRenewalFailed`` fires on), ``vmm_renewal_jobs_active{status}``,
-``vmm_receiver_paused`` and ``vmm_receiver_info{version,mode}``; for retention,
-``vmm_renewal_journal_pruned_jobs_total`` (0 while ``journal_retention`` is unset); for
-capacity planning, ``vmm_renewal_capacity_per_day{duration_source}``,
-``vmm_renewal_duration_seconds{duration_source}`` and ``vmm_renewal_cohort_margin_seconds``.
-
-Counts come from the journal, so they survive restarts (a counter only resets if the
-journal file is replaced; pruning keeps the attempts it deletes counted); webhook counts are
-per process (unauthenticated requests are not written to disk).
-"""
+The names are a contract (docs/renewal.md, "Metrics"). Counts come from the journal, so
+they survive restarts (pruning keeps the attempts it deletes counted); webhook counts are
+per process (unauthenticated requests are not written to disk)."""
 
 from __future__ import annotations
 
