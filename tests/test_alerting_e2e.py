@@ -22,8 +22,9 @@ import pytest
 import yaml
 
 from vmm_cert_exporter.config import load_config
-from vmm_cert_exporter.rules import FOR_DURATIONS, render_rules
+from vmm_cert_exporter.rules import FOR_DURATIONS
 from vmm_cert_exporter.serve import Exporter, start_exporter
+from vmm_cert_lab.demo import prometheus_config
 from vmm_cert_lab.fleet.runner import RunningLab, start_lab
 from vmm_cert_lab.fleet.scenario import LAB_DOMAIN, lab_host
 from vmm_cert_lab.processes import Process, wait_until
@@ -140,33 +141,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             # discover its first target, during which up is absent
             fast = {name: "3s" for name in FOR_DURATIONS}
             fast["VMMCertificateExporterDown"] = "1m"
-            rules = work / "rules.yml"
-            rules.write_text(render_rules(for_durations=fast))
-            prom_cfg = work / "prometheus.yml"
-            prom_cfg.write_text(
-                yaml.safe_dump(
-                    {
-                        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                        "rule_files": [str(rules)],
-                        "alerting": {
-                            "alertmanagers": [
-                                {
-                                    "static_configs": [
-                                        {"targets": [alertmanager.url.removeprefix("http://")]}
-                                    ]
-                                }
-                            ]
-                        },
-                        "scrape_configs": [
-                            {
-                                "job_name": "vmm-cert-exporter",
-                                "static_configs": [
-                                    {"targets": [exporter.url.removeprefix("http://")]}
-                                ],
-                            }
-                        ],
-                    }
-                )
+            prom_cfg = prometheus_config(
+                work,
+                exporter.url.removeprefix("http://"),
+                alertmanager.url.removeprefix("http://"),
+                for_durations=fast,
+                scrape_interval="1s",
             )
             prometheus = start_prometheus(prom_cfg, work)
             processes.append(prometheus)
