@@ -29,6 +29,7 @@ from vmm_cert_exporter.serve import Exporter, start_exporter
 from vmm_cert_exporter.webconfig import load_web_config
 from vmm_cert_lab.fleet.lab_ca import LabTLS, create_lab_tls
 from vmm_cert_lab.fleet.runner import RunningLab
+from vmm_cert_lab.processes import wait_until
 from vmm_cert_lab.receiver_testing import auth, receiver_config
 
 SHORT = Limits(handshake_timeout=1.0, head_timeout=1.0)
@@ -54,10 +55,7 @@ def exporter(
         config, "127.0.0.1:0", web_config=web_config, isolate=False, limits=limits
     )
     try:
-        deadline = time.monotonic() + 60
-        while not running.refresher.snapshot.complete:  # the first refresh
-            assert time.monotonic() < deadline, "no refresh finished"
-            time.sleep(0.05)
+        wait_until(lambda: running.refresher.snapshot.complete, "the first refresh", 60, 0.05)
         yield running
     finally:
         running.stop(drain=5.0)
