@@ -109,6 +109,9 @@ FOR_DURATIONS: Mapping[str, str] = {
     # A renewal that failed is retried on the receiver's backoff; a failure fixed within 5
     # minutes (the resume after a receiver crash) is not worth a notification.
     "VMMCertificateRenewalFailed": "5m",
+    # A projection weeks ahead moves slowly; an hour rides out a receiver restart, a pause
+    # for a maintenance and a capacity re-measured after one slow renewal.
+    "VMMCertificateCohortAtRisk": "1h",
 }
 
 ALERT_NAMES: tuple[str, ...] = tuple(FOR_DURATIONS)
@@ -137,7 +140,7 @@ RULE_GROUPS: Mapping[str, tuple[str, ...]] = {
         "VMMCertificateExporterDown",
         "VMMCertificateExporterStale",
     ),
-    "vmm-cert-renewal": ("VMMCertificateRenewalFailed",),
+    "vmm-cert-renewal": ("VMMCertificateRenewalFailed", "VMMCertificateCohortAtRisk"),
 }
 
 
@@ -179,9 +182,88 @@ _NOT_AFTER = (
 )
 
 
+def _cohort_at_risk() -> list[_Alert]:
+    """Per cohort (``vmm_cert_cohort_*`` summed over the exporter's shards): when its last
+    computer would be renewed at the receiver's capacity, minus its first NotAfter.
+
+    Warning once that is later than the day minus ``cohort_margin``, critical once it is
+    after the day; a paused receiver (capacity 0) projects +Inf. Cohorts already past are
+    VMMCertificateExpired's. Without a receiver there is no capacity, and no alert.
+    """
+
+    def aggregate(how: str, metric: str, alive: str = "vmm_cert_collect_success") -> str:
+        return f"{how} (\n  {_indent(held(metric, alive=alive))}\n)"
+
+    left = aggregate("sum by (cohort)", "vmm_cert_cohort_computers")
+    expiry = aggregate("min by (cohort)", "vmm_cert_cohort_expiry_timestamp_seconds")
+    capacity = aggregate("max", "vmm_renewal_capacity_per_day", "vmm_receiver_info")
+    margin = aggregate("max", "vmm_renewal_cohort_margin_seconds", "vmm_receiver_info")
+    # projected finish - first NotAfter, in seconds (the alert's value)
+    late = (
+        f"(\n  time() + {_DAY} * {_indent(left)}\n"
+        f"  / on () group_left ()\n  {_indent(capacity)}\n)\n"
+        f"- on (cohort)\n{expiry}\n"
+    )
+    upcoming = f"and on (cohort)\n{expiry} > time()"
+    day = "{{ $labels.cohort }}"
+    q_left = "sum(vmm_cert_cohort_computers{cohort=%q})"
+    q_expiry = "min(vmm_cert_cohort_expiry_timestamp_seconds{cohort=%q})"
+    q_per_day = "max(vmm_renewal_capacity_per_day)"
+    q_capacity = "max by (duration_source) (vmm_renewal_capacity_per_day)"
+    q_margin = "max(vmm_renewal_cohort_margin_seconds)"
+    computers = (
+        f'{{{{ with printf "{q_left}" $labels.cohort | query }}}}'
+        "{{ . | first | value }}{{ end }}"
+    )
+    # no start date while paused (the division by 0 capacity gives none)
+    start_by = (
+        f'{{{{ with printf "{q_expiry} - {q_margin} - {_DAY} * {q_left} / ({q_per_day} > 0)" '
+        "$labels.cohort $labels.cohort | query }} Renewals would have had to start by "
+        "{{ . | first | value | humanizeTimestamp }}.{{ end }}"
+    )
+    capacity_text = (
+        f'{{{{ with query "{q_capacity}" }}}}{{{{ with . | first }}}}'
+        "{{ if eq .Value 0.0 }}0 computers a day (paused: nothing is renewed)"
+        '{{ else }}{{ .Value | printf "%.0f" }} computers a day '
+        "({{ .Labels.duration_source }} renewal duration){{ end }}{{ end }}{{ end }}"
+    )
+    margin_text = (
+        f'{{{{ with query "{q_margin}" }}}}'
+        "{{ . | first | value | humanizeDuration }}{{ end }}"
+    )
+    finish = (
+        "{{ if gt $value 0.0 }}{{ $value | humanizeDuration }} after it expires"
+        '{{ else }}{{ $value | humanizeDuration | reReplaceAll "^-" "" }} before it expires'
+        "{{ end }}"
+    )
+    description = (
+        f"{computers} computers expire on {day}; at the renewal receiver's capacity of "
+        f"{capacity_text} the last of them would be renewed {finish} (margin: "
+        f"{margin_text}).{start_by} Widen the maintenance windows, raise max_concurrent, "
+        "approve in bulk or start early (vmm-cert-exporter cohorts --config FILE shows the "
+        "plan)."
+    )
+    return [
+        _Alert(
+            "VMMCertificateCohortAtRisk",
+            "warning",
+            f"{late}> on () group_left ()\n-{margin}\n{upcoming}",
+            f"Cohort {day} will not be renewed {margin_text} before it expires",
+            description,
+        ),
+        _Alert(
+            "VMMCertificateCohortAtRisk",
+            "critical",
+            f"{late}> 0\n{upcoming}",
+            f"Cohort {day} will not be renewed before it expires",
+            description,
+        ),
+    ]
+
+
 def _alerts(
     warn_days: int, critical_days: int, job: str, durations: Mapping[str, str]
-) -> dict[str, _Alert]:
+) -> dict[str, list[_Alert]]:
     warn_s = warn_days * _DAY
     crit_s = critical_days * _DAY
     expiry = held("vmm_cert_expiry_seconds")
@@ -316,8 +398,12 @@ def _alerts(
             '{{ if eq $labels.step "register-managed-computer" }} The host\'s certificate was '
             "deleted and not re-registered: VMM cannot manage it until it is.{{ end }}",
         ),
+        *_cohort_at_risk(),
     ]
-    return {a.name: a for a in alerts}
+    by_name: dict[str, list[_Alert]] = {}
+    for a in alerts:
+        by_name.setdefault(a.name, []).append(a)
+    return by_name
 
 
 def _indent(text: str, by: str = "  ") -> str:
@@ -369,8 +455,7 @@ def rule_groups(
     for group, names in RULE_GROUPS.items():
         rules: list[dict[str, Any]] = []
         for name in names:
-            a = alerts[name]
-            rules.append(
+            rules.extend(
                 {
                     "alert": a.name,
                     "expr": a.expr,
@@ -382,6 +467,7 @@ def rule_groups(
                         "runbook_url": f"{base}{a.name}.md",
                     },
                 }
+                for a in alerts[name]
             )
         groups.append({"name": group, "rules": rules})
     return groups

@@ -76,6 +76,7 @@ NOT_TRIGGERS: Final = (
     "VMMCertificateExporterDown",
     "VMMCertificateExporterStale",
     "VMMCertificateRenewalFailed",
+    "VMMCertificateCohortAtRisk",
 )
 _ALERTNAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _GLOB_RE = re.compile(r"[A-Za-z0-9.*?\[\]!-]+")
