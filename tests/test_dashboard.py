@@ -48,6 +48,10 @@ METRICS = {
     "vmm_renewal_jobs_in_progress",
     "vmm_renewal_last_success_timestamp_seconds",
     "vmm_receiver_webhooks_total",
+    "vmm_renewal_capacity_per_day",
+    # cohorts, from the exporter
+    "vmm_cert_cohort_computers",
+    "vmm_cert_cohort_expiry_timestamp_seconds",
 }
 
 
@@ -107,6 +111,10 @@ def test_every_panel_has_prometheus_targets_with_ref_ids() -> None:
         assert 0 <= x and x + w <= 24, panel["title"]
 
 
+def by_title_of(data: dict[str, Any]) -> dict[str, Any]:
+    return {p["title"]: p for p in panels(data)}
+
+
 def test_the_required_panels_are_there() -> None:
     data = committed()
     titles = [p["title"] for p in panels(data)]
@@ -124,6 +132,11 @@ def test_the_required_panels_are_there() -> None:
         "Renewals running",  # the Renewals row, last
     ]
     assert "Renewal jobs finished, by procedure and result" in titles
+    cohorts = by_title_of(data)["Cohorts: projected finish at the receiver's capacity"]
+    cohort_exprs = [t["expr"] for t in cohorts["targets"]]
+    # the one definition of a cohort, and the alert's projection
+    assert cohort_exprs[0] == "sum by (cohort) (vmm_cert_cohort_computers)"
+    assert all("vmm_renewal_capacity_per_day" in e for e in cohort_exprs[2:])
     by_title = {p["title"]: p for p in panels(data)}
     computers = by_title["Computers by days left"]
     assert computers["type"] == "table"
@@ -320,9 +333,17 @@ def fleet_series() -> list[dict[str, str]]:
     )
     add("vmm_cert_exporter_refresh_process_restarts_total", "", "0x100 1x20")
     add("up", "", "1x120")
+    add("vmm_cert_cohort_computers", ',cohort="2028-01-01",role="hyperv_host"', "2000x120")
+    add("vmm_cert_cohort_expiry_timestamp_seconds", ',cohort="2028-01-01"', "1830297600x120")
     # the renewal receiver, scraped as another job
     receiver = 'instance="r:9869",job="vmm-cert-receiver"'
     series.append({"series": f"vmm_renewal_jobs_in_progress{{{receiver}}}", "values": "1x120"})
+    series.append(
+        {
+            "series": f'vmm_renewal_capacity_per_day{{{receiver},duration_source="assumed"}}',
+            "values": "96x120",
+        }
+    )
     series.append(
         {
             "series": "vmm_renewal_jobs_total"

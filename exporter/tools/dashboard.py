@@ -660,6 +660,69 @@ def build_dashboard(warn_days: int = 30, critical_days: int = 7) -> Any:
         return _build(warn_days, critical_days)
 
 
+def _cohorts() -> Any:
+    """The cohorts (vmm_cert_cohort_*, the one definition) against the receiver's capacity:
+    the same projection as VMMCertificateCohortAtRisk."""
+    left = "sum by (cohort) (vmm_cert_cohort_computers)"
+    expiry = "min by (cohort) (vmm_cert_cohort_expiry_timestamp_seconds)"
+    capacity = "max(vmm_renewal_capacity_per_day)"
+    columns = [
+        # ref_id, expression, column title
+        ("A", left, "Computers"),
+        ("B", f"1000 * {expiry}", "Expires"),
+        ("C", f"1000 * (time() + {_DAY} * {left} / on () group_left () {capacity})", "Finish"),
+        (
+            "D",
+            f"({expiry} - time() - {_DAY} * {left} / on () group_left () {capacity}) / {_DAY}",
+            "Days to spare",
+        ),
+    ]
+    return (
+        table.Panel()
+        .title("Cohorts: projected finish at the receiver's capacity")
+        .description(
+            "Computers per NotAfter day (vmm_cert_cohort_computers), when the last would be "
+            "renewed at vmm_renewal_capacity_per_day, and the days between that and the day: "
+            "orange within 7 days (the default receiver.cohort_margin, inside which "
+            "VMMCertificateCohortAtRisk warns), red below 0. No finish: no receiver. "
+            "vmm-cert-exporter cohorts shows the plan."
+        )
+        .datasource(_DS)
+        .targets([_query(expr, ref, table_format=True) for ref, expr, _ in columns])
+        .height(8)
+        .span(24)
+        .with_transformation(_transform("merge", {}))
+        .with_transformation(
+            _transform(
+                "organize",
+                {
+                    "excludeByName": {"Time": True},
+                    "indexByName": {
+                        "cohort": 0,
+                        **{f"Value #{ref}": i + 1 for i, (ref, _, _) in enumerate(columns)},
+                    },
+                    "renameByName": {
+                        "cohort": "Cohort",
+                        **{f"Value #{ref}": title for ref, _, title in columns},
+                    },
+                },
+            )
+        )
+        .sort_by([common_builders.TableSortByFieldState().display_name("Cohort").desc(False)])
+        .override_by_name("Expires", [_prop("unit", "dateTimeAsIso")])
+        .override_by_name("Finish", [_prop("unit", "dateTimeAsIso")])
+        .override_by_name(
+            "Days to spare",
+            [
+                _prop("decimals", 1),
+                _prop("thresholds", _steps((None, "red"), (0, "orange"), (7, "green")).build()),
+                _prop("color", {"mode": "thresholds"}),
+                _prop("custom.cellOptions", {"type": "color-text"}),
+            ],
+        )
+    )
+
+
 def _build(warn_days: int, critical_days: int) -> Any:
     builder = (
         dash.Dashboard("SCVMM certificates")
@@ -699,7 +762,7 @@ def _build(warn_days: int, critical_days: int) -> Any:
     for panel in [*_freshness_panels(), *_collection_panels()]:
         builder = builder.with_panel(panel)
     builder = builder.with_row(dash.Row("Renewals"))
-    for panel in _renewal_panels():
+    for panel in [*_renewal_panels(), _cohorts()]:
         builder = builder.with_panel(panel)
     built = builder.build()
     for number, panel in enumerate(built.panels or [], start=1):  # stable ids, rows included
