@@ -16,6 +16,8 @@ BENCHES = [
     ["bench.metrics_latency", "--sizes", "1000,10000,50000", "--scrapers", "10"],
     # the exporter's TLS refresh vs prometheus-blackbox-exporter on 500 lab endpoints
     ["bench.tls_race", "--endpoints", "500", "--concurrency", "32", "--rounds", "6"],
+    # the cohort planner (cohorts command, receiver capacity) at 1,000 to 50,000 computers
+    ["bench.cohort_planner", "--sizes", "1000,10000,50000"],
 ]
 
 
