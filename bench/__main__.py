@@ -14,6 +14,8 @@ BENCHES = [
     ["bench.refresh_latency", "--hosts", "500,2000", "--concurrency", "16,64,128,256"],
     # /metrics at 1,000, 10,000 and 50,000 computers, 10 scrapers, a refresh running
     ["bench.metrics_latency", "--sizes", "1000,10000,50000", "--scrapers", "10"],
+    # 1,000 idle, half-sent, slowloris and stalled-TLS clients against serve and receiver
+    ["bench.slow_clients", "--clients", "1000"],
     # the exporter's TLS refresh vs prometheus-blackbox-exporter on 500 lab endpoints
     ["bench.tls_race", "--endpoints", "500", "--concurrency", "32", "--rounds", "6"],
     # the cohort planner (cohorts command, receiver capacity) at 1,000 to 50,000 computers

@@ -559,7 +559,7 @@ def test_plain_http_to_the_tls_port_gets_nothing(pki: PKI, serve_with: Any) -> N
 
 
 def test_silent_clients_do_not_hold_the_accept_loop(pki: PKI, serve_with: Any) -> None:
-    """cheroot's stock adapter shakes hands in its one accept loop; ours in the workers."""
+    """A client that never starts its handshake holds up nobody else's."""
     url, _ = serve_with(_mtls(pki))
     port = int(url.rsplit(":", 1)[1])
     silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
