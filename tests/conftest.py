@@ -1,5 +1,6 @@
 """Fixtures every test shares: the lab, free ports, the exporter's command, promtool, and one
-way to start a process, wait for it and stop it (``vmm_cert_lab.processes``).
+way to start a process, wait for it and stop it (``vmm_cert_lab.processes``, whose
+``wait_until`` is how a test polls for anything).
 
 ``tests/lab/conftest.py`` and ``tests/receiver/conftest.py`` override ``lab`` for their own
 directories (a light in-test fleet; a demo fleet that counts every script it receives).
@@ -46,7 +47,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         )
 
 
-# ---- waiting, ports, processes --------------------------------------------------------------
+# ---- ports, processes, tools ---------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
