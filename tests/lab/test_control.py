@@ -6,8 +6,6 @@ import argparse
 import json
 import os
 import stat
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ import yaml
 from vmm_cert_lab.fleet.interfaces import FleetModel
 from vmm_cert_lab.fleet.runner import parse_listen, start_lab
 from vmm_cert_lab.fleet.server import LabServer
+from vmm_cert_lab.processes import Processes
 
 HOST = "hv0001.lab.example"
 
@@ -158,14 +157,10 @@ def test_cli_refuses_non_loopback(capsys: pytest.CaptureFixture[str]) -> None:
     assert "loopback" in capsys.readouterr().err
 
 
-def test_cli_runs_until_sigterm(tmp_path: Path) -> None:
+@pytest.mark.e2e
+def test_cli_runs_until_sigterm(tmp_path: Path, processes: Processes) -> None:
     config = tmp_path / "exporter.yaml"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vmm_cert_exporter", "lab", "--write-config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = processes.exporter("lab", "--write-config", str(config))
     try:
         assert proc.stdout is not None
         lines = [proc.stdout.readline() for _ in range(4)]
@@ -228,14 +223,11 @@ def test_cli_refuses_an_unknown_locale(capsys: pytest.CaptureFixture[str]) -> No
     assert "--locale: expected a locale, one of en-US, ja-JP" in capsys.readouterr().err
 
 
-def test_cli_serves_the_ha_scenario_in_japanese(tmp_path: Path) -> None:
+@pytest.mark.e2e
+def test_cli_serves_the_ha_scenario_in_japanese(tmp_path: Path, processes: Processes) -> None:
     config = tmp_path / "exporter.yaml"
-    command = [sys.executable, "-m", "vmm_cert_exporter", "lab", "--scenario", "ha"]
-    proc = subprocess.Popen(
-        [*command, "--locale", "ja-JP", "--write-config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    proc = processes.exporter(
+        "lab", "--scenario", "ha", "--locale", "ja-JP", "--write-config", str(config)
     )
     try:
         assert proc.stdout is not None

@@ -7,9 +7,7 @@ import base64
 import datetime as dt
 import ipaddress
 import json
-import shutil
 import ssl
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -30,6 +28,7 @@ from vmm_cert_exporter.receiver.journal import Journal
 from vmm_cert_exporter.receiver.service import Receiver, start_receiver
 from vmm_cert_lab.fleet.runner import RunningLab, start_lab
 from vmm_cert_lab.fleet.scenario import LAB_DOMAIN, lab_host, load_fleet
+from vmm_cert_lab.promstack import Promtool
 from vmm_cert_lab.receiver_testing import (
     TOKEN,
     CountingFleet,
@@ -82,7 +81,7 @@ def start(lab: RunningLab, tmp_path: Path) -> Iterator[Callable[..., Receiver]]:
         running.stop()
 
 
-def test_jobs_api_and_metrics(start: Callable[..., Receiver]) -> None:
+def test_jobs_api_and_metrics(start: Callable[..., Receiver], promtool: Promtool) -> None:
     receiver = start()
     answer = post_alerts(receiver, lab_host("hv36"), lab_host("hv01"))
     assert [a["outcome"] for a in answer["alerts"]] == ["created", "created"]
@@ -123,11 +122,8 @@ def test_jobs_api_and_metrics(start: Callable[..., Receiver]) -> None:
     assert f'vmm_renewal_last_success_timestamp_seconds{{host="hv36.{LAB_DOMAIN}"}}' in text
     assert 'vmm_receiver_webhooks_total{outcome="accepted"} 1.0' in text
     assert 'vmm_receiver_info{mode="execute"' in text
-    promtool = shutil.which("promtool") or "/usr/bin/promtool"
-    check = subprocess.run(
-        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
-    )
-    assert check.returncode == 0, check.stdout + check.stderr
+    check = promtool.check_metrics(text)
+    assert check.returncode == 0, check.stdout
 
 
 def test_approve_cancel_pause_resume(start: Callable[..., Receiver]) -> None:
