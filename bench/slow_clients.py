@@ -22,7 +22,7 @@ Then the Basic-auth burst against ``serve`` with bcrypt cost 10: 100 requests wi
 credentials in one second, once all with the same user (the cache) and once with 100 users
 of their own (100 bcrypt checks in one thread), beside a scraper with its own credentials.
 
-Targets (issue 12): p99 <= 250 ms for /metrics and /-/healthy, server RSS growth <= 64 MB,
+Targets (docs/security.md): p99 <= 250 ms for /metrics and /-/healthy, server RSS growth <= 64 MB,
 every slowloris client cut by the head deadline. Writes ``bench/results/slow_clients.txt``.
 """
 
