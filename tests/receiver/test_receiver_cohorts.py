@@ -22,10 +22,9 @@ from vmm_cert_exporter.config import load_config
 from vmm_cert_exporter.metrics import SnapshotCollector
 from vmm_cert_exporter.receiver.service import Receiver, start_receiver
 from vmm_cert_lab.fleet.runner import RunningLab
+from vmm_cert_lab.fleet.scenario import lab_host
 from vmm_cert_lab.promstack import Promtool
 from vmm_cert_lab.receiver_testing import Harness, alert, auth, http, payload, receiver_config
-
-D = ".lab.example"
 
 
 def lab_cohorts(harness: Harness) -> Counter[str]:
@@ -65,10 +64,10 @@ def test_cohorts_of_the_lab_before_and_after_a_renewal(
     assert before["cohorts"][0]["risk"] == "critical"
     assert code == 2
 
-    host = f"hv36{D}"
+    host = lab_host("hv36")
     day = harness.describe(host)["not_after"][:10]
     # the renewal takes 4 minutes on the receiver's clock (registering runs on the VMM server)
-    vmm = f"vmm01{D}"
+    vmm = lab_host("vmm01")
     harness.runner.after[(vmm, "register-managed-computer")] = lambda: harness.clock.advance(240)
     decision = harness.submit(host)
     harness.tick()
@@ -188,7 +187,7 @@ def test_the_receiver_publishes_its_capacity(
         status, answer = http(
             "POST",
             receiver.url + "/alertmanager",
-            json.dumps(payload(alert(f"hv36{D}"))).encode(),
+            json.dumps(payload(alert(lab_host("hv36")))).encode(),
             auth(),
         )
         assert status == 200, answer
