@@ -54,8 +54,6 @@ _READS_PER_WAKEUP: Final = 8
 # buffers handed to one sendmsg (plain) and bytes to one TLS send (encrypted in one go)
 _SEND_BUFFERS: Final = 64
 _TLS_SEND_SLICE: Final = 1 << 20
-# what is left of an answer once the kernel took its fill, from which a send thread sends it
-_THREAD_SEND_MIN: Final = 1 << 20
 # a TLS record of type handshake (22) opens every ClientHello; one is at most 16 KiB + 5
 _HANDSHAKE_RECORD: Final = 22
 _HELLO_MAX: Final = 16384 + 5
@@ -122,7 +120,6 @@ class Connection:
         self.eof = False
         self.out: deque[memoryview] = deque()
         self.progress = 0.0  # loop time of the last byte sent
-        self.in_thread = False  # a send thread owns the socket until it returns
         self._reset()
 
     def _reset(self) -> None:
@@ -161,17 +158,6 @@ class Connection:
         self._disarm()
         self._read_off()
         self._write_off()
-        if self.in_thread:
-            # the send thread still uses the socket: wake it; it is closed when that returns
-            try:
-                self.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            return
-        self._release(abort)
-
-    def _release(self, abort: bool) -> None:
-        self.phase = Phase.CLOSED
         if isinstance(self.sock, ssl.SSLSocket) and not abort:
             try:
                 self.sock.unwrap()  # sends close_notify; the peer's is not waited for
@@ -277,10 +263,6 @@ class Connection:
                 else:
                     sent = self.sock.sendmsg(list(itertools.islice(self.out, _SEND_BUFFERS)))
             except _WOULD_BLOCK:
-                if self.phase is Phase.SEND and self.server.free_senders > 0:
-                    if sum(len(view) for view in self.out) >= _THREAD_SEND_MIN:
-                        self._send_in_thread()
-                        return
                 self._write_on()
                 return
             except OSError:
@@ -299,37 +281,6 @@ class Connection:
         self._write_off()
         if self.phase is Phase.SEND:
             self._sent()
-
-    def _send_in_thread(self) -> None:
-        """The rest of a large answer, sent by a blocking send in a send thread: it waits for
-        the client outside the interpreter lock, where the loop would take the lock back for
-        every piece the kernel accepts (and wait for it behind a rendering thread)."""
-        self._write_off()
-        self._disarm()  # the socket's own timeout is the send deadline now
-        self.server.free_senders -= 1
-        self.in_thread = True
-        views = list(self.out)
-        self.out.clear()
-        self.sock.settimeout(self.limits.send_timeout)
-        future = self.loop.run_in_executor(self.server.senders, _send_all, self.sock, views)
-        future.add_done_callback(self._sent_in_thread)
-
-    def _sent_in_thread(self, future: asyncio.Future[tuple[int, bool]]) -> None:
-        self.server.free_senders += 1
-        self.in_thread = False
-        if self.phase is Phase.CLOSED or future.cancelled():
-            self._release(abort=True)  # closed meanwhile: the socket is ours to close now
-            return
-        sent, ok = future.result()
-        self.sent += sent
-        try:
-            self.sock.setblocking(False)
-        except OSError:
-            ok = False
-        if not ok:
-            self.close(abort=True)
-            return
-        self._sent()
 
     # ---- TLS -------------------------------------------------------------------------------
 
@@ -647,15 +598,3 @@ class Connection:
         if self.refused:
             extra["refused"] = self.refused
         access_log.debug("request", extra=extra)
-
-
-def _send_all(sock: socket.socket, views: list[memoryview]) -> tuple[int, bool]:
-    """In a send thread: every view, whole; how much went and whether all of it did."""
-    sent = 0
-    try:
-        for view in views:
-            sock.sendall(view)
-            sent += len(view)
-    except OSError:  # the client is gone or took nothing for send_timeout
-        return sent, False
-    return sent, True

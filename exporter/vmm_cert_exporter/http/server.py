@@ -16,6 +16,7 @@ import errno
 import logging
 import socket
 import ssl
+import sys
 import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +37,12 @@ log = logging.getLogger(__name__)
 _BACKLOG: Final = 1024
 _ACCEPTS_PER_WAKEUP: Final = 128
 _OUT_OF_DESCRIPTORS: Final = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+# How long a thread holding the interpreter lock keeps it while another waits. The event loop
+# takes the lock back after every wait and every send; behind a thread rendering a new
+# snapshot (seconds of Python at 50,000 computers) it waited up to the default 5 ms each time
+# (10 scrapes of 12 MB beside such a thread: p50 about 220 ms at 5 ms, 67-82 ms at 0.5 ms;
+# a bare socket server 40-58 ms). The rendering thread loses a little throughput to it.
+_SWITCH_INTERVAL: Final = 0.0005
 
 
 class HTTPServer:
@@ -70,8 +77,6 @@ class HTTPServer:
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handlers: ThreadPoolExecutor | None = None
-        self._senders: ThreadPoolExecutor | None = None
-        self.free_senders = self.limits.send_threads
         self.bcrypt: ThreadPoolExecutor | None = None
         self._connections: set[Connection] = set()
         self._idle: OrderedDict[Connection, None] = OrderedDict()  # oldest idle first
@@ -116,11 +121,6 @@ class HTTPServer:
         assert self._handlers is not None, "not serving"
         return self._handlers
 
-    @property
-    def senders(self) -> ThreadPoolExecutor:
-        assert self._senders is not None, "not serving"
-        return self._senders
-
     # ---- life ------------------------------------------------------------------------------
 
     def prepare(self) -> None:
@@ -153,13 +153,11 @@ class HTTPServer:
         if self._sock.fileno() < 0:  # stopped before it started
             self._done.set()
             return
+        sys.setswitchinterval(min(sys.getswitchinterval(), _SWITCH_INTERVAL))
         loop = asyncio.new_event_loop()
         self._loop = loop
         self._handlers = ThreadPoolExecutor(
             self.limits.handler_threads, thread_name_prefix=f"{self.name}-handler"
-        )
-        self._senders = ThreadPoolExecutor(
-            max(1, self.limits.send_threads), thread_name_prefix=f"{self.name}-send"
         )
         if self.gate.users is not None:
             # one at a time, as the toolkit does: a flood of logins gets one core, not all
@@ -173,7 +171,6 @@ class HTTPServer:
                 conn.close(abort=True)
             self._close_listener()
             self._handlers.shutdown(wait=False, cancel_futures=True)
-            self._senders.shutdown(wait=False, cancel_futures=True)
             if self.bcrypt is not None:
                 self.bcrypt.shutdown(wait=False, cancel_futures=True)
             loop.close()
