@@ -3,8 +3,8 @@
     .venv/bin/python -m bench.metrics_latency [--sizes 1000,10000,50000] [--scrapers 10]
 
 Each fleet size is measured in a fresh exporter process, wired as ``serve`` wires it
-(``SnapshotCollector`` -> ``Exposition`` -> the WSGI app -> cheroot with its production
-settings). The served snapshot holds N computers with real certificates (made with
+(``SnapshotCollector`` -> ``Exposition`` -> the WSGI app -> the HTTP layer with its
+production settings). The served snapshot holds N computers with real certificates (made with
 cryptography, EC P-256 keys so that 50,000 are made in seconds; parsed by the exporter's own
 parser). Meanwhile the exporter's refresh process (``refresh_process.py``, as ``serve`` runs
 it) refreshes a 2,000-computer lab (another process) over WinRM at the default concurrency
@@ -317,7 +317,7 @@ def report(results: list[dict[str, Any]], lab_hosts: int) -> str:
     return "\n".join(
         [
             table(
-                f"/metrics through cheroot while the refresh process refreshes a "
+                f"/metrics through the HTTP layer while the refresh process refreshes a "
                 f"{lab_hosts:,}-computer lab back to back; scrapers are "
                 "separate processes",
                 [

@@ -162,10 +162,11 @@ def test_the_connection_cap_closes_the_oldest_idle_connection(
             sock.close()
 
 
+@pytest.mark.parametrize("send_threads", [0, 16])  # the event loop sends, or a send thread
 def test_large_answers_arrive_whole_on_a_kept_alive_connection(
-    serve: Callable[..., HTTPServer],
+    serve: Callable[..., HTTPServer], send_threads: int
 ) -> None:
-    server = serve()
+    server = serve(Limits(send_threads=send_threads))
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     try:
         for path in ("/big", "/x", "/big"):
@@ -176,10 +177,11 @@ def test_large_answers_arrive_whole_on_a_kept_alive_connection(
         connection.close()
 
 
+@pytest.mark.parametrize("send_threads", [0, 16])
 def test_a_client_that_stops_reading_is_dropped_after_the_send_deadline(
-    serve: Callable[..., HTTPServer],
+    serve: Callable[..., HTTPServer], send_threads: int
 ) -> None:
-    server = serve(Limits(send_timeout=1.0))
+    server = serve(Limits(send_timeout=1.0, send_threads=send_threads))
     stalled = socket.socket()
     stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     stalled.connect(("127.0.0.1", server.port))

@@ -12,7 +12,8 @@ A connection goes through these phases (docs/architecture.md, "One HTTP layer"):
 ``AUTH``       a Basic password that was not verified before is with bcrypt, in its thread.
 ``HANDLER``    the handler runs in a handler thread.
 ``SEND``       the answer leaves from the handler's own buffers (``sendmsg``: no copy on plain
-               sockets); a client that takes nothing for ``send_timeout`` is dropped.
+               sockets), the rest of a large one from a send thread; a client that takes
+               nothing for ``send_timeout`` is dropped.
 ``LINGER``     after an answer that left part of the request unread (a 413, a refusal): the
                write side is shut and what the client still sends is read and discarded for a
                bounded time and size, so the client can read the answer instead of a reset.
@@ -30,6 +31,7 @@ import itertools
 import logging
 import socket
 import ssl
+import struct
 import time
 from collections import deque
 from collections.abc import Callable
@@ -54,6 +56,8 @@ _READS_PER_WAKEUP: Final = 8
 # buffers handed to one sendmsg (plain) and bytes to one TLS send (encrypted in one go)
 _SEND_BUFFERS: Final = 64
 _TLS_SEND_SLICE: Final = 1 << 20
+# what is left of an answer once the kernel took its fill, from which a send thread sends it
+_THREAD_SEND_MIN: Final = 1 << 20
 # a TLS record of type handshake (22) opens every ClientHello; one is at most 16 KiB + 5
 _HANDSHAKE_RECORD: Final = 22
 _HELLO_MAX: Final = 16384 + 5
@@ -120,6 +124,7 @@ class Connection:
         self.eof = False
         self.out: deque[memoryview] = deque()
         self.progress = 0.0  # loop time of the last byte sent
+        self.in_thread = False  # a send thread owns the socket until it returns
         self._reset()
 
     def _reset(self) -> None:
@@ -158,6 +163,18 @@ class Connection:
         self._disarm()
         self._read_off()
         self._write_off()
+        if self.in_thread:
+            # the send thread still uses the socket: wake it; it is closed when that returns
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            return
+        self._release(abort)
+
+    def _release(self, abort: bool) -> None:
+        self.phase = Phase.CLOSED
+        self.phase = Phase.CLOSED
         if isinstance(self.sock, ssl.SSLSocket) and not abort:
             try:
                 self.sock.unwrap()  # sends close_notify; the peer's is not waited for
@@ -263,6 +280,10 @@ class Connection:
                 else:
                     sent = self.sock.sendmsg(list(itertools.islice(self.out, _SEND_BUFFERS)))
             except _WOULD_BLOCK:
+                if self.phase is Phase.SEND and self.server.free_senders > 0:
+                    if sum(len(view) for view in self.out) >= _THREAD_SEND_MIN:
+                        self._send_in_thread()
+                        return
                 self._write_on()
                 return
             except OSError:
@@ -281,6 +302,42 @@ class Connection:
         self._write_off()
         if self.phase is Phase.SEND:
             self._sent()
+
+    def _send_in_thread(self) -> None:
+        """The rest of a large answer, sent by a blocking send in a send thread: it waits for
+        the client outside the interpreter lock, where the loop would take the lock back for
+        every piece the kernel accepts (and wait for it behind a rendering thread)."""
+        self._write_off()
+        self._disarm()  # the socket's own timeout is the send deadline now
+        self.server.free_senders -= 1
+        self.in_thread = True
+        views = list(self.out)
+        self.out.clear()
+        # blocking, so one send takes the whole rest (the lock is taken back once, not once
+        # per piece); the kernel's send timeout bounds each wait for the client
+        seconds = self.limits.send_timeout
+        timeout = struct.pack("ll", int(seconds), int((seconds % 1) * 1e6))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeout)
+        self.sock.setblocking(True)
+        future = self.loop.run_in_executor(self.server.senders, _send_all, self.sock, views)
+        future.add_done_callback(self._sent_in_thread)
+
+    def _sent_in_thread(self, future: asyncio.Future[tuple[int, bool]]) -> None:
+        self.server.free_senders += 1
+        self.in_thread = False
+        if self.phase is Phase.CLOSED or future.cancelled():
+            self._release(abort=True)  # closed meanwhile: the socket is ours to close now
+            return
+        sent, ok = future.result()
+        self.sent += sent
+        try:
+            self.sock.setblocking(False)
+        except OSError:
+            ok = False
+        if not ok:
+            self.close(abort=True)
+            return
+        self._sent()
 
     # ---- TLS -------------------------------------------------------------------------------
 
@@ -598,3 +655,29 @@ class Connection:
         if self.refused:
             extra["refused"] = self.refused
         access_log.debug("request", extra=extra)
+
+
+def _send_all(sock: socket.socket, views: list[memoryview]) -> tuple[int, bool]:
+    """In a send thread: every view, whole; how much went and whether all of it did."""
+    sent = 0
+    try:
+        if isinstance(sock, ssl.SSLSocket):
+            for view in views:
+                sock.sendall(view)
+                sent += len(view)
+            return sent, True
+        pending = deque(views)
+        while pending:
+            count = sock.sendmsg(list(itertools.islice(pending, _SEND_BUFFERS)))
+            if count == 0:
+                return sent, False
+            sent += count
+            while count:
+                if count >= len(pending[0]):
+                    count -= len(pending.popleft())
+                else:
+                    pending[0] = pending[0][count:]
+                    count = 0
+    except OSError:  # the client is gone, or took nothing for send_timeout
+        return sent, False
+    return sent, True

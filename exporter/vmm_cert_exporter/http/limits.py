@@ -40,6 +40,10 @@ class Limits:
     max_connections: int = 2048
     # threads that run the handlers (the requests' own work: rendering, the journal)
     handler_threads: int = 8
+    # threads that send the rest of a large answer once the kernel has taken what it could at
+    # once: a blocking send waits outside the interpreter lock, where the event loop would
+    # take the lock back for every piece; when all are busy, the event loop sends
+    send_threads: int = 16
     # how long stop() lets requests in flight finish
     stop_timeout: float = 5.0
 

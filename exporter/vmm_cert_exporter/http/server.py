@@ -77,6 +77,8 @@ class HTTPServer:
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handlers: ThreadPoolExecutor | None = None
+        self._senders: ThreadPoolExecutor | None = None
+        self.free_senders = self.limits.send_threads
         self.bcrypt: ThreadPoolExecutor | None = None
         self._connections: set[Connection] = set()
         self._idle: OrderedDict[Connection, None] = OrderedDict()  # oldest idle first
@@ -121,6 +123,11 @@ class HTTPServer:
         assert self._handlers is not None, "not serving"
         return self._handlers
 
+    @property
+    def senders(self) -> ThreadPoolExecutor:
+        assert self._senders is not None, "not serving"
+        return self._senders
+
     # ---- life ------------------------------------------------------------------------------
 
     def prepare(self) -> None:
@@ -159,6 +166,9 @@ class HTTPServer:
         self._handlers = ThreadPoolExecutor(
             self.limits.handler_threads, thread_name_prefix=f"{self.name}-handler"
         )
+        self._senders = ThreadPoolExecutor(
+            max(1, self.limits.send_threads), thread_name_prefix=f"{self.name}-send"
+        )
         if self.gate.users is not None:
             # one at a time, as the toolkit does: a flood of logins gets one core, not all
             self.bcrypt = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-bcrypt")
@@ -171,6 +181,7 @@ class HTTPServer:
                 conn.close(abort=True)
             self._close_listener()
             self._handlers.shutdown(wait=False, cancel_futures=True)
+            self._senders.shutdown(wait=False, cancel_futures=True)
             if self.bcrypt is not None:
                 self.bcrypt.shutdown(wait=False, cancel_futures=True)
             loop.close()

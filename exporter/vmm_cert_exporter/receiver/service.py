@@ -17,7 +17,7 @@ Order of checks for everything else: a body larger than ``max_request_bytes`` is
 (413) before anything else, so no one can make the server read megabytes; then a browser's
 cross-site request (``Origin`` or ``Sec-Fetch-Site``) gets 403, because Alertmanager and
 curl never send those and a web page must not be able to drive the API with credentials a
-browser cached; then credentials (401, with nothing read or written); then the route.
+browser cached; then credentials (401, the body neither parsed nor written); then the route.
 The HTTP layer (``vmm_cert_exporter.http``) serves it: it reads at most
 ``max_request_bytes`` of a body (plus one byte, so a larger one is seen), checks the
 credentials and hands the caller's identity over as ``REMOTE_USER``; which paths need one is
