@@ -402,7 +402,8 @@ def test_receiver_api_and_journal(canary: Canary, processes: Processes) -> None:
     base = proc.url
     bearer = {"Authorization": f"Bearer {c.token}", "Content-Type": "application/json"}
     try:
-        proc.wait_ready("/-/healthy")
+        # ready: the first discovery has loaded the inventory, so the webhook is not a 503
+        proc.wait_ready("/-/ready")
         alert = {
             "status": "firing",
             "labels": {"alertname": "VMMCertificateExpired", "host": lab_host("hv37")},
@@ -436,7 +437,8 @@ def test_receiver_api_and_journal(canary: Canary, processes: Processes) -> None:
                     answers.append(response.read())
             except urllib.error.HTTPError as exc:
                 answers.append(exc.read())
-        time.sleep(2.0)  # the engine plans the dry run
+        # the engine plans the dry run on its own loop: wait for it, not for a fixed time
+        proc.wait_until(lambda: b"hv37" in _http(base + "/api/jobs", headers=bearer), "hv37's job")
         for path in ("/api/jobs", "/api/jobs/1", "/api/status", "/metrics"):
             answers.append(_http(base + path, headers=bearer))
         assert b"hv37" in answers[3]
