@@ -174,7 +174,6 @@ class Connection:
 
     def _release(self, abort: bool) -> None:
         self.phase = Phase.CLOSED
-        self.phase = Phase.CLOSED
         if isinstance(self.sock, ssl.SSLSocket) and not abort:
             try:
                 self.sock.unwrap()  # sends close_notify; the peer's is not waited for

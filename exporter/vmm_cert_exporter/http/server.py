@@ -16,7 +16,6 @@ import errno
 import logging
 import socket
 import ssl
-import sys
 import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -37,12 +36,6 @@ log = logging.getLogger(__name__)
 _BACKLOG: Final = 1024
 _ACCEPTS_PER_WAKEUP: Final = 128
 _OUT_OF_DESCRIPTORS: Final = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
-# How long a thread holding the interpreter lock keeps it while another waits. The event loop
-# takes the lock back after every wait and every send; behind a thread rendering a new
-# snapshot (seconds of Python at 50,000 computers) it waited up to the default 5 ms each time
-# (10 scrapes of 12 MB beside such a thread: p50 about 220 ms at 5 ms, 67-82 ms at 0.5 ms;
-# a bare socket server 40-58 ms). The rendering thread loses a little throughput to it.
-_SWITCH_INTERVAL: Final = 0.0005
 
 
 class HTTPServer:
@@ -160,7 +153,6 @@ class HTTPServer:
         if self._sock.fileno() < 0:  # stopped before it started
             self._done.set()
             return
-        sys.setswitchinterval(min(sys.getswitchinterval(), _SWITCH_INTERVAL))
         loop = asyncio.new_event_loop()
         self._loop = loop
         self._handlers = ThreadPoolExecutor(
