@@ -8,6 +8,9 @@ NODE_STAMP := node_modules/.installed
 # Debian packages the tests start for real (promtool comes with prometheus).
 DEB_TOOLS := prometheus:prometheus promtool:prometheus prometheus-alertmanager:prometheus-alertmanager amtool:prometheus-alertmanager
 PYTEST_ARGS ?=
+# apt-get behind one lock, so that two makes (or two worktrees) installing at once wait for
+# each other instead of failing on dpkg's lock.
+APT_INSTALL = flock /tmp/.vmm-cert-exporter-apt.lock sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$$@"' apt-install
 
 .PHONY: test demo lint typecheck unit e2e tools bench clean venv dashboard
 
@@ -20,7 +23,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml exporter/lab/pyproject.toml
 	@if ! $(PYTHON) -c 'import venv, ensurepip' 2>/dev/null; then \
 	  echo ">> installing python3-venv"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv; fi
+	  $(APT_INSTALL) python3-venv; fi
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]' -e exporter/lab
@@ -34,14 +37,14 @@ tools:
 	  pkgs=$$(echo $$missing | tr ' ' '\n' | sort -u | tr '\n' ' '); \
 	  echo ">> installing Debian packages: $$pkgs"; \
 	  if [ "$$(id -u)" != 0 ]; then echo "need root (or sudo make tools) to install: $$pkgs" >&2; exit 1; fi; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$pkgs; \
+	  $(APT_INSTALL) $$pkgs; \
 	fi
 
 # The PowerShell grammar (tree-sitter-powershell, run by web-tree-sitter) parses every shipped script.
 node: $(NODE_STAMP)
 
 $(NODE_STAMP): package.json package-lock.json
-	@command -v npm >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
+	@command -v npm >/dev/null 2>&1 || $(APT_INSTALL) nodejs npm
 	npm ci --silent --no-audit --no-fund
 	touch $@
 
@@ -73,8 +76,8 @@ dashboard: venv
 
 bench: venv tools
 	$(BIN)/pip install -q -e '.[test,bench]'
-	@command -v prometheus-blackbox-exporter >/dev/null 2>&1 || { \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus-blackbox-exporter; }
+	@command -v prometheus-blackbox-exporter >/dev/null 2>&1 || \
+	  $(APT_INSTALL) prometheus-blackbox-exporter
 	$(BIN)/python -m bench
 
 clean:
