@@ -5,8 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
-# Debian packages the tests start for real (promtool comes with prometheus).
-DEB_TOOLS := prometheus:prometheus promtool:prometheus prometheus-alertmanager:prometheus-alertmanager amtool:prometheus-alertmanager
+# Debian packages the tests start for real (promtool comes with prometheus; chromium is the
+# browser the page tests drive through Playwright, which never downloads one).
+DEB_TOOLS := prometheus:prometheus promtool:prometheus prometheus-alertmanager:prometheus-alertmanager amtool:prometheus-alertmanager chromium:chromium
 PYTEST_ARGS ?=
 # apt-get behind one lock, so that two makes (or two worktrees) installing at once wait for
 # each other instead of failing on dpkg's lock.

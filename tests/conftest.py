@@ -9,13 +9,15 @@ directories (a light in-test fleet; a demo fleet that counts every script it rec
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping
+import shutil
+from collections.abc import Callable, Generator, Iterator, Mapping
 from contextlib import AbstractContextManager, ExitStack
 from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
 from prometheus_client import CollectorRegistry, generate_latest
 
 from vmm_cert_exporter.collection import Refresher
@@ -27,7 +29,7 @@ from vmm_cert_lab.processes import free_port as _free_port
 from vmm_cert_lab.promstack import Promtool, Tool
 
 # A test that requests one of these starts a process: it is end-to-end.
-_PROCESS_FIXTURES = frozenset({"processes", "exporter_command"})
+_PROCESS_FIXTURES = frozenset({"processes", "exporter_command", "browser", "browser_page"})
 # What the built-in scenarios give the lab account; a test may replace it with a canary.
 _LAB_PASSWORD_LINE = "password: lab-password"
 
@@ -81,6 +83,88 @@ def promtool() -> Promtool:
 @pytest.fixture(scope="session")
 def amtool() -> Tool:
     return Tool("amtool")
+
+
+# ---- a real browser ------------------------------------------------------------------------
+
+# Debian's chromium (``make tools`` installs it): Playwright drives it, and never downloads one.
+_CHROMIUM = "chromium"
+_REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(
+    item: pytest.Item,
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Keep each phase's report on the item, so a fixture knows at teardown that its test
+    failed (``browser_page`` then takes screenshots)."""
+    report = yield
+    item.stash.setdefault(_REPORTS, {})[report.when] = report
+    return report
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    """Headless Debian chromium, shared by the session's browser tests."""
+    executable = shutil.which(_CHROMIUM)
+    if executable is None:
+        raise pytest.UsageError("no chromium on PATH: `make tools` installs Debian's chromium")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=executable, headless=True)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+class BrowserPages(Protocol):
+    def __call__(
+        self,
+        *,
+        javascript: bool = True,
+        http_credentials: tuple[str, str] | None = None,
+        ignore_https_errors: bool = False,
+    ) -> Page: ...
+
+
+@pytest.fixture
+def browser_page(
+    browser: Browser, request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[BrowserPages]:
+    """``browser_page(javascript=..., http_credentials=(user, password))``: a page in a fresh
+    browser context of its own. When the test fails, every page it opened is saved as a
+    screenshot in the test's temp dir (``screenshot-N.png``)."""
+    pages: list[Page] = []
+
+    def new_page(
+        *,
+        javascript: bool = True,
+        http_credentials: tuple[str, str] | None = None,
+        ignore_https_errors: bool = False,
+    ) -> Page:
+        context = browser.new_context(
+            java_script_enabled=javascript,
+            http_credentials=(
+                {"username": http_credentials[0], "password": http_credentials[1]}
+                if http_credentials
+                else None
+            ),
+            ignore_https_errors=ignore_https_errors,
+        )
+        page = context.new_page()
+        pages.append(page)
+        return page
+
+    try:
+        yield new_page
+    finally:
+        reports = request.node.stash.get(_REPORTS, {})
+        failed = any(r.failed for r in reports.values())
+        for number, page in enumerate(pages, 1):
+            if failed and not page.is_closed():
+                with contextlib.suppress(Exception):  # a crashed page has nothing to show
+                    page.screenshot(path=tmp_path / f"screenshot-{number}.png", full_page=True)
+            page.context.close()
 
 
 # ---- /metrics ------------------------------------------------------------------------------
