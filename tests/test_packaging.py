@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import platform
 import shutil
 import subprocess
 import sys
 import sysconfig
 import zipfile
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -56,7 +58,14 @@ def test_cli_version(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["--version"])
     assert exc.value.code == 0
-    assert "vmm-cert-exporter" in capsys.readouterr().out
+    lines = capsys.readouterr().out.splitlines()
+    # as Go exporters print theirs: the version, then what it was built with, one per line
+    assert lines[0] == f"vmm-cert-exporter, version {__version__}"
+    fields = dict(line.strip().split(":", 1) for line in lines[1:])
+    assert fields.keys() == {"python version", "pywinrm version", "platform"}
+    assert fields["python version"].split()[0] == platform.python_version()
+    assert fields["pywinrm version"].strip() == metadata.version("pywinrm")
+    assert fields["platform"].strip() == f"{sys.platform}/{platform.machine()}"
 
 
 @pytest.mark.e2e
