@@ -7,11 +7,12 @@ LABEL org.opencontainers.image.title="vmm-cert-exporter" \
       org.opencontainers.image.description="Prometheus exporter for SCVMM self-signed certificates"
 
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE constraints.txt ./
 COPY exporter/vmm_cert_exporter ./exporter/vmm_cert_exporter
-# one layer: install, then drop the sources and pip's cache; the receiver's journal directory
-# (receiver.journal's default), owned by the user, so a volume mounted there is writable
-RUN pip install --no-cache-dir . \
+# one layer: install with the exact versions make test ran with (constraints.txt), then drop
+# the sources and pip's cache; the receiver's journal directory (receiver.journal's
+# default), owned by the user, so a volume mounted there is writable
+RUN pip install --no-cache-dir --constraint constraints.txt . \
     && rm -rf /src \
     && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin vmmcert \
     && install -d -o vmmcert -m 0700 /var/lib/vmm-cert-exporter

@@ -8,12 +8,15 @@ NODE_STAMP := node_modules/.installed
 # Debian packages the tests start for real (promtool comes with prometheus; chromium is the
 # browser the page tests drive through Playwright, which never downloads one).
 DEB_TOOLS := prometheus:prometheus promtool:prometheus prometheus-alertmanager:prometheus-alertmanager amtool:prometheus-alertmanager chromium:chromium
+# The image (buildah builds the Dockerfile on a debootstrap base; unshare names shard pods)
+# and the systemd units (systemd-analyze verify and security --offline).
+DEB_TOOLS += buildah:buildah debootstrap:debootstrap unshare:util-linux systemd-analyze:systemd
 PYTEST_ARGS ?=
 # apt-get behind one lock, so that two makes (or two worktrees) installing at once wait for
 # each other instead of failing on dpkg's lock.
 APT_INSTALL = flock /tmp/.vmm-cert-exporter-apt.lock sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$$@"' apt-install
 
-.PHONY: test demo lint typecheck unit e2e tools bench clean venv dashboard
+.PHONY: test demo lint typecheck unit e2e tools bench clean venv dashboard dist constraints image
 
 test: venv tools node lint typecheck unit e2e
 
@@ -21,13 +24,13 @@ venv: $(STAMP)
 
 # The product and, beside it, the lab (exporter/lab: the simulated fleet, the demo and the
 # tests' helpers), both editable; only the product is ever built into a wheel or an image.
-$(STAMP): pyproject.toml exporter/lab/pyproject.toml
+$(STAMP): pyproject.toml exporter/lab/pyproject.toml constraints.txt
 	@if ! $(PYTHON) -c 'import venv, ensurepip' 2>/dev/null; then \
 	  echo ">> installing python3-venv"; \
 	  $(APT_INSTALL) python3-venv; fi
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]' -e exporter/lab
+	$(BIN)/pip install -q --constraint constraints.txt -e '.[test]' -e exporter/lab
 	touch $@
 
 # Install the Debian packages whose binaries the tests run, when any is missing.
@@ -80,6 +83,28 @@ bench: venv tools
 	@command -v prometheus-blackbox-exporter >/dev/null 2>&1 || \
 	  $(APT_INSTALL) prometheus-blackbox-exporter
 	$(BIN)/python -m bench
+
+# The exact versions this venv runs (the product's and the tests' dependencies), which the
+# Dockerfile and make venv install with; rerun after changing a dependency.
+constraints:
+	@{ echo "# The exact versions make test runs with (make constraints writes this file from"; \
+	  echo "# its venv); the Dockerfile and make venv install with it."; \
+	  $(BIN)/pip freeze --all --exclude-editable | grep -v -i '^pip==' | LC_ALL=C sort -f; } > constraints.txt
+
+# The sdist and the wheel in dist/ (python -m build, warnings fail it), checked by twine.
+# PYTHONDONTWRITEBYTECODE unset: with it set, setuptools warns that it cannot byte-compile.
+dist: venv
+	rm -rf dist
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m build --no-isolation --outdir dist . 2>&1 | tee dist.log; \
+	  status=$${PIPESTATUS[0]}; if [ $$status -ne 0 ]; then rm -f dist.log; exit $$status; fi; \
+	  if grep -i -E 'warning|deprecat' dist.log; then rm -f dist.log; echo "make dist: the build warned" >&2; exit 1; fi; \
+	  rm -f dist.log
+	$(BIN)/twine check --strict dist/*
+
+# The container image, built here without a Docker engine (buildah, chroot isolation, a local
+# debootstrap base cached in /var/cache/vmm-cert-exporter): exporter/tools/image.py.
+image: venv tools
+	$(BIN)/python exporter/tools/image.py build
 
 clean:
 	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache .hypothesis

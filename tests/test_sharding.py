@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
+import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ from vmm_cert_exporter.config import load_config
 from vmm_cert_exporter.inventory import Computer, Inventory
 from vmm_cert_exporter.sharding import Shard, owner, parse_shard, shard_argument
 from vmm_cert_lab.fleet.runner import RunningLab
+from vmm_cert_lab.processes import EXPORTER, Processes
 from vmm_cert_lab.promstack import Promtool
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,6 +87,8 @@ def test_the_assignment_is_fixed_across_versions() -> None:
     ("text", "error"),
     [
         ("3", "expected K/N"),
+        ("auto", "expected K/N or auto/N"),
+        ("auto/x", "expected K/N or auto/N"),
         ("a/3", "expected K/N"),
         ("3/3", "K must be from 0 to N-1 (2)"),
         ("-1/3", "expected K/N"),
@@ -95,6 +101,48 @@ def test_bad_shard_arguments(text: str, error: str) -> None:
         parse_shard(text)
     with pytest.raises(argparse.ArgumentTypeError):
         shard_argument(text)
+
+
+@pytest.mark.parametrize(
+    ("host", "total", "index"),
+    [
+        ("x-0", 3, 0),
+        ("x-2", 3, 2),
+        ("vmm-cert-exporter-11", 12, 11),
+        ("vmm-cert-exporter-1.vmm-cert-exporter.monitoring.svc.cluster.local", 2, 1),
+        ("single-0", 1, 0),
+    ],
+)
+def test_auto_takes_k_from_the_host_names_ordinal(host: str, total: int, index: int) -> None:
+    assert parse_shard(f"auto/{total}", hostname=lambda: host) == Shard(index, total)
+
+
+@pytest.mark.parametrize(
+    ("host", "error"),
+    [
+        ("exporter", "'exporter' does not end in -<number>; give --shard K/3 instead"),
+        ("x-", "does not end in -<number>"),
+        ("x-01", "does not end in -<number>"),  # a StatefulSet never pads its ordinals
+        ("x3", "does not end in -<number>"),
+        ("x-3", "'x-3' gives shard 3, but auto/3 has shards 0 to 2"),
+        ("x-1a.corp-2", "does not end in -<number>"),  # the first label only
+    ],
+)
+def test_auto_refuses_a_host_name_without_a_fitting_ordinal(host: str, error: str) -> None:
+    with pytest.raises(ValueError, match=error.replace("(", r"\(").replace(")", r"\)")):
+        parse_shard("auto/3", hostname=lambda: host)
+
+
+def test_auto_reads_this_machines_host_name() -> None:
+    # whatever this machine is called, auto/N agrees with its trailing ordinal or refuses
+    host = socket.gethostname()
+    label = host.split(".")[0]
+    tail = label.rsplit("-", 1)[-1]
+    if "-" in label and tail.isdigit() and (tail == "0" or not tail.startswith("0")):
+        assert parse_shard(f"auto/{int(tail) + 1}") == Shard(int(tail), int(tail) + 1)
+    else:
+        with pytest.raises(ValueError, match="does not end in -<number>"):
+            parse_shard("auto/3")
 
 
 def test_cli_accepts_shard_on_serve_and_check() -> None:
@@ -137,3 +185,47 @@ def test_example_prometheus_config_passes_promtool(promtool: Promtool) -> None:
     shard_jobs = [j for j in jobs if j["job_name"].startswith("vmm-cert-exporter-shard-")]
     assert len(shard_jobs) == 3
     assert len({j["static_configs"][0]["targets"][0] for j in shard_jobs}) == 3
+
+
+@pytest.mark.e2e
+def test_auto_shards_named_like_statefulset_pods_read_a_2000_computer_lab_once(
+    make_lab, processes: Processes, tmp_path: Path
+) -> None:
+    """Three real ``check --shard auto/3`` processes, each in a UTS namespace of its own whose
+    host name is x-0, x-1 or x-2 (as a StatefulSet names its pods): every computer of a
+    2,000-computer lab once among them."""
+    unshare = shutil.which("unshare")
+    assert unshare is not None, "unshare (util-linux) is needed to give a process a host name"
+    lab = make_lab(hosts=2000)
+    config = lab.write_config(tmp_path / "exporter.yml")
+    started = []
+    for k in range(3):
+        # the host name is set in the new namespace, then the exporter replaces the shell
+        script = f'hostname "x-{k}" && exec "$0" "$@"'
+        started.append(
+            processes.start(
+                unshare,
+                "--uts",
+                "sh",
+                "-c",
+                script,
+                EXPORTER,
+                "check",
+                "--config",
+                str(config),
+                "--shard",
+                "auto/3",
+                "--json",
+                "--log.level=warn",
+            )
+        )
+    seen: list[str] = []
+    for k, process in enumerate(started):
+        out, err = process.communicate(timeout=240)
+        assert process.returncode in (0, 1, 2), f"x-{k}: {process.returncode}\n{err[-3000:]}"
+        hosts = [row["host"] for row in json.loads(out)["computers"]]
+        assert hosts, f"x-{k} read nothing"
+        seen += hosts
+    everything = {c["fqdn"].lower() for c in lab.model.list_computers()}
+    assert len(seen) == len(set(seen)) == len(everything) > 2000  # and the VMM server
+    assert set(seen) == everything

@@ -13,7 +13,7 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 
-from vmm_cert_exporter import __version__
+from vmm_cert_exporter.version import VersionAction
 
 # the package of `lab` and `demo`: installed from a checkout, absent from the wheel and image
 _LAB_PACKAGE = "vmm_cert_lab"
@@ -64,7 +64,8 @@ def _add_shard(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="K/N",
         help="read only shard K (0-based) of N: N exporters split the fleet by a hash of "
-        "each FQDN, with no overlap and no gap (docs/scaling.md)",
+        "each FQDN, with no overlap and no gap; auto/N takes K from the host name's trailing "
+        "ordinal, as in a StatefulSet (docs/scaling.md)",
     )
 
 
@@ -84,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vmm-cert-exporter",
         description="Watch SCVMM self-signed certificates over WinRM; publish them to Prometheus.",
     )
-    parser.add_argument("--version", action="version", version=f"vmm-cert-exporter {__version__}")
+    parser.add_argument(
+        "--version", action=VersionAction, help="print the version, Python's and pywinrm's"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("serve", help="run the exporter: refresh in the background, serve /metrics")

@@ -68,6 +68,11 @@ class _Required:
 REQUIRED: Final[Any] = _Required()
 
 
+# systemd's directory of a unit's credentials (LoadCredential=), usable in any path
+CREDENTIALS_VARIABLE: Final = "CREDENTIALS_DIRECTORY"
+CREDENTIALS_PREFIXES: Final = (f"${CREDENTIALS_VARIABLE}/", f"${{{CREDENTIALS_VARIABLE}}}/")
+
+
 @dataclass(frozen=True)
 class Document:
     """The file being read: its name, where relative paths start, where secrets are found."""
@@ -87,7 +92,22 @@ class Document:
 
     def resolve(self, text: str) -> tuple[Path, str]:
         """``text`` as a path (``~`` expanded, relative to ``base_dir``) and a note for errors
-        saying where a relative one was looked for (empty for an absolute one)."""
+        saying where a relative one was looked for (empty for an absolute one).
+
+        A path starting with ``$CREDENTIALS_DIRECTORY/`` (or ``${CREDENTIALS_DIRECTORY}/``)
+        is in the directory where systemd puts a unit's ``LoadCredential=`` files; no other
+        variable is expanded."""
+        for prefix in CREDENTIALS_PREFIXES:
+            if text.startswith(prefix):
+                directory = self.environ.get(CREDENTIALS_VARIABLE, "")
+                if not directory:
+                    return Path(text), (
+                        f" (${CREDENTIALS_VARIABLE} is not set: systemd sets it for a unit "
+                        "with LoadCredential=; outside one, give the file's own path)"
+                    )
+                return Path(directory) / text[len(prefix) :], (
+                    f" (${CREDENTIALS_VARIABLE} is {directory})"
+                )
         path = Path(text).expanduser()
         if path.is_absolute():
             return path, ""
