@@ -16,6 +16,7 @@ from vmm_cert_exporter.receiver.journal import (
     ActiveJobExists,
     JobConflict,
     Journal,
+    JournalError,
     OwnerLock,
     clip,
     owner_alive,
@@ -215,3 +216,100 @@ def test_finish_attempt_needs_a_retry_time_for_active_failures(journal: Journal)
         job_id, 1, result="failed", status="failed", terminal=False, next_attempt_at=when
     )
     assert job.active and job.next_attempt_at == when
+
+
+def _schema_1_journal(path: Path) -> None:
+    """A journal as schema 1 wrote it: jobs.source only alertmanager or cli, with a job of
+    each kind of history (finished with an attempt, a step, an alert; active; pruned)."""
+    from vmm_cert_exporter.receiver import journal as module
+
+    schema_1 = module._SCHEMA.replace(
+        "('alertmanager', 'cli', 'cohort')", "('alertmanager', 'cli')"
+    )
+    assert schema_1 != module._SCHEMA
+    db = sqlite3.connect(path)
+    db.executescript(schema_1)
+    db.executescript(
+        """
+        INSERT INTO meta (key, value) VALUES ('schema', '1');
+        INSERT INTO jobs (id, host, host_key, role, vmm_server, is_vmm_server, procedure, mode,
+            source, status, attempt, created_at, updated_at, finished_at)
+            VALUES (7, 'hv01.lab.example', 'hv01.lab.example', 'hyperv_host',
+            'vmm01.lab.example', 0, 'remove-register', 'execute', 'alertmanager', 'succeeded',
+            1, 10, 20, 20);
+        INSERT INTO attempts (job_id, attempt, kind, procedure, mode, owner, started_at,
+            finished_at, result) VALUES (7, 1, 'run', 'remove-register', 'execute', 'o', 10, 20,
+            'succeeded');
+        INSERT INTO steps (job_id, attempt, name, target, status, started_at, finished_at)
+            VALUES (7, 1, 'preflight', 'hv01.lab.example', 'succeeded', 10, 11);
+        INSERT INTO alerts (received_at, mode, outcome, job_id) VALUES (9, 'execute',
+            'created', 7);
+        INSERT INTO jobs (id, host, host_key, role, vmm_server, is_vmm_server, procedure, mode,
+            source, status, created_at, updated_at) VALUES (8, 'hv02.lab.example',
+            'hv02.lab.example', 'hyperv_host', 'vmm01.lab.example', 0, 'remove-register',
+            'execute', 'cli', 'waiting', 30, 30);
+        UPDATE sqlite_sequence SET seq = 12 WHERE name = 'jobs';
+        """
+    )
+    db.execute("CREATE TABLE schema_1 AS SELECT * FROM jobs")  # what the migration must keep
+    db.commit()
+    with pytest.raises(sqlite3.IntegrityError):
+        db.execute(
+            "UPDATE jobs SET source = 'cohort' WHERE id = 8"
+        )  # schema 1 refuses the new source
+    db.close()
+
+
+def test_a_schema_1_journal_is_migrated_whole(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    _schema_1_journal(path)
+    journal = Journal(path, clock=FakeClock(1_900_000_000.0))
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("2",)
+    assert (
+        db.execute("SELECT * FROM jobs ORDER BY id").fetchall()
+        == db.execute("SELECT * FROM schema_1 ORDER BY id").fetchall()
+    )
+    assert db.execute("PRAGMA foreign_key_check").fetchall() == []
+    assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE tbl_name = 'jobs'")}
+    assert {"jobs_one_active_job_per_host", "jobs_by_status", "jobs_by_host"} <= indexes
+    db.close()
+    # the old history reads as before, the new source is accepted, and the rules still hold
+    assert [a.result for a in journal.attempts(7)] == ["succeeded"]
+    assert journal.renewal_durations() == {"remove-register": [10.0]}
+    with pytest.raises(ActiveJobExists):
+        new_job(journal, "HV02.lab.example")
+    job = journal.create_job(
+        host="hv03.lab.example",
+        role="hyperv_host",
+        vmm_server="vmm01.lab.example",
+        is_vmm_server=False,
+        procedure="remove-register",
+        mode="execute",
+        source="cohort",
+    )
+    assert (job.id, job.source) == (13, "cohort")  # pruned ids are not given out again
+    assert any(e["kind"] == "migrated" for e in journal.events())
+    journal.close()
+    # opening a migrated journal changes nothing; a newer schema is refused
+    Journal(path).close()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE meta SET value = '3' WHERE key = 'schema'")
+    db.commit()
+    db.close()
+    with pytest.raises(JournalError, match="journal schema 3 is not 2"):
+        Journal(path)
+
+
+def test_the_schema_refuses_an_unknown_source(journal: Journal) -> None:
+    with pytest.raises(sqlite3.IntegrityError):
+        journal.create_job(
+            host="hv03.lab.example",
+            role="hyperv_host",
+            vmm_server="vmm01.lab.example",
+            is_vmm_server=False,
+            procedure="remove-register",
+            mode="execute",
+            source="someone",
+        )

@@ -39,9 +39,10 @@ STEP_STATUSES: Final = ("started", "succeeded", "failed", "skipped", "unknown")
 ATTEMPT_RESULTS: Final = ("succeeded", "failed", "already-fresh", "planned", "interrupted")
 ALERT_OUTCOMES: Final = ("created", "joined", "rejected")
 MODES: Final = ("dry-run", "execute")
-SOURCES: Final = ("alertmanager", "cli")
+# cohort: planned by the receiver itself ahead of a cohort's day (receiver.renew_ahead)
+SOURCES: Final = ("alertmanager", "cli", "cohort")
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 # Label values and free text are clipped before they are stored: a hostile or broken client
 # must not be able to grow the journal by megabytes per alert.
@@ -53,12 +54,9 @@ def _in(values: Sequence[str]) -> str:
     return "(" + ", ".join(f"'{v}'" for v in values) + ")"
 
 
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS meta (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS jobs (
+# The jobs table, apart: a migration rebuilds it under another name (SQLite cannot change a
+# CHECK constraint in place).
+_JOBS_COLUMNS = f"""(
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     host TEXT NOT NULL,
     host_key TEXT NOT NULL,
@@ -88,12 +86,21 @@ CREATE TABLE IF NOT EXISTS jobs (
     CHECK ((status = 'running') = (owner IS NOT NULL)),
     CHECK (NOT (status = 'failed' AND finished_at IS NULL AND next_attempt_at IS NULL)),
     CHECK (NOT (status = 'planned' AND finished_at IS NOT NULL AND mode = 'execute'))
-);
+)"""
+_JOBS_INDEXES = """
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_one_active_job_per_host
     ON jobs (host_key) WHERE finished_at IS NULL;
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status);
 CREATE INDEX IF NOT EXISTS jobs_by_host ON jobs (host_key, id);
-CREATE TABLE IF NOT EXISTS attempts (
+"""
+_JOBS = f"CREATE TABLE IF NOT EXISTS jobs {_JOBS_COLUMNS};{_JOBS_INDEXES}"
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+{_JOBS}CREATE TABLE IF NOT EXISTS attempts (
     job_id INTEGER NOT NULL REFERENCES jobs (id),
     attempt INTEGER NOT NULL,
     kind TEXT NOT NULL CHECK (kind IN ('run', 'resume')),
@@ -500,7 +507,9 @@ class Journal:
                 raise JournalError(f"{self.path}: SQLite refused WAL mode (got {mode})")
             # FULL: a commit is on disk before we send the script it announces.
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA foreign_keys=ON")
+            # off while the schema is set up: a migration replaces the jobs table, which the
+            # other tables refer to (checked with foreign_key_check before it commits)
+            self._db.execute("PRAGMA foreign_keys=OFF")
             # IF NOT EXISTS throughout: opening an existing journal changes nothing.
             self._db.executescript(_SCHEMA)
             with self._write() as db:
@@ -509,15 +518,42 @@ class Journal:
                     db.execute(
                         "INSERT INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
                     )
+                elif row["value"] == "1":
+                    self._migrate_from_1(db)
                 elif row["value"] != str(SCHEMA_VERSION):
                     raise JournalError(
                         f"{self.path}: journal schema {row['value']} is not {SCHEMA_VERSION}, "
                         "the one this version writes"
                     )
+            self._db.execute("PRAGMA foreign_keys=ON")
         except sqlite3.Error as exc:
             raise JournalError(f"{self.path}: cannot open the journal: {exc}") from exc
         with contextlib.suppress(OSError):
             os.chmod(self.path, 0o600)
+
+    def _migrate_from_1(self, db: sqlite3.Connection) -> None:
+        """Schema 1 to 2: jobs.source may also be ``cohort``. SQLite cannot change a CHECK
+        constraint, so the table is rebuilt (same columns, same order) in the open
+        transaction: a crash leaves the journal at schema 1, whole."""
+        sequence = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'").fetchone()
+        db.execute(f"CREATE TABLE jobs_v2 {_JOBS_COLUMNS}")
+        db.execute("INSERT INTO jobs_v2 SELECT * FROM jobs")
+        db.execute("DROP TABLE jobs")
+        db.execute("ALTER TABLE jobs_v2 RENAME TO jobs")
+        for statement in _JOBS_INDEXES.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        if sequence is not None:
+            # ids of pruned jobs are never given out again
+            db.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'jobs'", (sequence[0],))
+        broken = db.execute("PRAGMA foreign_key_check").fetchall()
+        if broken:
+            raise JournalError(
+                f"{self.path}: migrating the journal from schema 1 found {len(broken)} rows "
+                "referring to missing rows; nothing was changed"
+            )
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),))
+        self._event(db, None, "migrated", f"journal schema 1 -> {SCHEMA_VERSION}")
 
     def now(self) -> float:
         return self._clock()
