@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from vmm_cert_exporter.receiver import journal as journal_module
 from vmm_cert_exporter.receiver.journal import (
     ActiveJobExists,
     JobConflict,
@@ -221,12 +222,15 @@ def test_finish_attempt_needs_a_retry_time_for_active_failures(journal: Journal)
 def _schema_1_journal(path: Path) -> None:
     """A journal as schema 1 wrote it: jobs.source only alertmanager or cli, with a job of
     each kind of history (finished with an attempt, a step, an alert; active; pruned)."""
-    from vmm_cert_exporter.receiver import journal as module
-
-    schema_1 = module._SCHEMA.replace(
-        "('alertmanager', 'cli', 'cohort')", "('alertmanager', 'cli')"
-    )
-    assert schema_1 != module._SCHEMA
+    schema_1 = journal_module._SCHEMA
+    # what schema 2 changed in jobs, undone
+    for new, old in (
+        ("('alertmanager', 'cli', 'cohort')", "('alertmanager', 'cli')"),
+        ("    cohort TEXT,\n    planned_start_at REAL,\n", ""),
+        ("    CHECK ((source = 'cohort') = (cohort IS NOT NULL)),\n", ""),
+    ):
+        assert schema_1.count(new) == 1, new
+        schema_1 = schema_1.replace(new, old)
     db = sqlite3.connect(path)
     db.executescript(schema_1)
     db.executescript(
@@ -266,10 +270,13 @@ def test_a_schema_1_journal_is_migrated_whole(tmp_path: Path) -> None:
     journal = Journal(path, clock=FakeClock(1_900_000_000.0))
     db = sqlite3.connect(path)
     assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("2",)
-    assert (
-        db.execute("SELECT * FROM jobs ORDER BY id").fetchall()
-        == db.execute("SELECT * FROM schema_1 ORDER BY id").fetchall()
-    )
+    # every schema-1 row, column for column (EXCEPT compares NULLs as equal)
+    columns = journal_module._JOBS_1
+    # the module's constant, no input: S608 does not apply
+    lost = f"SELECT * FROM schema_1 EXCEPT SELECT {columns} FROM jobs"  # noqa: S608
+    added = f"SELECT {columns} FROM jobs EXCEPT SELECT * FROM schema_1"  # noqa: S608
+    assert db.execute(lost).fetchall() == db.execute(added).fetchall() == []
+    assert db.execute("SELECT cohort, planned_start_at FROM jobs").fetchall() == [(None, None)] * 2
     assert db.execute("PRAGMA foreign_key_check").fetchall() == []
     assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE tbl_name = 'jobs'")}
@@ -288,8 +295,14 @@ def test_a_schema_1_journal_is_migrated_whole(tmp_path: Path) -> None:
         procedure="remove-register",
         mode="execute",
         source="cohort",
+        cohort="2027-01-01",
+        planned_start_at=1_900_000_600.0,
     )
-    assert (job.id, job.source) == (13, "cohort")  # pruned ids are not given out again
+    assert (job.id, job.source, job.cohort) == (13, "cohort", "2027-01-01")
+    assert job.to_json()["planned_start_at"] == "2030-03-17T17:56:40.000Z"
+    assert journal.cohort_hosts("2027-01-01", "execute") == {
+        "hv03.lab.example"
+    }  # pruned ids are not given out again
     assert any(e["kind"] == "migrated" for e in journal.events())
     journal.close()
     # opening a migrated journal changes nothing; a newer schema is refused
@@ -302,7 +315,12 @@ def test_a_schema_1_journal_is_migrated_whole(tmp_path: Path) -> None:
         Journal(path)
 
 
-def test_the_schema_refuses_an_unknown_source(journal: Journal) -> None:
+@pytest.mark.parametrize(
+    ("source", "cohort"), [("someone", None), ("cohort", None), ("cli", "2027-01-01")]
+)
+def test_the_schema_refuses_an_unknown_source_and_a_cohort_out_of_place(
+    journal: Journal, source: str, cohort: str | None
+) -> None:
     with pytest.raises(sqlite3.IntegrityError):
         journal.create_job(
             host="hv03.lab.example",
@@ -311,5 +329,6 @@ def test_the_schema_refuses_an_unknown_source(journal: Journal) -> None:
             is_vmm_server=False,
             procedure="remove-register",
             mode="execute",
-            source="someone",
+            source=source,
+            cohort=cohort,
         )

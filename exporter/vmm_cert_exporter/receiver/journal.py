@@ -81,6 +81,9 @@ _JOBS_COLUMNS = f"""(
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     finished_at REAL,
+    cohort TEXT,
+    planned_start_at REAL,
+    CHECK ((source = 'cohort') = (cohort IS NOT NULL)),
     CHECK (CASE WHEN finished_at IS NULL THEN status IN {_in(ACTIVE_STATUSES)}
                 ELSE status IN {_in(TERMINAL_STATUSES)} END),
     CHECK ((status = 'running') = (owner IS NOT NULL)),
@@ -94,6 +97,13 @@ CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status);
 CREATE INDEX IF NOT EXISTS jobs_by_host ON jobs (host_key, id);
 """
 _JOBS = f"CREATE TABLE IF NOT EXISTS jobs {_JOBS_COLUMNS};{_JOBS_INDEXES}"
+# schema 1's columns of jobs, all kept by schema 2 (which adds cohort and planned_start_at)
+_JOBS_1 = (
+    "id, host, host_key, role, vmm_server, is_vmm_server, procedure, mode, source, status, "
+    "reason, failed_step, attempt, failures, next_attempt_at, approved_at, approved_by, owner, "
+    "plan, certificates_before, certificates_after, created_at, updated_at, finished_at"
+)
+_COPY_JOBS_FROM_1 = f"INSERT INTO jobs_v2 ({_JOBS_1}) SELECT {_JOBS_1} FROM jobs"  # noqa: S608 - constants
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (
@@ -252,6 +262,8 @@ class Job:
     created_at: float
     updated_at: float
     finished_at: float | None
+    cohort: str | None = None  # source cohort: the cohort day (YYYY-MM-DD) it renews
+    planned_start_at: float | None = None  # source cohort: when the schedule starts it
 
     @property
     def active(self) -> bool:
@@ -280,6 +292,8 @@ class Job:
             "created_at": iso(self.created_at),
             "updated_at": iso(self.updated_at),
             "finished_at": iso(self.finished_at),
+            "cohort": self.cohort,
+            "planned_start_at": iso(self.planned_start_at),
         }
 
 
@@ -394,6 +408,8 @@ def _job(row: sqlite3.Row) -> Job:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         finished_at=row["finished_at"],
+        cohort=row["cohort"],
+        planned_start_at=row["planned_start_at"],
     )
 
 
@@ -532,12 +548,13 @@ class Journal:
             os.chmod(self.path, 0o600)
 
     def _migrate_from_1(self, db: sqlite3.Connection) -> None:
-        """Schema 1 to 2: jobs.source may also be ``cohort``. SQLite cannot change a CHECK
-        constraint, so the table is rebuilt (same columns, same order) in the open
-        transaction: a crash leaves the journal at schema 1, whole."""
+        """Schema 1 to 2: jobs.source may also be ``cohort``, and such a job names its cohort
+        and planned start (two new columns, NULL for the jobs already there). SQLite cannot
+        change a CHECK constraint, so the table is rebuilt in the open transaction: a crash
+        leaves the journal at schema 1, whole."""
         sequence = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'").fetchone()
         db.execute(f"CREATE TABLE jobs_v2 {_JOBS_COLUMNS}")
-        db.execute("INSERT INTO jobs_v2 SELECT * FROM jobs")
+        db.execute(_COPY_JOBS_FROM_1)
         db.execute("DROP TABLE jobs")
         db.execute("ALTER TABLE jobs_v2 RENAME TO jobs")
         for statement in _JOBS_INDEXES.split(";"):
@@ -711,6 +728,14 @@ class Journal:
         value = rows[0]["t"] if rows else None
         return None if value is None else float(value)
 
+    def cohort_hosts(self, cohort: str, mode: str) -> set[str]:
+        """The hosts (keys) that already had a job in ``mode`` planned for ``cohort``: a
+        cohort is planned once per host, whatever became of the job."""
+        rows = self._read(
+            "SELECT DISTINCT host_key FROM jobs WHERE cohort = ? AND mode = ?", (cohort, mode)
+        )
+        return {r["host_key"] for r in rows}
+
     def running_counts(self, mode: str) -> tuple[int, dict[str, int]]:
         """Running jobs in ``mode`` (across every process on this journal): total, by server."""
         rows = self._read(
@@ -734,6 +759,8 @@ class Journal:
         mode: str,
         source: str,
         reason: str | None = None,
+        cohort: str | None = None,
+        planned_start_at: float | None = None,
     ) -> Job:
         """Insert a ``planned`` job; ``ActiveJobExists`` if the host already has one."""
         now = self._clock()
@@ -741,8 +768,8 @@ class Journal:
             with self._write() as db:
                 cursor = db.execute(
                     "INSERT INTO jobs (host, host_key, role, vmm_server, is_vmm_server, "
-                    "procedure, mode, source, status, reason, created_at, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'planned', ?, ?, ?)",
+                    "procedure, mode, source, status, reason, created_at, updated_at, cohort, "
+                    "planned_start_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'planned', ?, ?, ?, ?, ?)",
                     (
                         host,
                         host.lower(),
@@ -755,6 +782,8 @@ class Journal:
                         reason,
                         now,
                         now,
+                        cohort,
+                        planned_start_at,
                     ),
                 )
                 job_id = int(cursor.lastrowid or 0)
