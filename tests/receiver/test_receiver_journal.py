@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from vmm_cert_exporter.receiver import journal as journal_module
 from vmm_cert_exporter.receiver.journal import (
     ActiveJobExists,
     JobConflict,
     Journal,
+    JournalError,
     OwnerLock,
     clip,
     owner_alive,
@@ -215,3 +217,118 @@ def test_finish_attempt_needs_a_retry_time_for_active_failures(journal: Journal)
         job_id, 1, result="failed", status="failed", terminal=False, next_attempt_at=when
     )
     assert job.active and job.next_attempt_at == when
+
+
+def _schema_1_journal(path: Path) -> None:
+    """A journal as schema 1 wrote it: jobs.source only alertmanager or cli, with a job of
+    each kind of history (finished with an attempt, a step, an alert; active; pruned)."""
+    schema_1 = journal_module._SCHEMA
+    # what schema 2 changed in jobs, undone
+    for new, old in (
+        ("('alertmanager', 'cli', 'cohort')", "('alertmanager', 'cli')"),
+        ("    cohort TEXT,\n    planned_start_at REAL,\n", ""),
+        ("    CHECK ((source = 'cohort') = (cohort IS NOT NULL)),\n", ""),
+    ):
+        assert schema_1.count(new) == 1, new
+        schema_1 = schema_1.replace(new, old)
+    db = sqlite3.connect(path)
+    db.executescript(schema_1)
+    db.executescript(
+        """
+        INSERT INTO meta (key, value) VALUES ('schema', '1');
+        INSERT INTO jobs (id, host, host_key, role, vmm_server, is_vmm_server, procedure, mode,
+            source, status, attempt, created_at, updated_at, finished_at)
+            VALUES (7, 'hv01.lab.example', 'hv01.lab.example', 'hyperv_host',
+            'vmm01.lab.example', 0, 'remove-register', 'execute', 'alertmanager', 'succeeded',
+            1, 10, 20, 20);
+        INSERT INTO attempts (job_id, attempt, kind, procedure, mode, owner, started_at,
+            finished_at, result) VALUES (7, 1, 'run', 'remove-register', 'execute', 'o', 10, 20,
+            'succeeded');
+        INSERT INTO steps (job_id, attempt, name, target, status, started_at, finished_at)
+            VALUES (7, 1, 'preflight', 'hv01.lab.example', 'succeeded', 10, 11);
+        INSERT INTO alerts (received_at, mode, outcome, job_id) VALUES (9, 'execute',
+            'created', 7);
+        INSERT INTO jobs (id, host, host_key, role, vmm_server, is_vmm_server, procedure, mode,
+            source, status, created_at, updated_at) VALUES (8, 'hv02.lab.example',
+            'hv02.lab.example', 'hyperv_host', 'vmm01.lab.example', 0, 'remove-register',
+            'execute', 'cli', 'waiting', 30, 30);
+        UPDATE sqlite_sequence SET seq = 12 WHERE name = 'jobs';
+        """
+    )
+    db.execute("CREATE TABLE schema_1 AS SELECT * FROM jobs")  # what the migration must keep
+    db.commit()
+    with pytest.raises(sqlite3.IntegrityError):
+        db.execute(
+            "UPDATE jobs SET source = 'cohort' WHERE id = 8"
+        )  # schema 1 refuses the new source
+    db.close()
+
+
+def test_a_schema_1_journal_is_migrated_whole(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    _schema_1_journal(path)
+    journal = Journal(path, clock=FakeClock(1_900_000_000.0))
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("2",)
+    # every schema-1 row, column for column (EXCEPT compares NULLs as equal)
+    columns = journal_module._JOBS_1
+    # the module's constant, no input: S608 does not apply
+    lost = f"SELECT * FROM schema_1 EXCEPT SELECT {columns} FROM jobs"  # noqa: S608
+    added = f"SELECT {columns} FROM jobs EXCEPT SELECT * FROM schema_1"  # noqa: S608
+    assert db.execute(lost).fetchall() == db.execute(added).fetchall() == []
+    assert db.execute("SELECT cohort, planned_start_at FROM jobs").fetchall() == [(None, None)] * 2
+    assert db.execute("PRAGMA foreign_key_check").fetchall() == []
+    assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE tbl_name = 'jobs'")}
+    assert {"jobs_one_active_job_per_host", "jobs_by_status", "jobs_by_host"} <= indexes
+    db.close()
+    # the old history reads as before, the new source is accepted, and the rules still hold
+    assert [a.result for a in journal.attempts(7)] == ["succeeded"]
+    assert journal.renewal_durations() == {"remove-register": [10.0]}
+    with pytest.raises(ActiveJobExists):
+        new_job(journal, "HV02.lab.example")
+    job = journal.create_job(
+        host="hv03.lab.example",
+        role="hyperv_host",
+        vmm_server="vmm01.lab.example",
+        is_vmm_server=False,
+        procedure="remove-register",
+        mode="execute",
+        source="cohort",
+        cohort="2027-01-01",
+        planned_start_at=1_900_000_600.0,
+    )
+    assert (job.id, job.source, job.cohort) == (13, "cohort", "2027-01-01")
+    assert job.to_json()["planned_start_at"] == "2030-03-17T17:56:40.000Z"
+    assert journal.cohort_hosts("2027-01-01", "execute") == {
+        "hv03.lab.example"
+    }  # pruned ids are not given out again
+    assert any(e["kind"] == "migrated" for e in journal.events())
+    journal.close()
+    # opening a migrated journal changes nothing; a newer schema is refused
+    Journal(path).close()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE meta SET value = '3' WHERE key = 'schema'")
+    db.commit()
+    db.close()
+    with pytest.raises(JournalError, match="journal schema 3 is not 2"):
+        Journal(path)
+
+
+@pytest.mark.parametrize(
+    ("source", "cohort"), [("someone", None), ("cohort", None), ("cli", "2027-01-01")]
+)
+def test_the_schema_refuses_an_unknown_source_and_a_cohort_out_of_place(
+    journal: Journal, source: str, cohort: str | None
+) -> None:
+    with pytest.raises(sqlite3.IntegrityError):
+        journal.create_job(
+            host="hv03.lab.example",
+            role="hyperv_host",
+            vmm_server="vmm01.lab.example",
+            is_vmm_server=False,
+            procedure="remove-register",
+            mode="execute",
+            source=source,
+            cohort=cohort,
+        )

@@ -485,6 +485,10 @@ class ReceiverConfig:
         default=7 * _DAY,
         metadata=duration("finish a cohort at least this long before its day", 0.0, 180 * _DAY),
     )
+    renew_ahead: bool = field(
+        default=False,
+        metadata=flag("plan a cohort's renewals from its must-start-by, not its alerts"),
+    )
 
     @property
     def execute(self) -> bool:

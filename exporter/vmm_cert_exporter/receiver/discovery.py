@@ -8,13 +8,17 @@ computer needs to know which VMM server re-registers it; computers of a server w
 server's own names, its cluster nodes included, are always kept).
 
 Refreshed in the background every ``collection.interval``; a VMM server that cannot be read
-keeps its last view (as in the exporter). Webhook requests never cause WinRM calls.
+keeps its last view (as in the exporter). Webhook requests never cause WinRM calls. With
+``census`` on (the running receiver), each refresh also learns every computer's NotAfter
+(``census.read_census``: two scripts per VMM server) for the cohort projections and
+``renew_ahead``, then calls the ``listeners``.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 
 from vmm_cert_exporter.config import Config
@@ -22,6 +26,7 @@ from vmm_cert_exporter.failures import CollectError
 from vmm_cert_exporter.inventory import Inventory, VmmView, build_inventory, fqdn_key
 from vmm_cert_exporter.inventory import view_from_result as _view
 from vmm_cert_exporter.powershell import render_script
+from vmm_cert_exporter.receiver.census import Holding, read_census
 from vmm_cert_exporter.receiver.runbook import ScriptRunner
 from vmm_cert_exporter.results import ScriptOutputError, parse_managed_computers
 
@@ -43,9 +48,13 @@ def read_view(runner: ScriptRunner, vmm_server: str) -> VmmView:
 class InventoryCache:
     """The current inventory; ``loaded`` once the first discovery pass has finished."""
 
-    def __init__(self, config: Config, runner: ScriptRunner) -> None:
+    def __init__(self, config: Config, runner: ScriptRunner, *, census: bool = False) -> None:
         self._config = config
         self._runner = runner
+        self._census = census
+        self.holdings: list[Holding] = []
+        self.census_errors: dict[str, str] = {}
+        self.listeners: list[Callable[[], None]] = []
         self._views: dict[str, VmmView] = {}
         self.errors: dict[str, str] = {}
         self.inventory: Inventory = build_inventory(config, ())
@@ -76,11 +85,15 @@ class InventoryCache:
                 )
             self._views[fqdn_key(server.host)] = view
         self.inventory = build_inventory(self._config, self._views.values())
+        if self._census:
+            self.holdings, self.census_errors = read_census(self._runner, self.inventory)
         self.loaded.set()
         log.info(
             "inventory refreshed",
             extra={"computers": len(self.inventory.computers), "failed_servers": len(self.errors)},
         )
+        for listener in self.listeners:
+            listener()
         return self.inventory
 
     def view_for(self, vmm_server: str | None) -> VmmView | None:

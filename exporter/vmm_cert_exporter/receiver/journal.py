@@ -39,9 +39,10 @@ STEP_STATUSES: Final = ("started", "succeeded", "failed", "skipped", "unknown")
 ATTEMPT_RESULTS: Final = ("succeeded", "failed", "already-fresh", "planned", "interrupted")
 ALERT_OUTCOMES: Final = ("created", "joined", "rejected")
 MODES: Final = ("dry-run", "execute")
-SOURCES: Final = ("alertmanager", "cli")
+# cohort: planned by the receiver itself ahead of a cohort's day (receiver.renew_ahead)
+SOURCES: Final = ("alertmanager", "cli", "cohort")
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 # Label values and free text are clipped before they are stored: a hostile or broken client
 # must not be able to grow the journal by megabytes per alert.
@@ -53,12 +54,9 @@ def _in(values: Sequence[str]) -> str:
     return "(" + ", ".join(f"'{v}'" for v in values) + ")"
 
 
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS meta (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS jobs (
+# The jobs table, apart: a migration rebuilds it under another name (SQLite cannot change a
+# CHECK constraint in place).
+_JOBS_COLUMNS = f"""(
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     host TEXT NOT NULL,
     host_key TEXT NOT NULL,
@@ -83,17 +81,36 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     finished_at REAL,
+    cohort TEXT,
+    planned_start_at REAL,
+    CHECK ((source = 'cohort') = (cohort IS NOT NULL)),
     CHECK (CASE WHEN finished_at IS NULL THEN status IN {_in(ACTIVE_STATUSES)}
                 ELSE status IN {_in(TERMINAL_STATUSES)} END),
     CHECK ((status = 'running') = (owner IS NOT NULL)),
     CHECK (NOT (status = 'failed' AND finished_at IS NULL AND next_attempt_at IS NULL)),
     CHECK (NOT (status = 'planned' AND finished_at IS NOT NULL AND mode = 'execute'))
-);
+)"""
+_JOBS_INDEXES = """
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_one_active_job_per_host
     ON jobs (host_key) WHERE finished_at IS NULL;
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status);
 CREATE INDEX IF NOT EXISTS jobs_by_host ON jobs (host_key, id);
-CREATE TABLE IF NOT EXISTS attempts (
+"""
+_JOBS = f"CREATE TABLE IF NOT EXISTS jobs {_JOBS_COLUMNS};{_JOBS_INDEXES}"
+# schema 1's columns of jobs, all kept by schema 2 (which adds cohort and planned_start_at)
+_JOBS_1 = (
+    "id, host, host_key, role, vmm_server, is_vmm_server, procedure, mode, source, status, "
+    "reason, failed_step, attempt, failures, next_attempt_at, approved_at, approved_by, owner, "
+    "plan, certificates_before, certificates_after, created_at, updated_at, finished_at"
+)
+_COPY_JOBS_FROM_1 = f"INSERT INTO jobs_v2 ({_JOBS_1}) SELECT {_JOBS_1} FROM jobs"  # noqa: S608 - constants
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+{_JOBS}CREATE TABLE IF NOT EXISTS attempts (
     job_id INTEGER NOT NULL REFERENCES jobs (id),
     attempt INTEGER NOT NULL,
     kind TEXT NOT NULL CHECK (kind IN ('run', 'resume')),
@@ -245,6 +262,8 @@ class Job:
     created_at: float
     updated_at: float
     finished_at: float | None
+    cohort: str | None = None  # source cohort: the cohort day (YYYY-MM-DD) it renews
+    planned_start_at: float | None = None  # source cohort: when the schedule starts it
 
     @property
     def active(self) -> bool:
@@ -273,6 +292,8 @@ class Job:
             "created_at": iso(self.created_at),
             "updated_at": iso(self.updated_at),
             "finished_at": iso(self.finished_at),
+            "cohort": self.cohort,
+            "planned_start_at": iso(self.planned_start_at),
         }
 
 
@@ -387,6 +408,8 @@ def _job(row: sqlite3.Row) -> Job:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         finished_at=row["finished_at"],
+        cohort=row["cohort"],
+        planned_start_at=row["planned_start_at"],
     )
 
 
@@ -500,7 +523,9 @@ class Journal:
                 raise JournalError(f"{self.path}: SQLite refused WAL mode (got {mode})")
             # FULL: a commit is on disk before we send the script it announces.
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA foreign_keys=ON")
+            # off while the schema is set up: a migration replaces the jobs table, which the
+            # other tables refer to (checked with foreign_key_check before it commits)
+            self._db.execute("PRAGMA foreign_keys=OFF")
             # IF NOT EXISTS throughout: opening an existing journal changes nothing.
             self._db.executescript(_SCHEMA)
             with self._write() as db:
@@ -509,15 +534,43 @@ class Journal:
                     db.execute(
                         "INSERT INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
                     )
+                elif row["value"] == "1":
+                    self._migrate_from_1(db)
                 elif row["value"] != str(SCHEMA_VERSION):
                     raise JournalError(
                         f"{self.path}: journal schema {row['value']} is not {SCHEMA_VERSION}, "
                         "the one this version writes"
                     )
+            self._db.execute("PRAGMA foreign_keys=ON")
         except sqlite3.Error as exc:
             raise JournalError(f"{self.path}: cannot open the journal: {exc}") from exc
         with contextlib.suppress(OSError):
             os.chmod(self.path, 0o600)
+
+    def _migrate_from_1(self, db: sqlite3.Connection) -> None:
+        """Schema 1 to 2: jobs.source may also be ``cohort``, and such a job names its cohort
+        and planned start (two new columns, NULL for the jobs already there). SQLite cannot
+        change a CHECK constraint, so the table is rebuilt in the open transaction: a crash
+        leaves the journal at schema 1, whole."""
+        sequence = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'").fetchone()
+        db.execute(f"CREATE TABLE jobs_v2 {_JOBS_COLUMNS}")
+        db.execute(_COPY_JOBS_FROM_1)
+        db.execute("DROP TABLE jobs")
+        db.execute("ALTER TABLE jobs_v2 RENAME TO jobs")
+        for statement in _JOBS_INDEXES.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        if sequence is not None:
+            # ids of pruned jobs are never given out again
+            db.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'jobs'", (sequence[0],))
+        broken = db.execute("PRAGMA foreign_key_check").fetchall()
+        if broken:
+            raise JournalError(
+                f"{self.path}: migrating the journal from schema 1 found {len(broken)} rows "
+                "referring to missing rows; nothing was changed"
+            )
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),))
+        self._event(db, None, "migrated", f"journal schema 1 -> {SCHEMA_VERSION}")
 
     def now(self) -> float:
         return self._clock()
@@ -675,6 +728,14 @@ class Journal:
         value = rows[0]["t"] if rows else None
         return None if value is None else float(value)
 
+    def cohort_hosts(self, cohort: str, mode: str) -> set[str]:
+        """The hosts (keys) that already had a job in ``mode`` planned for ``cohort``: a
+        cohort is planned once per host, whatever became of the job."""
+        rows = self._read(
+            "SELECT DISTINCT host_key FROM jobs WHERE cohort = ? AND mode = ?", (cohort, mode)
+        )
+        return {r["host_key"] for r in rows}
+
     def running_counts(self, mode: str) -> tuple[int, dict[str, int]]:
         """Running jobs in ``mode`` (across every process on this journal): total, by server."""
         rows = self._read(
@@ -698,6 +759,8 @@ class Journal:
         mode: str,
         source: str,
         reason: str | None = None,
+        cohort: str | None = None,
+        planned_start_at: float | None = None,
     ) -> Job:
         """Insert a ``planned`` job; ``ActiveJobExists`` if the host already has one."""
         now = self._clock()
@@ -705,8 +768,8 @@ class Journal:
             with self._write() as db:
                 cursor = db.execute(
                     "INSERT INTO jobs (host, host_key, role, vmm_server, is_vmm_server, "
-                    "procedure, mode, source, status, reason, created_at, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'planned', ?, ?, ?)",
+                    "procedure, mode, source, status, reason, created_at, updated_at, cohort, "
+                    "planned_start_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'planned', ?, ?, ?, ?, ?)",
                     (
                         host,
                         host.lower(),
@@ -719,6 +782,8 @@ class Journal:
                         reason,
                         now,
                         now,
+                        cohort,
+                        planned_start_at,
                     ),
                 )
                 job_id = int(cursor.lastrowid or 0)

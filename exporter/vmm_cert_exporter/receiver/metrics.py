@@ -6,6 +6,7 @@ per process (unauthenticated requests are not written to disk)."""
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Iterator
 from typing import Final
@@ -14,7 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from vmm_cert_exporter import __version__
-from vmm_cert_exporter.cohorts import Capacity
+from vmm_cert_exporter.cohorts import Capacity, Projection
 from vmm_cert_exporter.receiver.journal import ACTIVE_STATUSES, ATTEMPT_RESULTS, Journal
 from vmm_cert_exporter.receiver.planner import PROCEDURES
 
@@ -53,6 +54,7 @@ class ReceiverCollector(Collector):
         paused: Callable[[], bool],
         capacity: Callable[[], Capacity] | None = None,
         cohort_margin: float = 0.0,
+        cohorts: Callable[[], list[Projection]] | None = None,
     ) -> None:
         self._journal = journal
         self._webhooks = webhooks
@@ -60,6 +62,7 @@ class ReceiverCollector(Collector):
         self._paused = paused
         self._capacity = capacity
         self._cohort_margin = cohort_margin
+        self._cohorts = cohorts
 
     def describe(self) -> Iterator[Metric]:
         return iter(())  # registering must not query the journal
@@ -131,6 +134,8 @@ class ReceiverCollector(Collector):
         )
         if self._capacity is not None:
             yield from self._capacity_families(self._capacity())
+        if self._cohorts is not None:
+            yield from self._cohort_families(self._cohorts())
 
         info = GaugeMetricFamily(
             "vmm_receiver_info", "The receiver's version and mode.", labels=["version", "mode"]
@@ -162,3 +167,32 @@ class ReceiverCollector(Collector):
             "receiver.cohort_margin: how long before its day a cohort should be renewed.",
             value=self._cohort_margin,
         )
+
+    def _cohort_families(self, projections: list[Projection]) -> Iterator[Metric]:
+        """Per upcoming cohort of the receiver's census: what is left and when it is done."""
+        left = GaugeMetricFamily(
+            "vmm_renewal_cohort_computers_left",
+            "Computers of the cohort (UTC NotAfter day) that still hold its certificate, as "
+            "the receiver's census reads VMM's TrustedPeople.",
+            labels=["cohort"],
+        )
+        finish = GaugeMetricFamily(
+            "vmm_renewal_cohort_projected_finish_timestamp_seconds",
+            "When the cohort's last computer is projected renewed at the capacity used now, "
+            "the earlier cohorts first (+Inf: never, e.g. paused).",
+            labels=["cohort"],
+        )
+        must = GaugeMetricFamily(
+            "vmm_renewal_cohort_must_start_by_timestamp_seconds",
+            "The latest start that renews the cohort cohort_margin before its day "
+            "(+Inf: no start does).",
+            labels=["cohort"],
+        )
+        for p in projections:
+            day = p.cohort.day.isoformat()
+            left.add_metric([day], p.cohort.left)
+            finish.add_metric([day], math.inf if p.finish is None else p.finish)
+            must.add_metric([day], math.inf if p.must_start_by is None else p.must_start_by)
+        yield left
+        yield finish
+        yield must

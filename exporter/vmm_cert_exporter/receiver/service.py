@@ -41,13 +41,14 @@ from urllib.parse import parse_qs
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
-from vmm_cert_exporter.cohorts import Capacity, capacities
+from vmm_cert_exporter.cohorts import Capacity, Projection, capacities, group, project
 from vmm_cert_exporter.config import Config, ReceiverConfig, parse_listen_address
 from vmm_cert_exporter.http.credentials import SharedSecrets
 from vmm_cert_exporter.http.limits import Limits
 from vmm_cert_exporter.http.server import HTTPServer
 from vmm_cert_exporter.http.tls_context import TLSSetupError, server_context
 from vmm_cert_exporter.http.wsgi import StartResponse
+from vmm_cert_exporter.receiver.ahead import RenewAhead
 from vmm_cert_exporter.receiver.discovery import InventoryCache
 from vmm_cert_exporter.receiver.engine import Engine
 from vmm_cert_exporter.receiver.intake import intake
@@ -139,11 +140,13 @@ class ReceiverApp:
                 lambda: engine.pause_state().paused,
                 capacity=self._capacity,
                 cohort_margin=config.cohort_margin,
+                cohorts=self.projections,
             )
         )
 
-    def _capacity(self) -> Capacity:
-        """The capacity used now: measured once the journal holds a successful renewal."""
+    def _capacity(self, *, planning: bool = False) -> Capacity:
+        """The capacity used now: measured once the journal holds a successful renewal.
+        ``planning``: as if not paused (a schedule outlives a pause; the jobs wait)."""
         config = self.config
         _, used = capacities(
             max_concurrent=config.max_concurrent,
@@ -151,12 +154,26 @@ class ReceiverApp:
             vmm_servers=len(self.inventory.inventory.vmm_views),
             windows=config.maintenance_windows,
             approval=config.require_approval,
-            paused=self.engine.pause_state().paused,
+            paused=False if planning else self.engine.pause_state().paused,
             assumed=config.assumed_renewal_duration,
             durations=self.journal.renewal_durations(),
             at=self.clock(),
         )
         return used
+
+    def planning_capacity(self) -> Capacity:
+        return self._capacity(planning=True)
+
+    def projections(self) -> list[Projection]:
+        """The upcoming cohorts (not expired yet) of the census, counting only computers not
+        renewed yet, projected at the capacity used now (docs/renewal.md#cohorts)."""
+        now = self.clock()
+        cohorts = group((h.computer.role, h.not_after) for h in self.inventory.holdings)
+        return [
+            p
+            for p in project(cohorts, self._capacity(), now, self.config.cohort_margin)
+            if p.cohort.expires_at > now
+        ]
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
@@ -545,11 +562,18 @@ def start_receiver(
     owner = OwnerLock(rcfg.journal)
     try:
         runner = runner or WinRMRunner(config.winrm)
-        inventory = InventoryCache(config, runner)
+        inventory = InventoryCache(config, runner, census=True)
         engine = Engine(
             config, journal, runner, owner=owner, clock=clock, poll_interval=poll_interval
         )
         app = ReceiverApp(rcfg, journal, engine, inventory, clock=clock)
+        ahead = RenewAhead(rcfg, journal, app.planning_capacity, clock)
+
+        def plan_ahead() -> None:
+            if ahead.run(inventory.holdings, inventory.inventory.vmm_views):
+                engine.wake()
+
+        inventory.listeners.append(plan_ahead)
         server = make_receiver_server(
             app, rcfg, listen_address or rcfg.listen_address, web_config, limits
         )
