@@ -35,8 +35,14 @@ from vmm_cert_exporter.rules import FOR_DURATIONS, render_rules
 from vmm_cert_exporter.serve import Exporter, start_exporter
 from vmm_cert_lab.fleet.runner import RunningLab, start_lab
 from vmm_cert_lab.processes import Process
-from vmm_cert_lab.promstack import find_binary, start_alertmanager, start_prometheus
-from vmm_cert_lab.receiver_config import write_lab_receiver_config
+from vmm_cert_lab.promstack import (
+    amtool_query_command,
+    find_binary,
+    prometheus_alerts_path,
+    start_alertmanager,
+    start_prometheus,
+)
+from vmm_cert_lab.receiver_config import desk_user, write_lab_receiver_config
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +52,8 @@ DEPLOY_DIR = Path(__file__).resolve().parents[3] / "deploy"
 EXPORTER_PORT, RECEIVER_PORT, PROMETHEUS_PORT, ALERTMANAGER_PORT = 9868, 9869, 9090, 9093
 DEMO_FOR = "10s"  # alerts fire 10 s after the condition holds (shipped: 15 min to 1 h)
 DEMO_TOKEN = "demo-token-for-the-renewal-receiver"  # noqa: S105 - the lab only, nothing real
+# the renewal desk's sign-in, printed with its link: the lab only, nothing real
+DEMO_DESK_USER, DEMO_DESK_PASSWORD = "demo", "demo-desk-password"
 
 
 def free_port(preferred: int) -> int:
@@ -171,6 +179,7 @@ def running_stack(
                 token=DEMO_TOKEN,
                 mode=receiver_mode,
                 listen_address=f"127.0.0.1:{port(RECEIVER_PORT)}",
+                receiver={"desk_users": [desk_user(workdir, DEMO_DESK_USER, DEMO_DESK_PASSWORD)]},
             )
             receiver = start_receiver(load_config(receiver_path))
             stack.callback(receiver.stop)
@@ -197,6 +206,56 @@ def running_stack(
         yield result
 
 
+def links(stack: Stack, workdir: Path = DEMO_DIR) -> str:
+    """What the demo prints: every link answers 200 (a test follows each), and where a part
+    has no page (Debian's Alertmanager ships without its UI) the command that shows it."""
+    exporter, lab = stack.exporter, stack.lab
+    lines = [
+        "",
+        "vmm-cert-exporter demo is running (Ctrl-C stops everything):",
+        f"  exporter overview   {exporter.url}/",
+        f"  metrics             {exporter.url}/metrics",
+    ]
+    prometheus = stack.processes.get("prometheus")
+    if prometheus is None:
+        lines.append("  Prometheus          not installed (apt-get install prometheus)")
+    else:
+        path = prometheus_alerts_path(prometheus.url)
+        if path is None:
+            lines.append(f"  Prometheus          {prometheus.url}/-/ready   (no alerts page found)")
+        else:
+            lines.append(f"  Prometheus alerts   {prometheus.url}{path}   (firing within a minute)")
+    receiver = stack.receiver
+    if receiver is not None:
+        lines.append(
+            f"  renewal desk        {receiver.url}/   (user {DEMO_DESK_USER}, password "
+            f"{DEMO_DESK_PASSWORD}; execute mode, the lab only)"
+        )
+        token = (workdir / "receiver.token").resolve()
+        lines.append(
+            f"  renewal API         {receiver.url}/api/jobs   (Authorization: Bearer, the token "
+            f"in {token})"
+        )
+    alertmanager = stack.processes.get("alertmanager")
+    if alertmanager is None:
+        lines.append(
+            "  Alertmanager        not installed (apt-get install prometheus-alertmanager)"
+        )
+    else:
+        lines += [
+            "  Alertmanager        Debian's package has no web UI; the renewal desk shows what",
+            "                      its webhook started, and this lists the alerts it holds:",
+            f"    $ {amtool_query_command(alertmanager.url)}",
+        ]
+    lines += [
+        f"  lab control API     {lab.control_url}/computers",
+        f"  configuration       {(workdir / 'exporter.yml').resolve()}   (winrm.endpoint is the "
+        "lab's WS-Management)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level, args.log_format)
     stopping = threading.Event()
@@ -207,39 +266,8 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     with running_stack(DEMO_DIR, scenario=args.scenario, locale=args.locale) as stack:
-        lab, exporter = stack.lab, stack.exporter
-        exporter.refresher.wait_first(timeout=120)
-        urls = {name: p.url for name, p in stack.processes.items()}
-        lines = [
-            "",
-            "vmm-cert-exporter demo is running (Ctrl-C stops everything):",
-            f"  exporter overview   {exporter.url}/",
-            f"  metrics             {exporter.url}/metrics",
-        ]
-        if "prometheus" in urls:
-            lines.append(
-                f"  Prometheus alerts   {urls['prometheus']}/alerts   (firing within a minute)"
-            )
-        else:
-            lines.append("  Prometheus          not installed (apt-get install prometheus)")
-        if "alertmanager" in urls:
-            lines.append(f"  Alertmanager        {urls['alertmanager']}/")
-        else:
-            lines.append(
-                "  Alertmanager        not installed (apt-get install prometheus-alertmanager)"
-            )
-        if stack.receiver is not None:
-            lines.append(
-                f"  renewal receiver    {stack.receiver.url}/api/jobs   "
-                "(execute mode, the lab only; bearer token in .demo/receiver.token)"
-            )
-        lines += [
-            f"  lab WS-Management   {lab.endpoint_template}",
-            f"  lab control API     {lab.control_url}/computers",
-            f"  configuration       {(DEMO_DIR / 'exporter.yml').resolve()}",
-            "",
-        ]
-        print("\n".join(lines), flush=True)
+        stack.exporter.refresher.wait_first(timeout=120)
+        print(links(stack), flush=True)
         stopping.wait()
         print("stopping...", file=sys.stderr, flush=True)
     return 0

@@ -7,11 +7,13 @@ free port and a data directory of its own, and is stopped (TERM, then KILL) by `
 
 from __future__ import annotations
 
+import http.client
 import json
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from vmm_cert_lab.processes import Process, free_port
 
@@ -108,3 +110,42 @@ def start_alertmanager(config_file: Path, workdir: Path, port: int | None = None
     """Start Alertmanager (clustering off) with ``config_file``; returns when ready."""
     flags = ["--storage.path={data}", "--cluster.listen-address="]
     return _start("alertmanager", ALERTMANAGER, flags, config_file, workdir, port)
+
+
+def _get(url: str, path: str) -> tuple[int, str | None]:
+    """GET ``path`` of ``url`` without following a redirect: (status, Location)."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=10)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        response.read()
+        return response.status, response.getheader("Location")
+    finally:
+        conn.close()
+
+
+def prometheus_alerts_path(url: str) -> str | None:
+    """The path of the alerts page the Prometheus at ``url`` serves, or None.
+
+    Debian's Prometheus 2.42 is built without the React UI: ``/`` redirects to
+    ``/classic/graph`` and only ``/classic/alerts`` exists, while upstream builds serve
+    ``/alerts``. Asked at run time, so that a printed link never answers 404.
+    """
+    candidates = []
+    status, location = _get(url, "/")
+    if status in (301, 302, 303, 307, 308) and location:
+        path = urlsplit(location).path
+        if path.endswith("/graph"):
+            candidates.append(path[: -len("graph")] + "alerts")
+    candidates += ["/alerts", "/classic/alerts"]
+    for path in dict.fromkeys(candidates):
+        if _get(url, path)[0] == 200:
+            return path
+    return None
+
+
+def amtool_query_command(alertmanager_url: str) -> str:
+    """The exact ``amtool`` command line that lists the alerts of ``alertmanager_url``
+    (Debian's Alertmanager ships without its web UI)."""
+    return f"{find_binary('amtool')} alert query --alertmanager.url={alertmanager_url}"

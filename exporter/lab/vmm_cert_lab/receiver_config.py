@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import bcrypt
 import yaml
 
 if TYPE_CHECKING:
@@ -30,6 +31,19 @@ def lab_run_as_account(lab: RunningLab) -> str:
         if names:
             return str(names[0])
     return LAB_RUN_AS_ACCOUNT
+
+
+def desk_user(
+    directory: str | os.PathLike[str], username: str, password: str, *, rounds: int = 4
+) -> dict[str, str]:
+    """A ``receiver.desk_users`` entry for the lab: the bcrypt hash of ``password`` in a 0600
+    file of ``directory``. Cost 4 (the lowest) keeps tests fast; never for a real desk."""
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds)).decode()
+    path = Path(directory) / f"desk-{username}.bcrypt"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(hashed + "\n")
+    return {"username": username, "password_hash_file": str(Path(path).resolve())}
 
 
 def write_lab_receiver_config(

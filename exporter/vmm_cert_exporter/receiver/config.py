@@ -20,6 +20,7 @@ from vmm_cert_exporter.config_schema import (
     Section,
     Slot,
     read_list,
+    read_section,
     sections,
     subsection,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "RECEIVER_MODES",
     "WEEKDAYS",
     "BasicAuthConfig",
+    "DeskUser",
     "MaintenanceWindow",
     "ReceiverConfig",
     "ReceiverTlsConfig",
@@ -275,6 +277,54 @@ class BasicAuthConfig:
     )
 
 
+_BCRYPT_RE = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
+
+
+def _desk_password_hash(section: Section, slot: Slot) -> Secret:
+    hashed = read_required_secret(section, slot, who="a desk user", what="bcrypt hash")
+    if _BCRYPT_RE.fullmatch(hashed.reveal().strip()) is None:
+        file_key, env_key = slot.keys
+        key = file_key if section.has(file_key) else env_key
+        # never echoed: a password pasted where its hash belongs must not reach a log
+        section.fail(
+            key,
+            "expected a bcrypt hash ($2b$ or $2y$, e.g. from `htpasswd -nbB user password` "
+            "or python -c 'import bcrypt; print(bcrypt.hashpw(b\"...\", bcrypt.gensalt()))'), "
+            "not a password",
+        )
+    return Secret(hashed.reveal().strip())
+
+
+@dataclass(frozen=True)
+class DeskUser:
+    """One person who may use the receiver desk (``/`` in a browser), by Basic auth."""
+
+    username: str = field(
+        metadata=text(
+            "the user name; approvals and pauses are journaled under it",
+            what="a user name",
+            checks=(_no_colon,),
+        )
+    )
+    password_hash: Secret = field(
+        metadata=secret(
+            "the bcrypt hash of the password (never the password)",
+            what="bcrypt hash",
+            read=_desk_password_hash,
+        )
+    )
+
+
+def _desk_users(section: Section, slot: Slot) -> tuple[DeskUser, ...]:
+    users: list[DeskUser] = []
+    for item in read_list(section.document, section.get(slot.key)):
+        user = read_section(section.document, item, DeskUser, null_ok=False)
+        if any(u.username == user.username for u in users):
+            section.document.fail_at(item, f"desk user {short(user.username)} is listed twice")
+        users.append(user)
+    return tuple(users)
+
+
 def _pem_file(what: str, *, checks: tuple[Check, ...] = ()) -> dict[str, Key]:
     def read(section: Section, slot: Slot) -> str:
         for key in ("cert_file", "key_file"):  # both are required before either is read
@@ -378,6 +428,16 @@ class ReceiverConfig:
     )
     tls: ReceiverTlsConfig | None = field(
         default=None, metadata=subsection(ReceiverTlsConfig, "HTTPS")
+    )
+    desk_users: tuple[DeskUser, ...] = field(
+        default=(),
+        metadata=Key(
+            _desk_users,
+            "people who may use the desk in a browser (Basic auth, bcrypt)",
+            "list",
+            section=DeskUser,
+            repeated=True,
+        ).metadata(),
     )
     max_request_bytes: int = field(
         default=1024 * 1024,

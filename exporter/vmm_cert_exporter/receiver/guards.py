@@ -89,6 +89,12 @@ def backoff_delay(failures: int, initial: float, maximum: float) -> float:
     return min(maximum, initial * math.pow(2, min(failures - 1, 60)))
 
 
+def awaiting_approval(job: Job, config: ReceiverConfig) -> bool:
+    """True while ``job`` waits for someone to approve it (``require_approval``); jobs the
+    CLI started are approved by the person who typed the command."""
+    return config.require_approval and job.approved_at is None and job.source != "cli"
+
+
 def blocked_reason(
     job: Job,
     config: ReceiverConfig,
@@ -102,7 +108,7 @@ def blocked_reason(
         by = f" by {pause.by}" if pause.by else ""
         since = f" since {iso(pause.at)}" if pause.at else ""
         return f"paused{by}{since}: new renewals wait until the receiver is resumed"
-    if config.require_approval and job.approved_at is None and job.source != "cli":
+    if awaiting_approval(job, config):
         return f"awaiting manual approval (POST /api/jobs/{job.id}/approve)"
     if job.status == "failed" and job.next_attempt_at is not None and job.next_attempt_at > now:
         return f"backoff: next attempt at {iso(job.next_attempt_at)}"

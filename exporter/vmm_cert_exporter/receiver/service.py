@@ -11,13 +11,17 @@ Endpoints (docs/renewal.md):
 ``GET /api/status``                      mode, pause, inventory, limits
 ``GET /metrics``, ``/-/healthy``,        unauthenticated, as for every exporter
 ``/-/ready``
+``GET /``, ``/jobs/{id}``; ``POST``      the desk, for people in a browser (``desk.py``:
+``/jobs/{id}/approve|cancel``,           desk users or the receiver's credentials; every
+``/pause``, ``/resume``                  POST carries a CSRF token)
 =======================================  ==================================================
 
 Order of checks for everything else: a body larger than ``max_request_bytes`` is refused
 (413) before anything else, so no one can make the server read megabytes; then a browser's
 cross-site request (``Origin`` or ``Sec-Fetch-Site``) gets 403, because Alertmanager and
 curl never send those and a web page must not be able to drive the API with credentials a
-browser cached; then credentials (401, the body neither parsed nor written); then the route.
+browser cached (the desk's pages are for browsers: ``desk.py`` checks its own forms instead);
+then credentials (401, the body neither parsed nor written); then the route.
 The HTTP layer (``vmm_cert_exporter.http``) serves it: it reads at most
 ``max_request_bytes`` of a body (plus one byte, so a larger one is seen), checks the
 credentials and hands the caller's identity over as ``REMOTE_USER``; which paths need one is
@@ -48,7 +52,9 @@ from vmm_cert_exporter.http.limits import Limits
 from vmm_cert_exporter.http.server import HTTPServer
 from vmm_cert_exporter.http.tls_context import TLSSetupError, server_context
 from vmm_cert_exporter.http.wsgi import StartResponse
+from vmm_cert_exporter.receiver.actions import job_action, set_paused
 from vmm_cert_exporter.receiver.ahead import RenewAhead
+from vmm_cert_exporter.receiver.desk import Desk, is_desk_path
 from vmm_cert_exporter.receiver.discovery import InventoryCache
 from vmm_cert_exporter.receiver.engine import Engine
 from vmm_cert_exporter.receiver.intake import intake
@@ -130,6 +136,7 @@ class ReceiverApp:
             basic_username=config.basic_auth_username,
             basic_password=config.basic_auth_password,
         )
+        self.desk = Desk(config, journal, engine, inventory)
         self.webhooks = WebhookCounter()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(
@@ -183,6 +190,8 @@ class ReceiverApp:
             if path in ("/metrics", "/-/healthy", "/-/ready"):
                 return self._open(path, method, start_response)
             self._check_size(environ)
+            if is_desk_path(path):
+                return self.desk(environ, start_response, lambda: self._body(environ))
             if environ.get("HTTP_ORIGIN") or environ.get("HTTP_SEC_FETCH_SITE", "") in (
                 "cross-site",
                 "same-site",
@@ -366,9 +375,7 @@ class ReceiverApp:
         if path in ("/api/pause", "/api/resume"):
             if method != "POST":
                 raise _HTTPError("405 Method Not Allowed", "use POST")
-            state = self.journal.set_paused(path == "/api/pause", identity)
-            log.warning("pause switch", extra={"paused": state.paused, "by": identity})
-            self.engine.wake()
+            set_paused(self.journal, self.engine, path == "/api/pause", identity)
             return _json(start_response, "200 OK", self.status())
         match = _JOB_PATH.fullmatch(path)
         if match is None:
@@ -384,17 +391,17 @@ class ReceiverApp:
         if method != "POST":
             raise _HTTPError("405 Method Not Allowed", "use POST")
         try:
-            job = (
-                self.journal.approve(job_id, identity)
-                if action == "approve"
-                else self.journal.cancel(job_id, identity)
+            job = job_action(
+                self.journal,
+                self.engine,
+                "approve" if action == "approve" else "cancel",
+                job_id,
+                identity,
             )
         except KeyError:
             raise _HTTPError("404 Not Found", f"no job {job_id}") from None
         except JobConflict as exc:
             raise _HTTPError("409 Conflict", str(exc)) from None
-        log.warning(f"job {action}", extra={"job": job_id, "by": identity})
-        self.engine.wake()
         return _json(start_response, "200 OK", job.to_json())
 
     def _list(self, query: str) -> dict[str, Any]:

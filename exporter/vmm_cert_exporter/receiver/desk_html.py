@@ -1,0 +1,407 @@
+"""The desk's HTML: pure functions from journal records to pages, no JavaScript needed.
+
+Everything that came from a webhook, a host or the journal is escaped (``_e``): host names,
+alert labels, reasons and step results are untrusted text. Forms carry the CSRF token of
+the signed-in user; each action is a POST (``desk.py`` checks the token before anything
+changes).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from html import escape
+from typing import Any, Final
+
+from vmm_cert_exporter import __version__
+from vmm_cert_exporter.config import ReceiverConfig
+from vmm_cert_exporter.receiver.csrf import FIELD
+from vmm_cert_exporter.receiver.journal import Attempt, Job, PauseState, Step, iso
+
+# A step's result is shown up to this many characters; the API has it whole.
+_RESULT_CHARS: Final = 600
+
+
+def _e(value: object) -> str:
+    return escape("" if value is None else str(value), quote=True)
+
+
+def _when(ts: float | None) -> str:
+    return _e(iso(ts) or "—")
+
+
+@dataclass(frozen=True)
+class DeskJob:
+    """A job as the desk lists it: the record and whether it waits for someone's approval."""
+
+    job: Job
+    awaiting_approval: bool
+
+    @property
+    def cancellable(self) -> bool:
+        return self.job.active and self.job.status != "running"
+
+
+@dataclass(frozen=True)
+class Banner:
+    config: ReceiverConfig
+    pause: PauseState
+    computers: int
+    inventory_loaded: bool
+
+
+def page(title: str, body: str, *, identity: str) -> str:
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{_e(title)}</title>"
+        '<link rel="stylesheet" href="/desk.css"></head><body>'
+        '<header class="top"><a class="brand" href="/">Renewal desk</a>'
+        f'<span class="who">signed in as <b>{_e(identity)}</b></span>'
+        f'<span class="version">vmm-cert-exporter {_e(__version__)}</span></header>'
+        f"<main>{body}</main>"
+        '<footer><a href="/api/status">status (JSON)</a> · <a href="/api/jobs">jobs (JSON)</a>'
+        ' · <a href="/metrics">/metrics</a></footer>'
+        "</body></html>\n"
+    )
+
+
+def _form(action: str, label: str, token: str, *, danger: bool = False) -> str:
+    css = "button danger" if danger else "button"
+    return (
+        f'<form method="post" action="{_e(action)}" class="inline">'
+        f'<input type="hidden" name="{FIELD}" value="{_e(token)}">'
+        f'<button type="submit" class="{css}">{_e(label)}</button></form>'
+    )
+
+
+def _list(items: Iterable[str]) -> str:
+    return ", ".join(f"<code>{_e(i)}</code>" for i in items) or "<i>none</i>"
+
+
+def banner(b: Banner, token: str) -> str:
+    cfg = b.config
+    mode = "EXECUTE" if cfg.execute else "DRY-RUN"
+    mode_note = (
+        "changes hosts: renews certificates over WinRM"
+        if cfg.execute
+        else "plans and journals every job, changes nothing"
+    )
+    if b.pause.paused:
+        by = f" by {_e(b.pause.by)}" if b.pause.by else ""
+        pause = (
+            f'<span class="state paused">PAUSED</span>{by} since {_when(b.pause.at)}: '
+            "no renewal starts until resumed " + _form("/resume", "Resume renewals", token)
+        )
+    else:
+        pause = (
+            '<span class="state running">RUNNING</span> renewals start when their guards allow '
+            + _form("/pause", "Pause renewals", token, danger=True)
+        )
+    windows = len(cfg.maintenance_windows)
+    approval = "required for every job" if cfg.require_approval else "not required"
+    inventory = (
+        f"{b.computers} computers" if b.inventory_loaded else "not loaded yet (discovery runs)"
+    )
+    return (
+        f'<section class="banner mode-{"execute" if cfg.execute else "dry-run"}" id="banner">'
+        f'<p><span class="mode">{mode}</span> {_e(mode_note)}</p>'
+        f'<p id="pause">{pause}</p>'
+        '<dl class="facts">'
+        f"<dt>Allowed hosts</dt><dd>{_list(cfg.allow_hosts)}</dd>"
+        f"<dt>Denied hosts</dt><dd>{_list(cfg.deny_hosts)}</dd>"
+        f"<dt>Allowed roles</dt><dd>{_list(cfg.allow_roles)}</dd>"
+        f"<dt>Approval</dt><dd>{approval}</dd>"
+        f"<dt>Maintenance windows</dt><dd>{windows or 'none: any time'}</dd>"
+        f"<dt>At once</dt><dd>{cfg.max_concurrent} (per VMM server "
+        f"{cfg.max_concurrent_per_vmm_server})</dd>"
+        f"<dt>Inventory</dt><dd>{_e(inventory)}</dd>"
+        "</dl></section>"
+    )
+
+
+def status_words(item: DeskJob) -> str:
+    """The status in words (never colour alone)."""
+    if item.awaiting_approval and item.job.active and item.job.status != "running":
+        return "awaiting approval"
+    return item.job.status
+
+
+def _actions(item: DeskJob, token: str) -> str:
+    out = []
+    job_id = item.job.id
+    if item.awaiting_approval and item.cancellable:
+        out.append(_form(f"/jobs/{job_id}/approve", "Approve", token))
+    if item.cancellable:
+        out.append(_form(f"/jobs/{job_id}/cancel", "Cancel", token, danger=True))
+    return "".join(out)
+
+
+def _status_cell(item: DeskJob) -> str:
+    words = status_words(item)
+    css = words.replace(" ", "-")
+    return f'<span class="status s-{_e(css)}">{_e(words)}</span>'
+
+
+def jobs_table(jobs: Sequence[DeskJob], token: str) -> str:
+    if not jobs:
+        return (
+            '<p class="empty">No jobs yet: the receiver has not been sent an alert it acts on.</p>'
+        )
+    rows = []
+    for item in jobs:
+        job = item.job
+        rows.append(
+            f'<tr class="{"active" if job.active else "finished"}" data-job="{job.id}">'
+            f'<td><a href="/jobs/{job.id}">#{job.id}</a></td>'
+            f"<td>{_e(job.host)}</td>"
+            f"<td>{_status_cell(item)}</td>"
+            f"<td>{_e(job.mode)}</td>"
+            f"<td>{_e(job.procedure)}</td>"
+            f'<td class="reason">{_e(job.reason or "")}</td>'
+            f"<td>{_when(job.next_attempt_at) if job.active else '—'}</td>"
+            f"<td>{_when(job.updated_at)}</td>"
+            f'<td class="actions">{_actions(item, token)}</td></tr>'
+        )
+    return (
+        '<table class="jobs" id="jobs"><thead><tr><th>Job</th><th>Host</th><th>Status</th>'
+        "<th>Mode</th><th>Procedure</th><th>Reason</th><th>Next attempt</th><th>Updated</th>"
+        f"<th>Actions</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def refusals_table(alerts: Sequence[dict[str, Any]]) -> str:
+    if not alerts:
+        return '<p class="empty">No alert was refused.</p>'
+    rows = "".join(
+        f"<tr><td>{_e(a['received_at'])}</td><td>{_e(a['alertname'])}</td><td>{_e(a['host'])}</td>"
+        f'<td>{_e(a["status"])}</td><td class="reason">{_e(a["reason"])}</td></tr>'
+        for a in alerts
+    )
+    return (
+        '<table id="refusals"><thead><tr><th>Received</th><th>Alert</th><th>Host</th>'
+        f"<th>Status</th><th>Why refused</th></tr></thead><tbody>{rows}</tbody></table>"
+    )
+
+
+def events_table(events: Sequence[dict[str, Any]], *, with_job: bool = False) -> str:
+    if not events:
+        return '<p class="empty">Nothing journaled yet.</p>'
+    rows = []
+    for ev in reversed(events):  # newest first
+        job = ""
+        if with_job:
+            job_id = ev.get("job_id")
+            job = (
+                f'<td><a href="/jobs/{int(job_id)}">#{int(job_id)}</a></td>'
+                if job_id
+                else "<td>—</td>"
+            )
+        rows.append(
+            f"<tr><td>{_e(ev['at'])}</td>{job}<td>{_e(ev['kind'])}</td><td>{_e(ev['message'])}</td></tr>"
+        )
+    head = "<th>When</th>" + ("<th>Job</th>" if with_job else "") + "<th>What</th><th>Detail</th>"
+    return (
+        f'<table class="events"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def desk_page(
+    b: Banner,
+    jobs: Sequence[DeskJob],
+    refusals: Sequence[dict[str, Any]],
+    events: Sequence[dict[str, Any]],
+    *,
+    identity: str,
+    token: str,
+) -> str:
+    waiting = sum(1 for j in jobs if j.awaiting_approval and j.cancellable)
+    active = sum(1 for j in jobs if j.job.active)
+    summary = (
+        f'<p class="summary" id="summary"><b>{active}</b> active job{"" if active == 1 else "s"}, '
+        f"<b>{waiting}</b> awaiting approval.</p>"
+    )
+    body = (
+        "<h1>Renewal desk</h1>"
+        + banner(b, token)
+        + summary
+        + '<h2>Jobs</h2><p class="hint">Active jobs and jobs awaiting approval first, then the '
+        "latest finished ones.</p>"
+        + jobs_table(jobs, token)
+        + '<h2>Refused alerts</h2><p class="hint">Alerts the receiver was sent and did not act '
+        "on, with the reason.</p>"
+        + refusals_table(refusals)
+        + "<h2>Journal</h2>"
+        + events_table(events, with_job=True)
+    )
+    return page("Renewal desk", body, identity=identity)
+
+
+def _certificates(certs: Sequence[dict[str, Any]] | None, ident: str) -> str:
+    if not certs:
+        return f'<p class="empty" id="{ident}">None read.</p>'
+    rows = "".join(
+        f"<tr><td><code>{_e(c.get('thumbprint'))}</code></td><td>{_e(c.get('not_before'))}</td>"
+        f"<td>{_e(c.get('not_after'))}</td><td>{_e(c.get('friendly_name'))}</td>"
+        f"<td>{'yes' if c.get('trusted') else 'no'}</td></tr>"
+        for c in certs
+    )
+    return (
+        f'<table id="{ident}"><thead><tr><th>Thumbprint</th><th>NotBefore</th><th>NotAfter</th>'
+        f"<th>Friendly name</th><th>In VMM's TrustedPeople</th></tr></thead><tbody>{rows}"
+        "</tbody></table>"
+    )
+
+
+def _result(value: Any) -> str:
+    if value is None:
+        return ""
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    if len(text) > _RESULT_CHARS:
+        text = text[:_RESULT_CHARS] + " …"
+    return f"<code>{_e(text)}</code>"
+
+
+def _steps(steps: Sequence[Step]) -> str:
+    if not steps:
+        return '<p class="empty" id="steps">No step has run.</p>'
+    rows = "".join(
+        f"<tr><td>{s.attempt}</td><td>{_e(s.name)}</td><td>{_e(s.target)}</td>"
+        f'<td><span class="status s-{_e(s.status)}">{_e(s.status)}</span></td>'
+        f'<td class="reason">{_e(s.detail or "")}</td><td>{_result(s.result)}</td>'
+        f"<td>{_when(s.started_at)}</td><td>{_when(s.finished_at)}</td></tr>"
+        for s in steps
+    )
+    return (
+        '<table id="steps"><thead><tr><th>Attempt</th><th>Step</th><th>Target</th><th>Result</th>'
+        "<th>Detail</th><th>Read back</th><th>Started</th><th>Finished</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table>"
+    )
+
+
+def _planned_steps(plan: dict[str, Any]) -> str:
+    steps = plan.get("steps") or []
+    if not steps:
+        return ""
+    rows = "".join(
+        f"<tr><td>{_e(s.get('name'))}</td><td>{_e(s.get('target'))}</td>"
+        f'<td class="reason">{_e(s.get("skip_reason") or "runs")}</td></tr>'
+        for s in steps
+        if isinstance(s, dict)
+    )
+    return (
+        '<h3>Planned steps</h3><table id="planned-steps"><thead><tr><th>Step</th><th>Target</th>'
+        f"<th>Runs or why skipped</th></tr></thead><tbody>{rows}</tbody></table>"
+    )
+
+
+def _plan(job: Job) -> str:
+    plan = job.plan or {}
+    problems = plan.get("problems") or []
+    problem_list = (
+        "<ul>" + "".join(f"<li>{_e(p)}</li>" for p in problems) + "</ul>"
+        if problems
+        else "<p>No problem was read (the certificate was fresh).</p>"
+        if job.plan is not None
+        else "<p>Not planned yet: the host has not been read.</p>"
+    )
+    would = plan.get("execute_mode_would")
+    return (
+        '<section id="plan"><h2>Procedure and why</h2><dl class="facts">'
+        f"<dt>Procedure</dt><dd>{_e(plan.get('procedure') or job.procedure)}</dd>"
+        f"<dt>Why</dt><dd>{_e(plan.get('why') or '—')}</dd>"
+        + (f"<dt>In execute mode</dt><dd>{_e(would)}</dd>" if would else "")
+        + "</dl><h3>What was wrong</h3>"
+        + problem_list
+        + _planned_steps(plan)
+        + "</section>"
+    )
+
+
+def _attempts(attempts: Sequence[Attempt]) -> str:
+    if not attempts:
+        return '<p class="empty">No attempt yet.</p>'
+    rows = "".join(
+        f"<tr><td>{a.attempt}</td><td>{_e(a.kind)}</td><td>{_e(a.result or 'running')}</td>"
+        f'<td>{_e(a.failed_step or "")}</td><td class="reason">{_e(a.reason or "")}</td>'
+        f"<td>{_when(a.started_at)}</td><td>{_when(a.finished_at)}</td></tr>"
+        for a in attempts
+    )
+    return (
+        '<table id="attempts"><thead><tr><th>#</th><th>Kind</th><th>Result</th><th>Failed step</th>'
+        f"<th>Reason</th><th>Started</th><th>Finished</th></tr></thead><tbody>{rows}</tbody></table>"
+    )
+
+
+def _alerts(alerts: Sequence[dict[str, Any]]) -> str:
+    if not alerts:
+        return '<p class="empty">Started from the command line, not by an alert.</p>'
+    rows = "".join(
+        f"<tr><td>{_e(a['received_at'])}</td><td>{_e(a['alertname'])}</td>"
+        f"<td>{_e(a['starts_at'])}</td><td>{_e(a['outcome'])}</td>"
+        f'<td class="reason">{_e(a["reason"] or "")}</td></tr>'
+        for a in alerts
+    )
+    return (
+        '<table id="alerts"><thead><tr><th>Received</th><th>Alert</th><th>Firing since</th>'
+        f"<th>Outcome</th><th>Reason</th></tr></thead><tbody>{rows}</tbody></table>"
+    )
+
+
+def job_page(
+    item: DeskJob,
+    steps: Sequence[Step],
+    attempts: Sequence[Attempt],
+    alerts: Sequence[dict[str, Any]],
+    events: Sequence[dict[str, Any]],
+    *,
+    identity: str,
+    token: str,
+) -> str:
+    job = item.job
+    next_attempt = _when(job.next_attempt_at) if job.active else "none: finished"
+    approved = f"by {_e(job.approved_by)} at {_when(job.approved_at)}" if job.approved_at else "no"
+    body = (
+        f'<p class="crumbs"><a href="/">← all jobs</a></p>'
+        f"<h1>Job #{job.id}: {_e(job.host)}</h1>"
+        f'<p class="job-status">{_status_cell(item)} '
+        f'<span class="reason">{_e(job.reason or "")}</span></p>'
+        f'<div class="actions">{_actions(item, token)}</div>'
+        '<dl class="facts" id="job">'
+        f"<dt>Host</dt><dd>{_e(job.host)} ({_e(job.role)})</dd>"
+        f"<dt>VMM server</dt><dd>{_e(job.vmm_server or '—')}</dd>"
+        f"<dt>Mode</dt><dd>{_e(job.mode)}</dd>"
+        f"<dt>Started by</dt><dd>{_e(job.source)}</dd>"
+        f"<dt>Attempts</dt><dd>{job.attempt} ({job.failures} failed)</dd>"
+        f'<dt>Next attempt</dt><dd id="next-attempt">{next_attempt}</dd>'
+        f"<dt>Approved</dt><dd>{approved}</dd>"
+        f"<dt>Created</dt><dd>{_when(job.created_at)}</dd>"
+        f"<dt>Finished</dt><dd>{_when(job.finished_at)}</dd>"
+        "</dl>"
+        + _plan(job)
+        + "<h2>Steps</h2>"
+        + _steps(steps)
+        + "<h2>Certificates before</h2>"
+        + _certificates(job.certificates_before, "certificates-before")
+        + "<h2>Certificates after</h2>"
+        + _certificates(job.certificates_after, "certificates-after")
+        + "<h2>Alerts</h2>"
+        + _alerts(alerts)
+        + "<h2>Attempts</h2>"
+        + _attempts(attempts)
+        + "<h2>Journal</h2>"
+        + events_table(events)
+    )
+    return page(f"Job #{job.id}: {job.host}", body, identity=identity)
+
+
+def message_page(title: str, message: str, *, identity: str | None) -> str:
+    """A refusal or an error, said in words, with the way back."""
+    body = (
+        f'<h1>{_e(title)}</h1><p class="refusal" id="message">{_e(message)}</p>'
+        '<p><a href="/">Back to the desk</a></p>'
+    )
+    return page(title, body, identity=identity or "nobody")
