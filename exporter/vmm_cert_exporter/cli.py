@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = sub.add_parser("lab", help="start the simulated SCVMM fleet (WS-Management on 127.0.0.1)")
-    p.add_argument("--scenario", default="demo", metavar="demo|ha|FILE")
+    p.add_argument("--scenario", default="demo", metavar="demo|ha|big-cohort|FILE")
     p.add_argument("--hosts", type=int, default=None, metavar="N", help="generate N hosts")
     p.add_argument("--seed", type=int, default=1, metavar="S")
     p.add_argument("--listen", default="127.0.0.1:0", metavar="127.0.0.1:PORT")

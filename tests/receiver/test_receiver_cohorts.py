@@ -5,6 +5,7 @@ renewal's duration measured from the journal)."""
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -141,19 +142,26 @@ def test_the_exporter_publishes_the_same_cohorts(
     )
 
 
-_CAPACITY_FAMILIES = ("vmm_renewal_capacity", "vmm_renewal_duration", "vmm_renewal_cohort")
+_CAPACITY_FAMILIES = (
+    "vmm_renewal_capacity_per_day",
+    "vmm_renewal_duration_seconds",
+    "vmm_renewal_cohort_margin_seconds",
+)
 
 
-def receiver_samples(receiver: Receiver, promtool: Promtool) -> dict[str, float]:
+def receiver_samples(
+    receiver: Receiver, promtool: Promtool, families: tuple[str, ...] = _CAPACITY_FAMILIES
+) -> dict[str, float]:
+    """``name/label value`` -> value for the samples of ``families`` on /metrics."""
     status, text = http("GET", receiver.url + "/metrics")
     assert status == 200 and isinstance(text, str)
     assert promtool.check_metrics(text).returncode == 0
     out: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name.startswith(_CAPACITY_FAMILIES):
-                source = sample.labels.get("duration_source")
-                out[sample.name + (f"/{source}" if source else "")] = sample.value
+            if sample.name in families:
+                label = sample.labels.get("duration_source") or sample.labels.get("cohort")
+                out[sample.name + (f"/{label}" if label else "")] = sample.value
     return out
 
 
@@ -194,9 +202,84 @@ def test_the_receiver_publishes_its_capacity(
         receiver.engine.tick(wait=True)
         job = receiver.journal.get(answer["alerts"][0]["job_id"])
         assert job is not None and job.status == "succeeded", job
-        # measured now: the lab answers within a second, counted as one second
+        # measured now: what the attempt took by the journal (under a second counts as one)
+        (attempt,) = receiver.journal.attempts(job.id)
+        assert attempt.finished_at is not None
+        took = max(1.0, attempt.finished_at - attempt.started_at)
         samples = receiver_samples(receiver, promtool)
-        assert samples["vmm_renewal_duration_seconds/measured"] == 1.0
-        assert samples["vmm_renewal_capacity_per_day/measured"] == 2 * 240 * 60
+        assert samples["vmm_renewal_duration_seconds/measured"] == took
+        assert samples["vmm_renewal_capacity_per_day/measured"] == pytest.approx(
+            2 * 240 * 60 / took
+        )
+    finally:
+        receiver.stop()
+
+
+def census_days(lab: RunningLab) -> Counter[str]:
+    """Computers per NotAfter day as the census reads them: VMM's TrustedPeople copy, or a
+    VMM server's own certificate when VMM keeps no copy of it."""
+    days: Counter[str] = Counter()
+    for computer in lab.model.list_computers():
+        described = lab.model.describe(computer["fqdn"])
+        if described["trusted"] is not None:
+            days[described["trusted"]["not_after"][:10]] += 1
+        elif "vmm" in described and computer["not_after"]:
+            days[computer["not_after"][:10]] += 1
+    return days
+
+
+_COHORT_FAMILIES = (
+    "vmm_renewal_cohort_computers_left",
+    "vmm_renewal_cohort_projected_finish_timestamp_seconds",
+    "vmm_renewal_cohort_must_start_by_timestamp_seconds",
+)
+
+
+def test_the_receiver_publishes_its_upcoming_cohorts(
+    lab: RunningLab, tmp_path: Path, promtool: Promtool
+) -> None:
+    """The census (VMM's TrustedPeople, the VMM server read itself) holds what the lab holds;
+    each upcoming cohort is published with what is left and its projection, which moves when
+    a computer is renewed out of it."""
+    config = receiver_config(lab, tmp_path, max_concurrent=2, max_concurrent_per_vmm_server=2)
+    receiver = start_receiver(config, background=False)
+    try:
+        receiver.inventory.refresh()
+        now = time.time()
+        expected = {
+            day: n
+            for day, n in census_days(lab).items()
+            if datetime.fromisoformat(day).replace(tzinfo=UTC).timestamp() + 86400 > now
+        }
+        samples = receiver_samples(receiver, promtool, _COHORT_FAMILIES)
+        left = {
+            k.split("/")[1]: int(v)
+            for k, v in samples.items()
+            if k.startswith("vmm_renewal_cohort_computers_left/")
+        }
+        assert left == expected
+        projections = {p.cohort.day.isoformat(): p for p in receiver.app.projections()}
+        assert set(projections) == set(left)
+        for day, p in projections.items():
+            # projected from "now" at each call: the scrape came a moment earlier
+            assert samples[
+                f"vmm_renewal_cohort_projected_finish_timestamp_seconds/{day}"
+            ] == pytest.approx(p.finish, abs=60)
+            assert samples[f"vmm_renewal_cohort_must_start_by_timestamp_seconds/{day}"] == (
+                p.must_start_by
+            )
+        host = lab_host("hv36")
+        day = lab.model.describe(host)["not_after"][:10]
+        status, answer = http(
+            "POST",
+            receiver.url + "/alertmanager",
+            json.dumps(payload(alert(host))).encode(),
+            auth(),
+        )
+        assert status == 200, answer
+        receiver.engine.tick(wait=True)
+        receiver.inventory.refresh()
+        after = receiver_samples(receiver, promtool, _COHORT_FAMILIES)
+        assert after.get(f"vmm_renewal_cohort_computers_left/{day}", 0) == left[day] - 1
     finally:
         receiver.stop()

@@ -174,10 +174,13 @@ def receiver_config(
     *,
     mode: str = "execute",
     interval: str | None = None,
+    winrm_timeout: Any = "5s",  # Any: callers pass keys from a dict of mixed values
     **receiver: Any,
 ) -> Config:
     """The lab's configuration with a receiver section; ``receiver`` overrides its keys,
-    ``interval`` the inventory refresh interval (``collection.interval``)."""
+    ``interval`` the inventory refresh interval (``collection.interval``), ``winrm_timeout``
+    one call's deadline (a VMM server of thousands answers its first TrustedPeople read in
+    seconds: the lab signs each certificate when first read)."""
     defaults: dict[str, Any] = {"backoff_initial": "1h", "backoff_max": "32h", "cooldown": "6h"}
     defaults.update(receiver)
     path = write_lab_receiver_config(
@@ -186,7 +189,7 @@ def receiver_config(
         token=TOKEN,
         mode=mode,
         receiver=defaults,
-        winrm={"timeout": "5s"},
+        winrm={"timeout": winrm_timeout},
         collection={"interval": interval} if interval else None,
     )
     return load_config(path)

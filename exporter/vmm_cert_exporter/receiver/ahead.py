@@ -22,7 +22,7 @@ from vmm_cert_exporter.config import ReceiverConfig
 from vmm_cert_exporter.inventory import VmmView
 from vmm_cert_exporter.receiver import planner
 from vmm_cert_exporter.receiver.census import Holding
-from vmm_cert_exporter.receiver.journal import ActiveJobExists, Journal
+from vmm_cert_exporter.receiver.journal import CohortJob, Journal
 
 log = logging.getLogger(__name__)
 
@@ -141,32 +141,27 @@ class RenewAhead:
             if not plan.due:
                 continue
             done = self.journal.cohort_hosts(plan.day, mode)
-            made = 0
-            for job in plan.jobs:
-                target = job.target
-                if target.computer.key in done or target.vmm_server is None:
-                    continue
-                if target.procedure is None:
-                    continue
-                try:
-                    self.journal.create_job(
-                        host=target.computer.fqdn,
-                        role=target.computer.role,
-                        vmm_server=target.vmm_server,
-                        is_vmm_server=target.computer.is_vmm_server,
-                        procedure=target.procedure,
-                        mode=mode,
-                        source="cohort",
-                        reason=(
-                            f"cohort {plan.day} ({plan.cohort.left} computers, must start by "
-                            f"{minute_utc(plan.must_start_by)}): {target.why}"
-                        ),
-                        cohort=plan.day,
-                        planned_start_at=job.start_at,
-                    )
-                except ActiveJobExists:
-                    continue  # an alert's (or a renew's) job has it already
-                made += 1
+            new = [
+                CohortJob(
+                    host=job.target.computer.fqdn,
+                    role=job.target.computer.role,
+                    vmm_server=job.target.vmm_server,
+                    is_vmm_server=job.target.computer.is_vmm_server,
+                    procedure=job.target.procedure,
+                    reason=(
+                        f"cohort {plan.day} ({plan.cohort.left} computers, must start by "
+                        f"{minute_utc(plan.must_start_by)}): {job.target.why}"
+                    ),
+                    cohort=plan.day,
+                    planned_start_at=job.start_at,
+                )
+                for job in plan.jobs
+                if job.target.computer.key not in done
+                and job.target.vmm_server is not None
+                and job.target.procedure is not None
+            ]
+            # a host with an active job (an alert's, a renew's) keeps that one
+            made = len(self.journal.create_cohort_jobs(new, mode))
             if made:
                 log.info(
                     "cohort planned ahead",

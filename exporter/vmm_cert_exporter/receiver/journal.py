@@ -298,6 +298,20 @@ class Job:
 
 
 @dataclass(frozen=True)
+class CohortJob:
+    """A job ``renew_ahead`` plans: one computer of a cohort and its planned start."""
+
+    host: str
+    role: str
+    vmm_server: str
+    is_vmm_server: bool
+    procedure: str
+    reason: str
+    cohort: str
+    planned_start_at: float
+
+
+@dataclass(frozen=True)
 class Step:
     id: int
     job_id: int
@@ -796,6 +810,51 @@ class Journal:
                 raise ActiveJobExists(existing.id) from exc
             raise
         return self.must_get(job_id)
+
+    def create_cohort_jobs(self, jobs: Sequence[CohortJob], mode: str) -> list[int]:
+        """Insert ``planned`` jobs with ``source: cohort`` in one transaction (a cohort is
+        thousands: one commit, not one each), in order, skipping every host that has an
+        active job; the ids created."""
+        now = self._clock()
+        created: list[int] = []
+        with self._write() as db:
+            for job in jobs:
+                host = job.host
+                if db.execute(
+                    "SELECT 1 FROM jobs WHERE host_key = ? AND finished_at IS NULL",
+                    (host.lower(),),
+                ).fetchone():
+                    continue
+                cursor = db.execute(
+                    "INSERT INTO jobs (host, host_key, role, vmm_server, is_vmm_server, "
+                    "procedure, mode, source, status, reason, created_at, updated_at, cohort, "
+                    "planned_start_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'cohort', 'planned', ?, ?, "
+                    "?, ?, ?)",
+                    (
+                        host,
+                        host.lower(),
+                        job.role,
+                        job.vmm_server,
+                        int(job.is_vmm_server),
+                        job.procedure,
+                        mode,
+                        clip(job.reason),
+                        now,
+                        now,
+                        job.cohort,
+                        job.planned_start_at,
+                    ),
+                )
+                job_id = int(cursor.lastrowid or 0)
+                self._event(
+                    db,
+                    job_id,
+                    "created",
+                    f"{mode} job for {host} ({job.procedure}) from cohort {job.cohort}, "
+                    f"planned to start at {iso(job.planned_start_at)}",
+                )
+                created.append(job_id)
+        return created
 
     def set_waiting(self, job_id: int, reason: str) -> bool:
         """Mark a not-yet-running job as waiting for ``reason``; False if it changed meanwhile."""

@@ -1,4 +1,5 @@
-"""Generated fleets (``--hosts N``): a realistic mix, deterministic for a seed.
+"""Generated fleets (``--hosts N``): a realistic mix, deterministic for a seed; and the
+``big-cohort`` scenario: one year's computers, all expiring on the next 1 January.
 
 The result is an ordinary scenario document, so it goes through the same validation and
 builder as a YAML file. ``hosts`` counts managed computers besides the VMM server.
@@ -48,5 +49,37 @@ def generated_scenario(hosts: int, seed: int, domain: str) -> dict[str, Any]:
     return {
         "name": f"generated-{hosts}-seed{seed}",
         "vmm_server": {"fqdn": f"vmm01.{domain}", "version": "2019 UR2", "added_years_ago": 1},
+        "computers": computers,
+    }
+
+
+BIG_COHORT_HOSTS = 3000
+
+
+def big_cohort_scenario(hosts: int, domain: str) -> dict[str, Any]:
+    """``hosts`` managed computers (3 % library servers) and their VMM server (2022, so it
+    renews itself with Update-SCVMMCertificate), all added four years ago: with the lab's
+    five-year certificates every one expires on the next 1 January of the lab clock, the
+    cohort docs/renewal.md#cohorts is about."""
+    if isinstance(hosts, bool) or not isinstance(hosts, int) or hosts < 1:
+        raise ValueError(f"hosts must be an integer >= 1, got {hosts!r}")
+    libraries = round(hosts * LIBRARY_SHARE)
+    width = max(4, len(str(hosts)))
+    computers = [
+        {
+            "fqdn": (
+                f"lib{index + 1:0{width}d}.{domain}"
+                if index < libraries
+                else f"hv{index - libraries + 1:0{width}d}.{domain}"
+            ),
+            "role": "library_server" if index < libraries else "hyperv_host",
+            "added_years_ago": 4,
+        }
+        for index in range(hosts)
+    ]
+    return {
+        "name": f"big-cohort-{hosts}",
+        "description": "one year's computers, all expiring on the next 1 January",
+        "vmm_server": {"fqdn": f"vmm01.{domain}", "version": "2022", "added_years_ago": 4},
         "computers": computers,
     }

@@ -39,6 +39,8 @@ from vmm_cert_lab.fleet.model import (
 DEFAULT_ACCOUNT = Account(domain="LAB", username="svc-vmmcert", password="lab-password")  # noqa: S106
 DEFAULT_RUN_AS = "VMM Host Admins"
 BUILT_IN = ("demo", "ha")  # scenarios/<name>.yaml, shipped in the package
+# generated (generate.big_cohort_scenario): 3,000 computers (or --hosts) expiring together
+BIG_COHORT = "big-cohort"
 # the DNS domain of every computer in the built-in scenarios and in generated fleets
 LAB_DOMAIN = "lab.example"
 
@@ -469,8 +471,9 @@ def demo_scenario_text() -> str:
 def load_fleet(
     scenario: str = "demo", hosts: int | None = None, seed: int = 1, locale: str | None = None
 ) -> Fleet:
-    """A built-in scenario (``demo``, ``ha``), a YAML file path, or ``hosts=N``: a generated
-    fleet of N managed computers (plus one VMM server), deterministic for ``seed``.
+    """A built-in scenario (``demo``, ``ha``, ``big-cohort``: 3,000 computers or ``hosts``
+    expiring on the next 1 January), a YAML file path, or ``hosts=N``: a generated fleet of
+    N managed computers (plus one VMM server), deterministic for ``seed``.
     ``locale`` (``en-US``, ``ja-JP``) sets the VMM servers' display language, overriding the
     scenario's ``locale``; ScenarioError (a ValueError) for anything else."""
     if locale is not None:
@@ -478,9 +481,18 @@ def load_fleet(
             locale = locales.parse_locale(locale)
         except ValueError as error:
             raise ScenarioError(f"--locale: {error}") from None
+    if scenario == BIG_COHORT:
+        from vmm_cert_lab.fleet.generate import BIG_COHORT_HOSTS, big_cohort_scenario
+
+        count = BIG_COHORT_HOSTS if hosts is None else hosts
+        return build_fleet(
+            big_cohort_scenario(count, LAB_DOMAIN), where=f"{BIG_COHORT}({count})", locale=locale
+        )
     if hosts is not None:
         if scenario != "demo":
-            raise ScenarioError("--hosts generates a fleet: it cannot be combined with --scenario")
+            raise ScenarioError(
+                "--hosts generates a fleet: it goes with no --scenario, or big-cohort"
+            )
         from vmm_cert_lab.fleet.generate import generated_scenario
 
         return build_fleet(

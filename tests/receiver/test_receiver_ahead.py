@@ -1,0 +1,275 @@
+"""``receiver.renew_ahead``: the receiver plans a cohort itself once its must-start-by
+arrives; the schedule's order and planned starts, the dry run of the big-cohort lab (3,000
+computers expiring on the next 1 January), and the guards its jobs go through."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from vmm_cert_exporter.cohorts import Capacity
+from vmm_cert_exporter.config import MaintenanceWindow
+from vmm_cert_exporter.inventory import Computer, VmmView
+from vmm_cert_exporter.receiver.ahead import RenewAhead, schedule
+from vmm_cert_exporter.receiver.census import Holding, read_census
+from vmm_cert_exporter.receiver.config import ReceiverConfig
+from vmm_cert_exporter.receiver.planner import REMOVE_REGISTER, UPDATE_CERTIFICATE
+from vmm_cert_exporter.receiver.service import start_receiver
+from vmm_cert_lab.fleet.runner import RunningLab
+from vmm_cert_lab.fleet.scenario import lab_host, load_fleet
+from vmm_cert_lab.receiver_testing import (
+    CountingFleet,
+    FakeClock,
+    Harness,
+    receiver_config,
+)
+
+DAY = 86400.0
+# 2027-01-01 00:00 UTC: the cohort of the examples
+NEW_YEAR = datetime(2027, 1, 1, tzinfo=UTC).timestamp()
+NIGHTLY = MaintenanceWindow(weekdays=tuple(range(7)), start=22 * 60, end=2 * 60)
+
+
+def _receiver_config(**changes: object) -> ReceiverConfig:
+    fields: dict[str, object] = {"run_as_account": "VMM Host Admins", "renew_ahead": True}
+    fields.update(changes)
+    return ReceiverConfig(**fields)  # type: ignore[arg-type]
+
+
+def _capacity(concurrency: int = 2, duration: float = 300.0) -> Capacity:
+    return Capacity(concurrency, duration, "assumed", (NIGHTLY,))
+
+
+def _fleet(hosts: int) -> tuple[list[Holding], dict[str, VmmView]]:
+    server = Computer("vmm01.lab.example", "vmm_server", "vmm01.lab.example", is_vmm_server=True)
+    managed = [
+        Computer(f"hv{i:04d}.lab.example", "hyperv_host", "vmm01.lab.example") for i in range(hosts)
+    ]
+    view = VmmView("vmm01.lab.example", "2022", False, True, (server, *managed))
+    # NotAfter within the day, later for lower numbers; the VMM server's the earliest of all
+    holdings = [Holding(server, NEW_YEAR)] + [
+        Holding(c, NEW_YEAR + 60 * (hosts - i)) for i, c in enumerate(managed)
+    ]
+    return holdings, {"vmm01.lab.example": view}
+
+
+def test_the_schedule_oldest_first_the_vmm_server_last_at_the_capacity() -> None:
+    holdings, views = _fleet(200)
+    config = _receiver_config(deny_hosts=("hv0007.lab.example",))
+    capacity = _capacity()
+    now = NEW_YEAR - 8 * DAY + 12 * 3600  # 24 December 12:00: late for three nights' work
+    (plan,) = schedule(holdings, views, config, capacity, now)
+    assert plan.day == "2027-01-01"
+    assert plan.refused == (
+        ("hv0007.lab.example", "not allowed: hv0007.lab.example matches deny_hosts pattern "
+         "'hv0007.lab.example'"),
+    )  # fmt: skip
+    hosts = [j.target.computer.fqdn for j in plan.jobs]
+    assert len(hosts) == 200  # 199 hosts and the VMM server
+    assert hosts[-1] == "vmm01.lab.example"
+    assert plan.jobs[-1].target.procedure == UPDATE_CERTIFICATE
+    assert {j.target.procedure for j in plan.jobs[:-1]} == {REMOVE_REGISTER}
+    not_afters = [j.not_after for j in plan.jobs[:-1]]
+    assert not_afters == sorted(not_afters)  # oldest certificates first
+    # two at once, every five minutes of the nightly window, from its next opening
+    starts = [j.start_at for j in plan.jobs]
+    assert starts == sorted(starts)
+    first_night = now + 10 * 3600  # the window opens at 22:00
+    assert starts[:4] == [first_night, first_night, first_night + 300, first_night + 300]
+    assert starts[96] == first_night + DAY  # 96 a night
+    assert starts[-1] + capacity.duration == capacity.finish(now, 200)
+    # the must-start-by: the latest start still finishing cohort_margin (7d) before the day
+    assert plan.must_start_by == capacity.latest_start(NEW_YEAR - 7 * DAY, 200)
+    assert plan.must_start_by is not None and plan.must_start_by < now
+    assert plan.due
+
+
+def test_a_cohort_is_due_from_its_must_start_by_and_fresh_computers_are_left_out() -> None:
+    holdings, views = _fleet(200)
+    config = _receiver_config()
+    capacity = _capacity()
+    (early,) = schedule(holdings, views, config, capacity, NEW_YEAR - 60 * DAY)
+    assert early.must_start_by is not None
+    assert not early.due
+    # not due yet: the planned starts begin at the must-start-by
+    assert early.jobs[0].start_at >= early.must_start_by
+    (due,) = schedule(holdings, views, config, capacity, early.must_start_by)
+    assert due.due
+    assert capacity.finish(early.must_start_by, 200) == pytest.approx(
+        NEW_YEAR - 7 * DAY, abs=capacity.duration + 60
+    )
+    # a year and more away: outside min_validity, no renewal would find them stale
+    assert schedule(holdings, views, config, capacity, NEW_YEAR - 400 * DAY) == []
+
+
+@pytest.fixture
+def big_cohort(make_lab: Callable[..., RunningLab]) -> RunningLab:
+    """The big-cohort lab: 3,000 computers and their VMM server expiring on 1 January."""
+    return make_lab(fleet=CountingFleet(load_fleet("big-cohort")))
+
+
+def test_the_big_cohort_dry_run_shows_the_whole_schedule_and_changes_nothing(
+    big_cohort: RunningLab, tmp_path: Path
+) -> None:
+    """A dry-run receiver with renew_ahead: 2 at once, a nightly 4-hour window, 5 minutes a
+    renewal until one is measured. Nothing before the must-start-by; from it, every
+    computer's job with its planned start, the last one finishing cohort_margin before the
+    day; dry runs that read and change nothing."""
+    clock = FakeClock(datetime(2026, 11, 1, 12, tzinfo=UTC).timestamp())
+    config = receiver_config(
+        big_cohort,
+        tmp_path,
+        mode="dry-run",
+        winrm_timeout="120s",
+        renew_ahead=True,
+        max_concurrent=2,
+        max_concurrent_per_vmm_server=2,
+        maintenance_windows=[{"start": "22:00", "end": "02:00"}],
+    )
+    receiver = start_receiver(config, clock=clock, background=False)
+    try:
+        day = big_cohort.model.list_computers()[0]["not_after"][:10]
+        receiver.inventory.refresh()
+        assert receiver.inventory.census_errors == {}
+        assert len(receiver.inventory.holdings) == 3001
+        (projection,) = receiver.app.projections()
+        assert (projection.cohort.day.isoformat(), projection.cohort.left) == (day, 3001)
+        must = projection.must_start_by
+        assert must is not None and clock() < must  # not due yet
+        assert receiver.journal.list_jobs() == []
+
+        clock.t = must
+        receiver.inventory.refresh()
+        jobs = sorted(receiver.journal.list_jobs(limit=10000), key=lambda j: j.id)
+        assert len(jobs) == 3001
+        assert {(j.mode, j.source, j.cohort, j.status) for j in jobs} == {
+            ("dry-run", "cohort", day, "planned")
+        }
+        assert Counter(j.role for j in jobs) == {
+            "hyperv_host": 2910,
+            "library_server": 90,
+            "vmm_server": 1,
+        }
+        # the VMM server last, by procedure 2; the planned starts in order, the last one
+        # ending when the projection says, cohort_margin (7d) before the day
+        assert (jobs[-1].host, jobs[-1].procedure) == (lab_host("vmm01"), UPDATE_CERTIFICATE)
+        starts = [j.planned_start_at for j in jobs]
+        assert None not in starts
+        assert starts == sorted(starts)  # type: ignore[type-var]
+        (projection,) = receiver.app.projections()
+        capacity = receiver.app.planning_capacity()
+        assert starts[-1] + capacity.duration == projection.finish  # type: ignore[operator]
+        expires = projection.cohort.expires_at
+        assert projection.finish is not None
+        assert expires - 7 * DAY - 600 <= projection.finish <= expires - 7 * DAY
+        # the API shows them
+        listed = receiver.app._list("limit=1")["jobs"][0]
+        assert (listed["source"], listed["cohort"]) == ("cohort", day)
+        assert listed["planned_start_at"] is not None
+
+        # a later census plans nobody twice
+        receiver.inventory.refresh()
+        assert len(receiver.journal.list_jobs(limit=10000)) == 3001
+        # nothing ran: the dry runs' plans are the engine's, tested on the demo lab below
+        assert {c["not_after"][:10] for c in big_cohort.model.list_computers()} == {day}
+    finally:
+        receiver.stop()
+
+
+def _due(harness: Harness) -> tuple[list[Holding], list[str]]:
+    """The census of the harness's lab, and the hosts of its due cohorts in schedule order."""
+    rcfg = harness.config.receiver
+    assert rcfg is not None
+    holdings, errors = read_census(harness.runner, harness.inventory.inventory)
+    assert errors == {}
+    plans = schedule(
+        holdings, harness.inventory.inventory.vmm_views, rcfg, _capacity(), harness.clock()
+    )
+    return holdings, [j.target.computer.fqdn for p in plans if p.due for j in p.jobs]
+
+
+def _ahead(harness: Harness) -> RenewAhead:
+    assert harness.config.receiver is not None
+    return RenewAhead(harness.config.receiver, harness.journal, _capacity, harness.clock)
+
+
+def test_renew_ahead_jobs_wait_for_every_guard(
+    harness_factory: Callable[..., Harness],
+) -> None:
+    """Execute mode on the demo lab: the allowlist, one job per host, the pause, approval
+    and the windows hold for the receiver's own jobs as for an alert's."""
+    # 25 days on, the demo's 1 January cohort is due too
+    later = time.time() + 25 * DAY
+    _, due = _due(harness_factory(renew_ahead=True, clock=FakeClock(later), winrm_timeout="60s"))
+    assert len(due) >= 4, due
+    denied, alerted = due[0], due[1]
+    hour = datetime.fromtimestamp(later, UTC).hour
+    harness = harness_factory(
+        clock=FakeClock(later),
+        winrm_timeout="60s",
+        renew_ahead=True,
+        require_approval=True,
+        deny_hosts=[denied],
+        maintenance_windows=[
+            {"start": f"{(hour + 2) % 24:02d}:00", "end": f"{(hour + 3) % 24:02d}:00"}
+        ],
+    )
+    holdings, _ = _due(harness)
+    views = harness.inventory.inventory.vmm_views
+    alert_job = harness.submit(alerted).job_id
+    harness.journal.set_paused(True, by="test")
+
+    ahead = _ahead(harness)
+    assert ahead.run(holdings, views) == len(due) - 2
+    jobs = [j for j in harness.journal.active_jobs() if j.source == "cohort"]
+    assert [j.host for j in jobs] == [h for h in due if h not in (denied, alerted)]
+    assert harness.journal.active_job(alerted).id == alert_job  # type: ignore[union-attr]
+    assert ahead.run(holdings, views) == 0  # once per host and cohort
+
+    harness.tick()
+    for job in jobs:
+        assert harness.job(job.id).reason.startswith("paused by test")  # type: ignore[union-attr]
+    harness.journal.set_paused(False, by="test")
+    harness.tick()
+    for job in jobs:
+        assert harness.job(job.id).reason.startswith("awaiting manual approval")  # type: ignore[union-attr]
+    first = jobs[0]
+    harness.journal.approve(first.id, "operator")
+    harness.tick()
+    assert harness.job(first.id).reason.startswith("outside the maintenance windows")  # type: ignore[union-attr]
+    for operation in ("remove-certificates", "register-managed-computer", "update-vmm-certificate"):
+        assert harness.fleet.count(operation) == 0
+
+    harness.clock.advance(2 * 3600 - harness.clock() % 3600 + 60)  # into the window
+    harness.settle()
+    done = harness.job(first.id)
+    assert (done.status, done.source) == ("succeeded", "cohort"), done.reason
+    assert done.to_json()["cohort"] == first.cohort
+    # only the approved one ran; the others still wait for a person
+    assert [harness.job(j.id).status for j in jobs[1:]] == ["waiting"] * (len(jobs) - 1)
+
+
+def test_renew_ahead_in_dry_run_plans_and_changes_nothing(
+    harness_factory: Callable[..., Harness],
+) -> None:
+    harness = harness_factory(
+        mode="dry-run",
+        renew_ahead=True,
+        clock=FakeClock(time.time() + 25 * DAY),
+        winrm_timeout="60s",
+    )
+    holdings, due = _due(harness)
+    assert _ahead(harness).run(holdings, harness.inventory.inventory.vmm_views) == len(due)
+    harness.settle(passes=len(due) + 2)
+    jobs = sorted(harness.journal.list_jobs(limit=1000), key=lambda j: j.id)
+    assert [j.host for j in jobs] == due
+    assert {(j.mode, j.source) for j in jobs} == {("dry-run", "cohort")}
+    assert all(j.planned_start_at is not None for j in jobs)
+    assert "planned" in {j.status for j in jobs}
+    for operation in ("remove-certificates", "register-managed-computer", "update-vmm-certificate"):
+        assert harness.fleet.count(operation) == 0
