@@ -47,7 +47,7 @@ _SECURITY_HEADERS: Final = (
     # no script at all, styles only from the desk, forms only to the desk, never framed
     (
         "Content-Security-Policy",
-        "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+        "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
         "frame-ancestors 'none'; base-uri 'none'",
     ),
     ("X-Frame-Options", "DENY"),

@@ -57,7 +57,8 @@ def page(title: str, body: str, *, identity: str) -> str:
         '<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{_e(title)}</title>"
-        '<link rel="stylesheet" href="/desk.css"></head><body>'
+        # no favicon request: it would ask the API, which answers a browser 401
+        '<link rel="icon" href="data:,"><link rel="stylesheet" href="/desk.css"></head><body>'
         '<header class="top"><a class="brand" href="/">Renewal desk</a>'
         f'<span class="who">signed in as <b>{_e(identity)}</b></span>'
         f'<span class="version">vmm-cert-exporter {_e(__version__)}</span></header>'
