@@ -28,7 +28,15 @@ def _e(value: object) -> str:
 
 
 def _when(ts: float | None) -> str:
-    return _e(iso(ts) or "—")
+    return _stamp(iso(ts))
+
+
+def _stamp(exact: str | None) -> str:
+    """A journal time (ISO 8601, UTC) shown to the second; the exact value in ``datetime``."""
+    if not exact:
+        return "—"
+    shown = exact[:19].replace("T", " ") + " UTC"
+    return f'<time datetime="{_e(exact)}">{_e(shown)}</time>'
 
 
 @dataclass(frozen=True)
@@ -109,7 +117,7 @@ def banner(b: Banner, token: str) -> str:
     return (
         f'<section class="banner mode-{"execute" if cfg.execute else "dry-run"}" id="banner">'
         f'<p><span class="mode">{mode}</span> {_e(mode_note)}</p>'
-        f'<p id="pause">{pause}</p>'
+        f'<div id="pause">{pause}</div>'
         '<dl class="facts">'
         f"<dt>Allowed hosts</dt><dd>{_list(cfg.allow_hosts)}</dd>"
         f"<dt>Denied hosts</dt><dd>{_list(cfg.deny_hosts)}</dd>"
@@ -177,7 +185,7 @@ def refusals_table(alerts: Sequence[dict[str, Any]]) -> str:
     if not alerts:
         return '<p class="empty">No alert was refused.</p>'
     rows = "".join(
-        f"<tr><td>{_e(a['received_at'])}</td><td>{_e(a['alertname'])}</td><td>{_e(a['host'])}</td>"
+        f"<tr><td>{_stamp(a['received_at'])}</td><td>{_e(a['alertname'])}</td><td>{_e(a['host'])}</td>"
         f'<td>{_e(a["status"])}</td><td class="reason">{_e(a["reason"])}</td></tr>'
         for a in alerts
     )
@@ -201,7 +209,7 @@ def events_table(events: Sequence[dict[str, Any]], *, with_job: bool = False) ->
                 else "<td>—</td>"
             )
         rows.append(
-            f"<tr><td>{_e(ev['at'])}</td>{job}<td>{_e(ev['kind'])}</td><td>{_e(ev['message'])}</td></tr>"
+            f"<tr><td>{_stamp(ev['at'])}</td>{job}<td>{_e(ev['kind'])}</td><td>{_e(ev['message'])}</td></tr>"
         )
     head = "<th>When</th>" + ("<th>Job</th>" if with_job else "") + "<th>What</th><th>Detail</th>"
     return (
@@ -341,7 +349,7 @@ def _alerts(alerts: Sequence[dict[str, Any]]) -> str:
     if not alerts:
         return '<p class="empty">Started from the command line, not by an alert.</p>'
     rows = "".join(
-        f"<tr><td>{_e(a['received_at'])}</td><td>{_e(a['alertname'])}</td>"
+        f"<tr><td>{_stamp(a['received_at'])}</td><td>{_e(a['alertname'])}</td>"
         f"<td>{_e(a['starts_at'])}</td><td>{_e(a['outcome'])}</td>"
         f'<td class="reason">{_e(a["reason"] or "")}</td></tr>'
         for a in alerts
