@@ -52,6 +52,16 @@ class DeskJob:
 
 
 @dataclass(frozen=True)
+class Paging:
+    """Which page of the job list this is, and the counts over all pages."""
+
+    page: int
+    pages: int
+    active: int
+    waiting: int
+
+
+@dataclass(frozen=True)
 class Banner:
     config: ReceiverConfig
     pause: PauseState
@@ -181,6 +191,18 @@ def jobs_table(jobs: Sequence[DeskJob], token: str) -> str:
     )
 
 
+def _pager(paging: Paging) -> str:
+    if paging.pages == 1:
+        return ""
+    links = []
+    if paging.page > 1:
+        links.append(f'<a href="/?page={paging.page - 1}" rel="prev">← previous page</a>')
+    links.append(f"page {paging.page} of {paging.pages}")
+    if paging.page < paging.pages:
+        links.append(f'<a href="/?page={paging.page + 1}" rel="next">next page →</a>')
+    return f'<p class="pager" id="pager">{" · ".join(links)}</p>'
+
+
 def refusals_table(alerts: Sequence[dict[str, Any]]) -> str:
     if not alerts:
         return '<p class="empty">No alert was refused.</p>'
@@ -221,14 +243,14 @@ def events_table(events: Sequence[dict[str, Any]], *, with_job: bool = False) ->
 def desk_page(
     b: Banner,
     jobs: Sequence[DeskJob],
+    paging: Paging,
     refusals: Sequence[dict[str, Any]],
     events: Sequence[dict[str, Any]],
     *,
     identity: str,
     token: str,
 ) -> str:
-    waiting = sum(1 for j in jobs if j.awaiting_approval and j.cancellable)
-    active = sum(1 for j in jobs if j.job.active)
+    active, waiting = paging.active, paging.waiting
     summary = (
         f'<p class="summary" id="summary"><b>{active}</b> active job{"" if active == 1 else "s"}, '
         f"<b>{waiting}</b> awaiting approval.</p>"
@@ -240,6 +262,7 @@ def desk_page(
         + '<h2>Jobs</h2><p class="hint">Active jobs and jobs awaiting approval first, then the '
         "latest finished ones.</p>"
         + jobs_table(jobs, token)
+        + _pager(paging)
         + '<h2>Refused alerts</h2><p class="hint">Alerts the receiver was sent and did not act '
         "on, with the reason.</p>"
         + refusals_table(refusals)
