@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 # each other instead of failing on dpkg's lock.
 APT_INSTALL = flock /tmp/.vmm-cert-exporter-apt.lock sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$$@"' apt-install
 
-.PHONY: test demo lint typecheck unit e2e tools bench clean venv dashboard dist constraints image
+.PHONY: test demo lint typecheck unit e2e tools bench clean venv dashboard dist constraints image screenshots
 
 test: venv tools node lint typecheck unit e2e
 
@@ -77,6 +77,11 @@ demo: venv tools
 # Regenerate the committed Grafana dashboard from its generator (a test compares the two).
 dashboard: venv
 	$(BIN)/python exporter/tools/dashboard.py > grafana/dashboards/vmm-certificates.json
+
+# The README's pictures of the landing page and the renewal desk, taken by Debian's chromium
+# from the demo once its closed loop has renewed the hosts whose alerts fired.
+screenshots: venv tools
+	$(BIN)/python exporter/tools/screenshots.py docs/images
 
 bench: venv tools
 	$(BIN)/pip install -q -e '.[test,bench]'

@@ -21,7 +21,7 @@ from vmm_cert_exporter.receiver.service import Receiver, start_receiver
 from vmm_cert_lab.fleet.runner import RunningLab
 from vmm_cert_lab.fleet.scenario import lab_host
 from vmm_cert_lab.receiver_config import desk_user
-from vmm_cert_lab.receiver_testing import alert, auth, http, payload, receiver_config
+from vmm_cert_lab.receiver_testing import alert, auth, http, new_job, payload, receiver_config
 
 ALICE, BOB = ("alice", "alice-desk-password"), ("bob", "bob-desk-password")
 
@@ -242,3 +242,25 @@ def test_desk_users_are_bcrypt_hashes(lab: RunningLab, tmp_path: Path) -> None:
     message = str(caught.value)
     assert "receiver.desk_users[0].password_hash_file" in message
     assert "bcrypt hash" in message and "hunter2" not in message
+
+
+def test_a_thousand_waiting_jobs_page_by_a_hundred_under_200_kb(
+    lab: RunningLab, tmp_path: Path
+) -> None:
+    config = receiver_config(
+        lab, tmp_path, require_approval=True, desk_users=[desk_user(tmp_path, *ALICE)]
+    )
+    receiver = start_receiver(config, background=False)  # no engine: the jobs stay waiting
+    try:
+        for n in range(1000):
+            new_job(receiver.journal, host=f"hv{n:04}.lab.example")
+        status, _, page = request(receiver, "GET", "/")
+        assert status == 200 and len(page.encode()) < 200_000, len(page.encode())
+        assert "<b>1000</b> active jobs, <b>1000</b> awaiting approval" in page
+        assert page.count("data-job=") == 100 and "page 1 of 10" in page
+        assert 'data-job="1"' in page  # the oldest waiting job first
+        status, _, last = request(receiver, "GET", "/?page=10")
+        assert status == 200 and "page 10 of 10" in last and 'data-job="1000"' in last
+        assert request(receiver, "GET", "/?page=x")[0] == 400
+    finally:
+        receiver.stop()

@@ -12,7 +12,8 @@ Modules, in the order data flows through them:
 - ``discovery`` keeps the inventory (the exporter's own inventory code, refreshed).
 - ``runbook`` reads state and runs the contract scripts over WinRM; ``engine`` schedules
   jobs and journals every step; ``metrics`` is the receiver's /metrics; ``service`` is the
-  HTTP side and ``start_receiver``; ``commands`` the CLI.
+  HTTP side and ``start_receiver``; ``desk`` (with ``desk_html``, ``csrf``) the pages for
+  people, whose actions ``actions`` shares with the API; ``commands`` the CLI.
 
 The lab's receiver configuration and the receiver's test helpers live in the lab package
 (``vmm_cert_lab.receiver_config``, ``vmm_cert_lab.receiver_testing``).

@@ -288,9 +288,8 @@ def _desk_password_hash(section: Section, slot: Slot) -> Secret:
         # never echoed: a password pasted where its hash belongs must not reach a log
         section.fail(
             key,
-            "expected a bcrypt hash ($2b$ or $2y$, e.g. from `htpasswd -nbB user password` "
-            "or python -c 'import bcrypt; print(bcrypt.hashpw(b\"...\", bcrypt.gensalt()))'), "
-            "not a password",
+            "expected a bcrypt hash ($2a$, $2b$ or $2y$, e.g. the part after ':' of "
+            "`htpasswd -nB USER`), not a password",
         )
     return Secret(hashed.reveal().strip())
 

@@ -40,6 +40,9 @@ _CHALLENGE: Final = f'Basic realm="{REALM}", charset="UTF-8"'
 _JOB: Final = re.compile(r"/jobs/([0-9]{1,12})(?:/(approve|cancel))?")
 # How many finished jobs, refused alerts and events the desk lists (the API pages further).
 FINISHED_JOBS: Final = 100
+# Jobs per page: a cohort of a thousand hosts waiting for approval still makes pages of
+# about 100 KB, not one of a megabyte.
+PAGE_JOBS: Final = 100
 REFUSALS: Final = 20
 EVENTS: Final = 30
 _CSS: Final = resources.files("vmm_cert_exporter.receiver").joinpath("desk.css").read_bytes()
@@ -47,7 +50,7 @@ _SECURITY_HEADERS: Final = (
     # no script at all, styles only from the desk, forms only to the desk, never framed
     (
         "Content-Security-Policy",
-        "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+        "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
         "frame-ancestors 'none'; base-uri 'none'",
     ),
     ("X-Frame-Options", "DENY"),
@@ -135,7 +138,8 @@ class Desk:
             )
         try:
             if method in ("GET", "HEAD"):
-                return self._html(start_response, "200 OK", self._get(path, identity))
+                page = self._get(path, environ.get("QUERY_STRING", ""), identity)
+                return self._html(start_response, "200 OK", page)
             if method != "POST":
                 raise Refused("405 Method Not Allowed", "use GET to read and the buttons to act")
             return self._post(path, environ, start_response, identity, read_body)
@@ -148,16 +152,19 @@ class Desk:
                 extra,
             )
 
-    def _get(self, path: str, identity: str) -> str:
+    def _get(self, path: str, query: str, identity: str) -> str:
         token = self.csrf.token(identity)
         if path == "/":
-            return self.desk(identity, token)
+            page = parse_qs(query, max_num_fields=5).get("page", ["1"])[0]
+            if not page.isdigit() or not 1 <= int(page) <= 100_000:
+                raise Refused("400 Bad Request", "page must be a number from 1")
+            return self.desk(identity, token, int(page))
         match = _JOB.fullmatch(path)
         if match is None or match.group(2) is not None:
             raise Refused("404 Not Found", f"no page {path[:100]}")
         return self.job(int(match.group(1)), identity, token)
 
-    def desk(self, identity: str, token: str) -> str:
+    def desk(self, identity: str, token: str, page: int = 1) -> str:
         active = self.journal.active_jobs()
         finished = [j for j in self.journal.list_jobs(limit=FINISHED_JOBS) if not j.active]
         items = [self._item(j) for j in active]
@@ -169,7 +176,12 @@ class Desk:
                 i.job.id,
             )
         )
+        active_count = len(items)
+        waiting = sum(1 for i in items if i.awaiting_approval and i.cancellable)
         items += [self._item(j) for j in finished]
+        pages = max(1, -(-len(items) // PAGE_JOBS))
+        page = min(page, pages)
+        shown = items[(page - 1) * PAGE_JOBS : page * PAGE_JOBS]
         banner = desk_html.Banner(
             self.config,
             self.engine.pause_state(),
@@ -178,7 +190,8 @@ class Desk:
         )
         return desk_html.desk_page(
             banner,
-            items,
+            shown,
+            desk_html.Paging(page, pages, active_count, waiting),
             self.journal.rejected_alerts(limit=REFUSALS),
             self.journal.events(limit=EVENTS),
             identity=identity,

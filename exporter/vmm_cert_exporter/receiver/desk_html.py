@@ -28,7 +28,15 @@ def _e(value: object) -> str:
 
 
 def _when(ts: float | None) -> str:
-    return _e(iso(ts) or "—")
+    return _stamp(iso(ts))
+
+
+def _stamp(exact: str | None) -> str:
+    """A journal time (ISO 8601, UTC) shown to the second; the exact value in ``datetime``."""
+    if not exact:
+        return "—"
+    shown = exact[:19].replace("T", " ") + " UTC"
+    return f'<time datetime="{_e(exact)}">{_e(shown)}</time>'
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,16 @@ class DeskJob:
     @property
     def cancellable(self) -> bool:
         return self.job.active and self.job.status != "running"
+
+
+@dataclass(frozen=True)
+class Paging:
+    """Which page of the job list this is, and the counts over all pages."""
+
+    page: int
+    pages: int
+    active: int
+    waiting: int
 
 
 @dataclass(frozen=True)
@@ -57,7 +75,8 @@ def page(title: str, body: str, *, identity: str) -> str:
         '<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{_e(title)}</title>"
-        '<link rel="stylesheet" href="/desk.css"></head><body>'
+        # no favicon request: it would ask the API, which answers a browser 401
+        '<link rel="icon" href="data:,"><link rel="stylesheet" href="/desk.css"></head><body>'
         '<header class="top"><a class="brand" href="/">Renewal desk</a>'
         f'<span class="who">signed in as <b>{_e(identity)}</b></span>'
         f'<span class="version">vmm-cert-exporter {_e(__version__)}</span></header>'
@@ -108,7 +127,7 @@ def banner(b: Banner, token: str) -> str:
     return (
         f'<section class="banner mode-{"execute" if cfg.execute else "dry-run"}" id="banner">'
         f'<p><span class="mode">{mode}</span> {_e(mode_note)}</p>'
-        f'<p id="pause">{pause}</p>'
+        f'<div id="pause">{pause}</div>'
         '<dl class="facts">'
         f"<dt>Allowed hosts</dt><dd>{_list(cfg.allow_hosts)}</dd>"
         f"<dt>Denied hosts</dt><dd>{_list(cfg.deny_hosts)}</dd>"
@@ -172,11 +191,23 @@ def jobs_table(jobs: Sequence[DeskJob], token: str) -> str:
     )
 
 
+def _pager(paging: Paging) -> str:
+    if paging.pages == 1:
+        return ""
+    links = []
+    if paging.page > 1:
+        links.append(f'<a href="/?page={paging.page - 1}" rel="prev">← previous page</a>')
+    links.append(f"page {paging.page} of {paging.pages}")
+    if paging.page < paging.pages:
+        links.append(f'<a href="/?page={paging.page + 1}" rel="next">next page →</a>')
+    return f'<p class="pager" id="pager">{" · ".join(links)}</p>'
+
+
 def refusals_table(alerts: Sequence[dict[str, Any]]) -> str:
     if not alerts:
         return '<p class="empty">No alert was refused.</p>'
     rows = "".join(
-        f"<tr><td>{_e(a['received_at'])}</td><td>{_e(a['alertname'])}</td><td>{_e(a['host'])}</td>"
+        f"<tr><td>{_stamp(a['received_at'])}</td><td>{_e(a['alertname'])}</td><td>{_e(a['host'])}</td>"
         f'<td>{_e(a["status"])}</td><td class="reason">{_e(a["reason"])}</td></tr>'
         for a in alerts
     )
@@ -200,7 +231,7 @@ def events_table(events: Sequence[dict[str, Any]], *, with_job: bool = False) ->
                 else "<td>—</td>"
             )
         rows.append(
-            f"<tr><td>{_e(ev['at'])}</td>{job}<td>{_e(ev['kind'])}</td><td>{_e(ev['message'])}</td></tr>"
+            f"<tr><td>{_stamp(ev['at'])}</td>{job}<td>{_e(ev['kind'])}</td><td>{_e(ev['message'])}</td></tr>"
         )
     head = "<th>When</th>" + ("<th>Job</th>" if with_job else "") + "<th>What</th><th>Detail</th>"
     return (
@@ -212,14 +243,14 @@ def events_table(events: Sequence[dict[str, Any]], *, with_job: bool = False) ->
 def desk_page(
     b: Banner,
     jobs: Sequence[DeskJob],
+    paging: Paging,
     refusals: Sequence[dict[str, Any]],
     events: Sequence[dict[str, Any]],
     *,
     identity: str,
     token: str,
 ) -> str:
-    waiting = sum(1 for j in jobs if j.awaiting_approval and j.cancellable)
-    active = sum(1 for j in jobs if j.job.active)
+    active, waiting = paging.active, paging.waiting
     summary = (
         f'<p class="summary" id="summary"><b>{active}</b> active job{"" if active == 1 else "s"}, '
         f"<b>{waiting}</b> awaiting approval.</p>"
@@ -231,6 +262,7 @@ def desk_page(
         + '<h2>Jobs</h2><p class="hint">Active jobs and jobs awaiting approval first, then the '
         "latest finished ones.</p>"
         + jobs_table(jobs, token)
+        + _pager(paging)
         + '<h2>Refused alerts</h2><p class="hint">Alerts the receiver was sent and did not act '
         "on, with the reason.</p>"
         + refusals_table(refusals)
@@ -340,7 +372,7 @@ def _alerts(alerts: Sequence[dict[str, Any]]) -> str:
     if not alerts:
         return '<p class="empty">Started from the command line, not by an alert.</p>'
     rows = "".join(
-        f"<tr><td>{_e(a['received_at'])}</td><td>{_e(a['alertname'])}</td>"
+        f"<tr><td>{_stamp(a['received_at'])}</td><td>{_e(a['alertname'])}</td>"
         f"<td>{_e(a['starts_at'])}</td><td>{_e(a['outcome'])}</td>"
         f'<td class="reason">{_e(a["reason"] or "")}</td></tr>'
         for a in alerts
