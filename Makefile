@@ -10,7 +10,7 @@ DEB_TOOLS := prometheus:prometheus promtool:prometheus prometheus-alertmanager:p
 # The image (buildah builds the Dockerfile on a debootstrap base; unshare and ip run it with
 # a read-only root and give shard processes their pod names)
 # and the systemd units (systemd-analyze verify and security --offline).
-DEB_TOOLS += buildah:buildah debootstrap:debootstrap unshare:util-linux ip:iproute2 systemd-analyze:systemd
+DEB_TOOLS += buildah:buildah debootstrap:debootstrap unshare:util-linux ip:iproute2 mount:mount systemd-analyze:systemd
 PYTEST_ARGS ?=
 # apt-get behind one lock, so that two makes (or two worktrees) installing at once wait for
 # each other instead of failing on dpkg's lock.
