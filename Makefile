@@ -8,9 +8,10 @@ NODE_STAMP := node_modules/.installed
 # Debian packages the tests start for real (promtool comes with prometheus; chromium is the
 # browser the page tests drive through Playwright, which never downloads one).
 DEB_TOOLS := prometheus:prometheus promtool:prometheus prometheus-alertmanager:prometheus-alertmanager amtool:prometheus-alertmanager chromium:chromium
-# The image (buildah builds the Dockerfile on a debootstrap base; unshare names shard pods)
+# The image (buildah builds the Dockerfile on a debootstrap base; unshare and ip run it with
+# a read-only root and give shard processes their pod names)
 # and the systemd units (systemd-analyze verify and security --offline).
-DEB_TOOLS += buildah:buildah debootstrap:debootstrap unshare:util-linux systemd-analyze:systemd
+DEB_TOOLS += buildah:buildah debootstrap:debootstrap unshare:util-linux ip:iproute2 mount:mount systemd-analyze:systemd
 PYTEST_ARGS ?=
 # apt-get behind one lock, so that two makes (or two worktrees) installing at once wait for
 # each other instead of failing on dpkg's lock.

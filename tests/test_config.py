@@ -792,6 +792,33 @@ def test_environ_can_be_passed(workdir: Path) -> None:
     assert config.winrm.password.reveal() == "from-mapping"
 
 
+@pytest.mark.parametrize("prefix", ["$CREDENTIALS_DIRECTORY/", "${CREDENTIALS_DIRECTORY}/"])
+def test_paths_under_the_credentials_directory(workdir: Path, prefix: str) -> None:
+    """systemd's LoadCredential= directory, for secrets and key files alike."""
+    credentials = workdir / "credentials"
+    credentials.mkdir()
+    (credentials / "winrm-password").write_text("from-credentials\n")
+    (credentials / "client.key").write_text("-----BEGIN PRIVATE KEY-----\n")
+    text = winrm(
+        base=(
+            f"transport: certificate\n  cert_pem: client.pem\n  cert_key_pem: {prefix}client.key\n"
+        ),
+    ).replace("winrm:\n", "winrm:\n  endpoint: 'https://{host}:5986/wsman'\n", 1)
+    environ = {"CREDENTIALS_DIRECTORY": str(credentials)}
+    config = loads_config(text, base_dir=workdir, environ=environ)
+    assert config.winrm.cert_key_pem == str(credentials / "client.key")
+    text = winrm(base=f"username: x\n  password_file: {prefix}winrm-password\n")
+    config = loads_config(text, base_dir=workdir, environ=environ)
+    assert config.winrm.password is not None
+    assert config.winrm.password.reveal() == "from-credentials"
+    with pytest.raises(ConfigError, match=r"\$CREDENTIALS_DIRECTORY is not set"):
+        loads_config(text, base_dir=workdir, environ={})
+    # only this variable, and only at the start
+    text = winrm(base="username: x\n  password_file: $HOME/winrm-password\n")
+    with pytest.raises(ConfigError, match=r"does not exist \(relative paths are resolved from"):
+        loads_config(text, base_dir=workdir, environ={"HOME": str(credentials)})
+
+
 def test_sections_table_matches_config_fields() -> None:
     """One table of section parsers; each section is a Config field of the same name."""
     names = [f.name for f in dataclasses.fields(Config)]

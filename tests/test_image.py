@@ -13,6 +13,7 @@ command there as uid 10001, with the image's HEALTHCHECK command beside it.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -34,7 +35,8 @@ from vmm_cert_lab.processes import Processes, free_port
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parent.parent
-TAG = "localhost/vmm-cert-exporter:test"
+# a tag of this run's own: two runs at once never build over each other's image
+TAG = f"localhost/vmm-cert-exporter:test-{os.getpid()}"
 USER = 10001
 MAX_MEGABYTES = 250
 BASE_PACKAGES = {"pip", "setuptools", "wheel"}
@@ -61,16 +63,21 @@ def buildah(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str
 
 
 @pytest.fixture(scope="module")
-def built() -> Built:
+def built() -> Iterator[Built]:
+    """The image, built once for the module (the time is printed: the budget is in
+    docs/scaling.md, not asserted), removed afterwards."""
     assert shutil.which("buildah") and shutil.which("debootstrap"), "make tools installs them"
     started = time.monotonic()
     name = image_tool.build(TAG)
     seconds = time.monotonic() - started
-    inspected = buildah("inspect", "--type", "image", name)
-    assert inspected.returncode == 0, inspected.stderr
-    config = json.loads(inspected.stdout)["Docker"]["config"]
-    print(f"\nimage {name} built in {seconds:.1f} s")
-    return Built(name, seconds, config)
+    try:
+        inspected = buildah("inspect", "--type", "image", name)
+        assert inspected.returncode == 0, inspected.stderr
+        config = json.loads(inspected.stdout)["Docker"]["config"]
+        print(f"\nimage {name} built in {seconds:.1f} s")
+        yield Built(name, seconds, config)
+    finally:
+        buildah("rmi", name)
 
 
 class Container:
@@ -280,8 +287,13 @@ def test_the_receiver_in_dry_run_answers_healthy(
         log=tmp_path / "receiver.log",
     )
     receiver.wait_ready("/-/healthy", timeout=90)
-    assert yaml.safe_load(path.read_text())["receiver"]["mode"] == "dry-run"
-    assert "dry-run" in receiver.log_tail(200)
+    section = yaml.safe_load(path.read_text())["receiver"]
+    token = Path(section["bearer_token_file"]).read_text().strip()
+    request = urllib.request.Request(
+        f"{receiver.url}/api/status", headers={"Authorization": f"Bearer {token}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert json.load(response)["mode"] == "dry-run"
 
 
 # The image's root read-only, as readOnlyRootFilesystem or `docker run --read-only` give it:
@@ -349,8 +361,3 @@ def test_read_only_root_and_the_healthcheck(built: Built, container: Container, 
     assert "healthy after serve" in said, result.stdout + result.stderr
     assert "root writable" not in said and "tmp writable" not in said
     assert f"user {USER}" in said
-
-
-def test_the_build_fits_the_budget(built: Built) -> None:
-    """With a warm base cache the build is the Dockerfile's own steps (pip from PyPI)."""
-    assert built.seconds < 240, f"the build took {built.seconds:.0f} s"

@@ -275,3 +275,22 @@ def test_the_service_monitors_keep_the_jobs_the_rules_select() -> None:
         assert len(matching) == 1, name
         ports = {p["name"] for p in matching[0]["spec"]["ports"]}
         assert monitor["spec"]["endpoints"][0]["port"] in ports
+
+
+def test_the_readmes_kubernetes_path_creates_what_the_statefulset_references() -> None:
+    readme = " ".join((ROOT / "README.md").read_text().replace("\\\n", " ").split())
+    spec = pod_spec(by_kind("StatefulSet")["vmm-cert-exporter"])
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    config_map = volumes["config"]["configMap"]["name"]
+    secret = volumes["credentials"]["secret"]["secretName"]
+    assert (
+        f"kubectl create configmap {config_map} --from-file=config.yml=deploy/config.example.yml"
+        in readme
+    )
+    assert f"kubectl create secret generic {secret} --from-file=winrm-password=" in readme
+    applied = re.findall(r"-f (\S+\.yaml)", readme)
+    assert {ROOT / p for p in applied} == {
+        KUBERNETES / "exporter.yaml",
+        KUBERNETES / "servicemonitor.yaml",
+        PROMETHEUS_RULE,
+    }

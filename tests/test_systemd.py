@@ -202,3 +202,14 @@ def test_the_configuration_reads_its_secrets_from_the_credentials_directory(
         ConfigError, match=r"winrm\.password_file.*\$CREDENTIALS_DIRECTORY is not set"
     ):
         load_config(path, environ={})
+
+
+def test_the_readmes_systemd_path_installs_what_the_unit_reads() -> None:
+    readme = (ROOT / "README.md").read_text()
+    unit = "vmm-cert-exporter.service"
+    for credential, source in credentials(unit).items():
+        assert f"install -D -m 0600 /path/to/password {source}" in readme, credential
+    config, installed = CONFIGS[unit]
+    assert f"install -D -m 0644 deploy/{config.name} {installed}" in readme
+    assert f"cp deploy/systemd/{unit} /etc/systemd/system/" in readme
+    assert INSTALLED.replace("/bin/vmm-cert-exporter", "/bin/pip install --constraint") in readme

@@ -14,6 +14,7 @@ tests/test_image.py builds and runs the image through these functions.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import shutil
 import subprocess
@@ -105,7 +106,15 @@ def make_base_tar(tar: Path) -> None:
 
 
 def ensure_base(cache: Path = CACHE) -> str:
-    """The base image's name: imported from the cached tar (made first when absent)."""
+    """The base image's name: imported from the cached tar (made first when absent). One
+    process at a time (a lock file in the cache): two test runs never make it twice."""
+    cache.mkdir(parents=True, exist_ok=True)
+    with (cache / "base.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _ensure_base(cache)
+
+
+def _ensure_base(cache: Path) -> str:
     if image_exists(BASE_IMAGE):
         return BASE_IMAGE
     tar = cache / BASE_TAR
