@@ -4,20 +4,23 @@ computers expiring on the next 1 January), and the guards its jobs go through.""
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from vmm_cert_exporter.cohorts import Capacity
+from vmm_cert_exporter.cohorts import Capacity, group, project
 from vmm_cert_exporter.config import MaintenanceWindow
 from vmm_cert_exporter.inventory import Computer, VmmView
 from vmm_cert_exporter.receiver.ahead import RenewAhead, schedule
 from vmm_cert_exporter.receiver.census import Holding, read_census
 from vmm_cert_exporter.receiver.config import ReceiverConfig
+from vmm_cert_exporter.receiver.guards import in_window, next_window_start
 from vmm_cert_exporter.receiver.planner import REMOVE_REGISTER, UPDATE_CERTIFICATE
 from vmm_cert_exporter.receiver.service import start_receiver
 from vmm_cert_lab.fleet.runner import RunningLab
@@ -26,6 +29,7 @@ from vmm_cert_lab.receiver_testing import (
     CountingFleet,
     FakeClock,
     Harness,
+    make_harness,
     receiver_config,
 )
 
@@ -273,3 +277,85 @@ def test_renew_ahead_in_dry_run_plans_and_changes_nothing(
     assert "planned" in {j.status for j in jobs}
     for operation in ("remove-certificates", "register-managed-computer", "update-vmm-certificate"):
         assert harness.fleet.count(operation) == 0
+
+
+class _Every(dict[tuple[str, str], Callable[[], None]]):
+    """HookRunner hooks that stay: every renewal's change step, not only the first."""
+
+    def pop(self, key: tuple[str, str], default: object = None) -> Any:
+        return self.get(key, default)
+
+
+def test_renew_ahead_finishes_when_projected_before_the_day_with_every_guard(
+    make_lab: Callable[..., RunningLab], tmp_path: Path
+) -> None:
+    """A big cohort of 17 computers and the VMM server, renewed for real over WinRM on a
+    compressed clock: each renewal takes five minutes of receiver time (the clock moves only
+    inside the change step), one at a time in a nightly half-hour window: three nights.
+    Started at its must-start-by, the cohort finishes where the projection said (within
+    10 % of the span),
+    before its day with the margin, and no renewal started outside the window or beside
+    another."""
+    lab = make_lab(fleet=CountingFleet(load_fleet("big-cohort", hosts=17)))
+    clock = FakeClock()
+    harness = make_harness(
+        lab,
+        tmp_path / "receiver",
+        clock=clock,
+        winrm_timeout="60s",
+        renew_ahead=True,
+        max_concurrent=1,
+        max_concurrent_per_vmm_server=1,
+        maintenance_windows=[{"start": "22:00", "end": "22:30"}],
+        assumed_renewal_duration="5m",
+    )
+    try:
+        rcfg = harness.config.receiver
+        assert rcfg is not None
+        vmm = lab_host("vmm01")
+        harness.runner.after = _Every(
+            {
+                (vmm, "register-managed-computer"): lambda: clock.advance(300),
+                (vmm, "update-vmm-certificate"): lambda: clock.advance(300),
+            }
+        )
+        holdings, errors = read_census(harness.runner, harness.inventory.inventory)
+        assert errors == {} and len(holdings) == 18
+        capacity = Capacity(1, 300.0, "assumed", rcfg.maintenance_windows)
+        views = harness.inventory.inventory.vmm_views
+        (plan,) = schedule(holdings, views, rcfg, capacity, clock())
+        assert plan.must_start_by is not None and not plan.due
+        clock.t = plan.must_start_by
+        (projection,) = project(group((h.computer.role, h.not_after) for h in holdings),
+                                capacity, clock(), rcfg.cohort_margin)  # fmt: skip
+        assert projection.finish is not None
+        start = clock()
+        ahead = RenewAhead(rcfg, harness.journal, lambda: capacity, clock)
+        assert ahead.run(holdings, views) == 18
+
+        for _ in range(200):  # bounded: 18 renewals and three nights
+            started = harness.engine.tick(wait=True)
+            if not harness.journal.active_jobs():
+                break
+            if not started:  # nothing may start before the window opens: go there
+                upcoming = next_window_start(rcfg.maintenance_windows, clock())
+                assert upcoming is not None
+                clock.t = upcoming
+        jobs = harness.journal.list_jobs(limit=100)
+        assert {(j.status, j.source) for j in jobs} == {("succeeded", "cohort")}
+        finished = max(j.finished_at or 0.0 for j in jobs)
+        assert abs(finished - projection.finish) <= 0.1 * (projection.finish - start)
+        assert finished <= projection.cohort.expires_at - rcfg.cohort_margin
+        attempts = sorted(
+            (a for j in jobs for a in harness.journal.attempts(j.id)), key=lambda a: a.started_at
+        )
+        assert len(attempts) == 18
+        nights = {datetime.fromtimestamp(a.started_at, UTC).date() for a in attempts}
+        assert len(nights) == 3
+        assert all(in_window(rcfg.maintenance_windows[0], a.started_at) for a in attempts)
+        for before, after in itertools.pairwise(attempts):
+            assert before.finished_at is not None and before.finished_at <= after.started_at
+        assert attempts[-1].job_id == next(j.id for j in jobs if j.host == vmm)
+        assert {c["not_after"][:10] for c in lab.model.list_computers()} != {plan.day}
+    finally:
+        harness.close()
