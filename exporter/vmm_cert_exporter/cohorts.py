@@ -110,7 +110,8 @@ class Capacity:
     receiver.assumed_renewal_duration), started only in the windows' open minutes.
 
     ``paused``: no renewal starts at all. ``approval``: every job waits for a person, so the
-    capacity holds only if approvals keep up.
+    capacity holds only if approvals keep up; ``approved_share`` (the receiver's: the share
+    of its active jobs a person approved, 1 without approval or without jobs) scales it.
     """
 
     concurrency: int
@@ -119,6 +120,7 @@ class Capacity:
     windows: tuple[MaintenanceWindow, ...] = ()
     paused: bool = False
     approval: bool = False
+    approved_share: float = 1.0
     at: float = 0.0  # the moment the windows' zone offsets are taken at
     _cumulative: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
@@ -135,7 +137,9 @@ class Capacity:
     @property
     def per_minute(self) -> float:
         """Renewals started per open minute (0 when paused)."""
-        return 0.0 if self.paused else self.concurrency * 60.0 / self.duration
+        if self.paused:
+            return 0.0
+        return self.concurrency * 60.0 / self.duration * self.approved_share
 
     @property
     def per_day(self) -> float:
@@ -204,22 +208,42 @@ def capacities(
     assumed: float,
     durations: Mapping[str, Sequence[float]],
     at: float,
+    mix: Mapping[str, int] | None = None,
+    approved_share: float = 1.0,
 ) -> tuple[Capacity, Capacity]:
     """(as configured, as used): the receiver's capacity with ``assumed`` as the renewal's
-    duration, and with the median of the measured ``durations`` (successful renewals, by
-    procedure) when there is one, else the configured one again."""
+    duration, and with the measured ``durations`` (successful renewals, by procedure) when
+    there is one, else the configured one again.
+
+    With ``mix`` (computers left to renew, by procedure) the duration is the mix's average
+    of each procedure's median, a procedure not measured yet counting at ``assumed``;
+    without it, the median of every measured renewal.
+    """
     concurrency = min(max_concurrent, per_vmm_server * max(1, vmm_servers))
 
     def capacity(duration: float, source: str) -> Capacity:
         return Capacity(
-            concurrency, duration, source, tuple(windows), paused=paused, approval=approval, at=at
+            concurrency,
+            duration,
+            source,
+            tuple(windows),
+            paused=paused,
+            approval=approval,
+            approved_share=approved_share if approval else 1.0,
+            at=at,
         )
 
     configured = capacity(assumed, "assumed")
-    measured = [d for ds in durations.values() for d in ds]
-    if not measured:
-        return configured, configured
     # a renewal measured at under a second (a clock that did not move) is not a rate
+    medians = {p: max(1.0, statistics.median(ds)) for p, ds in durations.items() if ds}
+    if not medians:
+        return configured, configured
+    weights = {p: n for p, n in (mix or {}).items() if n > 0}
+    if weights and any(p in medians for p in weights):
+        total = sum(weights.values())
+        duration = sum(n * medians.get(p, assumed) for p, n in weights.items()) / total
+        return configured, capacity(duration, "measured")
+    measured = [d for ds in durations.values() for d in ds]
     return configured, capacity(max(1.0, statistics.median(measured)), "measured")
 
 

@@ -243,7 +243,10 @@ def test_renew_ahead_jobs_wait_for_every_guard(
     for job in jobs:
         assert harness.job(job.id).reason.startswith("awaiting manual approval")  # type: ignore[union-attr]
     first = jobs[0]
+    assert harness.journal.approved_share() == 0.0
     harness.journal.approve(first.id, "operator")
+    # what the receiver's capacity is scaled by: one of the cohort's jobs and the alert's
+    assert harness.journal.approved_share() == 1 / (len(jobs) + 1)
     harness.tick()
     assert harness.job(first.id).reason.startswith("outside the maintenance windows")  # type: ignore[union-attr]
     for operation in ("remove-certificates", "register-managed-computer", "update-vmm-certificate"):

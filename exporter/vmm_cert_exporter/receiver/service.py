@@ -48,6 +48,7 @@ from vmm_cert_exporter.http.limits import Limits
 from vmm_cert_exporter.http.server import HTTPServer
 from vmm_cert_exporter.http.tls_context import TLSSetupError, server_context
 from vmm_cert_exporter.http.wsgi import StartResponse
+from vmm_cert_exporter.receiver import planner
 from vmm_cert_exporter.receiver.ahead import RenewAhead
 from vmm_cert_exporter.receiver.discovery import InventoryCache
 from vmm_cert_exporter.receiver.engine import Engine
@@ -158,8 +159,22 @@ class ReceiverApp:
             assumed=config.assumed_renewal_duration,
             durations=self.journal.renewal_durations(),
             at=self.clock(),
+            mix=self._procedure_mix(),
+            approved_share=self.journal.approved_share() if config.require_approval else 1.0,
         )
         return used
+
+    def _procedure_mix(self) -> dict[str, int]:
+        """The census's computers left to renew (inside min_validity), by procedure."""
+        now = self.clock()
+        views = self.inventory.inventory.vmm_views
+        mix: dict[str, int] = {}
+        for holding in self.inventory.holdings:
+            if holding.not_after - now < self.config.min_validity:
+                procedure = planner.renewal_target(holding.computer, views).procedure
+                if procedure is not None:
+                    mix[procedure] = mix.get(procedure, 0) + 1
+        return mix
 
     def planning_capacity(self) -> Capacity:
         return self._capacity(planning=True)
