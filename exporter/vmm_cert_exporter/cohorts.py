@@ -123,12 +123,23 @@ class Capacity:
     approved_share: float = 1.0
     at: float = 0.0  # the moment the windows' zone offsets are taken at
     _cumulative: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    _next_open: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         week = _open_minutes(self.windows, self.at)
         # two weeks, so that any span of up to one week is one subtraction
         cumulative = tuple(itertools.accumulate(week + week, initial=0))
         object.__setattr__(self, "_cumulative", cumulative)
+        # for each minute index, the first open one from it on (the last index if none):
+        # finish() looks it up instead of stepping through a closed night minute by minute
+        minutes = week + week + [True]
+        following = [0] * len(minutes)
+        after = len(minutes) - 1
+        for index in range(len(minutes) - 1, -1, -1):
+            if minutes[index]:
+                after = index
+            following[index] = after
+        object.__setattr__(self, "_next_open", tuple(following))
 
     @property
     def open_minutes_per_week(self) -> int:
@@ -171,10 +182,7 @@ class Capacity:
         # which a renewal may start (it must be open itself)
         target = base + rest
         end = bisect.bisect_left(self._cumulative, target, lo=index)
-        while end < len(self._cumulative) - 1 and (
-            self._cumulative[end + 1] == self._cumulative[end]
-        ):
-            end += 1  # closed minute: the next start waits for the window to open
+        end = self._next_open[end]  # closed minute: the next start waits for the window
         last_start_minute = minute - index + end + int(weeks) * _WEEK_MINUTES
         last_start = max(start, _MONDAY + last_start_minute * 60.0)
         return last_start + self.duration
