@@ -181,6 +181,12 @@ def test_the_big_cohort_dry_run_shows_the_whole_schedule_and_changes_nothing(
         expires = projection.cohort.expires_at
         assert projection.finish is not None
         assert expires - 7 * DAY - 600 <= projection.finish <= expires - 7 * DAY
+        status = receiver.app.status()
+        assert status["renew_ahead"] is True
+        assert (status["inventory"]["census_computers"], status["inventory"]["census_errors"]) == (
+            3001,
+            {},
+        )
         # the API shows them
         listed = receiver.app._list("limit=1")["jobs"][0]
         assert (listed["source"], listed["cohort"]) == ("cohort", day)

@@ -456,7 +456,10 @@ class ReceiverApp:
                 "loaded": self.inventory.loaded.is_set(),
                 "computers": len(inventory.computers),
                 "discovery_errors": dict(self.inventory.errors),
+                "census_computers": len(self.inventory.holdings),
+                "census_errors": dict(self.inventory.census_errors),
             },
+            "renew_ahead": self.config.renew_ahead,
             "limits": {
                 "max_concurrent": self.config.max_concurrent,
                 "max_concurrent_per_vmm_server": self.config.max_concurrent_per_vmm_server,
