@@ -14,6 +14,7 @@ from vmm_cert_exporter.cohorts import (
     WARNING,
     Capacity,
     Cohort,
+    capacities,
     group,
     minute_utc,
     project,
@@ -156,3 +157,48 @@ def test_the_worked_example_in_the_docs_is_what_the_command_prints() -> None:
     table = render_table(report)
     docs = (Path(__file__).parent.parent / "docs" / "renewal.md").read_text()
     assert f"```\n{table}\n```" in docs
+
+
+def _capacities(**changes: object) -> tuple[Capacity, Capacity]:
+    arguments: dict[str, object] = {
+        "max_concurrent": 2,
+        "per_vmm_server": 2,
+        "vmm_servers": 1,
+        "windows": (nightly(),),
+        "approval": False,
+        "paused": False,
+        "assumed": 300.0,
+        "durations": {},
+        "at": NOW,
+    }
+    arguments.update(changes)
+    return capacities(**arguments)  # type: ignore[arg-type]
+
+
+def test_capacity_per_procedure_weighted_by_what_is_left_to_renew() -> None:
+    durations = {"remove-register": [200.0, 240.0, 900.0], "update-vmm-certificate": [600.0]}
+    # without a mix: the median of every renewal
+    assert _capacities(durations=durations)[1].duration == 420.0
+    # 2,999 hosts and the VMM server left: each procedure's median, by its share
+    _, used = _capacities(
+        durations=durations, mix={"remove-register": 2999, "update-vmm-certificate": 1}
+    )
+    assert (used.duration_source, used.duration) == ("measured", (2999 * 240 + 600) / 3000)
+    # a procedure not measured yet counts at the assumed duration
+    _, used = _capacities(
+        durations={"remove-register": [240.0]},
+        mix={"remove-register": 3, "update-vmm-certificate": 1},
+    )
+    assert used.duration == (3 * 240 + 300) / 4
+    # nothing measured: assumed, as configured
+    configured, used = _capacities(mix={"remove-register": 3})
+    assert used is configured and used.duration_source == "assumed"
+
+
+def test_require_approval_scales_the_capacity_by_the_approved_share() -> None:
+    _, full = _capacities()
+    _, approval = _capacities(approval=True, approved_share=0.25)
+    assert full.per_day == 96.0
+    assert approval.per_day == 24.0
+    # the share only counts with require_approval on
+    assert _capacities(approved_share=0.25)[1].per_day == 96.0

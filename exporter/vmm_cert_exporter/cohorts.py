@@ -110,7 +110,8 @@ class Capacity:
     receiver.assumed_renewal_duration), started only in the windows' open minutes.
 
     ``paused``: no renewal starts at all. ``approval``: every job waits for a person, so the
-    capacity holds only if approvals keep up.
+    capacity holds only if approvals keep up; ``approved_share`` (the receiver's: the share
+    of its active jobs a person approved, 1 without approval or without jobs) scales it.
     """
 
     concurrency: int
@@ -119,14 +120,26 @@ class Capacity:
     windows: tuple[MaintenanceWindow, ...] = ()
     paused: bool = False
     approval: bool = False
+    approved_share: float = 1.0
     at: float = 0.0  # the moment the windows' zone offsets are taken at
     _cumulative: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    _next_open: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         week = _open_minutes(self.windows, self.at)
         # two weeks, so that any span of up to one week is one subtraction
         cumulative = tuple(itertools.accumulate(week + week, initial=0))
         object.__setattr__(self, "_cumulative", cumulative)
+        # for each minute index, the first open one from it on (the last index if none):
+        # finish() looks it up instead of stepping through a closed night minute by minute
+        minutes = week + week + [True]
+        following = [0] * len(minutes)
+        after = len(minutes) - 1
+        for index in range(len(minutes) - 1, -1, -1):
+            if minutes[index]:
+                after = index
+            following[index] = after
+        object.__setattr__(self, "_next_open", tuple(following))
 
     @property
     def open_minutes_per_week(self) -> int:
@@ -135,7 +148,9 @@ class Capacity:
     @property
     def per_minute(self) -> float:
         """Renewals started per open minute (0 when paused)."""
-        return 0.0 if self.paused else self.concurrency * 60.0 / self.duration
+        if self.paused:
+            return 0.0
+        return self.concurrency * 60.0 / self.duration * self.approved_share
 
     @property
     def per_day(self) -> float:
@@ -167,10 +182,7 @@ class Capacity:
         # which a renewal may start (it must be open itself)
         target = base + rest
         end = bisect.bisect_left(self._cumulative, target, lo=index)
-        while end < len(self._cumulative) - 1 and (
-            self._cumulative[end + 1] == self._cumulative[end]
-        ):
-            end += 1  # closed minute: the next start waits for the window to open
+        end = self._next_open[end]  # closed minute: the next start waits for the window
         last_start_minute = minute - index + end + int(weeks) * _WEEK_MINUTES
         last_start = max(start, _MONDAY + last_start_minute * 60.0)
         return last_start + self.duration
@@ -204,22 +216,42 @@ def capacities(
     assumed: float,
     durations: Mapping[str, Sequence[float]],
     at: float,
+    mix: Mapping[str, int] | None = None,
+    approved_share: float = 1.0,
 ) -> tuple[Capacity, Capacity]:
     """(as configured, as used): the receiver's capacity with ``assumed`` as the renewal's
-    duration, and with the median of the measured ``durations`` (successful renewals, by
-    procedure) when there is one, else the configured one again."""
+    duration, and with the measured ``durations`` (successful renewals, by procedure) when
+    there is one, else the configured one again.
+
+    With ``mix`` (computers left to renew, by procedure) the duration is the mix's average
+    of each procedure's median, a procedure not measured yet counting at ``assumed``;
+    without it, the median of every measured renewal.
+    """
     concurrency = min(max_concurrent, per_vmm_server * max(1, vmm_servers))
 
     def capacity(duration: float, source: str) -> Capacity:
         return Capacity(
-            concurrency, duration, source, tuple(windows), paused=paused, approval=approval, at=at
+            concurrency,
+            duration,
+            source,
+            tuple(windows),
+            paused=paused,
+            approval=approval,
+            approved_share=approved_share if approval else 1.0,
+            at=at,
         )
 
     configured = capacity(assumed, "assumed")
-    measured = [d for ds in durations.values() for d in ds]
-    if not measured:
-        return configured, configured
     # a renewal measured at under a second (a clock that did not move) is not a rate
+    medians = {p: max(1.0, statistics.median(ds)) for p, ds in durations.items() if ds}
+    if not medians:
+        return configured, configured
+    weights = {p: n for p, n in (mix or {}).items() if n > 0}
+    if weights and any(p in medians for p in weights):
+        total = sum(weights.values())
+        duration = sum(n * medians.get(p, assumed) for p, n in weights.items()) / total
+        return configured, capacity(duration, "measured")
+    measured = [d for ds in durations.values() for d in ds]
     return configured, capacity(max(1.0, statistics.median(measured)), "measured")
 
 

@@ -4,28 +4,37 @@ computers expiring on the next 1 January), and the guards its jobs go through.""
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
-from vmm_cert_exporter.cohorts import Capacity
+from vmm_cert_exporter.cohorts import Capacity, group, project
 from vmm_cert_exporter.config import MaintenanceWindow
 from vmm_cert_exporter.inventory import Computer, VmmView
 from vmm_cert_exporter.receiver.ahead import RenewAhead, schedule
 from vmm_cert_exporter.receiver.census import Holding, read_census
 from vmm_cert_exporter.receiver.config import ReceiverConfig
+from vmm_cert_exporter.receiver.guards import in_window, next_window_start
 from vmm_cert_exporter.receiver.planner import REMOVE_REGISTER, UPDATE_CERTIFICATE
-from vmm_cert_exporter.receiver.service import start_receiver
+from vmm_cert_exporter.receiver.service import Receiver, start_receiver
 from vmm_cert_lab.fleet.runner import RunningLab
 from vmm_cert_lab.fleet.scenario import lab_host, load_fleet
+from vmm_cert_lab.promstack import Promtool
 from vmm_cert_lab.receiver_testing import (
     CountingFleet,
     FakeClock,
     Harness,
+    http,
+    make_harness,
     receiver_config,
 )
 
@@ -107,10 +116,15 @@ def test_a_cohort_is_due_from_its_must_start_by_and_fresh_computers_are_left_out
     assert schedule(holdings, views, config, capacity, NEW_YEAR - 400 * DAY) == []
 
 
-@pytest.fixture
-def big_cohort(make_lab: Callable[..., RunningLab]) -> RunningLab:
-    """The big-cohort lab: 3,000 computers and their VMM server expiring on 1 January."""
-    return make_lab(fleet=CountingFleet(load_fleet("big-cohort")))
+@pytest.fixture(scope="module")
+def big_cohort(
+    open_lab: Callable[..., AbstractContextManager[RunningLab]],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[RunningLab]:
+    """The big-cohort lab: 3,000 computers and their VMM server expiring on 1 January,
+    shared by this module's tests, which change nothing on it (dry runs and censuses)."""
+    with open_lab(tmp_path_factory.mktemp("big-cohort"), "big-cohort") as lab:
+        yield lab
 
 
 def test_the_big_cohort_dry_run_shows_the_whole_schedule_and_changes_nothing(
@@ -167,13 +181,20 @@ def test_the_big_cohort_dry_run_shows_the_whole_schedule_and_changes_nothing(
         expires = projection.cohort.expires_at
         assert projection.finish is not None
         assert expires - 7 * DAY - 600 <= projection.finish <= expires - 7 * DAY
+        status = receiver.app.status()
+        assert status["renew_ahead"] is True
+        assert (status["inventory"]["census_computers"], status["inventory"]["census_errors"]) == (
+            3001,
+            {},
+        )
         # the API shows them
         listed = receiver.app._list("limit=1")["jobs"][0]
         assert (listed["source"], listed["cohort"]) == ("cohort", day)
         assert listed["planned_start_at"] is not None
 
-        # a later census plans nobody twice
-        receiver.inventory.refresh()
+        # planning again (as after every census) plans nobody twice
+        for listener in receiver.inventory.listeners:
+            listener()
         assert len(receiver.journal.list_jobs(limit=10000)) == 3001
         # nothing ran: the dry runs' plans are the engine's, tested on the demo lab below
         assert {c["not_after"][:10] for c in big_cohort.model.list_computers()} == {day}
@@ -239,7 +260,10 @@ def test_renew_ahead_jobs_wait_for_every_guard(
     for job in jobs:
         assert harness.job(job.id).reason.startswith("awaiting manual approval")  # type: ignore[union-attr]
     first = jobs[0]
+    assert harness.journal.approved_share() == 0.0
     harness.journal.approve(first.id, "operator")
+    # what the receiver's capacity is scaled by: one of the cohort's jobs and the alert's
+    assert harness.journal.approved_share() == 1 / (len(jobs) + 1)
     harness.tick()
     assert harness.job(first.id).reason.startswith("outside the maintenance windows")  # type: ignore[union-attr]
     for operation in ("remove-certificates", "register-managed-computer", "update-vmm-certificate"):
@@ -273,3 +297,216 @@ def test_renew_ahead_in_dry_run_plans_and_changes_nothing(
     assert "planned" in {j.status for j in jobs}
     for operation in ("remove-certificates", "register-managed-computer", "update-vmm-certificate"):
         assert harness.fleet.count(operation) == 0
+
+
+class _Every(dict[tuple[str, str], Callable[[], None]]):
+    """HookRunner hooks that stay: every renewal's change step, not only the first."""
+
+    def pop(self, key: tuple[str, str], default: object = None) -> Any:
+        return self.get(key, default)
+
+
+def test_renew_ahead_finishes_when_projected_before_the_day_with_every_guard(
+    make_lab: Callable[..., RunningLab], tmp_path: Path
+) -> None:
+    """A big cohort of 17 computers and the VMM server, renewed for real over WinRM on a
+    compressed clock: each renewal takes five minutes of receiver time (the clock moves only
+    inside the change step), one at a time in a nightly half-hour window: three nights.
+    Started at its must-start-by, the cohort finishes where the projection said (within
+    10 % of the span),
+    before its day with the margin, and no renewal started outside the window or beside
+    another."""
+    lab = make_lab(fleet=CountingFleet(load_fleet("big-cohort", hosts=17)))
+    clock = FakeClock()
+    harness = make_harness(
+        lab,
+        tmp_path / "receiver",
+        clock=clock,
+        winrm_timeout="60s",
+        renew_ahead=True,
+        max_concurrent=1,
+        max_concurrent_per_vmm_server=1,
+        maintenance_windows=[{"start": "22:00", "end": "22:30"}],
+        assumed_renewal_duration="5m",
+    )
+    try:
+        rcfg = harness.config.receiver
+        assert rcfg is not None
+        vmm = lab_host("vmm01")
+        harness.runner.after = _Every(
+            {
+                (vmm, "register-managed-computer"): lambda: clock.advance(300),
+                (vmm, "update-vmm-certificate"): lambda: clock.advance(300),
+            }
+        )
+        holdings, errors = read_census(harness.runner, harness.inventory.inventory)
+        assert errors == {} and len(holdings) == 18
+        capacity = Capacity(1, 300.0, "assumed", rcfg.maintenance_windows)
+        views = harness.inventory.inventory.vmm_views
+        (plan,) = schedule(holdings, views, rcfg, capacity, clock())
+        assert plan.must_start_by is not None and not plan.due
+        clock.t = plan.must_start_by
+        (projection,) = project(group((h.computer.role, h.not_after) for h in holdings),
+                                capacity, clock(), rcfg.cohort_margin)  # fmt: skip
+        assert projection.finish is not None
+        start = clock()
+        ahead = RenewAhead(rcfg, harness.journal, lambda: capacity, clock)
+        assert ahead.run(holdings, views) == 18
+
+        for _ in range(200):  # bounded: 18 renewals and three nights
+            started = harness.engine.tick(wait=True)
+            if not harness.journal.active_jobs():
+                break
+            if not started:  # nothing may start before the window opens: go there
+                upcoming = next_window_start(rcfg.maintenance_windows, clock())
+                assert upcoming is not None
+                clock.t = upcoming
+        jobs = harness.journal.list_jobs(limit=100)
+        assert {(j.status, j.source) for j in jobs} == {("succeeded", "cohort")}
+        finished = max(j.finished_at or 0.0 for j in jobs)
+        assert abs(finished - projection.finish) <= 0.1 * (projection.finish - start)
+        assert finished <= projection.cohort.expires_at - rcfg.cohort_margin
+        attempts = sorted(
+            (a for j in jobs for a in harness.journal.attempts(j.id)), key=lambda a: a.started_at
+        )
+        assert len(attempts) == 18
+        nights = {datetime.fromtimestamp(a.started_at, UTC).date() for a in attempts}
+        assert len(nights) == 3
+        assert all(in_window(rcfg.maintenance_windows[0], a.started_at) for a in attempts)
+        for before, after in itertools.pairwise(attempts):
+            assert before.finished_at is not None and before.finished_at <= after.started_at
+        assert attempts[-1].job_id == next(j.id for j in jobs if j.host == vmm)
+        assert {c["not_after"][:10] for c in lab.model.list_computers()} != {plan.day}
+    finally:
+        harness.close()
+
+
+RULES = Path(__file__).resolve().parents[2] / "alerts" / "vmm-certificates.rules.yml"
+
+
+def test_cohort_at_risk_fires_and_resolves_as_capacity_changes(
+    big_cohort: RunningLab, tmp_path: Path, promtool: Promtool
+) -> None:
+    """The big cohort, 29.5 days before its day, against three receivers: 2 at once in a
+    nightly 4-hour window (96 a day: finished after the day, critical), the same with a
+    1-hour window added (120 a day: inside the 7-day margin, warning), then max_concurrent
+    raised to 4 (240 a day: on time). Each receiver's published capacity, margin and census
+    go through the shipped rule in promtool, three hours each, with time shifted so that
+    promtool's minute 0 is the receivers' now; the receivers' own projections agree."""
+    base: dict[str, Any] = {
+        "mode": "dry-run",
+        "winrm_timeout": "120s",
+        "max_concurrent": 2,
+        "max_concurrent_per_vmm_server": 2,
+        "maintenance_windows": [{"start": "22:00", "end": "02:00"}],
+    }
+    widened = {
+        **base,
+        "maintenance_windows": [
+            {"start": "22:00", "end": "02:00"},
+            {"start": "12:00", "end": "13:00"},
+        ],
+    }
+    raised = {**widened, "max_concurrent": 4, "max_concurrent_per_vmm_server": 4}
+    expires = datetime(datetime.now(UTC).year + 1, 1, 1, tzinfo=UTC).timestamp()
+    clock = FakeClock(expires - 29.5 * DAY)
+    published: list[dict[str, float]] = []
+    risks: list[str] = []
+    census: dict[str, int] = {}
+    first: Receiver | None = None
+    for index, settings in enumerate((base, widened, raised)):
+        config = receiver_config(big_cohort, tmp_path / f"r{index}", **settings)
+        receiver = start_receiver(config, clock=clock, background=False)
+        try:
+            if first is None:
+                receiver.inventory.refresh()
+                first = receiver
+            else:  # the same fleet: the first receiver's census (3,001 reads) serves all
+                receiver.inventory.inventory = first.inventory.inventory
+                receiver.inventory.holdings = first.inventory.holdings
+            (projection,) = receiver.app.projections()
+            assert projection.cohort.expires_at == expires
+            risks.append(projection.risk)
+            census = dict(projection.cohort.by_role)
+            status, text = http("GET", receiver.url + "/metrics")
+            assert status == 200 and promtool.check_metrics(text).returncode == 0
+            published.append(
+                {
+                    s.name: s.value
+                    for f in text_string_to_metric_families(text)
+                    for s in f.samples
+                    if s.name.startswith(("vmm_renewal_capacity", "vmm_renewal_cohort"))
+                }
+            )
+        finally:
+            if receiver is not first:
+                receiver.stop()
+    assert first is not None
+    first.stop()
+    assert risks == ["critical", "warning", "ok"]
+    capacity = [p["vmm_renewal_capacity_per_day"] for p in published]
+    assert capacity == [96.0, 120.0, 240.0]
+    assert census == {"hyperv_host": 2910, "library_server": 90, "vmm_server": 1}
+    assert {p["vmm_renewal_cohort_computers_left"] for p in published} == {3001}
+
+    day, minutes = f"{datetime.now(UTC).year + 1}-01-01", 180
+    exporter = 'instance="e:9868",job="vmm-cert-exporter"'
+    receiver_labels = 'instance="r:9869",job="vmm-cert-receiver"'
+    series = [
+        (f'vmm_cert_collect_success{{{exporter},host="h",role="hyperv_host"}}', "1x540"),
+        *(
+            (f'vmm_cert_cohort_computers{{{exporter},cohort="{day}",role="{role}"}}', f"{n}x540")
+            for role, n in census.items()
+        ),
+        (
+            f'vmm_cert_cohort_expiry_timestamp_seconds{{{exporter},cohort="{day}"}}',
+            f"{expires - clock():.0f}x540",
+        ),
+        (f'vmm_receiver_info{{{receiver_labels},version="0",mode="dry-run"}}', "1x540"),
+        (
+            f'vmm_renewal_capacity_per_day{{{receiver_labels},duration_source="assumed"}}',
+            " ".join(f"{c:g}x{minutes - 1}" for c in capacity),
+        ),
+        (
+            f"vmm_renewal_cohort_margin_seconds{{{receiver_labels}}}",
+            f"{published[0]['vmm_renewal_cohort_margin_seconds']:.0f}x540",
+        ),
+    ]
+
+    def firing(*severities: str) -> list[dict[str, Any]]:
+        return [
+            {
+                "labels": (
+                    'ALERTS{alertname="VMMCertificateCohortAtRisk",alertstate="firing",'
+                    f'cohort="{day}",severity="{severity}"}}'
+                ),
+                "value": 1,
+            }
+            for severity in severities
+        ]
+
+    expr = 'ALERTS{alertname="VMMCertificateCohortAtRisk",alertstate="firing"}'
+    checks = [
+        ("59m", []),  # pending for its first hour
+        ("2h", firing("critical", "warning")),  # 96 a day: after the day
+        ("4h30m", firing("warning")),  # a window added: inside the margin
+        ("7h30m", []),  # max_concurrent raised: on time
+    ]
+    document = {
+        "rule_files": [str(RULES)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [{"series": s, "values": v} for s, v in series],
+                "promql_expr_test": [
+                    {"expr": expr, "eval_time": at, "exp_samples": samples}
+                    for at, samples in checks
+                ],
+            }
+        ],
+    }
+    test_file = tmp_path / "cohort-lab.test.yml"
+    test_file.write_text(yaml.safe_dump(document, sort_keys=False))
+    result = promtool.run("test", "rules", str(test_file))
+    assert result.returncode == 0, result.stdout

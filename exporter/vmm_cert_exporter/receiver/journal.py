@@ -1363,6 +1363,16 @@ class Journal:
         }
         return {hosts.get(r["host_key"], r["host_key"]): float(r["t"]) for r in rows}
 
+    def approved_share(self) -> float:
+        """The share of the active execute jobs a person approved (1.0 when there is none):
+        with require_approval, what the capacity is scaled by (docs/renewal.md#cohorts)."""
+        rows = self._read(
+            "SELECT COUNT(*) AS n, COUNT(approved_at) AS approved FROM jobs "
+            "WHERE finished_at IS NULL AND mode = 'execute'"
+        )
+        total, approved = int(rows[0]["n"]), int(rows[0]["approved"])
+        return 1.0 if total == 0 else approved / total
+
     def renewal_durations(self) -> dict[str, list[float]]:
         """Seconds each successful execute attempt took, by procedure: the measured cost of a
         renewal that capacity planning uses (docs/renewal.md#cohorts)."""

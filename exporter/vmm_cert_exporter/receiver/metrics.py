@@ -148,7 +148,8 @@ class ReceiverCollector(Collector):
         per_day = GaugeMetricFamily(
             "vmm_renewal_capacity_per_day",
             "Computers the receiver can renew per day: max_concurrent, the maintenance "
-            "windows and the pause switch, with the measured median renewal duration, or "
+            "windows, the pause switch and the approved share of its jobs (require_approval), "
+            "with the measured renewal duration per procedure, or "
             "receiver.assumed_renewal_duration before one is measured (duration_source).",
             labels=["duration_source"],
         )

@@ -52,6 +52,7 @@ from vmm_cert_exporter.http.limits import Limits
 from vmm_cert_exporter.http.server import HTTPServer
 from vmm_cert_exporter.http.tls_context import TLSSetupError, server_context
 from vmm_cert_exporter.http.wsgi import StartResponse
+from vmm_cert_exporter.receiver import planner
 from vmm_cert_exporter.receiver.actions import job_action, set_paused
 from vmm_cert_exporter.receiver.ahead import RenewAhead
 from vmm_cert_exporter.receiver.desk import Desk, is_desk_path
@@ -165,8 +166,22 @@ class ReceiverApp:
             assumed=config.assumed_renewal_duration,
             durations=self.journal.renewal_durations(),
             at=self.clock(),
+            mix=self._procedure_mix(),
+            approved_share=self.journal.approved_share() if config.require_approval else 1.0,
         )
         return used
+
+    def _procedure_mix(self) -> dict[str, int]:
+        """The census's computers left to renew (inside min_validity), by procedure."""
+        now = self.clock()
+        views = self.inventory.inventory.vmm_views
+        mix: dict[str, int] = {}
+        for holding in self.inventory.holdings:
+            if holding.not_after - now < self.config.min_validity:
+                procedure = planner.renewal_target(holding.computer, views).procedure
+                if procedure is not None:
+                    mix[procedure] = mix.get(procedure, 0) + 1
+        return mix
 
     def planning_capacity(self) -> Capacity:
         return self._capacity(planning=True)
@@ -448,7 +463,10 @@ class ReceiverApp:
                 "loaded": self.inventory.loaded.is_set(),
                 "computers": len(inventory.computers),
                 "discovery_errors": dict(self.inventory.errors),
+                "census_computers": len(self.inventory.holdings),
+                "census_errors": dict(self.inventory.census_errors),
             },
+            "renew_ahead": self.config.renew_ahead,
             "limits": {
                 "max_concurrent": self.config.max_concurrent,
                 "max_concurrent_per_vmm_server": self.config.max_concurrent_per_vmm_server,
