@@ -8,9 +8,8 @@ import http.client as httpclient
 import json
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import pytest
@@ -64,22 +63,9 @@ def token_of(page: str) -> str:
 
 
 @pytest.fixture
-def start(lab: RunningLab, tmp_path: Path) -> Iterator[Callable[..., Receiver]]:
-    started: list[Receiver] = []
-
-    def make(**receiver: Any) -> Receiver:
-        directory = tmp_path / f"r{len(started)}"
-        directory.mkdir()
-        users = [desk_user(directory, *ALICE), desk_user(directory, *BOB)]
-        config = receiver_config(lab, directory, interval="1h", desk_users=users, **receiver)
-        running = start_receiver(config, poll_interval=0.05)
-        assert running.inventory.loaded.wait(30)
-        started.append(running)
-        return running
-
-    yield make
-    for running in started:
-        running.stop()
+def desk_users(tmp_path: Path) -> list[dict[str, str]]:
+    """alice and bob, as ``receiver.desk_users`` entries."""
+    return [desk_user(tmp_path, *ALICE), desk_user(tmp_path, *BOB)]
 
 
 def wait_for(receiver: Receiver, job_id: int, status: str, timeout: float = 30.0) -> None:
@@ -93,9 +79,9 @@ def wait_for(receiver: Receiver, job_id: int, status: str, timeout: float = 30.0
 
 
 def test_desk_signs_in_shows_the_banner_and_escapes_what_hosts_and_webhooks_sent(
-    start: Callable[..., Receiver],
+    start: Callable[..., Receiver], desk_users: list[dict[str, str]]
 ) -> None:
-    receiver = start(require_approval=True)
+    receiver = start(require_approval=True, desk_users=desk_users)
     status, headers, page = request(receiver, "GET", "/", user=None)
     assert status == 401 and headers["WWW-Authenticate"].startswith("Basic realm=")
     assert request(receiver, "GET", "/", user=("alice", "wrong"))[0] == 401
@@ -126,9 +112,9 @@ def _payload(*hosts: str) -> bytes:
 
 
 def test_approve_from_the_desk_runs_the_job_and_journals_who(
-    start: Callable[..., Receiver],
+    start: Callable[..., Receiver], desk_users: list[dict[str, str]]
 ) -> None:
-    receiver = start(require_approval=True)
+    receiver = start(require_approval=True, desk_users=desk_users)
     status, answer = http(
         "POST", receiver.url + "/alertmanager", _payload(lab_host("hv36"), lab_host("hv37")), auth()
     )
@@ -183,8 +169,10 @@ def test_approve_from_the_desk_runs_the_job_and_journals_who(
     assert not state.paused and state.by == "bob"
 
 
-def test_forged_posts_change_nothing_and_say_why(start: Callable[..., Receiver]) -> None:
-    receiver = start(require_approval=True)
+def test_forged_posts_change_nothing_and_say_why(
+    start: Callable[..., Receiver], desk_users: list[dict[str, str]]
+) -> None:
+    receiver = start(require_approval=True, desk_users=desk_users)
     status, answer = http(
         "POST", receiver.url + "/alertmanager", _payload(lab_host("hv36")), auth()
     )
