@@ -230,6 +230,12 @@ def test_desk_users_are_bcrypt_hashes(lab: RunningLab, tmp_path: Path) -> None:
     message = str(caught.value)
     assert "receiver.desk_users[0].password_hash_file" in message
     assert "bcrypt hash" in message and "hunter2" not in message
+    # the token's identity in the journal is not a name a person may take
+    hashed = desk_user(tmp_path, "x", "a-password")["password_hash_file"]
+    entry = f"  desk_users:\n  - username: bearer\n    password_hash_file: {hashed}\n"
+    Path(path).write_text(text.replace("receiver:\n", "receiver:\n" + entry, 1))
+    with pytest.raises(ConfigError, match=r"desk_users\[0\]\.username: bearer is the identity"):
+        load_config(path)
 
 
 def test_a_thousand_waiting_jobs_page_by_a_hundred_under_200_kb(

@@ -228,11 +228,14 @@ class Desk:
         match = _JOB.fullmatch(path)
         if path not in ("/pause", "/resume") and (match is None or match.group(2) is None):
             raise Refused("405 Method Not Allowed", "this page only reads; its buttons act")
-        self._same_origin(environ)
-        token = self._token(environ, read_body)
-        refusal = self.csrf.refusal(identity, token)
+        refusal = self._cross_site(environ) or self.csrf.refusal(
+            identity, self._token(environ, read_body)
+        )
         if refusal is not None:
-            log.warning("desk action refused", extra={"path": path[:100], "by": identity})
+            log.warning(
+                "desk action refused",
+                extra={"path": path[:100], "by": identity, "reason": refusal},
+            )
             raise Refused("403 Forbidden", f"refused, nothing was changed: {refusal}")
         if match is None:
             set_paused(self.journal, self.engine, path == "/pause", identity)
@@ -248,22 +251,16 @@ class Desk:
         return self._see_other(start_response, f"/jobs/{job_id}")
 
     @staticmethod
-    def _same_origin(environ: dict[str, Any]) -> None:
+    def _cross_site(environ: dict[str, Any]) -> str | None:
+        """Why the browser says another site sent this form, or None."""
         site = environ.get("HTTP_SEC_FETCH_SITE")
         if site is not None and site != "same-origin":
-            raise Refused(
-                "403 Forbidden",
-                f"refused, nothing was changed: the form came from another site ({site[:40]})",
-            )
+            return f"the form came from another site ({site[:40]})"
         origin = environ.get("HTTP_ORIGIN")
-        if origin is not None:
-            own = f"{environ.get('wsgi.url_scheme', 'http')}://{environ.get('HTTP_HOST', '')}"
-            if origin != own:
-                raise Refused(
-                    "403 Forbidden",
-                    f"refused, nothing was changed: the form came from {origin[:100]}, "
-                    f"not from the desk ({own[:100]})",
-                )
+        own = f"{environ.get('wsgi.url_scheme', 'http')}://{environ.get('HTTP_HOST', '')}"
+        if origin is not None and origin != own:
+            return f"the form came from {origin[:100]}, not from the desk ({own[:100]})"
+        return None
 
     @staticmethod
     def _token(environ: dict[str, Any], read_body: Callable[[], bytes]) -> str | None:
