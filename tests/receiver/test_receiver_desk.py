@@ -86,6 +86,12 @@ def test_desk_signs_in_shows_the_banner_and_escapes_what_hosts_and_webhooks_sent
     assert status == 401 and headers["WWW-Authenticate"].startswith("Basic realm=")
     assert request(receiver, "GET", "/", user=("alice", "wrong"))[0] == 401
     assert request(receiver, "GET", "/", user=("mallory", "x"))[0] == 401
+    # while a bcrypt runs, a new sign-in is told to retry instead of holding a handler thread;
+    # credentials already checked are not
+    with receiver.app.desk._bcrypt:
+        status, headers, _ = request(receiver, "GET", "/", user=("mallory", "y"))
+        assert status == 429 and headers["Retry-After"] == "1"
+        assert request(receiver, "GET", "/", user=("alice", "wrong"))[0] == 401
     # a hostile label, refused (no such host), comes back escaped
     hostile = '<script>alert("x")</script>.lab.example'
     status, _ = http("POST", receiver.url + "/alertmanager", _payload(hostile), auth())
@@ -258,3 +264,26 @@ def test_a_thousand_waiting_jobs_page_by_a_hundred_under_200_kb(
         assert request(receiver, "GET", "/?page=x")[0] == 400
     finally:
         receiver.stop()
+
+
+def test_a_dry_run_job_page_shows_the_procedure_why_and_the_planned_steps(
+    start: Callable[..., Receiver], desk_users: list[dict[str, str]]
+) -> None:
+    receiver = start(mode="dry-run", desk_users=desk_users)
+    status, answer = http(
+        "POST", receiver.url + "/alertmanager", _payload(lab_host("hv36")), auth()
+    )
+    job_id = answer["alerts"][0]["job_id"]
+    wait_for(receiver, job_id, "planned")
+    page = request(receiver, "GET", "/")[2]
+    assert '<span class="mode">DRY-RUN</span>' in page and "changes nothing" in page
+    status, _, detail = request(receiver, "GET", f"/jobs/{job_id}")
+    assert status == 200
+    job = receiver.journal.get(job_id)
+    assert job is not None and job.plan is not None
+    plan = detail.split('<section id="plan">', 1)[1].split("</section>", 1)[0]
+    assert f"<dd>{job.plan['why']}</dd>" in plan and "<dd>remove-register</dd>" in plan
+    assert "In execute mode</dt><dd>start at once" in plan
+    assert all(f"<li>{p}</li>" in plan for p in job.plan["problems"]) and job.plan["problems"]
+    assert 'id="planned-steps"' in plan and "<td>register-managed-computer</td>" in plan
+    assert f"/jobs/{job_id}/approve" not in detail  # a dry run has nothing to approve
