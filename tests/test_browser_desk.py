@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, Route
 
+from vmm_cert_exporter.config import load_config
 from vmm_cert_exporter.receiver.service import Receiver, start_receiver
 from vmm_cert_lab.fleet.runner import RunningLab
 from vmm_cert_lab.fleet.scenario import lab_host
-from vmm_cert_lab.receiver_config import desk_user
-from vmm_cert_lab.receiver_testing import alert, auth, http, payload, receiver_config
+from vmm_cert_lab.receiver_config import desk_user, write_lab_receiver_config
+from vmm_cert_lab.receiver_testing import TOKEN, alert, auth, http, payload
 
 pytestmark = pytest.mark.e2e
 
@@ -25,14 +26,19 @@ ALICE = ("alice", "alice-desk-password")
 @pytest.fixture
 def receiver(lab: RunningLab, tmp_path: Path) -> Iterator[Receiver]:
     """Execute mode against the lab, every job waiting for approval, alice a desk user."""
-    config = receiver_config(
+    path = write_lab_receiver_config(
         lab,
-        tmp_path,
-        interval="1h",
-        require_approval=True,
-        desk_users=[desk_user(tmp_path, *ALICE)],
+        tmp_path / "receiver.yml",
+        token=TOKEN,
+        receiver={
+            "require_approval": True,
+            "desk_users": [desk_user(tmp_path, *ALICE)],
+        },
+        # beside a browser on two busy cores, the lab may answer slowly
+        winrm={"timeout": "30s"},
+        collection={"interval": "1h"},
     )
-    running = start_receiver(config, poll_interval=0.05)
+    running = start_receiver(load_config(path), poll_interval=0.05)
     try:
         assert running.inventory.loaded.wait(30)
         yield running
@@ -76,6 +82,7 @@ def test_approve_in_the_desk_runs_the_job_to_success_without_javascript(
     assert page.url == f"{receiver.url}/jobs/{job_id}"
     deadline = time.monotonic() + 60
     while _status(page) != "succeeded":
+        assert _status(page) != "failed", page.locator(".job-status").inner_text()
         assert time.monotonic() < deadline, _status(page)
         time.sleep(0.2)
         page.reload()

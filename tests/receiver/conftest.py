@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
+from vmm_cert_exporter.receiver.service import Receiver, start_receiver
 from vmm_cert_lab.fleet.runner import RunningLab
 from vmm_cert_lab.fleet.scenario import load_fleet
-from vmm_cert_lab.receiver_testing import CountingFleet, Harness, make_harness
+from vmm_cert_lab.receiver_testing import CountingFleet, Harness, make_harness, receiver_config
 
 
 @pytest.fixture(autouse=True)
@@ -64,3 +65,23 @@ def harness_factory(lab: RunningLab, tmp_path: Path) -> Iterator[Callable[..., H
 def harness(harness_factory: Callable[..., Harness]) -> Harness:
     """Execute mode, defaults otherwise (backoff 1h..32h, cooldown 6h), fake clock at now."""
     return harness_factory()
+
+
+@pytest.fixture
+def start(lab: RunningLab, tmp_path: Path) -> Iterator[Callable[..., Receiver]]:
+    """``start(**receiver_keys)``: a running receiver (HTTP, engine, discovery) on this test's
+    lab, its inventory loaded; stopped when the test ends."""
+    started: list[Receiver] = []
+
+    def make(**receiver: Any) -> Receiver:
+        directory = tmp_path / f"r{len(started)}"
+        directory.mkdir()
+        config = receiver_config(lab, directory, interval="1h", **receiver)
+        running = start_receiver(config, poll_interval=0.05)
+        assert running.inventory.loaded.wait(30)
+        started.append(running)
+        return running
+
+    yield make
+    for running in started:
+        running.stop()

@@ -11,7 +11,7 @@ import ssl
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,24 +61,6 @@ def wait_idle(receiver: Receiver, timeout: float = 30.0) -> None:
             return
         time.sleep(0.05)
     raise TimeoutError([(j.host, j.status) for j in receiver.journal.active_jobs()])
-
-
-@pytest.fixture
-def start(lab: RunningLab, tmp_path: Path) -> Iterator[Callable[..., Receiver]]:
-    started: list[Receiver] = []
-
-    def make(**receiver: Any) -> Receiver:
-        directory = tmp_path / f"r{len(started)}"
-        directory.mkdir()
-        config = receiver_config(lab, directory, interval="1h", **receiver)
-        running = start_receiver(config, poll_interval=0.05)
-        assert running.inventory.loaded.wait(30)
-        started.append(running)
-        return running
-
-    yield make
-    for running in started:
-        running.stop()
 
 
 def test_jobs_api_and_metrics(start: Callable[..., Receiver], promtool: Promtool) -> None:

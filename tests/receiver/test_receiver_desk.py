@@ -8,9 +8,8 @@ import http.client as httpclient
 import json
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import pytest
@@ -64,22 +63,9 @@ def token_of(page: str) -> str:
 
 
 @pytest.fixture
-def start(lab: RunningLab, tmp_path: Path) -> Iterator[Callable[..., Receiver]]:
-    started: list[Receiver] = []
-
-    def make(**receiver: Any) -> Receiver:
-        directory = tmp_path / f"r{len(started)}"
-        directory.mkdir()
-        users = [desk_user(directory, *ALICE), desk_user(directory, *BOB)]
-        config = receiver_config(lab, directory, interval="1h", desk_users=users, **receiver)
-        running = start_receiver(config, poll_interval=0.05)
-        assert running.inventory.loaded.wait(30)
-        started.append(running)
-        return running
-
-    yield make
-    for running in started:
-        running.stop()
+def desk_users(tmp_path: Path) -> list[dict[str, str]]:
+    """alice and bob, as ``receiver.desk_users`` entries."""
+    return [desk_user(tmp_path, *ALICE), desk_user(tmp_path, *BOB)]
 
 
 def wait_for(receiver: Receiver, job_id: int, status: str, timeout: float = 30.0) -> None:
@@ -93,13 +79,19 @@ def wait_for(receiver: Receiver, job_id: int, status: str, timeout: float = 30.0
 
 
 def test_desk_signs_in_shows_the_banner_and_escapes_what_hosts_and_webhooks_sent(
-    start: Callable[..., Receiver],
+    start: Callable[..., Receiver], desk_users: list[dict[str, str]]
 ) -> None:
-    receiver = start(require_approval=True)
+    receiver = start(require_approval=True, desk_users=desk_users)
     status, headers, page = request(receiver, "GET", "/", user=None)
     assert status == 401 and headers["WWW-Authenticate"].startswith("Basic realm=")
     assert request(receiver, "GET", "/", user=("alice", "wrong"))[0] == 401
     assert request(receiver, "GET", "/", user=("mallory", "x"))[0] == 401
+    # while a bcrypt runs, a new sign-in is told to retry instead of holding a handler thread;
+    # credentials already checked are not
+    with receiver.app.desk._bcrypt:
+        status, headers, _ = request(receiver, "GET", "/", user=("mallory", "y"))
+        assert status == 429 and headers["Retry-After"] == "1"
+        assert request(receiver, "GET", "/", user=("alice", "wrong"))[0] == 401
     # a hostile label, refused (no such host), comes back escaped
     hostile = '<script>alert("x")</script>.lab.example'
     status, _ = http("POST", receiver.url + "/alertmanager", _payload(hostile), auth())
@@ -126,9 +118,9 @@ def _payload(*hosts: str) -> bytes:
 
 
 def test_approve_from_the_desk_runs_the_job_and_journals_who(
-    start: Callable[..., Receiver],
+    start: Callable[..., Receiver], desk_users: list[dict[str, str]]
 ) -> None:
-    receiver = start(require_approval=True)
+    receiver = start(require_approval=True, desk_users=desk_users)
     status, answer = http(
         "POST", receiver.url + "/alertmanager", _payload(lab_host("hv36"), lab_host("hv37")), auth()
     )
@@ -183,8 +175,10 @@ def test_approve_from_the_desk_runs_the_job_and_journals_who(
     assert not state.paused and state.by == "bob"
 
 
-def test_forged_posts_change_nothing_and_say_why(start: Callable[..., Receiver]) -> None:
-    receiver = start(require_approval=True)
+def test_forged_posts_change_nothing_and_say_why(
+    start: Callable[..., Receiver], desk_users: list[dict[str, str]]
+) -> None:
+    receiver = start(require_approval=True, desk_users=desk_users)
     status, answer = http(
         "POST", receiver.url + "/alertmanager", _payload(lab_host("hv36")), auth()
     )
@@ -242,6 +236,12 @@ def test_desk_users_are_bcrypt_hashes(lab: RunningLab, tmp_path: Path) -> None:
     message = str(caught.value)
     assert "receiver.desk_users[0].password_hash_file" in message
     assert "bcrypt hash" in message and "hunter2" not in message
+    # the token's identity in the journal is not a name a person may take
+    hashed = desk_user(tmp_path, "x", "a-password")["password_hash_file"]
+    entry = f"  desk_users:\n  - username: bearer\n    password_hash_file: {hashed}\n"
+    Path(path).write_text(text.replace("receiver:\n", "receiver:\n" + entry, 1))
+    with pytest.raises(ConfigError, match=r"desk_users\[0\]\.username: bearer is the identity"):
+        load_config(path)
 
 
 def test_a_thousand_waiting_jobs_page_by_a_hundred_under_200_kb(
@@ -264,3 +264,26 @@ def test_a_thousand_waiting_jobs_page_by_a_hundred_under_200_kb(
         assert request(receiver, "GET", "/?page=x")[0] == 400
     finally:
         receiver.stop()
+
+
+def test_a_dry_run_job_page_shows_the_procedure_why_and_the_planned_steps(
+    start: Callable[..., Receiver], desk_users: list[dict[str, str]]
+) -> None:
+    receiver = start(mode="dry-run", desk_users=desk_users)
+    status, answer = http(
+        "POST", receiver.url + "/alertmanager", _payload(lab_host("hv36")), auth()
+    )
+    job_id = answer["alerts"][0]["job_id"]
+    wait_for(receiver, job_id, "planned")
+    page = request(receiver, "GET", "/")[2]
+    assert '<span class="mode">DRY-RUN</span>' in page and "changes nothing" in page
+    status, _, detail = request(receiver, "GET", f"/jobs/{job_id}")
+    assert status == 200
+    job = receiver.journal.get(job_id)
+    assert job is not None and job.plan is not None
+    plan = detail.split('<section id="plan">', 1)[1].split("</section>", 1)[0]
+    assert f"<dd>{job.plan['why']}</dd>" in plan and "<dd>remove-register</dd>" in plan
+    assert "In execute mode</dt><dd>start at once" in plan
+    assert all(f"<li>{p}</li>" in plan for p in job.plan["problems"]) and job.plan["problems"]
+    assert 'id="planned-steps"' in plan and "<td>register-managed-computer</td>" in plan
+    assert f"/jobs/{job_id}/approve" not in detail  # a dry run has nothing to approve

@@ -294,6 +294,13 @@ def _desk_password_hash(section: Section, slot: Slot) -> Secret:
     return Secret(hashed.reveal().strip())
 
 
+def _not_the_token(section: Section, at: Located, username: str) -> None:
+    if username == "bearer":
+        # the journal records the token's holder as "bearer": a person of that name would
+        # be indistinguishable from it in the audit trail
+        section.document.fail_at(at, "bearer is the identity of the token; choose another name")
+
+
 @dataclass(frozen=True)
 class DeskUser:
     """One person who may use the receiver desk (``/`` in a browser), by Basic auth."""
@@ -302,7 +309,7 @@ class DeskUser:
         metadata=text(
             "the user name; approvals and pauses are journaled under it",
             what="a user name",
-            checks=(_no_colon,),
+            checks=(_no_colon, _not_the_token),
         )
     )
     password_hash: Secret = field(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import Callable
 from importlib import resources
 from typing import Any, Final
@@ -88,6 +89,7 @@ class Desk:
         self.csrf = csrf or CsrfTokens()
         hashes = {u.username: u.password_hash for u in config.desk_users}
         self.users = BcryptUsers(hashes) if hashes else None
+        self._bcrypt = threading.Lock()
 
     # ---- who --------------------------------------------------------------------------------
 
@@ -96,7 +98,8 @@ class Desk:
 
         bcrypt runs here, in the handler's thread, once per distinct header: outcomes are
         cached (``BcryptUsers``), so a browser sending the same credentials again costs an
-        HMAC.
+        HMAC. One bcrypt at a time; a sign-in arriving while one runs is answered 429 at once
+        rather than holding a handler thread that the webhook may need.
         """
         known = environ.get("REMOTE_USER")  # the HTTP layer checked the receiver's own
         if known:
@@ -108,7 +111,12 @@ class Desk:
             return None
         ok = self.users.cached(attempt)
         if ok is None:
-            ok = self.users.verify(attempt)  # an unknown user costs a bcrypt too (timing)
+            if not self._bcrypt.acquire(blocking=False):
+                raise Refused("429 Too Many Requests", "another sign-in is being checked: retry")
+            try:
+                ok = self.users.verify(attempt)  # an unknown user costs a bcrypt too (timing)
+            finally:
+                self._bcrypt.release()
         return attempt.user.decode("utf-8", "replace") if ok else None
 
     # ---- requests ---------------------------------------------------------------------------
@@ -123,7 +131,15 @@ class Desk:
         method = environ.get("REQUEST_METHOD", "GET")
         if path == "/desk.css":
             return self._answer(start_response, "200 OK", _CSS, "text/css; charset=utf-8")
-        identity = self.identity(environ)
+        try:
+            identity = self.identity(environ)
+        except Refused as exc:
+            return self._html(
+                start_response,
+                exc.status,
+                desk_html.message_page(exc.status[4:], exc.message, identity=None),
+                [("Retry-After", "1")],
+            )
         if identity is None:
             hint = (
                 "sign in with a desk user (receiver.desk_users)"
@@ -155,7 +171,10 @@ class Desk:
     def _get(self, path: str, query: str, identity: str) -> str:
         token = self.csrf.token(identity)
         if path == "/":
-            page = parse_qs(query, max_num_fields=5).get("page", ["1"])[0]
+            try:
+                page = parse_qs(query, max_num_fields=5).get("page", ["1"])[0]
+            except ValueError:  # more fields than max_num_fields
+                page = ""
             if not page.isdigit() or not 1 <= int(page) <= 100_000:
                 raise Refused("400 Bad Request", "page must be a number from 1")
             return self.desk(identity, token, int(page))
@@ -228,11 +247,14 @@ class Desk:
         match = _JOB.fullmatch(path)
         if path not in ("/pause", "/resume") and (match is None or match.group(2) is None):
             raise Refused("405 Method Not Allowed", "this page only reads; its buttons act")
-        self._same_origin(environ)
-        token = self._token(environ, read_body)
-        refusal = self.csrf.refusal(identity, token)
+        refusal = self._cross_site(environ) or self.csrf.refusal(
+            identity, self._token(environ, read_body)
+        )
         if refusal is not None:
-            log.warning("desk action refused", extra={"path": path[:100], "by": identity})
+            log.warning(
+                "desk action refused",
+                extra={"path": path[:100], "by": identity, "reason": refusal},
+            )
             raise Refused("403 Forbidden", f"refused, nothing was changed: {refusal}")
         if match is None:
             set_paused(self.journal, self.engine, path == "/pause", identity)
@@ -248,22 +270,16 @@ class Desk:
         return self._see_other(start_response, f"/jobs/{job_id}")
 
     @staticmethod
-    def _same_origin(environ: dict[str, Any]) -> None:
+    def _cross_site(environ: dict[str, Any]) -> str | None:
+        """Why the browser says another site sent this form, or None."""
         site = environ.get("HTTP_SEC_FETCH_SITE")
         if site is not None and site != "same-origin":
-            raise Refused(
-                "403 Forbidden",
-                f"refused, nothing was changed: the form came from another site ({site[:40]})",
-            )
+            return f"the form came from another site ({site[:40]})"
         origin = environ.get("HTTP_ORIGIN")
-        if origin is not None:
-            own = f"{environ.get('wsgi.url_scheme', 'http')}://{environ.get('HTTP_HOST', '')}"
-            if origin != own:
-                raise Refused(
-                    "403 Forbidden",
-                    f"refused, nothing was changed: the form came from {origin[:100]}, "
-                    f"not from the desk ({own[:100]})",
-                )
+        own = f"{environ.get('wsgi.url_scheme', 'http')}://{environ.get('HTTP_HOST', '')}"
+        if origin is not None and origin != own:
+            return f"the form came from {origin[:100]}, not from the desk ({own[:100]})"
+        return None
 
     @staticmethod
     def _token(environ: dict[str, Any], read_body: Callable[[], bytes]) -> str | None:

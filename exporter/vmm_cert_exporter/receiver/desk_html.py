@@ -69,7 +69,8 @@ class Banner:
     inventory_loaded: bool
 
 
-def page(title: str, body: str, *, identity: str) -> str:
+def page(title: str, body: str, *, identity: str | None) -> str:
+    who = "" if identity is None else f'<span class="who">signed in as <b>{_e(identity)}</b></span>'
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
@@ -78,11 +79,11 @@ def page(title: str, body: str, *, identity: str) -> str:
         # no favicon request: it would ask the API, which answers a browser 401
         '<link rel="icon" href="data:,"><link rel="stylesheet" href="/desk.css"></head><body>'
         '<header class="top"><a class="brand" href="/">Renewal desk</a>'
-        f'<span class="who">signed in as <b>{_e(identity)}</b></span>'
+        f"{who}"
         f'<span class="version">vmm-cert-exporter {_e(__version__)}</span></header>'
         f"<main>{body}</main>"
-        '<footer><a href="/api/status">status (JSON)</a> · <a href="/api/jobs">jobs (JSON)</a>'
-        ' · <a href="/metrics">/metrics</a></footer>'
+        # the JSON API takes the receiver's token, not a desk user: docs/renewal.md#api
+        '<footer><a href="/metrics">/metrics</a></footer>'
         "</body></html>\n"
     )
 
@@ -164,31 +165,46 @@ def _status_cell(item: DeskJob) -> str:
     return f'<span class="status s-{_e(css)}">{_e(words)}</span>'
 
 
+Cell = str | tuple[str, str]  # the cell's HTML, or (its CSS class, its HTML)
+
+
+def _tr(*cells: Cell, attrs: str = "") -> str:
+    out = []
+    for cell in cells:
+        css, html = cell if isinstance(cell, tuple) else ("", cell)
+        out.append(f'<td class="{css}">{html}</td>' if css else f"<td>{html}</td>")
+    return f"<tr{attrs}>{''.join(out)}</tr>"
+
+
+def _table(headers: Sequence[str], rows: Iterable[str], *, ident: str = "", css: str = "") -> str:
+    """A table of ``rows`` (``_tr``); ``headers`` are plain text."""
+    attrs = (f' id="{ident}"' if ident else "") + (f' class="{css}"' if css else "")
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    return f"<table{attrs}><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
 def jobs_table(jobs: Sequence[DeskJob], token: str) -> str:
     if not jobs:
         return (
             '<p class="empty">No jobs yet: the receiver has not been sent an alert it acts on.</p>'
         )
-    rows = []
-    for item in jobs:
-        job = item.job
-        rows.append(
-            f'<tr class="{"active" if job.active else "finished"}" data-job="{job.id}">'
-            f'<td><a href="/jobs/{job.id}">#{job.id}</a></td>'
-            f"<td>{_e(job.host)}</td>"
-            f"<td>{_status_cell(item)}</td>"
-            f"<td>{_e(job.mode)}</td>"
-            f"<td>{_e(job.procedure)}</td>"
-            f'<td class="reason">{_e(job.reason or "")}</td>'
-            f"<td>{_when(job.next_attempt_at) if job.active else '—'}</td>"
-            f"<td>{_when(job.updated_at)}</td>"
-            f'<td class="actions">{_actions(item, token)}</td></tr>'
+    rows = (
+        _tr(
+            f'<a href="/jobs/{i.job.id}">#{i.job.id}</a>',
+            _e(i.job.host),
+            _status_cell(i),
+            _e(i.job.mode),
+            _e(i.job.procedure),
+            ("reason", _e(i.job.reason or "")),
+            _when(i.job.next_attempt_at) if i.job.active else "—",
+            _when(i.job.updated_at),
+            ("actions", _actions(i, token)),
+            attrs=f' class="{"active" if i.job.active else "finished"}" data-job="{i.job.id}"',
         )
-    return (
-        '<table class="jobs" id="jobs"><thead><tr><th>Job</th><th>Host</th><th>Status</th>'
-        "<th>Mode</th><th>Procedure</th><th>Reason</th><th>Next attempt</th><th>Updated</th>"
-        f"<th>Actions</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        for i in jobs
     )
+    headers = ("Job", "Host", "Status", "Mode", "Procedure", "Reason", "Next attempt", "Updated")
+    return _table((*headers, "Actions"), rows, ident="jobs", css="jobs")
 
 
 def _pager(paging: Paging) -> str:
@@ -206,15 +222,17 @@ def _pager(paging: Paging) -> str:
 def refusals_table(alerts: Sequence[dict[str, Any]]) -> str:
     if not alerts:
         return '<p class="empty">No alert was refused.</p>'
-    rows = "".join(
-        f"<tr><td>{_stamp(a['received_at'])}</td><td>{_e(a['alertname'])}</td><td>{_e(a['host'])}</td>"
-        f'<td>{_e(a["status"])}</td><td class="reason">{_e(a["reason"])}</td></tr>'
+    rows = (
+        _tr(
+            _stamp(a["received_at"]),
+            _e(a["alertname"]),
+            _e(a["host"]),
+            _e(a["status"]),
+            ("reason", _e(a["reason"])),
+        )
         for a in alerts
     )
-    return (
-        '<table id="refusals"><thead><tr><th>Received</th><th>Alert</th><th>Host</th>'
-        f"<th>Status</th><th>Why refused</th></tr></thead><tbody>{rows}</tbody></table>"
-    )
+    return _table(("Received", "Alert", "Host", "Status", "Why refused"), rows, ident="refusals")
 
 
 def events_table(events: Sequence[dict[str, Any]], *, with_job: bool = False) -> str:
@@ -222,22 +240,12 @@ def events_table(events: Sequence[dict[str, Any]], *, with_job: bool = False) ->
         return '<p class="empty">Nothing journaled yet.</p>'
     rows = []
     for ev in reversed(events):  # newest first
-        job = ""
-        if with_job:
-            job_id = ev.get("job_id")
-            job = (
-                f'<td><a href="/jobs/{int(job_id)}">#{int(job_id)}</a></td>'
-                if job_id
-                else "<td>—</td>"
-            )
-        rows.append(
-            f"<tr><td>{_stamp(ev['at'])}</td>{job}<td>{_e(ev['kind'])}</td><td>{_e(ev['message'])}</td></tr>"
-        )
-    head = "<th>When</th>" + ("<th>Job</th>" if with_job else "") + "<th>What</th><th>Detail</th>"
-    return (
-        f'<table class="events"><thead><tr>{head}</tr></thead>'
-        f"<tbody>{''.join(rows)}</tbody></table>"
-    )
+        job_id = ev.get("job_id")
+        job = f'<a href="/jobs/{int(job_id)}">#{int(job_id)}</a>' if job_id else "—"
+        cells = (_stamp(ev["at"]), *((job,) if with_job else ()), _e(ev["kind"]))
+        rows.append(_tr(*cells, _e(ev["message"])))
+    headers = ("When", *(("Job",) if with_job else ()), "What", "Detail")
+    return _table(headers, rows, css="events")
 
 
 def desk_page(
@@ -275,17 +283,18 @@ def desk_page(
 def _certificates(certs: Sequence[dict[str, Any]] | None, ident: str) -> str:
     if not certs:
         return f'<p class="empty" id="{ident}">None read.</p>'
-    rows = "".join(
-        f"<tr><td><code>{_e(c.get('thumbprint'))}</code></td><td>{_e(c.get('not_before'))}</td>"
-        f"<td>{_e(c.get('not_after'))}</td><td>{_e(c.get('friendly_name'))}</td>"
-        f"<td>{'yes' if c.get('trusted') else 'no'}</td></tr>"
+    rows = (
+        _tr(
+            f"<code>{_e(c.get('thumbprint'))}</code>",
+            _e(c.get("not_before")),
+            _e(c.get("not_after")),
+            _e(c.get("friendly_name")),
+            "yes" if c.get("trusted") else "no",
+        )
         for c in certs
     )
-    return (
-        f'<table id="{ident}"><thead><tr><th>Thumbprint</th><th>NotBefore</th><th>NotAfter</th>'
-        f"<th>Friendly name</th><th>In VMM's TrustedPeople</th></tr></thead><tbody>{rows}"
-        "</tbody></table>"
-    )
+    headers = ("Thumbprint", "NotBefore", "NotAfter", "Friendly name", "In VMM's TrustedPeople")
+    return _table(headers, rows, ident=ident)
 
 
 def _result(value: Any) -> str:
@@ -300,33 +309,37 @@ def _result(value: Any) -> str:
 def _steps(steps: Sequence[Step]) -> str:
     if not steps:
         return '<p class="empty" id="steps">No step has run.</p>'
-    rows = "".join(
-        f"<tr><td>{s.attempt}</td><td>{_e(s.name)}</td><td>{_e(s.target)}</td>"
-        f'<td><span class="status s-{_e(s.status)}">{_e(s.status)}</span></td>'
-        f'<td class="reason">{_e(s.detail or "")}</td><td>{_result(s.result)}</td>'
-        f"<td>{_when(s.started_at)}</td><td>{_when(s.finished_at)}</td></tr>"
+    rows = (
+        _tr(
+            str(s.attempt),
+            _e(s.name),
+            _e(s.target),
+            f'<span class="status s-{_e(s.status)}">{_e(s.status)}</span>',
+            ("reason", _e(s.detail or "")),
+            _result(s.result),
+            _when(s.started_at),
+            _when(s.finished_at),
+        )
         for s in steps
     )
-    return (
-        '<table id="steps"><thead><tr><th>Attempt</th><th>Step</th><th>Target</th><th>Result</th>'
-        "<th>Detail</th><th>Read back</th><th>Started</th><th>Finished</th></tr></thead>"
-        f"<tbody>{rows}</tbody></table>"
-    )
+    headers = ("Attempt", "Step", "Target", "Result", "Detail", "Read back", "Started", "Finished")
+    return _table(headers, rows, ident="steps")
 
 
 def _planned_steps(plan: dict[str, Any]) -> str:
-    steps = plan.get("steps") or []
+    steps = [s for s in plan.get("steps") or [] if isinstance(s, dict)]
     if not steps:
         return ""
-    rows = "".join(
-        f"<tr><td>{_e(s.get('name'))}</td><td>{_e(s.get('target'))}</td>"
-        f'<td class="reason">{_e(s.get("skip_reason") or "runs")}</td></tr>'
+    rows = (
+        _tr(
+            _e(s.get("name")),
+            _e(s.get("target")),
+            ("reason", _e(s.get("skip_reason") or "runs")),
+        )
         for s in steps
-        if isinstance(s, dict)
     )
-    return (
-        '<h3>Planned steps</h3><table id="planned-steps"><thead><tr><th>Step</th><th>Target</th>'
-        f"<th>Runs or why skipped</th></tr></thead><tbody>{rows}</tbody></table>"
+    return "<h3>Planned steps</h3>" + _table(
+        ("Step", "Target", "Runs or why skipped"), rows, ident="planned-steps"
     )
 
 
@@ -356,31 +369,37 @@ def _plan(job: Job) -> str:
 def _attempts(attempts: Sequence[Attempt]) -> str:
     if not attempts:
         return '<p class="empty">No attempt yet.</p>'
-    rows = "".join(
-        f"<tr><td>{a.attempt}</td><td>{_e(a.kind)}</td><td>{_e(a.result or 'running')}</td>"
-        f'<td>{_e(a.failed_step or "")}</td><td class="reason">{_e(a.reason or "")}</td>'
-        f"<td>{_when(a.started_at)}</td><td>{_when(a.finished_at)}</td></tr>"
+    rows = (
+        _tr(
+            str(a.attempt),
+            _e(a.kind),
+            _e(a.result or "running"),
+            _e(a.failed_step or ""),
+            ("reason", _e(a.reason or "")),
+            _when(a.started_at),
+            _when(a.finished_at),
+        )
         for a in attempts
     )
-    return (
-        '<table id="attempts"><thead><tr><th>#</th><th>Kind</th><th>Result</th><th>Failed step</th>'
-        f"<th>Reason</th><th>Started</th><th>Finished</th></tr></thead><tbody>{rows}</tbody></table>"
-    )
+    headers = ("#", "Kind", "Result", "Failed step", "Reason", "Started", "Finished")
+    return _table(headers, rows, ident="attempts")
 
 
 def _alerts(alerts: Sequence[dict[str, Any]]) -> str:
     if not alerts:
         return '<p class="empty">Started from the command line, not by an alert.</p>'
-    rows = "".join(
-        f"<tr><td>{_stamp(a['received_at'])}</td><td>{_e(a['alertname'])}</td>"
-        f"<td>{_e(a['starts_at'])}</td><td>{_e(a['outcome'])}</td>"
-        f'<td class="reason">{_e(a["reason"] or "")}</td></tr>'
+    rows = (
+        _tr(
+            _stamp(a["received_at"]),
+            _e(a["alertname"]),
+            _e(a["starts_at"]),
+            _e(a["outcome"]),
+            ("reason", _e(a["reason"] or "")),
+        )
         for a in alerts
     )
-    return (
-        '<table id="alerts"><thead><tr><th>Received</th><th>Alert</th><th>Firing since</th>'
-        f"<th>Outcome</th><th>Reason</th></tr></thead><tbody>{rows}</tbody></table>"
-    )
+    headers = ("Received", "Alert", "Firing since", "Outcome", "Reason")
+    return _table(headers, rows, ident="alerts")
 
 
 def job_page(
@@ -436,4 +455,4 @@ def message_page(title: str, message: str, *, identity: str | None) -> str:
         f'<h1>{_e(title)}</h1><p class="refusal" id="message">{_e(message)}</p>'
         '<p><a href="/">Back to the desk</a></p>'
     )
-    return page(title, body, identity=identity or "nobody")
+    return page(title, body, identity=identity)

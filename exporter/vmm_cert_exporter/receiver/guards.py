@@ -109,7 +109,7 @@ def blocked_reason(
         since = f" since {iso(pause.at)}" if pause.at else ""
         return f"paused{by}{since}: new renewals wait until the receiver is resumed"
     if awaiting_approval(job, config):
-        return f"awaiting manual approval (POST /api/jobs/{job.id}/approve)"
+        return f"awaiting manual approval (Approve on the desk, or POST /api/jobs/{job.id}/approve)"
     if job.status == "failed" and job.next_attempt_at is not None and job.next_attempt_at > now:
         return f"backoff: next attempt at {iso(job.next_attempt_at)}"
     reason = window_reason(config.maintenance_windows, now)
