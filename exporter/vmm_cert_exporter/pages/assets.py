@@ -10,6 +10,7 @@ from typing import Final
 TYPES: Final = {
     "pages.css": "text/css; charset=utf-8",
     "pages.js": "text/javascript; charset=utf-8",
+    "favicon.svg": "image/svg+xml",
 }
 
 

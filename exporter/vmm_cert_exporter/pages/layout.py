@@ -54,6 +54,7 @@ def page(title: str, body: str, prefix: str = "") -> str:
         '<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{esc(title)}</title>"
+        f'<link rel="icon" href="{prefix}static/favicon.svg">'
         f'<link rel="stylesheet" href="{prefix}static/pages.css">'
         f'<script src="{prefix}static/pages.js" defer></script>'
         "</head><body>\n"
