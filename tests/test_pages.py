@@ -5,7 +5,10 @@ per-computer page, the static files and the authentication every path shares."""
 from __future__ import annotations
 
 import base64
+import math
+import random
 import re
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,7 +24,7 @@ from vmm_cert_exporter.inventory import Computer
 from vmm_cert_exporter.metrics import Exposition, SnapshotCollector, cohort_families
 from vmm_cert_exporter.pages import calendar, computer, landing
 from vmm_cert_exporter.pages.prepared import FleetCache, prepare
-from vmm_cert_exporter.pages.status import problems_first
+from vmm_cert_exporter.pages.status import STATUSES, assess, problems_first
 from vmm_cert_exporter.snapshot import HostSnapshot, Snapshot, StoredCertificate
 from vmm_cert_exporter.web import make_app, make_server
 from vmm_cert_exporter.webconfig import load_web_config
@@ -140,11 +143,39 @@ def names_in(page: str) -> list[str]:
 
 def test_the_order_is_problems_first() -> None:
     fleet = prepare(every_problem())
-    ordered, counts = problems_first(fleet.entries, NOW)
+    ordered, counts = problems_first(fleet, NOW)
     assert [e.host.computer.fqdn for e in ordered] == EXPECTED_ORDER
     assert counts == {"critical": 5, "warning": 4, "ok": 2, "unread": 1}
     page = landing.render(fleet, NOW)
     assert names_in(page) == EXPECTED_ORDER
+
+
+def test_the_fast_order_is_the_order_of_each_computers_problems() -> None:
+    """``problems_first`` bisects the steady computers' NotAfters: the same order and counts
+    as assessing every computer and sorting, at the thresholds' very instants too."""
+    rng = random.Random(7)
+    hosts = list(every_problem().hosts)
+    for i in range(300):
+        days = rng.choice([-1, 0, 1, 6.5, 7, 7.001, 29, 30, 31, 400]) + rng.choice([0, 0.25])
+        hosts.append(host(f"r{i:03d}.t.example", days, trusted=rng.random() > 0.05))
+    fleet = prepare(snapshot(*hosts))
+    for now in (NOW, NOW + 0.25 * DAY, NOW - 7 * DAY, NOW + 23 * DAY, NOW + 30 * DAY):
+        ordered, counts = problems_first(fleet, now)
+        each = [assess(e, now) for e in fleet.entries]
+        naive = sorted(
+            each,
+            key=lambda a: (
+                a.rank,
+                math.inf if a.days_left is None else a.days_left,
+                a.entry.host.computer.key,
+            ),
+        )
+        assert [e.host.computer.fqdn for e in ordered] == [
+            a.entry.host.computer.fqdn for a in naive
+        ]
+        assert counts == dict(Counter(a.status for a in each)) | {
+            s: 0 for s in STATUSES if s not in {a.status for a in each}
+        }
 
 
 def test_the_header_counts_each_status_in_words() -> None:
@@ -289,15 +320,16 @@ def test_a_page_of_a_thousand_computers_stays_under_200_kb() -> None:
 
 
 def test_past_a_thousand_rows_the_list_is_paged() -> None:
-    fleet = prepare(fleet_of(2500))
+    fleet = prepare(fleet_of(2500, problems_every=2))  # half of them with a problem
     first = landing.render(fleet, NOW)
-    assert len(names_in(first)) == 1000 and len(first.encode()) < 200_000
-    assert 'href="?page=2"' in first and 'href="?page=3"' in first
-    problems = [n for n in names_in(first)[:125]]
-    assert all(int(n[7:12]) % 20 == 0 for n in problems)  # every problem on page 1, first
-    last = landing.render(fleet, NOW, "page=3")
-    assert len(names_in(last)) == 500 and "page 3 of 3" in last
-    assert len(names_in(landing.render(fleet, NOW, "page=99"))) == 500  # the last one
+    assert len(names_in(first)) == 500 and len(first.encode()) < 200_000
+    assert 'href="?page=2"' in first and 'href="?page=5"' in first
+    assert all(int(n[7:12]) % 2 == 0 for n in names_in(first))  # problems first
+    last = landing.render(fleet, NOW, "page=5")
+    assert len(names_in(last)) == 500 and "page 5 of 5" in last
+    assert names_in(landing.render(fleet, NOW, "page=99")) == names_in(last)
+    everyone = [n for p in range(1, 6) for n in names_in(landing.render(fleet, NOW, f"page={p}"))]
+    assert sorted(everyone) == sorted(h.computer.fqdn for h in fleet.snapshot.hosts)
 
 
 def test_the_filter_works_on_the_server() -> None:

@@ -3,7 +3,7 @@
 It works without JavaScript: the filter is a GET form whose query parameters (``q``,
 ``role``, ``page``) the server applies; ``static/pages.js`` filters the rows as one types.
 Computers that need attention are listed open; healthy ones follow collapsed, and past
-``PAGE_SIZE`` rows the list is paged (docs/pages.md).
+``ONE_PAGE`` rows the list is paged (docs/pages.md).
 """
 
 from __future__ import annotations
@@ -29,7 +29,11 @@ from vmm_cert_exporter.pages.status import (
 )
 from vmm_cert_exporter.snapshot import Snapshot
 
-PAGE_SIZE: Final = 1000
+# Up to ONE_PAGE computers (after filtering) are listed on one page (under 200 KB with
+# names of 35 characters); a longer list is paged PAGE_SIZE at a time, which keeps a page
+# of problems, whose rows are longer, under 200 KB as well.
+ONE_PAGE: Final = 1000
+PAGE_SIZE: Final = 500
 MAX_QUERY: Final = 200
 HEADINGS: Final = ("computer", "status", "problems", "role", "days left", "NotAfter", "VMM state")
 
@@ -166,16 +170,17 @@ def _pager(chosen: Filter, pages: int, shown: int, total: int) -> str:
 def render(fleet: Fleet, now: float, query: str = "", limits: Thresholds = DEFAULT_LIMITS) -> str:
     """The landing page of ``fleet`` at ``now``; ``query``: the request's query string."""
     chosen = Filter.parse(query)
-    ordered, counts = problems_first(fleet.entries, now, limits)
+    ordered, counts = problems_first(fleet, now, limits)
     if chosen.role:
         ordered = [e for e in ordered if e.host.computer.role == chosen.role]
     text = chosen.text.lower()
     if text:
         ordered = [e for e in ordered if text in searchable(assess(e, now, limits))]
-    pages = max(1, math.ceil(len(ordered) / PAGE_SIZE))
+    size = ONE_PAGE if len(ordered) <= ONE_PAGE else PAGE_SIZE
+    pages = max(1, math.ceil(len(ordered) / size))
     number = min(chosen.page, pages)
     chosen = Filter(chosen.text, chosen.role, number, chosen.notes)
-    shown = [assess(e, now, limits) for e in ordered[(number - 1) * PAGE_SIZE : number * PAGE_SIZE]]
+    shown = [assess(e, now, limits) for e in ordered[(number - 1) * size : number * size]]
     attention = [a for a in shown if a.rank != HEALTHY]
     healthy = [a for a in shown if a.rank == HEALTHY]
     snapshot = fleet.snapshot

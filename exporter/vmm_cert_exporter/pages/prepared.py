@@ -28,11 +28,29 @@ class Entry(NamedTuple):
     certificates: int | None  # how many SCVMM certificates its store holds; None: not read
     unreadable: bool  # the last refresh failed, or it was never read
 
+    @property
+    def steady(self) -> bool:
+        """Only time can make it a problem: one certificate, read in the last refresh, and
+        not found untrusted (``status.problems`` then finds only expiry problems)."""
+        return self.certificates == 1 and not self.unreadable and self.host.trusted is not False
+
+
+def expiry_order(e: Entry) -> tuple[float, str]:
+    """Soonest NotAfter first, then by name; computers without a certificate last."""
+    return (math.inf if e.not_after is None else e.not_after, e.host.computer.key)
+
 
 @dataclass(frozen=True)
 class Fleet:
+    """``entries`` in ``expiry_order``, split into the ``steady`` ones (most of a fleet; their
+    NotAfters in ``steady_after``, so that a page finds the expiry thresholds by bisection)
+    and the ``flagged`` rest, which a page assesses one by one."""
+
     snapshot: Snapshot
-    entries: tuple[Entry, ...]  # soonest NotAfter first, then by name; never read last
+    entries: tuple[Entry, ...]
+    steady: tuple[Entry, ...]
+    steady_after: tuple[float, ...]
+    flagged: tuple[Entry, ...]
     cohorts: tuple[Cohort, ...]  # ``cohorts.group`` of the snapshot, oldest first
     members: Mapping[date, tuple[str, ...]]  # each cohort's computers, by name
 
@@ -52,9 +70,8 @@ def entry_of(host: HostSnapshot) -> Entry:
 def prepare(snapshot: Snapshot) -> Fleet:
     not_after = {id(host): after for host, after in expiry_points(snapshot)}
     entries = [entry(host, not_after.get(id(host))) for host in snapshot.hosts]
-    entries.sort(
-        key=lambda e: (math.inf if e.not_after is None else e.not_after, e.host.computer.key)
-    )
+    entries.sort(key=expiry_order)
+    steady = tuple(e for e in entries if e.steady)
     points = [(e.host.computer.role, e.not_after) for e in entries if e.not_after is not None]
     cohorts = tuple(group(points))
     members: dict[date, list[str]] = {}
@@ -68,6 +85,9 @@ def prepare(snapshot: Snapshot) -> Fleet:
     return Fleet(
         snapshot,
         tuple(entries),
+        steady,
+        tuple(e.not_after or 0.0 for e in steady),  # a steady entry has a NotAfter
+        tuple(e for e in entries if not e.steady),
         cohorts,
         {day: tuple(sorted(names, key=str.lower)) for day, names in members.items()},
     )

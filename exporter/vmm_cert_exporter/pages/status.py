@@ -7,11 +7,12 @@ left. Every problem has words, so that the page never says anything by colour al
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 from typing import Final
 
-from vmm_cert_exporter.pages.prepared import Entry
+from vmm_cert_exporter.pages.prepared import Entry, Fleet, expiry_order
 
 DAY: Final = 86400.0
 # the thresholds of the alert rules' defaults (`vmm-cert-exporter rules`) and of `check`
@@ -40,23 +41,30 @@ def days_left(entry: Entry, now: float) -> float | None:
     return None if entry.not_after is None else (entry.not_after - now) / DAY
 
 
+def _bounds(now: float, limits: Thresholds) -> tuple[float, float, float]:
+    """The NotAfters at which a certificate is expired, due within the critical days, and
+    within the warning days: ``problems`` and ``problems_first`` compare with these."""
+    return now, now + limits.critical_days * DAY, now + limits.warn_days * DAY
+
+
 def problems(entry: Entry, now: float, limits: Thresholds = DEFAULT_LIMITS) -> list[int]:
     """``entry``'s problems at ``now``, in the page's order."""
     found = []
-    left = days_left(entry, now)
-    if left is not None and left <= 0:
+    expired, soon, warn = _bounds(now, limits)
+    after = entry.not_after
+    if after is not None and after <= expired:
         found.append(EXPIRED)
     if entry.certificates == 0:
         found.append(MISSING)
     if entry.host.trusted is False:
         found.append(NOT_TRUSTED)
-    if left is not None and 0 < left <= limits.critical_days:
+    if after is not None and expired < after <= soon:
         found.append(SOON)
     if entry.certificates is not None and entry.certificates > 1:
         found.append(DUPLICATES)
     if entry.unreadable:
         found.append(UNREADABLE)
-    if left is not None and limits.critical_days < left <= limits.warn_days:
+    if after is not None and soon < after <= warn:
         found.append(WITHIN_WARN)
     return found
 
@@ -118,17 +126,30 @@ def assess(entry: Entry, now: float, limits: Thresholds = DEFAULT_LIMITS) -> Ass
 
 
 def problems_first(
-    entries: list[Entry] | tuple[Entry, ...], now: float, limits: Thresholds = DEFAULT_LIMITS
+    fleet: Fleet, now: float, limits: Thresholds = DEFAULT_LIMITS
 ) -> tuple[list[Entry], dict[str, int]]:
-    """``entries`` (in ``Fleet.entries`` order: soonest NotAfter first, then by name) in the
-    page's order, and how many computers have each status.
+    """Every computer of ``fleet`` in the page's order, and how many have each status.
 
-    Within one rank the expiry order is kept, which is "by days left, then by name".
+    Within one rank the expiry order is kept, which is "by days left, then by name". The
+    steady computers (most of a fleet) are placed by bisecting their NotAfters at the
+    thresholds; only the flagged ones are assessed one by one.
     """
     ranked: list[list[Entry]] = [[] for _ in range(HEALTHY + 1)]
     counts = dict.fromkeys(STATUSES, 0)
-    for entry in entries:
+    for entry in fleet.flagged:
         found = problems(entry, now, limits)
         counts[status(entry, found)] += 1
-        ranked[found[0] if found else HEALTHY].append(entry)
-    return [e for bucket in ranked for e in bucket], counts
+        ranked[found[0]].append(entry)  # a flagged computer always has a problem
+    expired, soon, warn = (bisect.bisect_right(fleet.steady_after, b) for b in _bounds(now, limits))
+    steady = fleet.steady
+    ranked[EXPIRED].extend(steady[:expired])
+    ranked[SOON].extend(steady[expired:soon])
+    ranked[WITHIN_WARN].extend(steady[soon:warn])
+    counts[CRITICAL] += soon
+    counts[WARNING] += warn - soon
+    counts[OK] += len(steady) - warn
+    for rank in (EXPIRED, SOON, WITHIN_WARN):
+        ranked[rank].sort(key=expiry_order)  # flagged and steady ones merged
+    ordered = [entry for bucket in ranked for entry in bucket]
+    ordered.extend(steady[warn:])
+    return ordered, counts
