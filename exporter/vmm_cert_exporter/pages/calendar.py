@@ -25,6 +25,7 @@ _MONTH_LETTERS: Final = "JFMAMJJASOND"
 
 # the chart's geometry, in SVG user units
 _BAR, _GAP, _LEFT, _TOP, _PLOT, _BOTTOM = 16, 4, 4, 18, 120, 34
+_AFTER_EXPIRED = 16  # room for the "expired" label between that bar and the months
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ def chart(calendar: Calendar) -> str:
     """The inline SVG: the expired bar, then one bar per month, 1 January cohorts marked."""
     biggest = max([calendar.expired, *(m.count for m in calendar.months), 1])
     scale = _PLOT / biggest
-    width = _LEFT * 2 + (len(calendar.months) + 1) * (_BAR + _GAP) + _GAP
+    width = _LEFT * 2 + (len(calendar.months) + 1) * (_BAR + _GAP) + _GAP + _AFTER_EXPIRED
     height = _TOP + _PLOT + _BOTTOM
     base = _TOP + _PLOT
     out = [
@@ -124,10 +125,10 @@ def chart(calendar: Calendar) -> str:
             "expired",
             f"already expired: {calendar.expired} computers",
         ),
-        f'<text class="axis" x="{_LEFT}" y="{base + 14}">expired</text>',
+        f'<text class="axis start" x="{_LEFT}" y="{base + 12}">expired</text>',
     ]
     for index, month in enumerate(calendar.months, 1):
-        x = _LEFT + index * (_BAR + _GAP) + _GAP
+        x = _LEFT + index * (_BAR + _GAP) + _GAP + _AFTER_EXPIRED
         title = f"{month.label}: {month.count} computers"
         if month.new_year:
             title += f", {month.new_year} of them on 1 January"
@@ -184,7 +185,7 @@ def section(fleet: Fleet, now: float) -> str:
     return (
         '<section id="calendar"><h2>Expiry calendar</h2>'
         "<p>Computers whose current certificate expires in each month (UTC) over the next "
-        "three years, and those already expired. The darker part of a bar is a 1 January "
+        "three years, and those already expired. The purple part of a bar is a 1 January "
         f"cohort: VMM dates every certificate from 1 January of the year it was added.{note}</p>"
         f"{chart(calendar)}{cohort_table(calendar, now)}</section>"
     )
