@@ -20,7 +20,7 @@ from vmm_cert_exporter.http.wsgi import StartResponse, WSGIApp
 from vmm_cert_exporter.metrics import Exposition
 from vmm_cert_exporter.pages import computer, landing
 from vmm_cert_exporter.pages.assets import TYPES, asset
-from vmm_cert_exporter.pages.prepared import FleetCache
+from vmm_cert_exporter.pages.prepared import Fleet, FleetCache
 from vmm_cert_exporter.snapshot import Snapshot
 from vmm_cert_exporter.webconfig import WebConfigFile
 
@@ -92,13 +92,13 @@ def _computer(
     environ: dict[str, Any],
     start_response: StartResponse,
     path: str,
-    current: Snapshot,
+    fleet: Fleet,
     now: float,
 ) -> list[bytes]:
     # PATH_INFO holds the request's bytes as latin-1 (PEP 3333); names are UTF-8
     name = path[len(_COMPUTER) :].encode("latin-1").decode("utf-8", "replace")
     prefix = "../" * path.count("/", 1)
-    host = computer.find(current, name) if "/" not in name else None
+    host = fleet.find(name) if "/" not in name else None
     if host is None:
         return _html(environ, start_response, "404 Not Found", computer.not_found(name, prefix))
     return _html(environ, start_response, "200 OK", computer.render(host, now))
@@ -133,7 +133,7 @@ def make_app(
             page = landing.render(fleet, clock(), environ.get("QUERY_STRING", ""))
             return _html(environ, start_response, "200 OK", page)
         if path.startswith(_COMPUTER):
-            return _computer(environ, start_response, path, snapshot(), clock())
+            return _computer(environ, start_response, path, fleets.get(snapshot()), clock())
         if path.startswith(_STATIC):
             name = path[len(_STATIC) :]
             data = asset(name)

@@ -3,19 +3,12 @@ TrustedPeople verdict, VMM's state, the last error and when it was last read."""
 
 from __future__ import annotations
 
-from vmm_cert_exporter.inventory import fqdn_key
 from vmm_cert_exporter.pages.layout import age, esc, page, utc
 from vmm_cert_exporter.pages.prepared import entry_of
 from vmm_cert_exporter.pages.status import DEFAULT_LIMITS, Assessment, Thresholds, assess
-from vmm_cert_exporter.snapshot import HostSnapshot, Snapshot
+from vmm_cert_exporter.snapshot import HostSnapshot
 
 PREFIX = "../"  # from /computer/<fqdn> back to the exporter's root
-
-
-def find(snapshot: Snapshot, fqdn: str) -> HostSnapshot | None:
-    """The computer of that name (compared as Windows does, ignoring case), or None."""
-    key = fqdn_key(fqdn)
-    return next((h for h in snapshot.hosts if h.computer.key == key), None)
 
 
 def _dl(items: list[tuple[str, str]]) -> str:

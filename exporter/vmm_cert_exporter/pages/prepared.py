@@ -15,6 +15,7 @@ from datetime import date
 from typing import NamedTuple
 
 from vmm_cert_exporter.cohorts import Cohort, cohort_day, group
+from vmm_cert_exporter.inventory import fqdn_key
 from vmm_cert_exporter.metrics import expiry_points
 from vmm_cert_exporter.snapshot import HostSnapshot, Snapshot
 
@@ -53,6 +54,11 @@ class Fleet:
     flagged: tuple[Entry, ...]
     cohorts: tuple[Cohort, ...]  # ``cohorts.group`` of the snapshot, oldest first
     members: Mapping[date, tuple[str, ...]]  # each cohort's computers, by name
+    by_key: Mapping[str, HostSnapshot]  # every computer by ``fqdn_key`` of its name
+
+    def find(self, fqdn: str) -> HostSnapshot | None:
+        """The computer of that name (compared as Windows does, ignoring case), or None."""
+        return self.by_key.get(fqdn_key(fqdn))
 
 
 def entry(host: HostSnapshot, not_after: float | None) -> Entry:
@@ -90,6 +96,7 @@ def prepare(snapshot: Snapshot) -> Fleet:
         tuple(e for e in entries if not e.steady),
         cohorts,
         {day: tuple(sorted(names, key=str.lower)) for day, names in members.items()},
+        {h.computer.key: h for h in snapshot.hosts},
     )
 
 
