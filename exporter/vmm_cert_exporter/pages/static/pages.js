@@ -40,5 +40,4 @@
 
   text.addEventListener("input", apply);
   role.addEventListener("change", apply);
-  form.classList.add("live");
 }());
