@@ -29,5 +29,5 @@ def test_landing_page_lists_the_fleet(
     response = page.goto(f"{exporter.url}/")
     assert response is not None and response.status == 200
     assert page.title() == "vmm-cert-exporter"
-    hosts = page.locator("tbody tr td:first-child").all_inner_texts()
+    hosts = page.locator("table.computers tbody tr td:first-child").all_text_contents()
     assert lab_host("hv01") in hosts and lab_host("hv38") in hosts

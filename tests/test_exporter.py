@@ -318,8 +318,8 @@ def test_http_endpoints(demo_lab: RunningLab, tmp_path: Path) -> None:
         status, headers, body = _get(exporter.url + "/")
         page = body.decode()
         assert status == 200 and headers["Content-Type"].startswith("text/html")
-        assert lab_host("hv38") in page and "MISSING" in page and "NOT TRUSTED" in page
-        # sorted by days left: the expired host comes before the healthy ones
+        assert lab_host("hv38") in page and "missing: " in page and "not trusted: " in page
+        # problems first: the expired host, then the one within 7 days, then the healthy ones
         assert (
             page.index(lab_host("hv37"))
             < page.index(lab_host("hv36"))

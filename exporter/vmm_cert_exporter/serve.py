@@ -18,6 +18,7 @@ from vmm_cert_exporter.http.limits import Limits
 from vmm_cert_exporter.http.server import HTTPServer
 from vmm_cert_exporter.logs import setup_logging
 from vmm_cert_exporter.metrics import Exposition, SnapshotCollector
+from vmm_cert_exporter.pages.prepared import FleetCache
 from vmm_cert_exporter.refresh_process import RefreshProcess
 from vmm_cert_exporter.sharding import Shard
 from vmm_cert_exporter.web import make_app, make_server
@@ -80,7 +81,9 @@ def start_exporter(
         collector, lambda: refresher.snapshot, lambda: refresher.histogram.count
     )
     refresher.listeners.append(exposition.warm)
-    app = make_app(exposition, lambda: refresher.snapshot)
+    fleets = FleetCache()
+    refresher.listeners.append(fleets.warm)
+    app = make_app(exposition, lambda: refresher.snapshot, fleets=fleets)
     server = make_server(
         app, listen_address or config.web.listen_address, web_config=web_config, limits=limits
     )

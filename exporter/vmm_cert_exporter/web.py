@@ -1,4 +1,5 @@
-"""The exporter's HTTP surface as a WSGI app: /metrics, /-/healthy, /-/ready and /.
+"""The exporter's HTTP surface as a WSGI app: /metrics, /-/healthy, /-/ready and the pages
+(/, /computer/<fqdn> and their /static/ files, rendered by ``vmm_cert_exporter.pages``).
 
 Served by the HTTP layer (``vmm_cert_exporter.http``). Every handler only reads the current
 snapshot, so a scrape is answered at once even while a refresh is running.
@@ -7,29 +8,34 @@ snapshot, so a scrape is answered at once even while a refresh is running.
 from __future__ import annotations
 
 import dataclasses
-import html
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Final
 
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
-from vmm_cert_exporter import __version__
 from vmm_cert_exporter.http.limits import Limits
 from vmm_cert_exporter.http.server import HTTPServer
 from vmm_cert_exporter.http.wsgi import StartResponse, WSGIApp
 from vmm_cert_exporter.metrics import Exposition
-from vmm_cert_exporter.snapshot import HostSnapshot, Snapshot
+from vmm_cert_exporter.pages import computer, landing
+from vmm_cert_exporter.pages.assets import TYPES, asset
+from vmm_cert_exporter.pages.prepared import Fleet, FleetCache
+from vmm_cert_exporter.snapshot import Snapshot
 from vmm_cert_exporter.webconfig import WebConfigFile
 
-DAY = 86400.0
-_HEADINGS = ("computer", "role", "days left", "NotAfter", "VMM state", "problems")
-_CSS = """
-body { font-family: sans-serif; margin: 1.5em; }
-table { border-collapse: collapse; }
-td, th { padding: .25em .6em; border-bottom: 1px solid #ddd; text-align: left; }
-tr.crit { background: #f8d7da; } tr.warn { background: #fff3cd; } tr.ok { background: #e8f5e9; }
-"""
+_COMPUTER: Final = "/computer/"
+_STATIC: Final = "/static/"
+# the pages load only their own stylesheet and script; inline SVG needs nothing more
+_PAGE_HEADERS: Final = (
+    (
+        "Content-Security-Policy",
+        "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self'; "
+        "form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
+    ),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "same-origin"),
+)
 
 
 def _plain(start_response: StartResponse, status: str, body: str) -> list[bytes]:
@@ -41,73 +47,30 @@ def _plain(start_response: StartResponse, status: str, body: str) -> list[bytes]
     return [data]
 
 
-def _days_left(host: HostSnapshot, now: float) -> float | None:
-    current = host.current
-    return None if current is None else (current.info.not_after.timestamp() - now) / DAY
-
-
-def render_overview(
-    snapshot: Snapshot, now: float, warn_days: float = 30, crit_days: float = 7
-) -> str:
-    """A plain page for the person who would rather look than query."""
-
-    def sort_key(h: HostSnapshot) -> tuple[int, float, str]:
-        left = _days_left(h, now)
-        # missing first, then by days left, never-read last
-        if h.present is False:
-            return (0, 0.0, h.computer.key)
-        if left is None:
-            return (2, 0.0, h.computer.key)
-        return (1, left, h.computer.key)
-
-    rows = []
-    for h in sorted(snapshot.hosts, key=sort_key):
-        left = _days_left(h, now)
-        marks = []
-        if h.present is False:
-            marks.append("MISSING")
-        if h.certificates and len(h.certificates) > 1:
-            marks.append(f"{len(h.certificates)} certificates")
-        if h.trusted is False:
-            marks.append("NOT TRUSTED by VMM")
-        if not h.last_ok:
-            marks.append(f"unreachable ({h.last_error_reason or 'not read yet'})")
-        if h.present is False or (left is not None and left <= crit_days) or h.trusted is False:
-            css = "crit"
-        elif (left is not None and left <= warn_days) or not h.last_ok:
-            css = "warn"
-        else:
-            css = "ok"
-        current = h.current
-        cells = (
-            h.computer.fqdn,
-            h.computer.role,
-            "" if left is None else f"{left:.1f}",
-            "" if current is None else current.info.not_after.strftime("%Y-%m-%d"),
-            h.computer.vmm_state_text,
-            "; ".join(marks),
-        )
-        tds = "".join(f"<td>{html.escape(c)}</td>" for c in cells)
-        rows.append(f"<tr class='{css}'>{tds}</tr>")
-    updated = (
-        time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(snapshot.completed_at))
-        if snapshot.complete
-        else "not yet (first refresh running)"
+def _send(
+    environ: dict[str, Any],
+    start_response: StartResponse,
+    status: str,
+    content_type: str,
+    body: bytes,
+    *extra: tuple[str, str],
+) -> list[bytes]:
+    start_response(
+        status,
+        [
+            ("Content-Type", content_type),
+            ("Content-Length", str(len(body))),
+            *_PAGE_HEADERS,
+            *extra,
+        ],
     )
-    head = "".join(f"<th>{t}</th>" for t in _HEADINGS)
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>vmm-cert-exporter</title>
-<style>{_CSS}</style></head><body>
-<h1>SCVMM certificates</h1>
-<p>{len(snapshot.hosts)} computers &middot; last refresh: {updated} &middot;
-red: missing, not trusted or &le; {crit_days:g} days &middot;
-yellow: &le; {warn_days:g} days or unreachable &middot; <a href="metrics">/metrics</a> &middot;
-vmm-cert-exporter {html.escape(__version__)}</p>
-<table><thead><tr>{head}</tr></thead>
-<tbody>
-{chr(10).join(rows)}
-</tbody></table></body></html>
-"""
+    return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
+
+
+def _html(
+    environ: dict[str, Any], start_response: StartResponse, status: str, text: str
+) -> list[bytes]:
+    return _send(environ, start_response, status, "text/html; charset=utf-8", text.encode())
 
 
 def _metrics(
@@ -125,12 +88,32 @@ def _metrics(
     return [] if environ.get("REQUEST_METHOD") == "HEAD" else parts
 
 
+def _computer(
+    environ: dict[str, Any],
+    start_response: StartResponse,
+    path: str,
+    fleet: Fleet,
+    now: float,
+) -> list[bytes]:
+    # PATH_INFO holds the request's bytes as latin-1 (PEP 3333); names are UTF-8
+    name = path[len(_COMPUTER) :].encode("latin-1").decode("utf-8", "replace")
+    prefix = "../" * path.count("/", 1)
+    host = fleet.find(name) if "/" not in name else None
+    if host is None:
+        return _html(environ, start_response, "404 Not Found", computer.not_found(name, prefix))
+    return _html(environ, start_response, "200 OK", computer.render(host, now))
+
+
 def make_app(
     exposition: Exposition,
     snapshot: Callable[[], Snapshot],
     *,
     clock: Callable[[], float] = time.time,
+    fleets: FleetCache | None = None,
 ) -> WSGIApp:
+    """``fleets``: the pages' view of the latest snapshot, prepared once per snapshot (the
+    caller may warm it after each refresh, as it warms ``exposition``)."""
+    fleets = fleets or FleetCache()
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
@@ -146,12 +129,17 @@ def make_app(
                 return _plain(start_response, "200 OK", "Ready\n")
             return _plain(start_response, "503 Service Unavailable", "first refresh running\n")
         if path == "/":
-            body = render_overview(snapshot(), clock()).encode()
-            start_response(
-                "200 OK",
-                [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(body)))],
-            )
-            return [body]
+            fleet = fleets.get(snapshot())
+            page = landing.render(fleet, clock(), environ.get("QUERY_STRING", ""))
+            return _html(environ, start_response, "200 OK", page)
+        if path.startswith(_COMPUTER):
+            return _computer(environ, start_response, path, fleets.get(snapshot()), clock())
+        if path.startswith(_STATIC):
+            name = path[len(_STATIC) :]
+            data = asset(name)
+            if data is not None:
+                cache = ("Cache-Control", "max-age=300")
+                return _send(environ, start_response, "200 OK", TYPES[name], data, cache)
         return _plain(start_response, "404 Not Found", "not found\n")
 
     return app
