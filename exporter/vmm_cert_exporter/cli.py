@@ -162,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--write-config", default=None, metavar="PATH")
     p.add_argument(
+        "--kerberos-keytab",
+        default=None,
+        metavar="PATH",
+        help="accept Kerberos with the computers' HTTP/<fqdn> keys in this keytab",
+    )
+    p.add_argument(
         "--replay",
         default=None,
         metavar="DIR",
