@@ -207,23 +207,23 @@ def test_kerberos_only_computer_refuses_ntlm(realm: Realm, tmp_path: Path) -> No
 def test_renewal_in_the_background_never_interrupts_calls(
     realm_factory: Callable[..., Realm],
 ) -> None:
-    realm = realm_factory(max_life="6 seconds")
+    realm = realm_factory(max_life="3 seconds")
     runner = WinRMRunner(realm.keytab_config())
     assert runner.kerberos is not None
     hosts = realm.computers()[:2]
-    deadline = time.monotonic() + 14
+    deadline = time.monotonic() + 7
     calls = 0
     while time.monotonic() < deadline:
         for host in hosts:
             assert runner.run(host, SCRIPT, timeout=10).exit_code == 0
             calls += 1
-    # 6 s tickets renewed at 4 s: at least two renewals beyond the first kinit
+    # 3 s tickets renewed every 2 s: at least two renewals beyond the first kinit
     assert runner.kerberos.renewals >= 3, runner.kerberos.renewals
-    assert calls >= 10
+    assert calls >= 6
 
 
 def test_kdc_down_after_login(realm_factory: Callable[..., Realm]) -> None:
-    realm = realm_factory(max_life="8 seconds")
+    realm = realm_factory(max_life="6 seconds")
     runner = WinRMRunner(realm.keytab_config())
     first, second = realm.computers()[:2]
     assert runner.run(first, SCRIPT, timeout=10).exit_code == 0

@@ -1,21 +1,24 @@
-"""Kerberos credentials for ``transport: kerberos``: a ticket cache of the process's own, kept
+"""Kerberos credentials for ``transport: kerberos``: ticket caches of the process's own, kept
 fresh in the background.
 
-With a keytab or a password, ``kinit`` writes a TGT into a private cache (a 0700 directory);
-``KRB5CCNAME`` names it for this process and the refresh process it starts. Before the
-ticket expires (two thirds into its lifetime) a new one is written beside it and renamed over
-it, so a call in flight never finds the cache empty: refreshes go on while renewal happens.
-The password reaches ``kinit`` on its standard input only, never its arguments or
-environment. With ``kerberos_ccache`` (or nothing) the cache is someone else's to renew.
+With a keytab or a password, ``kinit`` writes the principal's TGT into a private cache
+collection (``DIR:``, in a 0700 directory) that ``KRB5CCNAME`` names for this process and the
+refresh process it starts; pywinrm picks the principal's cache from it, so the exporter's and
+the receiver's accounts can live in one process. Two thirds into a ticket's lifetime a new
+one is written beside it and renamed over it, so a call in flight never finds the cache
+empty: refreshes go on while renewal happens. The password reaches ``kinit`` on its standard
+input only, never its arguments or environment. With ``kerberos_ccache`` (or nothing) the
+cache is someone else's to renew.
 
 Why ``kinit`` and not a library: pywinrm's Kerberos (pykerberos) only reads a cache, and
-``kinit`` is the tool a Windows or Linux admin already trusts for the same job.
+``kinit`` is the tool an admin already trusts for the same job.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import hashlib
 import logging
 import os
 import shutil
@@ -31,9 +34,9 @@ from vmm_cert_exporter.config import WinRMConfig
 
 log = logging.getLogger(__name__)
 
-# A child process (the refresh) inherits the parent's cache and leaves renewal to it.
+# The process's collection directory; a child process (the refresh) inherits it and leaves
+# the renewals to its parent.
 MANAGED_ENV = "VMM_CERT_EXPORTER_KRB5_MANAGED"
-_STATUS = "status"  # the last kinit failure, for the error messages of every process
 _KINIT_SECONDS = 30.0
 _RETRY_SECONDS = (1.0, 60.0)  # after a failed kinit: the first wait, the longest
 
@@ -46,16 +49,34 @@ class _Identity:
     ccache: str | None
 
 
+def _collection() -> Path:
+    """This process's cache collection (made on first use), or the inherited one."""
+    inherited = os.environ.get(MANAGED_ENV)
+    if inherited:
+        return Path(inherited)
+    directory = Path(tempfile.mkdtemp(prefix="vmm-cert-exporter-krb5-"))
+    os.chmod(directory, 0o700)
+    (directory / "cc").mkdir(mode=0o700)
+    atexit.register(shutil.rmtree, directory, True)
+    os.environ["KRB5CCNAME"] = f"DIR:{directory / 'cc'}"
+    os.environ[MANAGED_ENV] = str(directory)
+    return directory
+
+
+def _slug(principal: str) -> str:
+    return hashlib.sha256(principal.lower().encode()).hexdigest()[:16]
+
+
 class KerberosLogin:
     """The process's Kerberos credentials for one ``winrm`` section."""
 
     def __init__(self, config: WinRMConfig) -> None:
         self._config = config
+        self.principal = config.username or ""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.directory: Path | None = None
-        self.ccache: str | None = None
         self.renewals = 0
         self.obtained: float | None = None
         self.expires: float | None = None
@@ -65,25 +86,20 @@ class KerberosLogin:
         """True when this process (or its parent) obtains and renews the ticket."""
         return self._config.keytab_file is not None or self._config.password is not None
 
+    @property
+    def cache_file(self) -> Path:
+        assert self.directory is not None
+        return self.directory / "cc" / f"tkt{_slug(self.principal)}"
+
     def start(self) -> KerberosLogin:
-        cfg = self._config
-        inherited = os.environ.get(MANAGED_ENV)
-        if self.managed and inherited:
-            # the parent process logs on and renews; this one reads the same cache
-            self.directory = Path(inherited)
-            self.ccache = os.environ.get("KRB5CCNAME")
-            return self
         if not self.managed:
-            if cfg.kerberos_ccache is not None:
-                os.environ["KRB5CCNAME"] = cfg.kerberos_ccache
-            self.ccache = os.environ.get("KRB5CCNAME")
+            if self._config.kerberos_ccache is not None:
+                os.environ["KRB5CCNAME"] = self._config.kerberos_ccache
             return self
-        self.directory = Path(tempfile.mkdtemp(prefix="vmm-cert-exporter-krb5-"))
-        os.chmod(self.directory, 0o700)
-        atexit.register(self.stop)
-        self.ccache = f"FILE:{self.directory / 'ccache'}"
-        os.environ["KRB5CCNAME"] = self.ccache
-        os.environ[MANAGED_ENV] = str(self.directory)
+        inherited = bool(os.environ.get(MANAGED_ENV))
+        self.directory = _collection()
+        if inherited and self.cache_file.exists():
+            return self  # the parent process logs on and renews; this one reads
         self.renew()  # kinit on start; a failure is retried in the background
         self._thread = threading.Thread(target=self._run, name="kerberos-renewal", daemon=True)
         self._thread.start()
@@ -96,20 +112,23 @@ class KerberosLogin:
             return  # inherited or unmanaged: the cache is not ours
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=_KINIT_SECONDS)
-        if self.directory is not None:
-            shutil.rmtree(self.directory, ignore_errors=True)
-            if os.environ.get(MANAGED_ENV) == str(self.directory):
-                os.environ.pop(MANAGED_ENV, None)
-                os.environ.pop("KRB5CCNAME", None)
+        for path in (self.cache_file, self._status_file):
+            with contextlib.suppress(OSError):
+                path.unlink()
 
     # --- logging on ------------------------------------------------------------------------
+
+    @property
+    def _status_file(self) -> Path:
+        assert self.directory is not None
+        return self.directory / f"status{_slug(self.principal)}"
 
     def renew(self) -> bool:
         """kinit into a new cache and rename it over the current one; True on success."""
         assert self.directory is not None
         cfg = self._config
-        principal = cfg.username or ""
-        fresh = self.directory / f"ccache.{os.getpid()}.new"
+        principal = self.principal
+        fresh = self.directory / f"new{_slug(principal)}.{os.getpid()}"
         argv = ["kinit", "-c", f"FILE:{fresh}"]
         stdin = b""
         if cfg.keytab_file is not None:
@@ -135,7 +154,7 @@ class KerberosLogin:
                 error = f"kinit did not finish within {_KINIT_SECONDS:g}s"
             if error is None:
                 expires = _tgt_end(fresh)
-                fresh.replace(self.directory / "ccache")
+                fresh.replace(self.cache_file)
                 self.obtained, self.expires = started, expires
                 self.renewals += 1
                 self._write_status("")
@@ -152,11 +171,9 @@ class KerberosLogin:
             return False
 
     def _write_status(self, text: str) -> None:
-        assert self.directory is not None
-        status = self.directory / _STATUS
-        tmp = status.with_suffix(".tmp")
+        tmp = self._status_file.with_suffix(".tmp")
         tmp.write_text(text, encoding="utf-8")
-        tmp.replace(status)
+        tmp.replace(self._status_file)
 
     def next_wait(self, failures: int) -> float:
         """Seconds until the next kinit: two thirds into the ticket's life, or sooner (and
@@ -175,16 +192,17 @@ class KerberosLogin:
             failures = 0 if self.renew() else failures + 1
 
 
-def last_failure() -> str | None:
-    """What the last kinit of this process (or its parent) said, if it failed."""
+def last_failure(principal: str | None) -> str | None:
+    """What the last kinit for ``principal`` in this process (or its parent) said, if it
+    failed."""
     directory = os.environ.get(MANAGED_ENV)
-    if not directory:
+    if not directory or not principal:
         return None
     try:
-        text = (Path(directory) / _STATUS).read_text(encoding="utf-8").strip()
+        text = (Path(directory) / f"status{_slug(principal)}").read_text(encoding="utf-8")
     except OSError:
         return None
-    return text or None
+    return text.strip() or None
 
 
 def _kinit_error(stdout: bytes, stderr: bytes) -> str:
@@ -212,9 +230,10 @@ def login(config: WinRMConfig) -> KerberosLogin | None:
         existing = _logins.get(identity)
         if existing is not None:
             return existing
-        for other in _logins.values():
-            other.stop()
-        _logins.clear()
+        for key, other in list(_logins.items()):
+            if key.principal == identity.principal:
+                other.stop()  # the same account, logging on another way now
+                del _logins[key]
         started = KerberosLogin(config).start()
         _logins[identity] = started
         return started
@@ -308,11 +327,13 @@ _CAUSES: tuple[tuple[str, str], ...] = (
 _SKEW_ALLOWED = 300.0
 
 
-def describe_failure(text: str, *, spn: str, refused: bool, skew: float | None) -> str | None:
+def describe_failure(
+    text: str, *, spn: str, principal: str | None, refused: bool, skew: float | None
+) -> str | None:
     """The message of a failed Kerberos call: ``text`` is the exception's, ``refused`` that
     the computer answered 401, ``skew`` its clock minus ours (from its HTTP Date). None when
     the failure is not Kerberos' (a connection refused, a timeout)."""
-    kinit = last_failure()
+    kinit = last_failure(principal)
     for needle, cause in _CAUSES:
         if _matches(needle, text):
             found = cause.format(spn=spn)
@@ -341,11 +362,16 @@ def describe_failure(text: str, *, spn: str, refused: bool, skew: float | None) 
 
 
 def stop_all() -> None:
-    """Stop every login of this process (tests; the process's end does it for a service)."""
+    """Stop every login of this process and forget its collection (tests; a service's end
+    does it at exit)."""
     with _logins_lock:
         for started in _logins.values():
             started.stop()
         _logins.clear()
+        directory = os.environ.pop(MANAGED_ENV, None)
+        if directory:
+            shutil.rmtree(directory, ignore_errors=True)
+            os.environ.pop("KRB5CCNAME", None)
 
 
 def _matches(needle: str, text: str) -> bool:

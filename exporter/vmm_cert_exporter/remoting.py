@@ -421,6 +421,7 @@ class WinRMRunner:
         message = kerberos.describe_failure(
             f"{type(exc).__name__}: {exc}",
             spn=spn,
+            principal=self._config.username,
             refused=error.reason == failures.AUTH,
             skew=skew,
         )
