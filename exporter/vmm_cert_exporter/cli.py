@@ -232,6 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="en-US|ja-JP",
         help="language of the lab VMM's display strings (ja-JP: a Japanese VMM)",
     )
+    p.add_argument(
+        "--kerberos-only",
+        action="store_true",
+        help="a real KDC beside the lab; every computer refuses NTLM; Kerberos keytabs",
+    )
     _add_logging(p)
     return parser
 

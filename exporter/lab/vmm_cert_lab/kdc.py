@@ -8,12 +8,14 @@ the same through ``env()`` (and a ccache of their own through ``KRB5CCNAME``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -258,3 +260,69 @@ class KDC:
 
     def delete(self, principal: str) -> None:
         self.kadmin(f"delprinc -force {principal}")
+
+
+# --- a realm for a whole lab -----------------------------------------------------------------
+
+EXPORTER_ACCOUNT = "svc-vmmcert"
+RECEIVER_ACCOUNT = "svc-vmmrenew"
+
+
+@dataclass(frozen=True)
+class LabRealm:
+    """The accounts and keytabs of a lab's realm: the exporter's, the receiver's and the
+    computers' ``HTTP/`` and ``WSMAN/`` SPNs (one keytab, for the lab's listeners)."""
+
+    kdc: KDC
+    exporter_principal: str
+    exporter_keytab: Path
+    receiver_principal: str
+    receiver_keytab: Path
+    computers_keytab: Path
+
+    def winrm(self, who: str = "exporter") -> dict[str, str | None]:
+        """The ``winrm`` keys that log ``who`` (exporter or receiver) on with its keytab
+        (None: a key of the lab's Basic configuration to drop)."""
+        principal, keytab = (
+            (self.exporter_principal, self.exporter_keytab)
+            if who == "exporter"
+            else (self.receiver_principal, self.receiver_keytab)
+        )
+        return {
+            "transport": "kerberos",
+            "username": principal,
+            "keytab_file": str(keytab),
+            "password_file": None,
+            "allow_unencrypted_basic": None,
+        }
+
+
+def lab_realm(kdc: KDC, computers: list[str], directory: Path) -> LabRealm:
+    """Principals with random passwords and their keytabs in ``directory`` (0600)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    exporter = kdc.add_user(EXPORTER_ACCOUNT, secrets.token_urlsafe(18))
+    receiver = kdc.add_user(RECEIVER_ACCOUNT, secrets.token_urlsafe(18))
+    exporter_keytab = kdc.user_keytab(exporter, directory / f"{EXPORTER_ACCOUNT}.keytab")
+    receiver_keytab = kdc.user_keytab(receiver, directory / f"{RECEIVER_ACCOUNT}.keytab")
+    computers_keytab = directory / "computers.keytab"
+    kdc.add_computers(computers, computers_keytab)
+    for keytab in (exporter_keytab, receiver_keytab, computers_keytab):
+        keytab.chmod(0o600)
+    return LabRealm(kdc, exporter, exporter_keytab, receiver, receiver_keytab, computers_keytab)
+
+
+@contextlib.contextmanager
+def realm_environment(kdc: KDC) -> Iterator[None]:
+    """This process's ``KRB5_CONFIG``/``KRB5_KDC_PROFILE`` name ``kdc``'s, put back on exit."""
+    names = ("KRB5_CONFIG", "KRB5_KDC_PROFILE")
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ["KRB5_CONFIG"] = str(kdc.krb5_conf)
+    os.environ["KRB5_KDC_PROFILE"] = str(kdc.kdc_conf)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
