@@ -283,7 +283,7 @@ def run(args: argparse.Namespace) -> int:
             lines += [
                 f"  Kerberos realm      {(DEMO_DIR / 'kdc' / 'krb5.conf').resolve()} "
                 "(every computer refuses NTLM: vmm-cert-exporter check with "
-                "transport: ntlm shows reason=auth \"refused NTLM\")",
+                'transport: ntlm shows reason=auth "refused NTLM")',
             ]
         lines += [
             "",
