@@ -70,12 +70,11 @@ def stack(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Stack]:
 # behave exactly as on an English one, because only invariant values decide.
 @pytest.mark.parametrize(
     "stack",
-    [
-        ("execute", "demo", "en-US"),
-        ("execute", "demo", "ja-JP"),
-        ("execute", "demo", "en-US", True),
-    ],
-    ids=["en-US", "ja-JP", "kerberos-only"],
+    # the Japanese run is also the Kerberos-only one (a real KDC, NTLM and Basic refused,
+    # the exporter and the receiver on their own keytabs): neither changes what the loop
+    # decides, and one run covers both in the time budget
+    [("execute", "demo", "en-US"), ("execute", "demo", "ja-JP", True)],
+    ids=["en-US", "ja-JP-kerberos-only"],
     indirect=True,
 )
 def test_execute_mode_renews_and_the_alerts_resolve(stack: Stack, promtool: Promtool) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,12 +16,13 @@ from typing import Any
 import pytest
 import yaml
 
-from vmm_cert_exporter import failures
+from vmm_cert_exporter import failures, kerberos
 from vmm_cert_exporter.config import WinRMConfig, load_config
 from vmm_cert_exporter.failures import CollectError
 from vmm_cert_exporter.powershell import render_script
 from vmm_cert_exporter.remoting import WinRMRunner
 from vmm_cert_lab.fleet.runner import RunningLab
+from vmm_cert_lab.fleet.scenario import load_fleet
 from vmm_cert_lab.kdc import KDC
 from vmm_cert_lab.processes import EXPORTER, Processes, wait_until
 
@@ -63,6 +64,56 @@ class Realm:
         return [c["fqdn"] for c in self.lab.model.list_computers()]
 
 
+@pytest.fixture(scope="module")
+def shared(
+    tmp_path_factory: pytest.TempPathFactory, open_lab: Callable[..., Any]
+) -> Iterator[Realm]:
+    """One KDC and one Kerberos lab for the tests that change neither (or put back what
+    they change): each test's own realm would cost a KDC, a database and a lab apiece."""
+    root = tmp_path_factory.mktemp("kerberos")
+    with pytest.MonkeyPatch.context() as env:
+        for name in ("KRB5CCNAME", "KRB5_KTNAME", "KRB5_CLIENT_KTNAME", kerberos.MANAGED_ENV):
+            env.delenv(name, raising=False)
+        with KDC(root / "kdc") as kdc:
+            env.setenv("KRB5_CONFIG", str(kdc.krb5_conf))
+            env.setenv("KRB5_KDC_PROFILE", str(kdc.kdc_conf))
+            directory = root / "realm"
+            directory.mkdir()
+            principal = kdc.add_user("svc-exporter", PASSWORD)
+            keytab = kdc.user_keytab(principal, directory / "svc-exporter.keytab")
+            fleet = load_fleet("demo")
+            kdc.add_computers([c["fqdn"] for c in fleet.list_computers()], _computers(directory))
+            with open_lab(root / "lab", fleet=fleet, kerberos_keytab=_computers(directory)) as lab:
+                try:
+                    yield Realm(kdc, lab, principal, keytab, directory)
+                finally:
+                    kerberos.stop_all()
+
+
+@pytest.fixture(autouse=True)
+def _logins_end(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Each test starts with no Kerberos login in this process, and leaves none."""
+    monkeypatch.delenv("KRB5CCNAME", raising=False)
+    yield
+    kerberos.stop_all()
+
+
+def _computers(directory: Path) -> Path:
+    return directory / "computers.keytab"
+
+
+@pytest.fixture
+def realm(shared: Realm) -> Realm:
+    return shared
+
+
+def _other_account(realm: Realm, name: str, max_life: str | None = None) -> Realm:
+    """Another account of the shared realm (its own ticket lifetime, its own password)."""
+    principal = realm.kdc.add_user(name, PASSWORD, max_life=max_life)
+    keytab = realm.kdc.user_keytab(principal, realm.directory / f"{name}.keytab")
+    return Realm(realm.kdc, realm.lab, principal, keytab, realm.directory)
+
+
 @pytest.fixture
 def realm_factory(
     kdc: KDC, make_lab: Callable[..., RunningLab], tmp_path: Path
@@ -72,20 +123,13 @@ def realm_factory(
         directory.mkdir(exist_ok=True)
         principal = kdc.add_user("svc-exporter", PASSWORD, max_life=max_life)
         keytab = kdc.user_keytab(principal, directory / "svc-exporter.keytab")
-        service_keytab = directory / "computers.keytab"
-        from vmm_cert_lab.fleet.scenario import load_fleet
-
+        service_keytab = _computers(directory)
         fleet = load_fleet("demo")
         kdc.add_computers([c["fqdn"] for c in fleet.list_computers()], service_keytab)
         lab = make_lab(fleet=fleet, kerberos_keytab=service_keytab, **lab_options)
         return Realm(kdc, lab, principal, keytab, directory)
 
     return make
-
-
-@pytest.fixture
-def realm(realm_factory: Callable[..., Realm]) -> Realm:
-    return realm_factory()
 
 
 def _auth_error(runner: WinRMRunner, host: str) -> str:
@@ -130,8 +174,16 @@ def test_existing_ccache(realm: Realm) -> None:
     assert runner.run(realm.computers()[0], SCRIPT, timeout=10).exit_code == 0
 
 
-def test_https_with_channel_binding_when_strict(realm_factory: Callable[..., Realm]) -> None:
-    realm = realm_factory(tls=True, tls_listener=False)
+def test_https_with_channel_binding_when_strict(
+    shared: Realm, make_lab: Callable[..., RunningLab]
+) -> None:
+    lab = make_lab(
+        fleet=load_fleet("demo"),
+        kerberos_keytab=_computers(shared.directory),
+        tls=True,
+        tls_listener=False,
+    )
+    realm = Realm(shared.kdc, lab, shared.principal, shared.keytab, shared.directory)
     host = realm.computers()[0]
     faults = realm.lab.model.faults(host)
     faults.cbt_hardening = "strict"
@@ -164,7 +216,7 @@ def test_https_with_channel_binding_when_strict(realm_factory: Callable[..., Rea
 
 
 def test_unknown_spn(realm: Realm) -> None:
-    host = realm.computers()[1]
+    host = realm.computers()[2]  # no other test of the module uses it
     realm.kdc.delete(f"HTTP/{host}@{realm.kdc.realm}")
     runner = WinRMRunner(realm.keytab_config())
     detail = _auth_error(runner, host)
@@ -176,7 +228,8 @@ def test_unknown_spn(realm: Realm) -> None:
     )
 
 
-def test_expired_password(realm: Realm) -> None:
+def test_expired_password(shared: Realm) -> None:
+    realm = _other_account(shared, "svc-expired")
     realm.kdc.expire_password(realm.principal)
     runner = WinRMRunner(realm.config(username=realm.principal, password_file="password"))
     detail = _auth_error(runner, realm.computers()[0])
@@ -199,15 +252,15 @@ def test_kerberos_only_computer_refuses_ntlm(realm: Realm, tmp_path: Path) -> No
     assert "refused NTLM" in _auth_error(ntlm, host)
     assert realm.lab.server.stats()["responses"].get("ntlm_refused", 0) >= 1
     assert WinRMRunner(realm.keytab_config()).run(host, SCRIPT, timeout=10).exit_code == 0
+    faults.auth = ["basic", "ntlm", "kerberos", "negotiate"]
+    realm.lab.model.set_faults(host, faults)
 
 
 # ---- tickets over time ----------------------------------------------------------------------
 
 
-def test_renewal_in_the_background_never_interrupts_calls(
-    realm_factory: Callable[..., Realm],
-) -> None:
-    realm = realm_factory(max_life="3 seconds")
+def test_renewal_in_the_background_never_interrupts_calls(shared: Realm) -> None:
+    realm = _other_account(shared, "svc-short", max_life="3 seconds")
     runner = WinRMRunner(realm.keytab_config())
     assert runner.kerberos is not None
     hosts = realm.computers()[:2]
@@ -241,12 +294,9 @@ def test_kdc_down_after_login(realm_factory: Callable[..., Realm]) -> None:
     assert "Cannot contact any KDC" in detail or "no KDC reachable" in detail, detail
 
 
-def test_clock_skew_on_a_computer(
-    realm_factory: Callable[..., Realm], processes: Processes, tmp_path: Path
-) -> None:
+def test_clock_skew_on_a_computer(realm: Realm, processes: Processes, tmp_path: Path) -> None:
     """A lab computer whose clock is 10 minutes ahead, in a process of its own under
     faketime: its real acceptor sees the skew and refuses the ticket."""
-    realm = realm_factory()
     config = tmp_path / "skewed.yml"
     lab = processes.start(
         "faketime",
@@ -255,7 +305,7 @@ def test_clock_skew_on_a_computer(
         EXPORTER,
         "lab",
         "--kerberos-keytab",
-        str(realm.directory / "computers.keytab"),
+        str(_computers(realm.directory)),
         "--write-config",
         str(config),
         log=tmp_path / "skewed-lab.log",

@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from vmm_cert_exporter import kerberos
 from vmm_cert_exporter.config import load_config
 from vmm_cert_exporter.logs import setup_logging
 from vmm_cert_exporter.receiver.service import Receiver, start_receiver
@@ -222,6 +223,8 @@ def _kerberos_lab(
 
     kdc = stack.enter_context(KDC(workdir / "kdc"))
     stack.enter_context(realm_environment(kdc))
+    # last out: the exporter's and the receiver's logins (renewal threads, their caches)
+    stack.callback(kerberos.stop_all)
     fleet = load_fleet(scenario, locale=locale)
     fqdns = [str(c["fqdn"]) for c in fleet.list_computers()]
     realm = lab_realm(kdc, fqdns, workdir / "keytabs")
