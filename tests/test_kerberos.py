@@ -188,8 +188,23 @@ def test_https_with_channel_binding_when_strict(
     faults = realm.lab.model.faults(host)
     faults.cbt_hardening = "strict"
     realm.lab.model.set_faults(host, faults)
-    runner = WinRMRunner(realm.keytab_config())
-    assert runner.run(host, SCRIPT, timeout=10).exit_code == 0
+    # every way of logging on binds its logon to the TLS channel
+    ccache = realm.directory / "https-ccache"
+    subprocess.run(
+        ["kinit", "-c", f"FILE:{ccache}", realm.principal],
+        input=PASSWORD.encode() + b"\n",
+        env=realm.kdc.env(),
+        check=True,
+        capture_output=True,
+    )
+    for config in (
+        realm.keytab_config(),
+        realm.config(username=realm.principal, password_file="password"),
+        realm.config(kerberos_ccache=f"FILE:{ccache}"),
+    ):
+        assert WinRMRunner(config).run(host, SCRIPT, timeout=10).exit_code == 0
+        kerberos.stop_all()
+    assert realm.lab.server.stats()["responses"].get("kerberos_logon", 0) >= 3
     # the same logon without the channel's binding is refused by a strict listener only
     from winrm.exceptions import InvalidCredentialsError
     from winrm.protocol import Protocol
