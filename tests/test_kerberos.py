@@ -330,3 +330,37 @@ def test_clock_skew_on_a_computer(realm: Realm, processes: Processes, tmp_path: 
     runner = WinRMRunner(realm.keytab_config(endpoint=endpoint))
     detail = _auth_error(runner, realm.computers()[0])
     assert "clock skew" in detail and "10 minutes ahead" in detail, detail
+
+
+def test_spnego_as_windows_clients_send_it(realm: Realm, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Windows wraps the ticket in SPNEGO (pywinrm sends it bare): the lab accepts both,
+    and its answer completes the client's context (mutual authentication)."""
+    import base64
+
+    import requests
+    import spnego
+
+    ccache = realm.directory / "spnego-ccache"
+    subprocess.run(
+        ["kinit", "-c", f"FILE:{ccache}", realm.principal],
+        input=PASSWORD.encode() + b"\n",
+        env=realm.kdc.env(),
+        check=True,
+        capture_output=True,
+    )
+    monkeypatch.setenv("KRB5CCNAME", f"FILE:{ccache}")
+    host = realm.computers()[0]
+    client = spnego.client(hostname=host, service="HTTP", protocol="negotiate")
+    token = client.step()
+    assert token is not None and token[:1] == b"\x60"
+    answer = requests.post(
+        realm.lab.endpoint(host),
+        data=b"",
+        headers={"Authorization": "Negotiate " + base64.b64encode(token).decode()},
+        timeout=10,
+    )
+    assert answer.status_code == 200
+    scheme, _, reply = answer.headers["WWW-Authenticate"].partition(" ")
+    assert scheme == "Negotiate"
+    client.step(base64.b64decode(reply))
+    assert client.complete and client.negotiated_protocol == "kerberos"

@@ -56,6 +56,12 @@ def test_a_refused_ticket_within_five_minutes_names_the_other_causes() -> None:
     assert message is not None and "clock" not in message and "SPN or keytab" in message
 
 
+def test_a_missing_kerberos_extra_says_what_to_install() -> None:
+    text = "WinRMError: requested auth method is kerberos, but pykerberos is not installed"
+    message = kerberos.describe_failure(text, spn=SPN, principal=None, refused=False, skew=None)
+    assert message is not None and "vmm-cert-exporter[kerberos]" in message
+
+
 def test_a_connection_failure_is_not_kerberos() -> None:
     text = "ConnectionError: [Errno 111] Connection refused"
     assert (

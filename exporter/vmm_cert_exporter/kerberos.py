@@ -305,6 +305,9 @@ def _parse_tgt_end(data: bytes) -> float | None:
 # computer's SPN.
 _NO_KDC = "no KDC reachable for the realm (check the domain controllers and krb5.conf)"
 _CAUSES: tuple[tuple[str, str], ...] = (
+    ("pykerberos is not installed",
+     "pywinrm's Kerberos support is not installed: pip install 'vmm-cert-exporter[kerberos]' "
+     "(it builds against libkrb5-dev)"),
     ("Server * not found in Kerberos database",
      "unknown SPN {spn}: no account holds it; register it on the computer's account "
      "(setspn -S {spn} <computer>) or set winrm.kerberos_hostname_override/kerberos_service"),

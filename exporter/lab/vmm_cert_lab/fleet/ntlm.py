@@ -184,14 +184,24 @@ class NTLMConnection:
 
         self.reset()
         bindings = GssChannelBindings(application_data=binding) if binding is not None else None
-        protocol = "negotiate" if is_spnego(token) else "kerberos"
+        mech = None
+        if is_spnego(token):
+            # pyspnego's Negotiate acceptor would look for the machine's default keytab:
+            # unwrap the Kerberos token here and wrap the answer back, as SPNEGO does
+            mech, token = _spnego_kerberos(token)
         try:
             ctx = spnego.server(
-                protocol=protocol, channel_bindings=bindings, _gssapi_credential=credential
+                protocol="kerberos", channel_bindings=bindings, _gssapi_credential=credential
             )
             out = ctx.step(token)
         except Exception as exc:  # every GSSAPI failure is a refused logon
             raise KerberosRefused(str(exc)) from exc
+        if mech is not None:
+            from spnego._spnego import NegState, NegTokenResp
+
+            out = NegTokenResp(
+                neg_state=NegState.accept_complete, supported_mech=mech, response_token=out
+            ).pack()
         if not ctx.complete:
             raise KerberosRefused("the Kerberos exchange needs more than one step")
         if require_binding and not _channel_bound(ctx):
@@ -271,3 +281,22 @@ def _channel_bound(ctx: Any) -> bool:
     inner = getattr(ctx, "_context", None)
     flags = getattr(inner, "actual_flags", 0)
     return bool(int(flags) & _CHANNEL_BOUND)
+
+
+_KERBEROS_MECHS = ("1.2.840.113554.1.2.2", "1.2.840.48018.1.2.2")  # and Microsoft's OID
+
+
+def _spnego_kerberos(token: bytes) -> tuple[str, bytes]:
+    """The mechanism and Kerberos token of a SPNEGO NegTokenInit whose preferred mechanism
+    is Kerberos (what Windows sends); ``KerberosRefused`` for anything else."""
+    from spnego._spnego import NegTokenInit, unpack_token
+
+    try:
+        init = unpack_token(token)
+    except Exception as exc:  # a malformed token is a refused logon
+        raise KerberosRefused(f"not a SPNEGO token: {exc}") from exc
+    if not isinstance(init, NegTokenInit) or not init.mech_types or not init.mech_token:
+        raise KerberosRefused("SPNEGO without an initial Kerberos token")
+    if init.mech_types[0] not in _KERBEROS_MECHS:
+        raise KerberosRefused(f"SPNEGO prefers {init.mech_types[0]}, not Kerberos")
+    return str(init.mech_types[0]), bytes(init.mech_token)
