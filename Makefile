@@ -12,6 +12,9 @@ DEB_TOOLS := prometheus:prometheus promtool:prometheus prometheus-alertmanager:p
 # a read-only root and give shard processes their pod names)
 # and the systemd units (systemd-analyze verify and security --offline).
 DEB_TOOLS += buildah:buildah debootstrap:debootstrap unshare:util-linux ip:iproute2 mount:mount systemd-analyze:systemd
+# The Kerberos tests' real KDC (MIT), its admin tool, the client tools and faketime (a lab
+# computer with a skewed clock).
+DEB_TOOLS += krb5kdc:krb5-kdc kadmin.local:krb5-admin-server kinit:krb5-user faketime:faketime
 PYTEST_ARGS ?=
 # apt-get behind one lock, so that two makes (or two worktrees) installing at once wait for
 # each other instead of failing on dpkg's lock.
@@ -29,6 +32,8 @@ $(STAMP): pyproject.toml exporter/lab/pyproject.toml constraints.txt
 	@if ! $(PYTHON) -c 'import venv, ensurepip' 2>/dev/null; then \
 	  echo ">> installing python3-venv"; \
 	  $(APT_INSTALL) python3-venv; fi
+	@# pykerberos (pywinrm[kerberos]) and gssapi have no Linux wheels: they build against MIT krb5
+	@command -v krb5-config >/dev/null 2>&1 || $(APT_INSTALL) libkrb5-dev
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q --constraint constraints.txt -e '.[test]' -e exporter/lab

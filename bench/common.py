@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +34,12 @@ def cpu_seconds() -> float:
 
 @contextmanager
 def lab_process(
-    hosts: int, *, tls: bool = False, seed: int = 1, latency: str = "none"
+    hosts: int,
+    *,
+    tls: bool = False,
+    seed: int = 1,
+    latency: str = "none",
+    extra: Sequence[str] = (),
 ) -> Iterator[Path]:
     """Run ``vmm-cert-exporter lab --hosts N [--latency P]`` in a child; yield its config.
 
@@ -59,6 +64,7 @@ def lab_process(
         ]
         if tls:
             argv.append("--tls")
+        argv += extra  # e.g. --kerberos-keytab PATH
         log = Path(tmp) / "lab.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
@@ -148,10 +154,15 @@ class LabChild:
 
 @contextmanager
 def lab_child(
-    hosts: int, *, tls: bool = False, seed: int = 1, latency: str = "none"
+    hosts: int,
+    *,
+    tls: bool = False,
+    seed: int = 1,
+    latency: str = "none",
+    extra: Sequence[str] = (),
 ) -> Iterator[LabChild]:
     """``lab_process`` that also tells the lab's pid (to measure the lab's own CPU)."""
-    with lab_process(hosts, tls=tls, seed=seed, latency=latency) as config:
+    with lab_process(hosts, tls=tls, seed=seed, latency=latency, extra=extra) as config:
         yield LabChild(config=config, pid=_lab_pid(config))
 
 

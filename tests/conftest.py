@@ -20,16 +20,18 @@ import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 from prometheus_client import CollectorRegistry, generate_latest
 
+from vmm_cert_exporter import kerberos
 from vmm_cert_exporter.collection import Refresher
 from vmm_cert_exporter.metrics import Exposition, SnapshotCollector
 from vmm_cert_lab.fleet.interfaces import Faults
 from vmm_cert_lab.fleet.runner import RunningLab, start_lab
+from vmm_cert_lab.kdc import KDC
 from vmm_cert_lab.processes import ExporterCommand, Processes
 from vmm_cert_lab.processes import free_port as _free_port
 from vmm_cert_lab.promstack import Promtool, Tool
 
 # A test that requests one of these starts a process: it is end-to-end.
-_PROCESS_FIXTURES = frozenset({"processes", "exporter_command", "browser", "browser_page"})
+_PROCESS_FIXTURES = frozenset({"processes", "exporter_command", "browser", "browser_page", "kdc"})
 # What the built-in scenarios give the lab account; a test may replace it with a canary.
 _LAB_PASSWORD_LINE = "password: lab-password"
 
@@ -273,3 +275,24 @@ def demo_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningLab]:
     """The demo lab, shared by one module's tests: a test that changes it puts it back."""
     with _open_lab(tmp_path_factory.mktemp("demo-lab")) as running:
         yield running
+
+
+# ---- Kerberos ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def kdc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[KDC]:
+    """A real MIT KDC (realm ``LAB.EXAMPLE``, free port, its files in the test's directory),
+    which this process's ``KRB5_CONFIG`` names; stopped, and every Kerberos login of the
+    product in this process ended, when the test ends. Marked ``e2e`` (it runs krb5kdc)."""
+    realm = KDC(tmp_path / "kdc")
+    for name in ("KRB5CCNAME", "KRB5_KTNAME", "KRB5_CLIENT_KTNAME", kerberos.MANAGED_ENV):
+        monkeypatch.delenv(name, raising=False)
+    realm.start()
+    monkeypatch.setenv("KRB5_CONFIG", str(realm.krb5_conf))
+    monkeypatch.setenv("KRB5_KDC_PROFILE", str(realm.kdc_conf))
+    try:
+        yield realm
+    finally:
+        kerberos.stop_all()
+        realm.stop()

@@ -308,10 +308,57 @@ MALFORMED: list[tuple[str, str, str, str]] = [
         "not the password itself",
     ),
     (
-        "kerberos with a password",
+        "kerberos password without principal",
         "winrm:\n  transport: kerberos\n  password_file: pw\nhosts: [{host: hv01.corp.example}]\n",
-        "winrm.password_file",
-        "not used: transport kerberos uses the Kerberos ticket cache",
+        "winrm.username",
+        "transport kerberos with a password needs the principal",
+    ),
+    (
+        "kerberos keytab without principal",
+        "winrm:\n  transport: kerberos\n  keytab_file: pw\nhosts: [{host: hv01.corp.example}]\n",
+        "winrm.username",
+        "a keytab needs the principal",
+    ),
+    (
+        "kerberos keytab and password",
+        "winrm:\n  transport: kerberos\n  username: a@LAB.EXAMPLE\n  password_file: pw\n"
+        "  keytab_file: pw\nhosts: [{host: hv01.corp.example}]\n",
+        "winrm.keytab_file",
+        "give the keytab or a password, not both",
+    ),
+    (
+        "kerberos keytab missing",
+        "winrm:\n  transport: kerberos\n  username: a@LAB.EXAMPLE\n  keytab_file: nope.keytab\n"
+        "hosts: [{host: hv01.corp.example}]\n",
+        "winrm.keytab_file",
+        "nope.keytab",
+    ),
+    (
+        "kerberos ccache and keytab",
+        "winrm:\n  transport: kerberos\n  username: a@LAB.EXAMPLE\n  keytab_file: pw\n"
+        "  kerberos_ccache: FILE:/tmp/cc\nhosts: [{host: hv01.corp.example}]\n",
+        "winrm.kerberos_ccache",
+        "give only one of keytab_file",
+    ),
+    (
+        "kerberos service",
+        "winrm:\n  transport: kerberos\n  kerberos_service: HOST\n"
+        "hosts: [{host: hv01.corp.example}]\n",
+        "winrm.kerberos_service",
+        "expected one of HTTP, WSMAN; got 'HOST'",
+    ),
+    (
+        "kerberos hostname override",
+        "winrm:\n  transport: kerberos\n  kerberos_hostname_override: 'a b'\n"
+        "hosts: [{host: hv01.corp.example}]\n",
+        "winrm.kerberos_hostname_override",
+        "expected the host name of the computers' SPN",
+    ),
+    (
+        "keytab with ntlm",
+        winrm("keytab_file: pw\n"),
+        "winrm.keytab_file",
+        "only used by transport kerberos (transport is ntlm)",
     ),
     # TLS
     (
@@ -730,6 +777,28 @@ def test_kerberos_without_username_or_password(workdir: Path) -> None:
         workdir, "winrm:\n  transport: kerberos\nhosts: [{host: hv01.corp.example}]\n"
     )
     assert (config.winrm.username, config.winrm.password) == (None, None)
+
+
+def test_kerberos_keytab_and_spn_keys(workdir: Path) -> None:
+    config = load_text(
+        workdir,
+        "winrm:\n  transport: kerberos\n  username: svc@LAB.EXAMPLE\n  keytab_file: pw\n"
+        "  kerberos_hostname_override: '{host}.mgmt.example'\n  kerberos_service: WSMAN\n"
+        "hosts: [{host: hv01.corp.example}]\n",
+    )
+    assert config.winrm.keytab_file == str(workdir / "pw")
+    assert config.winrm.kerberos_host("hv01.corp.example") == "hv01.corp.example.mgmt.example"
+    assert config.winrm.kerberos_service == "WSMAN"
+
+
+def test_kerberos_password_is_for_kinit(workdir: Path) -> None:
+    config = load_text(
+        workdir,
+        "winrm:\n  transport: kerberos\n  username: svc@LAB.EXAMPLE\n  password_file: pw\n"
+        "hosts: [{host: hv01.corp.example}]\n",
+    )
+    assert config.winrm.password is not None and config.winrm.keytab_file is None
+    assert config.winrm.kerberos_host("hv01.corp.example") == "hv01.corp.example"
 
 
 def test_certificate_transport(workdir: Path) -> None:
@@ -1195,7 +1264,11 @@ def test_docs_examples_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ind
     assert index < len(examples)
     text = examples[index]
     # Point the absolute paths of the example at real files of the right kind.
-    for absolute in ("/etc/vmm-cert-exporter/winrm.password", "/run/secrets/winrm-password"):
+    for absolute in (
+        "/etc/vmm-cert-exporter/winrm.password",
+        "/run/secrets/winrm-password",
+        "/etc/vmm-cert-exporter/svc-vmmcert.keytab",
+    ):
         local = tmp_path / Path(absolute).name
         local.write_text("example-password\n")
         local.chmod(0o600)

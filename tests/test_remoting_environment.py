@@ -38,3 +38,40 @@ def test_calls_ignore_proxy_and_ca_bundle_variables(
     output = runner.run(tls_lab.vmm_servers[0], render_script("collect-certificates"))
     assert output.exit_code == 0
     assert '"certificates"' in output.stdout
+
+
+def test_sessions_built_in_parallel_never_race_on_the_environment(tmp_path: Path) -> None:
+    """requests' proxy lookup sets and restores os.environ['no_proxy'] around itself: two
+    threads building sessions at once restored each other's value away (KeyError) until
+    building was serialised. A tiny switch interval makes the interleaving likely."""
+    import sys
+    import threading
+
+    (tmp_path / "pw").write_text("x")
+    (tmp_path / "pw").chmod(0o600)
+    (tmp_path / "c.yml").write_text(
+        "winrm:\n  endpoint: 'https://{host}:5986/wsman'\n  transport: basic\n"
+        "  username: x\n  password_file: pw\nhosts: [{host: hv01.corp.example}]\n"
+    )
+    runner = WinRMRunner(load_config(tmp_path / "c.yml").winrm)
+    errors: list[BaseException] = []
+
+    def build() -> None:
+        for _ in range(400):
+            try:
+                runner._protocol("hv01.corp.example", 10).transport.close_session()
+            except BaseException as exc:
+                errors.append(exc)
+                return
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=build) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []

@@ -14,11 +14,13 @@ and the reason, and each refresh ends with one summary line.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
 import secrets
 import signal
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -34,7 +36,8 @@ import yaml
 
 from vmm_cert_lab.fleet.interfaces import Faults
 from vmm_cert_lab.fleet.runner import RunningLab
-from vmm_cert_lab.fleet.scenario import LAB_DOMAIN, lab_host
+from vmm_cert_lab.fleet.scenario import LAB_DOMAIN, lab_host, load_fleet
+from vmm_cert_lab.kdc import KDC
 from vmm_cert_lab.processes import ExporterCommand, Processes
 
 # what the lab does to which computer: one of every failure the exporter classifies
@@ -506,3 +509,56 @@ def test_an_exception_that_ends_a_thread_is_one_structured_line(fmt: str) -> Non
     assert len(lines) == 1, stream.getvalue()
     assert lines[0]["level"] == "error" and lines[0]["thread_name"] == "worker-7"
     assert "ValueError: boom" in lines[0]["exc"]
+
+
+# --------------------------------------------------------------------------------------------
+# Kerberos: the canary is the principal's password, and its keytab's keys are canaries too
+
+
+def _keytab_keys(kdc: KDC, keytab: Path) -> list[bytes]:
+    listing = subprocess.run(
+        ["klist", "-k", "-K", "-t", str(keytab)],
+        env=kdc.env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [bytes.fromhex(h) for h in re.findall(r"\(0x([0-9a-f]{32,})\)", listing)]
+
+
+@pytest.mark.e2e
+def test_check_over_kerberos_with_a_password_and_a_keytab(
+    canary: Canary, kdc: KDC, make_lab: Callable[..., RunningLab], tmp_path: Path
+) -> None:
+    c = canary
+    principal = kdc.add_user("svc-canary", c.password)
+    keytab = kdc.user_keytab(principal, tmp_path / "svc-canary.keytab")
+    keytab.chmod(0o600)
+    keys = _keytab_keys(kdc, keytab)
+    assert len(keys) == 2  # aes256 and aes128
+    leaks = [k.hex() for k in keys] + [k.hex().upper() for k in keys]
+    leaks += [base64.b64encode(k).decode() for k in keys]
+    computers = tmp_path / "computers.keytab"
+    fleet = load_fleet("demo")
+    kdc.add_computers([str(x["fqdn"]) for x in fleet.list_computers()], computers)
+    lab = make_lab(fleet=fleet, kerberos_keytab=computers)
+    password_file = tmp_path / "password"
+    password_file.write_text(c.password)
+    password_file.chmod(0o600)
+    for name, credential in (
+        ("keytab", {"keytab_file": str(keytab)}),
+        ("password", {"password_file": str(password_file)}),
+    ):
+        data = lab.exporter_config(password_file)
+        for key in ("password_file", "allow_unencrypted_basic"):
+            data["winrm"].pop(key)
+        data["winrm"].update(transport="kerberos", username=principal, timeout="5s", **credential)
+        config = tmp_path / f"kerberos-{name}.yml"
+        config.write_text(yaml.safe_dump(data))
+        out = _run(
+            c, f"check kerberos {name}", "check", "--config", str(config), "--log.level=debug"
+        )
+        # it really logged on: the computers answered, only the demo's unreachable one failed
+        assert "ok=42 failed=1" in out and "reason=auth" not in out, out[-2000:]
+        for leak in leaks:
+            assert leak not in out, f"a key of the keytab leaked into check ({name})"

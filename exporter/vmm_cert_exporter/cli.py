@@ -165,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--write-config", default=None, metavar="PATH")
     p.add_argument(
+        "--kerberos-keytab",
+        default=None,
+        metavar="PATH",
+        help="accept Kerberos with the computers' HTTP/<fqdn> keys in this keytab",
+    )
+    p.add_argument(
         "--replay",
         default=None,
         metavar="DIR",
@@ -228,6 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="en-US|ja-JP",
         help="language of the lab VMM's display strings (ja-JP: a Japanese VMM)",
+    )
+    p.add_argument(
+        "--kerberos-only",
+        action="store_true",
+        help="a real KDC beside the lab; every computer refuses NTLM; Kerberos keytabs",
     )
     _add_logging(p)
     return parser

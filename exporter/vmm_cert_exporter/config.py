@@ -63,6 +63,7 @@ from vmm_cert_exporter.config_values import (
     read_existing_path,
     read_optional_string,
     read_required_secret,
+    read_secret,
     read_string,
     secret,
     validate_fqdn,
@@ -118,9 +119,11 @@ DEFAULT_LISTEN_ADDRESS: Final = f":{DEFAULT_PORT}"
 DEFAULT_ENDPOINT: Final = "https://{host}:5986/wsman"
 TRANSPORTS: Final = ("ntlm", "kerberos", "basic", "certificate", "credssp")
 SERVER_CERT_VALIDATION: Final = ("validate", "ignore")
-# Transports that authenticate with username + password (kerberos uses the ticket cache,
-# certificate a TLS client certificate).
+# Transports that authenticate with username + password (kerberos may, or uses a keytab or a
+# ticket cache; certificate a TLS client certificate).
 PASSWORD_TRANSPORTS: Final = frozenset({"ntlm", "basic", "credssp"})
+# The service class of the computers' SPNs: HTTP/<fqdn> (WinRM's own), WSMAN/<fqdn>.
+KERBEROS_SERVICES: Final = ("HTTP", "WSMAN")
 TIMEOUT_RANGE: Final = (1.0, 3600.0)
 # How a computer is read: its store over WinRM, or the certificate its TLS listener presents
 # (sources/tls_probe.py). The TLS probe's own deadline defaults to less than WinRM's.
@@ -205,13 +208,83 @@ def _read_username(section: Section, slot: Slot) -> str | None:
 
 def _read_password(section: Section, slot: Slot) -> Secret | None:
     transport = section.value("transport")
+    if transport == "kerberos":
+        # kinit with the principal's password; otherwise a keytab or a ticket cache
+        value = read_secret(section, *slot.keys, what="password")
+        if value is not None and not section.has("username"):
+            section.fail(
+                "username",
+                "transport kerberos with a password needs the principal: expected user@REALM",
+            )
+        return value
     if transport not in PASSWORD_TRANSPORTS:
         given = [section.get(key) for key in slot.keys if section.has(key)]
         if given:
-            why = "uses the Kerberos ticket cache" if transport == "kerberos" else "has no password"
-            section.document.fail_at(given[0], f"not used: transport {transport} {why}")
+            section.document.fail_at(given[0], f"not used: transport {transport} has no password")
         return None
     return read_required_secret(section, slot, who=f"transport {transport}", what="password")
+
+
+def _kerberos_only(section: Section, key: str) -> None:
+    if section.has(key) and section.value("transport") != "kerberos":
+        section.fail(
+            key, f"only used by transport kerberos (transport is {section.value('transport')})"
+        )
+
+
+def _read_keytab(section: Section, slot: Slot) -> str | None:
+    _kerberos_only(section, slot.key)
+    at = section.get(slot.key)
+    if at.value is None:
+        return None
+    if not section.has("username"):
+        section.fail("username", "a keytab needs the principal to log on as: expected user@REALM")
+    if section.value("password") is not None:
+        section.document.fail_at(at, "give the keytab or a password, not both")
+    return read_existing_path(section.document, at, what="keytab")
+
+
+def _read_ccache(section: Section, slot: Slot) -> str | None:
+    _kerberos_only(section, slot.key)
+    at = section.get(slot.key)
+    if at.value is None:
+        return None
+    if section.value("password") is not None or section.value("keytab_file") is not None:
+        section.document.fail_at(
+            at,
+            "an existing ticket cache is a third way to log on: give only one of "
+            "keytab_file, password_file/password_env and kerberos_ccache",
+        )
+    text = read_string(section.document, at, None, what="a credential cache name")
+    # FILE:/path, DIR:/path, KEYRING:..., or a bare path (a FILE cache)
+    return text
+
+
+def _read_hostname_override(section: Section, slot: Slot) -> str | None:
+    _kerberos_only(section, slot.key)
+    at = section.get(slot.key)
+    if at.value is None:
+        return None
+    text = read_string(section.document, at, None, what="a host name or {host} template")
+    sample = text.replace("{host}", "hv01.corp.example")
+    if text.count("{host}") > 1 or HOSTNAME_RE.fullmatch(sample) is None:
+        section.document.fail_at(
+            at,
+            "expected the host name of the computers' SPN, optionally with {host} (the "
+            f"computer's FQDN) once, e.g. {{host}}.corp.example; got {short(text)}",
+        )
+    return text
+
+
+def _read_kerberos_service(section: Section, slot: Slot) -> str:
+    _kerberos_only(section, slot.key)
+    at = section.get(slot.key)
+    text = read_string(section.document, at, slot.default, what="HTTP or WSMAN")
+    if text not in KERBEROS_SERVICES:
+        section.document.fail_at(
+            at, f"expected one of {', '.join(KERBEROS_SERVICES)}; got {short(text)}"
+        )
+    return text
 
 
 def _client_certificate(what: str) -> Callable[[Section, Slot], str | None]:
@@ -265,8 +338,39 @@ class WinRMConfig:
     password: Secret | None = field(
         default=None,
         metadata=secret(
-            "the account's password, for ntlm, basic, credssp", what="password", read=_read_password
+            "the account's password, for ntlm, basic, credssp; kerberos: kinit with it",
+            what="password",
+            read=_read_password,
         ),
+    )
+    keytab_file: str | None = field(
+        default=None,
+        metadata=Key(
+            _read_keytab,
+            "kerberos: the principal's keytab (the recommended way for a service)",
+            "path",
+            checks=(credential_file,),
+        ).metadata(),
+    )
+    kerberos_ccache: str | None = field(
+        default=None,
+        metadata=Key(
+            _read_ccache, "kerberos: an existing credential cache kept fresh by others", "string"
+        ).metadata(),
+    )
+    kerberos_hostname_override: str | None = field(
+        default=None,
+        metadata=Key(
+            _read_hostname_override,
+            "kerberos: the SPN's host name instead of the FQDN ({host} allowed)",
+            "string",
+        ).metadata(),
+    )
+    kerberos_service: str = field(
+        default="HTTP",
+        metadata=Key(
+            _read_kerberos_service, "kerberos: the SPN's service class, HTTP or WSMAN", "string"
+        ).metadata(),
     )
     cert_pem: str | None = field(
         default=None,
@@ -306,6 +410,11 @@ class WinRMConfig:
     def endpoint_for(self, host: str) -> str:
         """The WinRM URL for ``host`` (plain substitution: the template has ``{host}`` once)."""
         return self.endpoint.replace("{host}", host)
+
+    def kerberos_host(self, host: str) -> str:
+        """The host name of ``host``'s SPN: its FQDN unless overridden."""
+        override = self.kerberos_hostname_override
+        return host if override is None else override.replace("{host}", host)
 
     @property
     def uses_tls(self) -> bool:

@@ -16,11 +16,13 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
+import logging
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from typing import Any, cast
 
 import requests
@@ -30,7 +32,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from winrm.protocol import Protocol
 
-from vmm_cert_exporter import failures
+from vmm_cert_exporter import failures, kerberos
 from vmm_cert_exporter.clixml import decode_stderr
 from vmm_cert_exporter.config import WinRMConfig
 from vmm_cert_exporter.failures import CollectError
@@ -43,6 +45,13 @@ _CLEANUP_SECONDS = 5.0
 _MAX_OUTPUT = 64 << 20  # refuse absurd output instead of holding it all in memory
 
 _local = threading.local()
+# requests' merge_environment_settings (called by pywinrm's build_session) sets and restores
+# os.environ['no_proxy'] around its proxy lookup: two threads doing it at once can restore
+# each other's value away and raise KeyError. Building sessions one at a time avoids it.
+_session_lock = threading.Lock()
+# pywinrm's vendored requests_kerberos logs the Authorization header (a ticket) at debug and
+# a traceback at error for every failed step: the failure is ours to report, once, classified.
+logging.getLogger("winrm.vendor.requests_kerberos").setLevel(logging.CRITICAL)
 
 
 def _register(sock: socket.socket) -> None:
@@ -82,6 +91,13 @@ class _TrackingAdapter(HTTPAdapter):
             "http": _TrackedHTTPPool,
             "https": _TrackedHTTPSPool,
         }
+
+    def send(self, request: Any, *args: Any, **kwargs: Any) -> requests.Response:
+        response = super().send(request, *args, **kwargs)
+        if response.status_code == 401:
+            # the computer's clock, for a refused Kerberos ticket (skew is the usual cause)
+            _local.refused_at = response.headers.get("Date")
+        return response
 
 
 class _Deadlines:
@@ -236,6 +252,14 @@ def classify(exc: BaseException) -> CollectError:
         return CollectError(failures.WSMAN_FAULT, f"HTTP {exc.code} from the WinRM service")
     if isinstance(exc, winrm.exceptions.WinRMOperationTimeoutError):
         return CollectError(failures.TIMEOUT, "the command did not finish before the deadline")
+    if isinstance(exc, PermissionError) and "NTLM challenge" in detail:
+        # requests_ntlm's words for a 401 to the NTLM negotiate message: refused before any
+        # password was sent, as a "Restrict NTLM" policy does
+        return CollectError(
+            failures.AUTH,
+            'the computer refused NTLM before any password was sent (a "Restrict NTLM" '
+            "policy, or Negotiate limited to Kerberos): use transport kerberos",
+        )
     if isinstance(exc, requests.exceptions.SSLError):
         # a peer that resets or closes the connection during or right after the handshake
         # surfaces as SSLError(EOF): that is a connection problem, not a certificate one
@@ -266,6 +290,8 @@ class WinRMRunner:
         self._active: set[_Watchdog] = set()
         self._active_lock = threading.Lock()
         self._aborted = False
+        # kinit (keytab or password) on start, renewed in the background
+        self.kerberos = kerberos.login(config)
 
     @property
     def timeout(self) -> float:
@@ -296,7 +322,12 @@ class WinRMRunner:
     def _protocol(self, host: str, timeout: float) -> Protocol:
         cfg = self._config
         operation, read = _timeouts(timeout)
-        password = cfg.password.reveal() if cfg.password is not None else None
+        # kerberos: the password (if any) only ever goes to kinit (kerberos.py)
+        password = (
+            cfg.password.reveal()
+            if cfg.password is not None and cfg.transport != "kerberos"
+            else None
+        )
         # the config module validated these strings against pywinrm's literals
         protocol = Protocol(
             endpoint=self.endpoint_for(host),
@@ -314,9 +345,13 @@ class WinRMRunner:
             # NTLM handshake runs on tracked sockets
             message_encryption="never",
             proxy=None,
+            # kerberos: the SPN is <service>/<the computer's FQDN>, not the URL's host
+            kerberos_hostname_override=cfg.kerberos_host(host),
+            service=cfg.kerberos_service,
         )
         transport = protocol.transport
-        session = transport.build_session()
+        with _session_lock:
+            session = transport.build_session()
         # proxy=None made the session's proxies {"no_proxy": "*"} and ca_trust_path is
         # explicit, so nothing from the environment can apply; with trust_env requests would
         # still scan os.environ for proxies on every request, only to bypass them (~10 % of a
@@ -345,6 +380,7 @@ class WinRMRunner:
         shell_id: str | None = None
         command_id: str | None = None
         protocol: Protocol | None = None
+        _local.refused_at = None
         try:
             with watchdog.armed():
                 protocol = self._protocol(host, seconds)
@@ -363,6 +399,8 @@ class WinRMRunner:
                 ) from exc
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 raise
+            if self._config.transport == "kerberos":
+                raise self._kerberos_failure(host, exc) from exc
             raise classify(exc) from exc
         finally:
             with self._active_lock:
@@ -374,6 +412,22 @@ class WinRMRunner:
         return ScriptOutput(
             stdout=out, stderr=err, exit_code=exit_code, raw_stdout=stdout, raw_stderr=stderr
         )
+
+    def _kerberos_failure(self, host: str, exc: BaseException) -> CollectError:
+        """What failed, in Kerberos' terms, for a call that used it."""
+        error = classify(exc)
+        spn = f"{self._config.kerberos_service}/{self._config.kerberos_host(host)}"
+        skew = _clock_offset(getattr(_local, "refused_at", None))
+        message = kerberos.describe_failure(
+            f"{type(exc).__name__}: {exc}",
+            spn=spn,
+            principal=self._config.username,
+            refused=error.reason == failures.AUTH,
+            skew=skew,
+        )
+        if message is None:
+            return error
+        return CollectError(failures.AUTH, message)
 
     @staticmethod
     def _receive(
@@ -413,3 +467,13 @@ class WinRMRunner:
                 protocol.close_shell(shell_id, close_session=False)
         with contextlib.suppress(Exception):
             protocol.transport.close_session()
+
+
+def _clock_offset(date_header: str | None) -> float | None:
+    """Seconds the computer's clock (its HTTP Date) is ahead of ours; None if unknown."""
+    if not date_header:
+        return None
+    try:
+        return parsedate_to_datetime(date_header).timestamp() - time.time()
+    except (TypeError, ValueError):
+        return None

@@ -58,6 +58,18 @@ def test_scenario_file_and_absolute_years(tmp_path: Path) -> None:
     assert len(certs) > len(scvmm)  # noise in My
 
 
+def test_listener_auth_policy_per_computer(tmp_path: Path) -> None:
+    faults_spec = {"auth": ["negotiate", "kerberos"], "cbt_hardening": "strict"}
+    data = minimal(
+        computers=[{"fqdn": "hv01.lab.example", "role": "hyperv_host", "faults": faults_spec}]
+    )
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    faults = load_fleet(str(path)).faults("hv01.lab.example")
+    assert faults.accepts("kerberos") and not faults.accepts("ntlm")
+    assert faults.cbt_hardening == "strict"
+
+
 def test_validity_per_version_and_clock_offset() -> None:
     fleet = build_fleet(
         {
@@ -145,6 +157,16 @@ DELETE = object()
         (_bad(computers__trusted=True), "computers[0].trusted", "match, mismatch"),
         (_bad(computers__faults={"on_fire": True}), "computers[0].faults.on_fire", "unknown fault"),
         (_bad(computers__faults={"latency": -1}), "computers[0].faults.latency", "seconds >= 0"),
+        (
+            _bad(computers__faults={"auth": ["kerberos", "digest"]}),
+            "computers[0].faults.auth",
+            "a list of basic, ntlm, kerberos, negotiate",
+        ),
+        (
+            _bad(computers__faults={"cbt_hardening": "high"}),
+            "computers[0].faults.cbt_hardening",
+            "none, relaxed, strict",
+        ),
         (_bad(computers__state=""), "computers[0].state", "one of Responding, NotResponding"),
         (_bad(computers__state="Not Responding"), "computers[0].state", "AccessDenied"),
         (_bad(computers__noise=1), "computers[0].noise", "true or false"),

@@ -22,10 +22,13 @@ from vmm_cert_exporter.collection import Refresher
 from vmm_cert_exporter.config import load_config
 from vmm_cert_exporter.metrics import SnapshotCollector
 from vmm_cert_exporter.receiver.service import Receiver, start_receiver
+from vmm_cert_lab.fleet.interfaces import Faults
 from vmm_cert_lab.fleet.runner import RunningLab
 from vmm_cert_lab.fleet.scenario import lab_host
 from vmm_cert_lab.promstack import Promtool
 from vmm_cert_lab.receiver_testing import Harness, alert, auth, http, payload, receiver_config
+
+HEALTHY = Faults().to_dict()
 
 
 def lab_cohorts(harness: Harness) -> Counter[str]:
@@ -33,7 +36,8 @@ def lab_cohorts(harness: Harness) -> Counter[str]:
     days: Counter[str] = Counter()
     for computer in harness.lab.model.list_computers():
         faults = harness.describe(computer["fqdn"])["faults"]
-        unreadable = any(v for k, v in faults.items() if k != "language_mode")
+        # a fault switched on; the listener's auth policy is a setting, not a fault
+        unreadable = any(v != HEALTHY[k] for k, v in faults.items() if k != "language_mode")
         if computer["not_after"] and not unreadable:
             days[computer["not_after"][:10]] += 1
     return days

@@ -28,12 +28,14 @@ from typing import Any
 
 import yaml
 
+from vmm_cert_exporter import kerberos
 from vmm_cert_exporter.config import load_config
 from vmm_cert_exporter.logs import setup_logging
 from vmm_cert_exporter.receiver.service import Receiver, start_receiver
 from vmm_cert_exporter.rules import FOR_DURATIONS, render_rules
 from vmm_cert_exporter.serve import Exporter, start_exporter
 from vmm_cert_lab.fleet.runner import RunningLab, start_lab
+from vmm_cert_lab.kdc import KDC, LabRealm, lab_realm, realm_environment
 from vmm_cert_lab.processes import Process
 from vmm_cert_lab.promstack import (
     amtool_query_command,
@@ -149,12 +151,16 @@ def running_stack(
     preferred_ports: bool = True,
     scenario: str = "demo",
     locale: str | None = None,
+    kerberos_only: bool = False,
 ) -> Iterator[Stack]:
     """Lab, exporter, the renewal receiver (against the lab only) and, when installed,
     Prometheus + Alertmanager; everything is stopped on exit, in reverse order.
 
     ``scenario`` and ``locale`` choose the lab's fleet and the language its VMM servers
-    display (``ja-JP``: a Japanese VMM, whose invariant values are the same)."""
+    display (``ja-JP``: a Japanese VMM, whose invariant values are the same).
+    ``kerberos_only``: a real KDC (``vmm_cert_lab.kdc``) beside the lab, every computer
+    accepting Negotiate with Kerberos only (NTLM refused, as "Restrict NTLM" does), the
+    exporter and the receiver each logging on with its own keytab."""
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
 
@@ -162,12 +168,22 @@ def running_stack(
         return free_port(preferred if preferred_ports else 0)
 
     with contextlib.ExitStack() as stack:
-        lab = stack.enter_context(
-            start_lab(scenario=scenario, state_dir=workdir / "lab", locale=locale)
-        )
+        realm: LabRealm | None = None
+        if kerberos_only:
+            lab, realm = _kerberos_lab(stack, workdir, scenario, locale)
+        else:
+            lab = stack.enter_context(
+                start_lab(scenario=scenario, state_dir=workdir / "lab", locale=locale)
+            )
         config_path = lab.write_config(workdir / "exporter.yml")
         data = yaml.safe_load(config_path.read_text())
         data["collection"]["interval"] = interval  # the demo shows renewals quickly
+        if realm is not None:
+            for key, value in realm.winrm("exporter").items():
+                if value is None:
+                    data["winrm"].pop(key, None)
+                else:
+                    data["winrm"][key] = value
         config_path.write_text(yaml.safe_dump(data, sort_keys=False))
         exporter = start_exporter(load_config(config_path), f"127.0.0.1:{port(EXPORTER_PORT)}")
         stack.callback(exporter.stop)
@@ -180,6 +196,7 @@ def running_stack(
                 mode=receiver_mode,
                 listen_address=f"127.0.0.1:{port(RECEIVER_PORT)}",
                 receiver={"desk_users": [desk_user(workdir, DEMO_DESK_USER, DEMO_DESK_PASSWORD)]},
+                winrm=realm.winrm("receiver") if realm is not None else None,
             )
             receiver = start_receiver(load_config(receiver_path))
             stack.callback(receiver.stop)
@@ -256,6 +273,30 @@ def links(stack: Stack, workdir: Path = DEMO_DIR) -> str:
     return "\n".join(lines)
 
 
+def _kerberos_lab(
+    stack: contextlib.ExitStack, workdir: Path, scenario: str, locale: str | None
+) -> tuple[RunningLab, LabRealm]:
+    """The lab with its realm: a KDC, the accounts' keytabs, the computers' SPNs, and every
+    computer refusing NTLM."""
+    from vmm_cert_lab.fleet.scenario import load_fleet
+
+    kdc = stack.enter_context(KDC(workdir / "kdc"))
+    stack.enter_context(realm_environment(kdc))
+    # last out: the exporter's and the receiver's logins (renewal threads, their caches)
+    stack.callback(kerberos.stop_all)
+    fleet = load_fleet(scenario, locale=locale)
+    fqdns = [str(c["fqdn"]) for c in fleet.list_computers()]
+    realm = lab_realm(kdc, fqdns, workdir / "keytabs")
+    lab = stack.enter_context(
+        start_lab(fleet=fleet, state_dir=workdir / "lab", kerberos_keytab=realm.computers_keytab)
+    )
+    for fqdn in fqdns:
+        faults = lab.model.faults(fqdn)
+        faults.auth = ["negotiate", "kerberos"]
+        lab.model.set_faults(fqdn, faults)
+    return lab, realm
+
+
 def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level, args.log_format)
     stopping = threading.Event()
@@ -265,9 +306,19 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    with running_stack(DEMO_DIR, scenario=args.scenario, locale=args.locale) as stack:
+    kerberos_only = bool(getattr(args, "kerberos_only", False))
+    with running_stack(
+        DEMO_DIR, scenario=args.scenario, locale=args.locale, kerberos_only=kerberos_only
+    ) as stack:
         stack.exporter.refresher.wait_first(timeout=120)
-        print(links(stack), flush=True)
+        text = links(stack)
+        if kerberos_only:
+            text += (
+                f"  Kerberos realm      {(DEMO_DIR / 'kdc' / 'krb5.conf').resolve()} "
+                "(every computer refuses NTLM: vmm-cert-exporter check with "
+                'transport: ntlm shows reason=auth "refused NTLM")\n'
+            )
+        print(text, flush=True)
         stopping.wait()
         print("stopping...", file=sys.stderr, flush=True)
     return 0

@@ -59,7 +59,7 @@ def write_lab_receiver_config(
     collection: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write the configuration; ``receiver``, ``winrm`` and ``collection`` override or add
-    keys of those sections."""
+    keys of those sections (a ``winrm`` key given None is removed)."""
     target = lab.write_config(path)
     data: dict[str, Any] = yaml.safe_load(target.read_text(encoding="utf-8"))
     token_file = target.with_name(target.stem + ".token")
@@ -85,8 +85,11 @@ def write_lab_receiver_config(
     }
     section.update(receiver or {})
     data["receiver"] = section
-    if winrm:
-        data["winrm"].update(winrm)
+    for key, value in (winrm or {}).items():
+        if value is None:
+            data["winrm"].pop(key, None)  # a key the lab's Basic configuration has
+        else:
+            data["winrm"][key] = value
     if collection:
         data.setdefault("collection", {}).update(collection)
     target.write_text(

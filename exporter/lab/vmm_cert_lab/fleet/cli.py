@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 import threading
+from pathlib import Path
 from types import FrameType
 
 from vmm_cert_lab.fleet.latency import latency_profile
@@ -53,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
             fleet=replay,
             locale=locale,
             latency=latency,
+            kerberos_keytab=Path(args.kerberos_keytab) if args.kerberos_keytab else None,
         )
     except (OSError, ValueError) as exc:
         print(f"vmm-cert-exporter lab: cannot start: {exc}", file=sys.stderr)

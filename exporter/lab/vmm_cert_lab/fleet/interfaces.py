@@ -12,6 +12,14 @@ from typing import Any, Protocol
 
 # PowerShell's PSLanguageMode names (the ``language_mode`` fault)
 LANGUAGE_MODES = ("FullLanguage", "ConstrainedLanguage", "RestrictedLanguage", "NoLanguage")
+# What a WinRM listener may accept (winrm/config/service/auth): the Basic, Negotiate and
+# Kerberos HTTP schemes, and the NTLM and Kerberos mechanisms inside Negotiate. A hardened
+# estate that restricts NTLM keeps negotiate + kerberos.
+AUTH_METHODS = ("basic", "ntlm", "kerberos", "negotiate")
+# WinRM's CbtHardeningLevel (HTTPS only): strict refuses a Kerberos or NTLM logon that does
+# not carry the TLS channel's binding; relaxed checks one that does.
+CBT_LEVELS = ("none", "relaxed", "strict")
+_CHOICES = {"language_mode": LANGUAGE_MODES, "cbt_hardening": CBT_LEVELS}
 
 
 @dataclass
@@ -37,9 +45,15 @@ class Faults:
     # the session's language mode (AppLocker/WDAC hardening): anything but FullLanguage makes
     # every contract script answer its language-mode result
     language_mode: str = "FullLanguage"
+    # listener hardening (applied by the server like the transport faults)
+    auth: list[str] = field(default_factory=lambda: list(AUTH_METHODS))
+    cbt_hardening: str = "relaxed"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def accepts(self, method: str) -> bool:
+        return method in self.auth
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], base: Faults | None = None) -> Faults:
@@ -49,13 +63,18 @@ class Faults:
         for key, value in data.items():
             if key not in known:
                 raise ValueError(f"unknown fault {key!r}; expected one of {sorted(known)}")
-            if known[key].type == "bool":
+            if key == "auth":
+                if not isinstance(value, list) or any(v not in AUTH_METHODS for v in value):
+                    raise ValueError(
+                        f"fault 'auth' must be a list of {', '.join(AUTH_METHODS)}, got {value!r}"
+                    )
+            elif known[key].type == "bool":
                 if not isinstance(value, bool):
                     raise ValueError(f"fault {key!r} must be true or false, got {value!r}")
             elif known[key].type == "str":
-                if value not in LANGUAGE_MODES:
+                if value not in _CHOICES[key]:
                     raise ValueError(
-                        f"fault {key!r} must be one of {', '.join(LANGUAGE_MODES)}, got {value!r}"
+                        f"fault {key!r} must be one of {', '.join(_CHOICES[key])}, got {value!r}"
                     )
             elif isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 raise ValueError(f"fault {key!r} must be a number of seconds >= 0, got {value!r}")

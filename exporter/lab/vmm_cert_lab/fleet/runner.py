@@ -217,6 +217,7 @@ def start_lab(
     tls_listener: bool = True,
     latency: Latency = NONE,
     locale: str | None = None,
+    kerberos_keytab: Path | None = None,
 ) -> RunningLab:
     """Load the scenario (or use ``fleet``), start serving, return the running lab.
 
@@ -227,6 +228,8 @@ def start_lab(
     ``latency`` is how long each WS-Management request takes (``lab.latency.WINDOWS``).
     ``locale`` (``"en-US"``, ``"ja-JP"``) is the language of VMM's display strings; it
     overrides the scenario's ``locale`` (a given ``fleet`` must be a ``Fleet``).
+    ``kerberos_keytab`` holds the computers' ``HTTP/<fqdn>`` keys (``vmm_cert_lab.kdc``): with
+    it the listeners accept Kerberos.
     """
     host, port = parse_listen(listen)
     if fleet is None:
@@ -251,6 +254,7 @@ def start_lab(
         receive_chunk=receive_chunk,
         max_operation_wait=max_operation_wait,
         latency=latency,
+        kerberos_keytab=kerberos_keytab,
     )
     server.start()
     from vmm_cert_lab.fleet.model import Fleet

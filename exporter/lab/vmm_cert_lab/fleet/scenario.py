@@ -18,7 +18,13 @@ import yaml
 
 from vmm_cert_lab.fleet import locales
 from vmm_cert_lab.fleet.clock import LabClock
-from vmm_cert_lab.fleet.interfaces import LANGUAGE_MODES, Account, Faults
+from vmm_cert_lab.fleet.interfaces import (
+    AUTH_METHODS,
+    CBT_LEVELS,
+    LANGUAGE_MODES,
+    Account,
+    Faults,
+)
 from vmm_cert_lab.fleet.model import (
     CERT_DUPLICATE,
     CERT_MISSING,
@@ -194,8 +200,12 @@ def parse_computer(
                 )
             if isinstance(known[key], bool):
                 _bool(value, where, fault_path)
+            elif isinstance(known[key], list):
+                if not isinstance(value, list) or any(v not in AUTH_METHODS for v in value):
+                    raise _fail(where, fault_path, f"a list of {', '.join(AUTH_METHODS)}", value)
             elif isinstance(known[key], str):
-                _choice(value, LANGUAGE_MODES, where, fault_path)
+                choices = CBT_LEVELS if key == "cbt_hardening" else LANGUAGE_MODES
+                _choice(value, choices, where, fault_path)
             elif isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 raise _fail(where, fault_path, "a number of seconds >= 0", value)
         faults = Faults.from_dict(raw_faults)  # checked above, so it cannot raise

@@ -21,6 +21,7 @@ import struct
 import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -82,6 +83,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.request = lab.ssl_context.wrap_socket(raw, server_side=True)
         self.ntlm = ntlm.NTLMConnection()
         self.encrypted = False
+        self.protocol = ntlm.PROTOCOL  # the encryption protocol of the last request
+        self.auth_reply: str | None = None  # Kerberos' AP-REP, sent with the next answer
         super().setup()
         lab._track(self.connection, True)
 
@@ -122,6 +125,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         if self.close_connection:
             self.send_header("Connection", "close")
+        if self.auth_reply is not None:
+            self.send_header("WWW-Authenticate", self.auth_reply)
+            self.auth_reply = None
         self.end_headers()
         if not drip:
             self.wfile.write(body)
@@ -253,10 +259,13 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if not self._authenticate(faults):
             return
-        if self.headers.get("Content-Type", "").lower().startswith("multipart/encrypted"):
+        ctype_header = self.headers.get("Content-Type", "")
+        if ctype_header.lower().startswith("multipart/encrypted"):
             try:
                 body = self.ntlm.decrypt(body)
                 self.encrypted = True
+                self.protocol = ntlm.request_protocol(ctype_header)
+                lab._count(f"encrypted_{self.ntlm.mechanism}")
             except ValueError as exc:
                 log.debug("cannot decrypt request: %s", exc)
                 self._send(400)
@@ -275,8 +284,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         if self.encrypted:
-            answer = self.ntlm.encrypt(answer)
-            ctype = ntlm.CONTENT_TYPE
+            answer = self.ntlm.encrypt(answer, self.protocol)
+            ctype = ntlm.content_type(self.protocol)
         else:
             ctype = SOAP_CONTENT_TYPE
         self._send(status, answer, [("Content-Type", ctype)], drip=faults.drip)
@@ -301,15 +310,46 @@ class _Handler(BaseHTTPRequestHandler):
             )
             return 500, fault_envelope(internal, relates_to_of(body), fqdn)
 
-    def _unauthorized(self, token: str | None = None) -> None:
+    def _unauthorized(self, faults: Faults, token: str | None = None) -> None:
         if token is None:
-            headers = [
-                ("WWW-Authenticate", "Negotiate"),
-                ("WWW-Authenticate", 'Basic realm="WSMAN"'),
-            ]
+            # the schemes this listener offers, as Windows lists them
+            offered = [("negotiate", "Negotiate"), ("kerberos", "Kerberos")]
+            headers = [("WWW-Authenticate", name) for key, name in offered if faults.accepts(key)]
+            if faults.accepts("basic"):
+                headers.append(("WWW-Authenticate", 'Basic realm="WSMAN"'))
         else:
             headers = [("WWW-Authenticate", f"Negotiate {token}")]
+        self.auth_reply = None
         self._send(401, b"", headers)
+
+    def _kerberos(self, scheme: str, token: bytes, faults: Faults) -> bool:
+        lab = self.server.lab
+        if not faults.accepts("kerberos") or lab.kerberos_credential is None:
+            self._unauthorized(faults)
+            return False
+        binding = lab.channel_binding if faults.cbt_hardening != "none" else None
+        try:
+            reply = self.ntlm.kerberos(
+                token,
+                lab.kerberos_credential,
+                binding,
+                require_binding=faults.cbt_hardening == "strict",
+            )
+        except ntlm.KerberosRefused as exc:
+            # Windows answers a refused ticket (skew, a key it does not have, no CBT) with
+            # a bare 401; the reason stays in its event log, here the lab's debug log
+            lab._count("kerberos_refused")
+            log.debug("Kerberos logon refused: %s", exc)
+            self._unauthorized(faults)
+            return False
+        if faults.http_401:
+            self.ntlm.reset()
+            self._unauthorized(faults)
+            return False
+        lab._count("kerberos_logon")
+        name = "Kerberos" if scheme == "kerberos" else "Negotiate"
+        self.auth_reply = f"{name} {ntlm.b64(reply)}" if reply else None
+        return True
 
     def _authenticate(self, faults: Faults) -> bool:
         """True when the request may proceed; otherwise the 401 has been sent."""
@@ -319,30 +359,41 @@ class _Handler(BaseHTTPRequestHandler):
         scheme = scheme.lower()
         if scheme == "basic":
             self.ntlm.reset()
-            if faults.http_401 or not lab.check_basic(value.strip()):
-                self._unauthorized()
+            if not faults.accepts("basic") or faults.http_401 or not lab.check_basic(value.strip()):
+                self._unauthorized(faults)
                 return False
             return True
-        if scheme in ("negotiate", "ntlm"):
+        if scheme in ("negotiate", "ntlm", "kerberos"):
             try:
                 token = base64.b64decode(value.strip(), validate=True)
             except binascii.Error:
-                self._unauthorized()
+                self._unauthorized(faults)
                 return False
+            if scheme == "negotiate" and not faults.accepts("negotiate"):
+                self._unauthorized(faults)
+                return False
+            if scheme == "kerberos" or ntlm.is_kerberos(token):
+                return self._kerberos(scheme, token, faults)
             kind = ntlm.message_type(token)
+            if not faults.accepts("ntlm"):
+                # "Restrict NTLM": the NTLM message is refused before any challenge
+                self.ntlm.reset()
+                lab._count("ntlm_refused")
+                self._unauthorized(faults)
+                return False
             if kind == ntlm.NEGOTIATE:
                 challenge = self.ntlm.negotiate(token)
-                self._unauthorized(ntlm.b64(challenge))
+                self._unauthorized(faults, ntlm.b64(challenge))
                 return False
             if kind == ntlm.AUTHENTICATE and not faults.http_401 and self.ntlm.authenticate(token):
                 return True
             self.ntlm.reset()
-            self._unauthorized()
+            self._unauthorized(faults)
             return False
         if self.ntlm.complete and not faults.http_401:
-            return True  # an NTLM-authenticated connection needs no header
+            return True  # an NTLM- or Kerberos-authenticated connection needs no header
         self.ntlm.reset()
-        self._unauthorized()
+        self._unauthorized(faults)
         return False
 
 
@@ -360,16 +411,29 @@ class LabServer:
         shell_idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         max_operation_wait: float = 60.0,
         latency: Latency = NONE,
+        kerberos_keytab: Path | None = None,
     ) -> None:
-        """``receive_chunk``: most bytes of output served per Receive (Windows splits output
-        the same way); ``max_operation_wait``: cap on how long a Receive with the
-        ``receive_timeout`` fault holds before answering w:TimedOut; ``latency``: how long
-        each WS-Management request takes (``lab.latency``), slept in its connection's
-        thread."""
+        """``kerberos_keytab``: the computers' service keys (``HTTP/<fqdn>``), which makes
+        the listeners accept Kerberos; ``receive_chunk``: most bytes of output served per
+        Receive (Windows splits output the same way); ``max_operation_wait``: cap on how
+        long a Receive with the ``receive_timeout`` fault holds before answering w:TimedOut;
+        ``latency``: how long each WS-Management request takes (``lab.latency``), slept in
+        its connection's thread."""
         self.model = model
         self.host = host
         self.tls = tls
         self.ssl_context: ssl.SSLContext | None = tls.server_context() if tls else None
+        # what a client binds its Kerberos logon to over HTTPS (the listener's certificate)
+        self.channel_binding: bytes | None = (
+            ntlm.tls_server_end_point(
+                ssl.PEM_cert_to_DER_cert(tls.cert_path.read_text(encoding="ascii"))
+            )
+            if tls
+            else None
+        )
+        self.kerberos_credential: Any = (
+            _acceptor_credential(kerberos_keytab) if kerberos_keytab is not None else None
+        )
         self._stop = threading.Event()
         self.shells = ShellTable(shell_idle_timeout)
         self.service = WSManService(
@@ -487,6 +551,14 @@ class LabServer:
                 "open_shells_total": sum(shells.values()),
                 "open_shells": shells,
             }
+
+
+def _acceptor_credential(keytab: Path) -> Any:
+    """A GSSAPI acceptor credential from ``keytab`` alone: no KRB5_KTNAME, so labs with
+    different keytabs can run in one process."""
+    import gssapi
+
+    return gssapi.Credentials(usage="accept", store={"keytab": str(keytab)})
 
 
 def find_account(accounts: list[Account], user: str, password: str) -> Account | None:
