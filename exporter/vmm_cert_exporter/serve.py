@@ -77,10 +77,15 @@ def start_exporter(
         restarts=None if process is None else (lambda: process.restarts),
     )
     exposition = Exposition(
-        collector, lambda: refresher.snapshot, lambda: refresher.histogram.count
+        collector,
+        lambda: refresher.snapshot,
+        lambda: refresher.histogram.count,
+        # the refresh process renders each snapshot itself: none is rendered here
+        prerendered=None if process is None else (lambda: process.rendered),
     )
-    refresher.listeners.append(exposition.warm)
-    app = make_app(exposition, lambda: refresher.snapshot)
+    if process is None:
+        refresher.listeners.append(exposition.warm)
+    app = make_app(exposition, lambda: refresher.snapshot, ready=lambda: refresher.ready)
     server = make_server(
         app, listen_address or config.web.listen_address, web_config=web_config, limits=limits
     )

@@ -130,7 +130,10 @@ def make_app(
     snapshot: Callable[[], Snapshot],
     *,
     clock: Callable[[], float] = time.time,
+    ready: Callable[[], bool] | None = None,
 ) -> WSGIApp:
+    """``ready``: whether the first refresh is served (default: the snapshot says so)."""
+    is_ready = ready or (lambda: snapshot().complete)
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
@@ -142,7 +145,7 @@ def make_app(
         if path == "/-/healthy":
             return _plain(start_response, "200 OK", "Healthy\n")
         if path == "/-/ready":
-            if snapshot().complete:
+            if is_ready():
                 return _plain(start_response, "200 OK", "Ready\n")
             return _plain(start_response, "503 Service Unavailable", "first refresh running\n")
         if path == "/":
