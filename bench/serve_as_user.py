@@ -95,7 +95,7 @@ while not os.path.exists(stop):
         try:
             sock.sendall(request(gz))
             head = b""
-            while b"\r\n\r\n" not in head:
+            while b"\\r\\n\\r\\n" not in head:
                 chunk = sock.recv(65536)
                 if not chunk:
                     raise ConnectionResetError("closed before the answer")
@@ -108,8 +108,8 @@ while not os.path.exists(stop):
             sock = None
             if not reused or attempt == 2:
                 raise
-    head, _, body = head.partition(b"\r\n\r\n")
-    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+    head, _, body = head.partition(b"\\r\\n\\r\\n")
+    length = int(head.lower().split(b"content-length:")[1].split(b"\\r\\n")[0])
     got = len(body)
     view = memoryview(buf)
     while got < length:
@@ -471,6 +471,9 @@ def main() -> int:
     parser.add_argument(
         "--ntlm-sizes", default="1000,10000", help="sizes the other transports run at"
     )
+    parser.add_argument(
+        "--other-refreshes", type=int, default=2, help="swaps measured for NTLM and Kerberos"
+    )
     parser.add_argument("--scrapers", type=int, default=10)
     parser.add_argument("--renew-share", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=1)
@@ -486,7 +489,8 @@ def main() -> int:
             if transport != "basic" and hosts not in other_sizes:
                 continue
             began = time.monotonic()
-            run = measure(hosts, transport, refreshes, args.scrapers, args.renew_share, args.seed)
+            count = refreshes if transport == "basic" else args.other_refreshes
+            run = measure(hosts, transport, count, args.scrapers, args.renew_share, args.seed)
             runs.append(run)
             print(
                 f"{hosts:,} computers, {transport}: {len(run.refreshes)} refreshes, "
