@@ -40,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -164,8 +165,15 @@ def _free_port() -> int:
 
 def _control(base: str, method: str, path: str) -> Any:
     request = urllib.request.Request(base + path, method=method)  # noqa: S310 - our lab
-    with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - our lab
+    # generous: a lab of 50,000 computers busy answering a refresh lists itself slowly
+    with urllib.request.urlopen(request, timeout=600) as response:  # noqa: S310 - our lab
         return json.loads(response.read())
+
+
+def _renew(lab_base: str, names: list[str], run: Run) -> None:
+    for fqdn in names:
+        _control(lab_base, "POST", f"/lab/computers/{fqdn}/renew")
+        run.renewed += 1
 
 
 def _children(pid: int) -> list[int]:
@@ -235,6 +243,7 @@ def measure(
             )
         scraper_procs: list[subprocess.Popen[bytes]] = []
         cpu_server0 = 0.0
+        renewer: threading.Thread | None = None
         try:
             log = _Log(log_path)
             child: int | None = None
@@ -271,9 +280,12 @@ def measure(
                     last_cpu = cpu
                     done += 1
                     # the next snapshot's certificates differ: renew a slice of the fleet
-                    for fqdn in rng.sample(names, per_refresh):
-                        _control(lab_base, "POST", f"/lab/computers/{fqdn}/renew")
-                        run.renewed += 1
+                    renewing = rng.sample(names, per_refresh)
+                    if renewer is not None:
+                        renewer.join()
+                    # beside this loop, which keeps sampling memory meanwhile
+                    renewer = threading.Thread(target=_renew, args=(lab_base, renewing, run))
+                    renewer.start()
                     if done == 1:  # the first snapshot is being served: start scraping
                         time.sleep(2.0)
                         scraper_procs = _start_scrapers(port, scrapers, stop)
@@ -283,6 +295,8 @@ def measure(
             run.load = _load()
         finally:
             stop.touch()
+            if renewer is not None:
+                renewer.join()
             for proc in scraper_procs:
                 with contextlib.suppress(subprocess.TimeoutExpired, ValueError):
                     output, _ = proc.communicate(timeout=120)
