@@ -7,6 +7,10 @@ import sys
 
 # One at a time (they share two cores); each writes bench/results/<name>.txt (and .png).
 BENCHES = [
+    # the headline: serve against the lab as a user runs it (docs/scaling.md): 1,000, 10,000
+    # and 50,000 computers, new snapshots every refresh, scraped once a second; then the
+    # micro-benchmarks below, as diagnostics
+    ["bench.serve_as_user", "--sizes", "1000,10000,50000", "--refreshes", "5,5,3"],
     ["bench.lab_run_ps"],
     # WinRM refresh scaling: 100, 1,000 and 5,000 computers at four concurrencies
     ["bench.exporter_refresh", "--hosts", "100,1000,5000", "--concurrency", "4,16,32,64"],
@@ -14,7 +18,8 @@ BENCHES = [
     ["bench.refresh_auth", "--hosts", "300", "--concurrency", "16"],
     # the same refresh against Windows-like timing (lab --latency windows): wall / ideal
     ["bench.refresh_latency", "--hosts", "500,2000", "--concurrency", "16,64,128,256"],
-    # /metrics at 1,000, 10,000 and 50,000 computers, 10 scrapers, a refresh running
+    # micro: /metrics of a fixed snapshot at 1,000, 10,000 and 50,000 computers, 10
+    # scrapers at once, a refresh of another lab running
     ["bench.metrics_latency", "--sizes", "1000,10000,50000", "--scrapers", "10"],
     # 1,000 idle, half-sent, slowloris and stalled-TLS clients against serve and receiver
     ["bench.slow_clients", "--clients", "1000"],

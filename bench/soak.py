@@ -1,6 +1,10 @@
 """Soak: the exporter against a large lab fleet with faults that change every refresh.
 
     .venv/bin/python -m bench.soak [--minutes 30] [--hosts 2000] [--interval 10s]
+                                   [--renew-share 0.01] [--name soak]
+
+The committed 10,000-computer soak (bench/results/soak_10k.txt) is
+``.venv/bin/python -m bench.soak --hosts 10000 --minutes 30 --name soak_10k``.
 
 Not part of ``make test``. A lab of ``--hosts`` computers runs in one child process, the
 exporter (``vmm-cert-exporter serve``) in another; this process changes faults through the
@@ -19,7 +23,9 @@ SIGTERM and prints:
 Healthy computers: half of the fleet is never given a fault (the control half) and has a
 certificate; each of them must be in every scrape after the first refresh, with
 ``vmm_cert_collect_success`` 1. The other half draws faults: each refresh ``--fault-share``
-of the fleet gets one of the lab's faults, and last refresh's are cleared. A fault is only
+of the fleet gets one of the lab's faults, and last refresh's are cleared; ``--renew-share`` of
+the fleet (either half) has its certificate renewed through the lab's control API, so that
+every snapshot carries certificates that changed since the last one. A fault is only
 switched on for a computer that holds no open shell at that moment, so a host never turns
 unreachable in the middle of a call (no client can close a shell on a host that stopped
 answering; Windows reclaims those after its idle timeout).
@@ -126,6 +132,8 @@ class Soak:
     missing_events: int = 0  # (scrape, healthy computer) pairs absent or failed
     missing_examples: list[str] = field(default_factory=list)
     fault_changes: int = 0
+    renewals: int = 0
+    loads: list[float] = field(default_factory=list)  # the 1-minute load average, per minute
     fault_skipped_busy: int = 0
     refreshes: list[Refresh] = field(default_factory=list)
     crashes: int = 0
@@ -235,6 +243,8 @@ def _drive(
     next_report = time.monotonic() + 60
     ready = False
     per_refresh = max(1, round(soak.fault_share * soak.hosts))
+    per_renewal = round(args.renew_share * soak.hosts)
+    names = [*faultable, *healthy]
     while time.monotonic() - soak.started < soak.seconds:
         if exporter.poll() is not None:
             raise RuntimeError(f"the exporter exited ({exporter.returncode}); see its log")
@@ -253,6 +263,9 @@ def _drive(
             for fqdn in faulted:
                 _control(lab_base, "PUT", f"/lab/computers/{fqdn}/faults", {})
             faulted = []
+            for fqdn in rng.sample(names, min(per_renewal, len(names))):
+                _control(lab_base, "POST", f"/lab/computers/{fqdn}/renew")
+                soak.renewals += 1
             for fqdn in rng.sample(faultable, min(per_refresh, len(faultable))):
                 if fqdn.lower() in busy:
                     soak.fault_skipped_busy += 1
@@ -266,6 +279,7 @@ def _drive(
                 _scrape(soak, metrics, healthy)
         if now >= next_report:
             next_report = now + 60
+            soak.loads.append(os.getloadavg()[0])
             last = soak.refreshes[-1] if soak.refreshes else None
             print(
                 f"{(now - soak.started) / 60:5.1f} min: rss {status['VmRSS'] / 1024:.0f} MB "
@@ -382,6 +396,12 @@ def report(soak: Soak) -> str:
         ["refresh stalls (> 2 s late)", f"{stalls} (max lateness {max(gaps or [0]):.2f} s)"],
         ["errors logged (crashes)", str(soak.crashes)],
         ["fault changes (skipped: host busy)", f"{soak.fault_changes} ({soak.fault_skipped_busy})"],
+        ["certificates renewed", str(soak.renewals)],
+        [
+            "machine load, 1 min (min / median / max)",
+            f"{min(soak.loads or [0]):.1f} / {statistics.median(soak.loads or [0]):.1f} / "
+            f"{max(soak.loads or [0]):.1f} on {os.cpu_count()} cores",
+        ],
         [
             "scrapes with every healthy host ok",
             f"{soak.scrapes_complete} / {soak.scrapes} (missing events {soak.missing_events})",
@@ -432,12 +452,14 @@ def main() -> int:
     parser.add_argument("--timeout", default="5s", help="winrm.timeout")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--fault-share", type=float, default=0.05)
+    parser.add_argument("--renew-share", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--name", default="soak", help="bench/results/<name>.txt")
     args = parser.parse_args()
     soak = run(args)
     text = report(soak)
     print(text, flush=True)
-    write_result("soak", text)
+    write_result(args.name, text)
     return 0 if "FAILED" not in text.splitlines()[-1] else 1
 
 

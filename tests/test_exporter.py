@@ -375,3 +375,20 @@ def test_label_values_are_escaped_like_prometheus_client() -> None:
 
     registry.register(One())
     assert f'x{{host="{_escape_label_value(value)}"}} 1.0' in generate_latest(registry).decode()
+
+
+def test_unchanged_certificates_are_kept_from_the_last_refresh(
+    lab: RunningLab, tmp_path: Path
+) -> None:
+    """A refresh holds one copy of the fleet's certificates: an unchanged store keeps the
+    last snapshot's objects, a renewed one gets the new certificate."""
+    refresher = Refresher(lab_config(lab, tmp_path))
+    before = {h.computer.fqdn: h for h in refresher.refresh_once().hosts}
+    renewed = lab_host("hv01")
+    lab.model.renew(renewed)
+    after = {h.computer.fqdn: h for h in refresher.refresh_once().hosts}
+    held = [f for f, h in after.items() if h.certificates and f != renewed]
+    assert held and all(after[f].certificates is before[f].certificates for f in held)
+    old, new = before[renewed].current, after[renewed].current
+    assert old is not None and new is not None
+    assert new.info.thumbprint != old.info.thumbprint

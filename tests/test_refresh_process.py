@@ -7,6 +7,7 @@ to prove its child does not outlive it (and still closes its WinRM shells).
 
 from __future__ import annotations
 
+import gzip
 import logging
 import os
 import signal
@@ -18,6 +19,7 @@ import pytest
 import yaml
 
 from vmm_cert_exporter.config import Config, load_config
+from vmm_cert_exporter.metrics import SnapshotCollector, render_snapshot
 from vmm_cert_exporter.refresh_process import RefreshProcess
 from vmm_cert_exporter.serve import Exporter, start_exporter
 from vmm_cert_exporter.sharding import Shard
@@ -74,6 +76,14 @@ def test_serve_refreshes_in_a_child_process(lab: RunningLab, tmp_path: Path) -> 
         assert f'vmm_cert_present{{host="hv38.{LAB_DOMAIN}",role="hyperv_host"}} 0.0' in text
         assert "vmm_cert_exporter_refresh_duration_seconds_count 1.0" in text
         assert "vmm_cert_exporter_refresh_process_restarts_total 0.0" in text
+        # the child rendered the snapshot it sent: what this process would render of it
+        snapshot, rendered = refresher.snapshot, refresher.rendered
+        assert rendered is not None and len(snapshot.hosts) == len(lab.model.list_computers())
+        mine = render_snapshot(
+            SnapshotCollector(lambda: snapshot, lambda: refresher.histogram), snapshot, None
+        )
+        assert rendered.static == mine.static and rendered.points == mine.points
+        assert gzip.decompress(b"".join(rendered.static_gz)) == b"".join(mine.static)
     finally:
         assert exporter.stop()
 

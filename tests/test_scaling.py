@@ -21,7 +21,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 from vmm_cert_exporter.certificate import parse_certificate
 from vmm_cert_exporter.collection import RefreshHistogram
 from vmm_cert_exporter.inventory import Computer
-from vmm_cert_exporter.metrics import Exposition, SnapshotCollector, scrape_second
+from vmm_cert_exporter.metrics import (
+    Exposition,
+    SnapshotCollector,
+    render_snapshot,
+    scrape_second,
+)
 from vmm_cert_exporter.snapshot import HostSnapshot, Snapshot, StoredCertificate
 from vmm_cert_exporter.web import make_app, make_server
 
@@ -122,6 +127,29 @@ def test_a_scrape_during_a_rendering_gets_the_previous_snapshot(big: Snapshot) -
     with exposition._render_lock:  # another thread is rendering the new snapshot
         assert exposition.render(now=t) == before
     assert exposition.render(now=t) != before  # then the new one is served
+
+
+def test_a_snapshot_rendered_elsewhere_is_served_without_reading_the_snapshot(
+    big: Snapshot,
+) -> None:
+    """serve's refresh process renders each snapshot; the server only serves the parts."""
+    histogram = RefreshHistogram()
+    histogram.observe(12.0)
+    rendered = render_snapshot(SnapshotCollector(lambda: big, lambda: histogram), big, (-1, 1))
+
+    def unread() -> Snapshot:
+        raise AssertionError("the server read the snapshot")
+
+    exposition = Exposition(
+        SnapshotCollector(unread, restarts=lambda: 1), unread, prerendered=lambda: rendered
+    )
+    t = 1_800_000_000.4
+    plain = exposition.render(now=t)
+    assert plain == reference(big, histogram, t, restarts=1)
+    assert gzip.decompress(exposition.render_gzip(now=t)) == plain
+    # the body is the rendering's own parts, never a joined copy
+    parts = exposition.render_parts(now=t)
+    assert all(a is b for a, b in zip(parts[1:-1], rendered.static, strict=True))
 
 
 @pytest.fixture()

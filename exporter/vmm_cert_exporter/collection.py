@@ -16,6 +16,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -239,21 +240,23 @@ class Refresher:
                 (host, pool.submit(self._timed, host, LIST_TRUSTED, self._winrm.trusted_copies))
                 for host in trusted_later
             ]
-            host_futures = [
+            # a deque, emptied as the results are taken: a future keeps its result alive
+            host_futures = deque(
                 (c, pool.submit(self._read_computer, c))
                 for c in inventory.computers
                 if c.key not in gathered.auth_failed
-            ]
+            )
             for host, trusted_future in trusted_futures:
                 copies, call = trusted_future.result()
                 gathered.note(host, call)
                 if copies is not None:
                     self._trusted[fqdn_key(host)] = copies
-            for computer, host_future in host_futures:
+            while host_futures:
+                computer, host_future = host_futures.popleft()
                 certificates, call = host_future.result()
                 gathered.note(computer.fqdn, call)
                 if certificates is not None:
-                    gathered.certificates[computer.key] = certificates
+                    gathered.certificates[computer.key] = self._kept(computer.key, certificates)
 
         calls = gathered.calls
         now = self._clock()
@@ -285,6 +288,19 @@ class Refresher:
             },
         )
         return snapshot
+
+    def _kept(
+        self, key: str, fresh: tuple[StoredCertificate, ...]
+    ) -> tuple[StoredCertificate, ...]:
+        """The certificates already held when the store still holds the same ones.
+
+        Almost every store is unchanged from one refresh to the next: keeping the objects
+        of the last snapshot and dropping the fresh parse at once means a refresh holds one
+        copy of the fleet's certificates, not two, at its peak (~1.6 KB a computer).
+        """
+        state = self._states.get(key)
+        held = None if state is None else state.certificates
+        return held if held is not None and held == fresh else fresh
 
     def _build_snapshot(
         self,

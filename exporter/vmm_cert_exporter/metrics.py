@@ -10,6 +10,7 @@ import gzip
 import math
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -310,13 +311,47 @@ def _escape_label_value(value: str) -> str:
 
 
 @dataclass(frozen=True)
-class _Rendered:
-    """Everything of one snapshot that a scrape needs, swapped in whole."""
+class RenderedSnapshot:
+    """Everything of one snapshot that a scrape needs, swapped in whole.
+
+    Made where the snapshot is (``render_snapshot``): in ``serve``, by the refresh process,
+    which sends it to the server beside the snapshot, so that the server never spends its
+    interpreter on a rendering while it answers scrapes.
+    """
 
     key: tuple[int, int] | None
-    static: bytes  # every family but the expiry one, rendered by generate_latest
-    static_gz: bytes
+    # every family but the expiry one, rendered by generate_latest one family per part (the
+    # parts are sent one after the other: never joined, so never held twice)
+    static: tuple[bytes, ...]
+    static_gz: tuple[bytes, ...]  # one gzip member, compressed family by family
     points: tuple[tuple[bytes, float], ...]  # (expiry line up to the value, NotAfter)
+
+
+def render_snapshot(
+    collector: SnapshotCollector,
+    snapshot: Snapshot,
+    key: tuple[int, int] | None,
+    gzip_level: int = 6,
+) -> RenderedSnapshot:
+    """Render every family of ``snapshot`` that does not change with the scrape's second."""
+    # one family at a time: only one family's samples exist at once
+    static: list[bytes] = []
+    compressed: list[bytes] = []
+    compressor = zlib.compressobj(gzip_level, zlib.DEFLATED, 31)  # 31: a gzip member
+    for family in collector.static_families(snapshot):
+        part = generate_latest(_Families([family]))
+        static.append(part)
+        compressed.append(compressor.compress(part))
+    compressed.append(compressor.flush())
+    points = tuple(
+        (
+            f'{EXPIRY_NAME}{{host="{_escape_label_value(h.computer.fqdn)}",'
+            f'role="{_escape_label_value(h.computer.role)}"}} '.encode(),
+            after,
+        )
+        for h, after in expiry_points(snapshot)
+    )
+    return RenderedSnapshot(key, tuple(static), tuple(c for c in compressed if c), points)
 
 
 @dataclass(frozen=True)
@@ -362,19 +397,27 @@ class Exposition:
         *,
         clock: Callable[[], float] = time.time,
         gzip_level: int = 6,
+        prerendered: Callable[[], RenderedSnapshot | None] | None = None,
     ) -> None:
         self._collector = collector
+        # the refresh process's rendering of its last snapshot (None before the first one):
+        # served as it is, so no snapshot is ever rendered in this process
+        self._prerendered = prerendered
         self._source = source
         self._histogram_count = histogram_count
         self._clock = clock
         self._gzip_level = gzip_level
         self._render_lock = threading.Lock()  # one rendering of a snapshot at a time
         self._expiry_lock = threading.Lock()  # one rendering of a second at a time
-        self._rendered = _Rendered(None, b"", b"", ())
+        self._rendered = RenderedSnapshot(None, (), (), ())
         self._expiry = _ExpiryBlock(None, math.nan, b"", [])
         self._restarts = self._render_restarts(0)
 
-    def _current(self) -> _Rendered:
+    def _current(self) -> RenderedSnapshot:
+        if self._prerendered is not None:
+            ready = self._prerendered()
+            if ready is not None:  # rendered elsewhere: nothing to do here but serve it
+                return ready
         snapshot = self._source()
         key = (id(snapshot), self._histogram_count())
         rendered = self._rendered
@@ -391,23 +434,10 @@ class Exposition:
         finally:
             self._render_lock.release()
 
-    def _render(self, snapshot: Snapshot, key: tuple[int, int]) -> _Rendered:
-        # one family at a time: only one family's samples exist at once
-        static = b"".join(
-            generate_latest(_Families([family]))
-            for family in self._collector.static_families(snapshot)
-        )
-        points = tuple(
-            (
-                f'{EXPIRY_NAME}{{host="{_escape_label_value(h.computer.fqdn)}",'
-                f'role="{_escape_label_value(h.computer.role)}"}} '.encode(),
-                after,
-            )
-            for h, after in expiry_points(snapshot)
-        )
-        return _Rendered(key, static, gzip.compress(static, self._gzip_level), points)
+    def _render(self, snapshot: Snapshot, key: tuple[int, int]) -> RenderedSnapshot:
+        return render_snapshot(self._collector, snapshot, key, self._gzip_level)
 
-    def _expiry_block(self, rendered: _Rendered, now: float) -> _ExpiryBlock:
+    def _expiry_block(self, rendered: RenderedSnapshot, now: float) -> _ExpiryBlock:
         second = scrape_second(now)
         block = self._expiry
         if block.key == rendered.key and block.second == second:
@@ -456,7 +486,7 @@ class Exposition:
         rendered = self._current()
         moment = self._clock() if now is None else now
         restarts = self._restarts_block()
-        return [self._expiry_block(rendered, moment).plain, rendered.static, restarts.plain]
+        return [self._expiry_block(rendered, moment).plain, *rendered.static, restarts.plain]
 
     def render_gzip_parts(self, now: float | None = None) -> list[bytes]:
         """Gzip members back to back: valid gzip (RFC 1952), read whole by every client."""
@@ -467,7 +497,7 @@ class Exposition:
             with self._expiry_lock:
                 if not block.gz:
                     block.gz.append(gzip.compress(block.plain, 1))
-        return [block.gz[0], rendered.static_gz, self._restarts_block().gz]
+        return [block.gz[0], *rendered.static_gz, self._restarts_block().gz]
 
     def render(self, now: float | None = None) -> bytes:
         return b"".join(self.render_parts(now))

@@ -78,12 +78,20 @@ def start_exporter(
         restarts=None if process is None else (lambda: process.restarts),
     )
     exposition = Exposition(
-        collector, lambda: refresher.snapshot, lambda: refresher.histogram.count
+        collector,
+        lambda: refresher.snapshot,
+        lambda: refresher.histogram.count,
+        # the refresh process renders each snapshot itself: none is rendered here
+        prerendered=None if process is None else (lambda: process.rendered),
     )
-    refresher.listeners.append(exposition.warm)
     fleets = FleetCache()
-    refresher.listeners.append(fleets.warm)
-    app = make_app(exposition, lambda: refresher.snapshot, fleets=fleets)
+    if process is None:
+        refresher.listeners += [exposition.warm, fleets.warm]
+    # else the pages prepare a snapshot when one is first asked for: warming them after each
+    # refresh would unpickle every snapshot the refresh process has already rendered
+    app = make_app(
+        exposition, lambda: refresher.snapshot, fleets=fleets, ready=lambda: refresher.ready
+    )
     server = make_server(
         app, listen_address or config.web.listen_address, web_config=web_config, limits=limits
     )

@@ -110,10 +110,13 @@ def make_app(
     *,
     clock: Callable[[], float] = time.time,
     fleets: FleetCache | None = None,
+    ready: Callable[[], bool] | None = None,
 ) -> WSGIApp:
     """``fleets``: the pages' view of the latest snapshot, prepared once per snapshot (the
-    caller may warm it after each refresh, as it warms ``exposition``)."""
+    caller may warm it after each refresh, as it warms ``exposition``); ``ready``: whether the
+    first refresh is served (default: the snapshot says so)."""
     fleets = fleets or FleetCache()
+    is_ready = ready or (lambda: snapshot().complete)
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
@@ -125,7 +128,7 @@ def make_app(
         if path == "/-/healthy":
             return _plain(start_response, "200 OK", "Healthy\n")
         if path == "/-/ready":
-            if snapshot().complete:
+            if is_ready():
                 return _plain(start_response, "200 OK", "Ready\n")
             return _plain(start_response, "503 Service Unavailable", "first refresh running\n")
         if path == "/":
