@@ -31,6 +31,7 @@ from vmm_cert_lab.fleet.interfaces import Account, Faults, FleetModel
 from vmm_cert_lab.fleet.lab_ca import LabTLS, create_lab_tls
 from vmm_cert_lab.fleet.server import LabServer
 from vmm_cert_lab.fleet.wsman import CODE_SHELL_NOT_FOUND, decode_encoded_command
+from vmm_cert_lab.processes import wait_until
 
 Transport = Literal["basic", "ntlm"]
 TRANSPORTS: tuple[Transport, ...] = ("basic", "ntlm")
@@ -424,8 +425,11 @@ def test_stop_is_prompt_with_black_holed_requests(light_fleet: FleetModel) -> No
     threads = [threading.Thread(target=call) for _ in range(3)]
     for t in threads:
         t.start()
-    time.sleep(0.3)
-    assert server.stats()["open_connections"] == 3
+    wait_until(
+        lambda: server.stats()["open_connections"] == 3,
+        lambda: f"3 held connections, {server.stats()['open_connections']} so far",
+        timeout=30,
+    )
     start = time.monotonic()
     server.stop()
     assert time.monotonic() - start < 1.5
