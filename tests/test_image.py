@@ -74,10 +74,15 @@ def built() -> Iterator[Built]:
         inspected = buildah("inspect", "--type", "image", name)
         assert inspected.returncode == 0, inspected.stderr
         config = json.loads(inspected.stdout)["Docker"]["config"]
+        # the build leaves no working container behind (they would pin every image built)
+        image_id = buildah("inspect", "--type", "image", "--format", "{{.FromImageID}}", name)
+        left = buildah("containers", "--format", "{{.ImageID}}").stdout.split()
+        assert not [c for c in left if image_id.stdout.strip().startswith(c)], left
         print(f"\nimage {name} built in {seconds:.1f} s")
         yield Built(name, seconds, config)
     finally:
-        buildah("rmi", name)
+        removed = buildah("rmi", name)
+    assert removed.returncode == 0, removed.stderr
 
 
 class Container:

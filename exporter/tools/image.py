@@ -151,6 +151,7 @@ def build(tag: str = IMAGE, target: str | None = None) -> str:
         "--format",
         "docker",
         "--layers=false",
+        "--force-rm",
         "--build-arg",
         f"BASE={base}",
         "--tag",
