@@ -412,6 +412,7 @@ def test_pages_share_the_authentication_of_metrics(served: dict[str, Any]) -> No
     assert answered["/"].status_code == 200
     assert answered["/"].headers["Content-Type"] == "text/html; charset=utf-8"
     assert "default-src 'none'" in answered["/"].headers["Content-Security-Policy"]
+    assert answered["/"].headers["Cache-Control"] == "no-cache"
     assert answered["/computer/expired.t.example"].status_code == 200
     assert answered["/static/pages.css"].headers["Content-Type"].startswith("text/css")
     assert answered["/nothing"].status_code == 404
