@@ -7,6 +7,7 @@ landing page of 10,000 computers renders well within its budget (bench/pages_ren
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from collections.abc import Mapping
@@ -18,6 +19,8 @@ from vmm_cert_exporter.cohorts import Cohort, cohort_day, group
 from vmm_cert_exporter.inventory import fqdn_key
 from vmm_cert_exporter.metrics import expiry_points
 from vmm_cert_exporter.snapshot import HostSnapshot, Snapshot
+
+log = logging.getLogger(__name__)
 
 
 class Entry(NamedTuple):
@@ -119,4 +122,8 @@ class FleetCache:
 
     def warm(self, snapshot: Snapshot) -> None:
         """Prepare ``snapshot`` now (a refresher's listener), before a page asks for it."""
-        self.get(snapshot)
+        try:
+            self.get(snapshot)
+        except Exception:
+            # the refresh and /metrics must not fail for the pages; a page asks again
+            log.exception("preparing the pages' view of the snapshot failed")
