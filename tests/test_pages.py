@@ -412,6 +412,7 @@ def test_pages_share_the_authentication_of_metrics(served: dict[str, Any]) -> No
     assert answered["/"].status_code == 200
     assert answered["/"].headers["Content-Type"] == "text/html; charset=utf-8"
     assert "default-src 'none'" in answered["/"].headers["Content-Security-Policy"]
+    assert answered["/"].headers["Cache-Control"] == "no-cache"
     assert answered["/computer/expired.t.example"].status_code == 200
     assert answered["/static/pages.css"].headers["Content-Type"].startswith("text/css")
     assert answered["/nothing"].status_code == 404
@@ -441,3 +442,15 @@ def test_the_static_files_are_package_resources(served: dict[str, Any]) -> None:
         assert requests.get(url + "/static/" + name, headers=auth, timeout=10).status_code == 404
     head = requests.head(url + "/", headers=auth, timeout=10)
     assert head.status_code == 200 and head.text == "" and int(head.headers["Content-Length"]) > 0
+
+
+def test_the_pages_view_is_prepared_once_per_snapshot(caplog: pytest.LogCaptureFixture) -> None:
+    fleets = FleetCache()
+    first, second = every_problem(), every_problem()
+    fleets.warm(first)
+    assert fleets.get(first) is fleets.get(first)
+    assert fleets.get(second).snapshot is second
+    broken = Snapshot((None,), NOW, 1.0, 900.0, True)  # type: ignore[arg-type]
+    fleets.warm(broken)  # a refresher's listener: logs, never raises into the refresh
+    assert "preparing the pages' view of the snapshot failed" in caplog.text
+    assert fleets.get(second).snapshot is second

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from urllib.parse import urlencode
 
 import pytest
 from playwright.sync_api import Page
@@ -228,3 +229,25 @@ def test_the_pages_without_javascript(exporter: Process, browser_page: Callable[
     assert "Missing" in page.inner_text("body")
     stylesheet = page.evaluate("getComputedStyle(document.body).fontFamily")
     assert "system-ui" in stylesheet  # the package's CSS loaded
+
+
+def test_the_script_and_the_server_filter_alike(
+    exporter: Process, browser_page: Callable[..., Page]
+) -> None:
+    live = browser_page()
+    live.goto(f"{exporter.url}/")
+    served = browser_page(javascript=False)
+    for text, role in [
+        ("critical", ""),
+        ("NOT RESPONDING", ""),
+        ("connect", ""),
+        ("hv1", ""),
+        ("access denied", "hyperv_host"),
+        ("", "vmm_server"),
+        ("lab.example", "library_server"),
+    ]:
+        live.get_by_label("Filter").fill(text)
+        live.get_by_label("Role").select_option(role)
+        served.goto(f"{exporter.url}/?{urlencode({'q': text, 'role': role})}")
+        assert sorted(_visible_names(live)) == sorted(r[0] for r in _rows(served)), (text, role)
+        assert _rows(served), (text, role)

@@ -70,7 +70,9 @@ def _send(
 def _html(
     environ: dict[str, Any], start_response: StartResponse, status: str, text: str
 ) -> list[bytes]:
-    return _send(environ, start_response, status, "text/html; charset=utf-8", text.encode())
+    # a page is the snapshot of its moment: going back to it asks for the current one
+    fresh = ("Cache-Control", "no-cache")
+    return _send(environ, start_response, status, "text/html; charset=utf-8", text.encode(), fresh)
 
 
 def _metrics(

@@ -7,6 +7,7 @@ landing page of 10,000 computers renders well within its budget (bench/pages_ren
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from collections.abc import Mapping
@@ -19,26 +20,26 @@ from vmm_cert_exporter.inventory import fqdn_key
 from vmm_cert_exporter.metrics import expiry_points
 from vmm_cert_exporter.snapshot import HostSnapshot, Snapshot
 
+log = logging.getLogger(__name__)
+
 
 class Entry(NamedTuple):
     """One computer's facts that hold for the whole snapshot (a tuple: 10,000 of them are
     made per snapshot)."""
 
     host: HostSnapshot
+    key: str  # ``fqdn_key`` of its name
     not_after: float | None  # of the current certificate, as Unix time
     certificates: int | None  # how many SCVMM certificates its store holds; None: not read
     unreadable: bool  # the last refresh failed, or it was never read
-
-    @property
-    def steady(self) -> bool:
-        """Only time can make it a problem: one certificate, read in the last refresh, and
-        not found untrusted (``status.problems`` then finds only expiry problems)."""
-        return self.certificates == 1 and not self.unreadable and self.host.trusted is not False
+    # only time can make it a problem: one certificate, read in the last refresh, and not
+    # found untrusted (``status.problems`` then finds only expiry problems)
+    steady: bool
 
 
 def expiry_order(e: Entry) -> tuple[float, str]:
     """Soonest NotAfter first, then by name; computers without a certificate last."""
-    return (math.inf if e.not_after is None else e.not_after, e.host.computer.key)
+    return (math.inf if e.not_after is None else e.not_after, e.key)
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,9 @@ def entry(host: HostSnapshot, not_after: float | None) -> Entry:
     """``host``'s entry; ``not_after``: its current certificate's, as ``expiry_points``
     gives it."""
     count = None if host.certificates is None else len(host.certificates)
-    return Entry(host, not_after, count, not host.last_ok or count is None)
+    unreadable = not host.last_ok or count is None
+    steady = count == 1 and not unreadable and host.trusted is not False
+    return Entry(host, host.computer.key, not_after, count, unreadable, steady)
 
 
 def entry_of(host: HostSnapshot) -> Entry:
@@ -78,6 +81,7 @@ def prepare(snapshot: Snapshot) -> Fleet:
     entries = [entry(host, not_after.get(id(host))) for host in snapshot.hosts]
     entries.sort(key=expiry_order)
     steady = tuple(e for e in entries if e.steady)
+    flagged = tuple(e for e in entries if not e.steady)
     points = [(e.host.computer.role, e.not_after) for e in entries if e.not_after is not None]
     cohorts = tuple(group(points))
     members: dict[date, list[str]] = {}
@@ -93,10 +97,10 @@ def prepare(snapshot: Snapshot) -> Fleet:
         tuple(entries),
         steady,
         tuple(e.not_after or 0.0 for e in steady),  # a steady entry has a NotAfter
-        tuple(e for e in entries if not e.steady),
+        flagged,
         cohorts,
         {day: tuple(sorted(names, key=str.lower)) for day, names in members.items()},
-        {h.computer.key: h for h in snapshot.hosts},
+        {e.key: e.host for e in entries},
     )
 
 
@@ -119,4 +123,8 @@ class FleetCache:
 
     def warm(self, snapshot: Snapshot) -> None:
         """Prepare ``snapshot`` now (a refresher's listener), before a page asks for it."""
-        self.get(snapshot)
+        try:
+            self.get(snapshot)
+        except Exception:
+            # the refresh and /metrics must not fail for the pages; a page asks again
+            log.exception("preparing the pages' view of the snapshot failed")
