@@ -251,6 +251,15 @@ def test_expired_password(shared: Realm) -> None:
     assert "Kerberos" in detail and "Password has expired" in detail, detail
 
 
+def test_revoked_account(shared: Realm) -> None:
+    realm = _other_account(shared, "svc-revoked")
+    realm.kdc.kadmin(f"modprinc -allow_tix {realm.principal}")  # a disabled account
+    runner = WinRMRunner(realm.keytab_config())
+    detail = _auth_error(runner, realm.computers()[0])
+    assert detail.startswith("Kerberos: no ticket in the credential cache"), detail
+    assert "credentials have been revoked" in detail, detail
+
+
 def test_kerberos_only_computer_refuses_ntlm(realm: Realm, tmp_path: Path) -> None:
     host = realm.computers()[0]
     faults = realm.lab.model.faults(host)
