@@ -251,6 +251,19 @@ def test_expired_password(shared: Realm) -> None:
     assert "Kerberos" in detail and "Password has expired" in detail, detail
 
 
+def test_access_denied_after_a_kerberos_logon_is_not_a_kerberos_failure(realm: Realm) -> None:
+    host = realm.computers()[3]
+    faults = realm.lab.model.faults(host)
+    faults.access_denied = True
+    realm.lab.model.set_faults(host, faults)
+    try:
+        detail = _auth_error(WinRMRunner(realm.keytab_config()), host)
+    finally:
+        faults.access_denied = False
+        realm.lab.model.set_faults(host, faults)
+    assert detail.startswith("access denied"), detail
+
+
 def test_revoked_account(shared: Realm) -> None:
     realm = _other_account(shared, "svc-revoked")
     realm.kdc.kadmin(f"modprinc -allow_tix {realm.principal}")  # a disabled account

@@ -422,7 +422,7 @@ class WinRMRunner:
             f"{type(exc).__name__}: {exc}",
             spn=spn,
             principal=self._config.username,
-            refused=error.reason == failures.AUTH,
+            refused=_http_401(exc),
             skew=skew,
         )
         if message is None:
@@ -477,3 +477,11 @@ def _clock_offset(date_header: str | None) -> float | None:
         return parsedate_to_datetime(date_header).timestamp() - time.time()
     except (TypeError, ValueError):
         return None
+
+
+def _http_401(exc: BaseException) -> bool:
+    """The computer answered 401 (a refused logon; not WS-Management's AccessDenied, which
+    comes after a successful one)."""
+    if isinstance(exc, winrm.exceptions.InvalidCredentialsError):
+        return True
+    return isinstance(exc, winrm.exceptions.WinRMTransportError) and exc.code == 401
