@@ -1,6 +1,6 @@
-"""Fixtures every test shares: the lab, free ports, the exporter's command, promtool, and one
-way to start a process, wait for it and stop it (``vmm_cert_lab.processes``, whose
-``wait_until`` is how a test polls for anything).
+"""Fixtures every test shares: the lab, free ports, the exporter's command, promtool, a real
+KDC (``kdc``), and one way to start a process, wait for it and stop it
+(``vmm_cert_lab.processes``, whose ``wait_until`` is how a test polls for anything).
 
 ``tests/lab/conftest.py`` and ``tests/receiver/conftest.py`` override ``lab`` for their own
 directories (a light in-test fleet; a demo fleet that counts every script it receives).

@@ -251,6 +251,28 @@ def test_expired_password(shared: Realm) -> None:
     assert "Kerberos" in detail and "Password has expired" in detail, detail
 
 
+def test_access_denied_after_a_kerberos_logon_is_not_a_kerberos_failure(realm: Realm) -> None:
+    host = realm.computers()[3]
+    faults = realm.lab.model.faults(host)
+    faults.access_denied = True
+    realm.lab.model.set_faults(host, faults)
+    try:
+        detail = _auth_error(WinRMRunner(realm.keytab_config()), host)
+    finally:
+        faults.access_denied = False
+        realm.lab.model.set_faults(host, faults)
+    assert detail.startswith("access denied"), detail
+
+
+def test_revoked_account(shared: Realm) -> None:
+    realm = _other_account(shared, "svc-revoked")
+    realm.kdc.kadmin(f"modprinc -allow_tix {realm.principal}")  # a disabled account
+    runner = WinRMRunner(realm.keytab_config())
+    detail = _auth_error(runner, realm.computers()[0])
+    assert detail.startswith("Kerberos: no ticket in the credential cache"), detail
+    assert "credentials have been revoked" in detail, detail
+
+
 def test_kerberos_only_computer_refuses_ntlm(realm: Realm, tmp_path: Path) -> None:
     host = realm.computers()[0]
     faults = realm.lab.model.faults(host)

@@ -95,8 +95,9 @@ class _TrackingAdapter(HTTPAdapter):
     def send(self, request: Any, *args: Any, **kwargs: Any) -> requests.Response:
         response = super().send(request, *args, **kwargs)
         if response.status_code == 401:
-            # the computer's clock, for a refused Kerberos ticket (skew is the usual cause)
-            _local.refused_at = response.headers.get("Date")
+            # the computer's clock against ours when it answered: a refused Kerberos ticket
+            # is most often clock skew
+            _local.skew = _clock_offset(response.headers.get("Date"))
         return response
 
 
@@ -380,7 +381,7 @@ class WinRMRunner:
         shell_id: str | None = None
         command_id: str | None = None
         protocol: Protocol | None = None
-        _local.refused_at = None
+        _local.skew = None
         try:
             with watchdog.armed():
                 protocol = self._protocol(host, seconds)
@@ -417,12 +418,12 @@ class WinRMRunner:
         """What failed, in Kerberos' terms, for a call that used it."""
         error = classify(exc)
         spn = f"{self._config.kerberos_service}/{self._config.kerberos_host(host)}"
-        skew = _clock_offset(getattr(_local, "refused_at", None))
+        skew = getattr(_local, "skew", None)
         message = kerberos.describe_failure(
             f"{type(exc).__name__}: {exc}",
             spn=spn,
             principal=self._config.username,
-            refused=error.reason == failures.AUTH,
+            refused=_http_401(exc),
             skew=skew,
         )
         if message is None:
@@ -477,3 +478,11 @@ def _clock_offset(date_header: str | None) -> float | None:
         return parsedate_to_datetime(date_header).timestamp() - time.time()
     except (TypeError, ValueError):
         return None
+
+
+def _http_401(exc: BaseException) -> bool:
+    """The computer answered 401 (a refused logon; not WS-Management's AccessDenied, which
+    comes after a successful one)."""
+    if isinstance(exc, winrm.exceptions.InvalidCredentialsError):
+        return True
+    return isinstance(exc, winrm.exceptions.WinRMTransportError) and exc.code == 401
