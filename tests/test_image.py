@@ -4,7 +4,8 @@ No Docker engine: buildah builds it with chroot isolation on a local debootstrap
 (exporter/tools/image.py, which caches the base outside the repository), once for this
 module, and every check runs on that one image. ``buildah run`` on the host's network runs
 its command, check-config on the shipped example, ``serve`` against the lab (scraped from
-here) and the receiver in dry-run. buildah run has no read-only switch (and fails to set up a
+here) and the receiver in dry-run; ``check`` with ``transport: kerberos`` and a keytab runs
+against a real KDC, the image's root read-only with a tmpfs at /tmp. buildah run has no read-only switch (and fails to set up a
 container whose root is read-only), so the read-only run mounts the image's root read-only
 itself, in mount, network and PID namespaces of its own, and runs the image's entrypoint and
 command there as uid 10001, with the image's HEALTHCHECK command beside it.
