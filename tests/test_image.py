@@ -5,10 +5,10 @@ No Docker engine: buildah builds it with chroot isolation on a local debootstrap
 module, and every check runs on that one image. ``buildah run`` on the host's network runs
 its command, check-config on the shipped example, ``serve`` against the lab (scraped from
 here) and the receiver in dry-run; ``check`` with ``transport: kerberos`` and a keytab runs
-against a real KDC, the image's root read-only with a tmpfs at /tmp. buildah run has no read-only switch (and fails to set up a
-container whose root is read-only), so the read-only run mounts the image's root read-only
-itself, in mount, network and PID namespaces of its own, and runs the image's entrypoint and
-command there as uid 10001, with the image's HEALTHCHECK command beside it.
+against a real KDC, the image's root read-only with a tmpfs at /tmp. buildah run has no
+read-only switch (and fails to set up a container whose root is read-only), so the read-only
+runs mount the image's root read-only themselves, in namespaces of their own, and run the
+image's commands there as uid 10001 (the serve run with the image's HEALTHCHECK beside it).
 """
 
 from __future__ import annotations
@@ -327,13 +327,13 @@ def test_the_receiver_in_dry_run_answers_healthy(
 # read-only volume, uid 10001; the host's network (the KDC and the lab are on 127.0.0.1).
 KERBEROS_READ_ONLY_RUN = r"""
 set -eu
-root=$1 config=$2
-shift 2
+root=$1 config=$2 tmp=$3
+shift 3
 mount --bind "$root" "$root"
 mount -o remount,bind,ro "$root"
 mount -t proc proc "$root/proc"
 mount --rbind /dev "$root/dev"
-mount -t tmpfs -o mode=1777 tmpfs "$root/tmp"
+if [ "$tmp" = tmpfs ]; then mount -t tmpfs -o mode=1777 tmpfs "$root/tmp"; fi
 mount --bind -o ro "$config" "$root/etc/vmm-cert-exporter"
 exec chroot --userspec=10001:10001 "$root" /usr/bin/env -i \
   PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 \
@@ -372,12 +372,13 @@ def test_kerberos_with_a_keytab_against_a_real_kdc(
     for_the_image(directory)
     mounted = buildah("mount", container.name)
     assert mounted.returncode == 0, mounted.stderr
-    try:
-        result = subprocess.run(
+
+    def check(tmp: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
             [
                 *("unshare", "--mount", "--pid", "--fork", "--kill-child"),
                 *("bash", "-c", KERBEROS_READ_ONLY_RUN, "kerberos-run"),
-                *(mounted.stdout.strip(), str(directory)),
+                *(mounted.stdout.strip(), str(directory), tmp),
                 *("vmm-cert-exporter", "check", "--json"),
                 *("--config", "/etc/vmm-cert-exporter/config.yml"),
             ],
@@ -386,8 +387,17 @@ def test_kerberos_with_a_keytab_against_a_real_kdc(
             timeout=120,
             check=False,
         )
+
+    try:
+        result = check("tmpfs")
+        # without the tmpfs, nowhere to keep a ticket: what is reported says what to mount
+        unwritable = check("none")
     finally:
         buildah("umount", container.name)
+    assert unwritable.returncode != 0, unwritable.stdout + unwritable.stderr
+    said = [c["problems"] for c in json.loads(unwritable.stdout)["computers"]]
+    told = [p for p in said if any("mount a tmpfs at /tmp" in problem for problem in p)]
+    assert said and told == said, said  # VMM unread, its computers are not even listed
     assert result.returncode in (1, 2), result.stdout + result.stderr  # the demo's findings
     found = json.loads(result.stdout)["computers"]
     read = [c for c in found if c["not_after"] is not None]
