@@ -35,11 +35,11 @@ COPY exporter/vmm_cert_exporter ./exporter/vmm_cert_exporter
 # a copy, not a RUN --mount: buildah 1.28 cannot bind a stage it took from its layer cache
 COPY --from=kerberos-build /kerberos ./kerberos
 # one layer: kinit and the libraries pykerberos links (transport: kerberos), from the stage
-# above (their copy, ~1 MB, is dropped with the sources); install with the exact versions make test ran with (constraints.txt), the kerberos
-# extra's pykerberos from the wheel built above, then drop the sources and pip's cache; the
-# receiver's journal directory (receiver.journal's default), owned by the user, so a volume
-# mounted there is writable; the configuration's directory, where a read-only root still
-# lets a volume be mounted
+# above (their copy, 0.4 MB, goes with the sources); install with the exact versions make
+# test ran with (constraints.txt), the kerberos extra's pykerberos from the wheel built
+# above, then drop the sources and pip's cache; the receiver's journal directory
+# (receiver.journal's default), owned by the user, so a volume mounted there is writable;
+# the configuration's directory, where a read-only root still lets a volume be mounted
 RUN DEBIAN_FRONTEND=noninteractive dpkg --install kerberos/debs/*.deb \
     && pip install --no-cache-dir --constraint constraints.txt --find-links kerberos/wheels \
        --only-binary pykerberos ".[kerberos]" \
