@@ -4,10 +4,11 @@ No Docker engine: buildah builds it with chroot isolation on a local debootstrap
 (exporter/tools/image.py, which caches the base outside the repository), once for this
 module, and every check runs on that one image. ``buildah run`` on the host's network runs
 its command, check-config on the shipped example, ``serve`` against the lab (scraped from
-here) and the receiver in dry-run. buildah run has no read-only switch (and fails to set up a
-container whose root is read-only), so the read-only run mounts the image's root read-only
-itself, in mount, network and PID namespaces of its own, and runs the image's entrypoint and
-command there as uid 10001, with the image's HEALTHCHECK command beside it.
+here) and the receiver in dry-run; ``check`` with ``transport: kerberos`` and a keytab runs
+against a real KDC, the image's root read-only with a tmpfs at /tmp. buildah run has no
+read-only switch (and fails to set up a container whose root is read-only), so the read-only
+runs mount the image's root read-only themselves, in namespaces of their own, and run the
+image's commands there as uid 10001 (the serve run with the image's HEALTHCHECK beside it).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import shutil
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import image as image_tool
 from vmm_cert_lab.fleet.runner import RunningLab
+from vmm_cert_lab.fleet.scenario import load_fleet
+from vmm_cert_lab.kdc import KDC, lab_realm
 from vmm_cert_lab.processes import Processes, free_port
 
 pytestmark = pytest.mark.e2e
@@ -197,6 +200,10 @@ def test_check_config_on_the_shipped_example(container: Container, tmp_path: Pat
 def test_no_compiler_no_test_extras_no_lab_and_the_pinned_versions(container: Container) -> None:
     found = container.run("sh", "-c", "command -v gcc cc c++ clang make ld as || true")
     assert found.stdout.strip() == ""
+    # the kerberos extra's wheel was built in a stage of its own: none of its -dev packages
+    packages = container.run("dpkg-query", "--show", "--showformat", "${Package}\\n")
+    assert packages.returncode == 0, packages.stderr
+    assert [p for p in packages.stdout.split() if p.endswith("-dev") or "-dev:" in p] == []
     lab = container.run("python", "-c", "import vmm_cert_lab")
     assert "No module named 'vmm_cert_lab'" in lab.stderr
     frozen = container.run("pip", "freeze", "--all")
@@ -215,6 +222,20 @@ def test_no_compiler_no_test_extras_no_lab_and_the_pinned_versions(container: Co
     ours = {n: v for n, v in canonical.items() if n in pins and n not in BASE_PACKAGES}
     assert len(ours) >= 15  # the product's whole runtime closure
     assert ours == {n: pins[n] for n in ours}
+    assert "pykerberos" in ours  # the kerberos extra
+
+
+def test_kinit_and_pywinrms_kerberos_are_there(container: Container) -> None:
+    kinit = container.run("sh", "-c", "command -v kinit")
+    assert kinit.stdout.strip() == "/usr/bin/kinit", kinit.stderr
+    # what pywinrm imports for transport: kerberos, and the C module it loads (linked
+    # against the image's libgssapi_krb5)
+    imported = container.run(
+        "python", "-c", "import winrm.vendor.requests_kerberos, kerberos; print(kerberos.__file__)"
+    )
+    assert imported.returncode == 0, imported.stderr
+    linked = container.run("ldd", imported.stdout.strip())
+    assert "libgssapi_krb5" in linked.stdout and "not found" not in linked.stdout, linked.stdout
 
 
 # ---- what it does ------------------------------------------------------------------------
@@ -299,6 +320,94 @@ def test_the_receiver_in_dry_run_answers_healthy(
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         assert json.load(response)["mode"] == "dry-run"
+
+
+# Kerberos as a read-only deployment runs it: the image's root read-only, a tmpfs at /tmp
+# (where the product keeps its ticket caches), the configuration, keytab and krb5.conf a
+# read-only volume, uid 10001; the host's network (the KDC and the lab are on 127.0.0.1).
+KERBEROS_READ_ONLY_RUN = r"""
+set -eu
+root=$1 config=$2 tmp=$3
+shift 3
+mount --bind "$root" "$root"
+mount -o remount,bind,ro "$root"
+mount -t proc proc "$root/proc"
+mount --rbind /dev "$root/dev"
+if [ "$tmp" = tmpfs ]; then mount -t tmpfs -o mode=1777 tmpfs "$root/tmp"; fi
+mount --bind -o ro "$config" "$root/etc/vmm-cert-exporter"
+exec chroot --userspec=10001:10001 "$root" /usr/bin/env -i \
+  PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 \
+  KRB5_CONFIG=/etc/vmm-cert-exporter/krb5.conf "$@"
+"""
+
+
+def test_kerberos_with_a_keytab_against_a_real_kdc(
+    container: Container,
+    kdc: KDC,
+    make_lab: Callable[..., RunningLab],
+    tmp_path: Path,
+) -> None:
+    """``check`` in the image, its root read-only, with ``transport: kerberos`` and a
+    keytab: its kinit logs on to a real MIT KDC (the realm's krb5.conf mounted beside the
+    configuration) and pywinrm's pykerberos reads every demo computer through the lab's
+    real acceptor, the messages encrypted with the Kerberos session key."""
+    fleet = load_fleet("demo")
+    hosts = [c["fqdn"] for c in fleet.list_computers()]
+    realm = lab_realm(kdc, hosts, tmp_path / "realm")
+    lab = make_lab(fleet=fleet, kerberos_keytab=realm.computers_keytab)
+    directory = tmp_path / "config"
+    directory.mkdir()
+    keytab = directory / "svc.keytab"
+    shutil.copyfile(realm.exporter_keytab, keytab)
+    keytab.chmod(0o600)
+    shutil.copyfile(kdc.krb5_conf, directory / "krb5.conf")
+    data = lab.exporter_config(directory / "unused")
+    for key, value in realm.winrm("exporter").items():
+        if value is None:
+            data["winrm"].pop(key, None)
+        else:
+            data["winrm"][key] = value
+    data["winrm"]["keytab_file"] = "/etc/vmm-cert-exporter/svc.keytab"
+    (directory / "config.yml").write_text(yaml.safe_dump(data, sort_keys=False))
+    for_the_image(directory)
+    mounted = buildah("mount", container.name)
+    assert mounted.returncode == 0, mounted.stderr
+
+    def check(tmp: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                *("unshare", "--mount", "--pid", "--fork", "--kill-child"),
+                *("bash", "-c", KERBEROS_READ_ONLY_RUN, "kerberos-run"),
+                *(mounted.stdout.strip(), str(directory), tmp),
+                *("vmm-cert-exporter", "check", "--json"),
+                *("--config", "/etc/vmm-cert-exporter/config.yml"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    try:
+        result = check("tmpfs")
+        # without the tmpfs, nowhere to keep a ticket: what is reported says what to mount
+        unwritable = check("none")
+    finally:
+        buildah("umount", container.name)
+    assert unwritable.returncode != 0, unwritable.stdout + unwritable.stderr
+    said = [c["problems"] for c in json.loads(unwritable.stdout)["computers"]]
+    told = [p for p in said if any("mount a tmpfs at /tmp" in problem for problem in p)]
+    assert said and told == said, said  # VMM unread, its computers are not even listed
+    assert result.returncode in (1, 2), result.stdout + result.stderr  # the demo's findings
+    found = json.loads(result.stdout)["computers"]
+    read = [c for c in found if c["not_after"] is not None]
+    assert {c["host"].lower() for c in found} == {h.lower() for h in hosts}
+    assert len(read) >= len(hosts) - 3, found  # the demo's broken computers have none
+    assert not [c for c in found if any("Kerberos" in p for p in c["problems"])], found
+    responses = lab.server.stats()["responses"]
+    assert responses.get("kerberos_logon", 0) >= len(read)
+    assert responses.get("encrypted_kerberos", 0) >= len(read)
+    assert "encrypted_ntlm" not in responses
 
 
 # The image's root read-only, as readOnlyRootFilesystem or `docker run --read-only` give it:

@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+import tempfile
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from vmm_cert_exporter import kerberos
+from vmm_cert_exporter.config import WinRMConfig
 
 SPN = "HTTP/hv01.corp.example"
 GSS = (
@@ -87,3 +91,36 @@ def test_kinit_errors() -> None:
         b"kinit: Cannot contact any KDC for realm 'LAB.EXAMPLE' while getting initial credentials\n"
     )
     assert kerberos._kinit_error(b"", stderr).startswith("Cannot contact any KDC")
+
+
+@pytest.fixture
+def no_writable_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No usable temporary directory, as under a read-only root without a tmpfs at /tmp."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
+    for name in ("KRB5CCNAME", kerberos.MANAGED_ENV):
+        monkeypatch.delenv(name, raising=False)
+    yield
+    kerberos.stop_all()
+
+
+def test_no_writable_tmp_is_said_on_every_failure(no_writable_tmp: None, tmp_path: Path) -> None:
+    keytab = tmp_path / "svc.keytab"
+    keytab.write_bytes(b"")
+    principal = "svc@CORP.EXAMPLE"
+    config = WinRMConfig(transport="kerberos", username=principal, keytab_file=str(keytab))
+    login = kerberos.login(config)  # no traceback: the process keeps running
+    assert login is not None and login.renewals == 0
+    failure = kerberos.last_failure(principal)
+    assert failure is not None and "no writable directory for the ticket caches" in failure
+    assert "mount a tmpfs at /tmp" in failure
+    message = kerberos.describe_failure(
+        GSS.format(repr("No Kerberos credentials available")),
+        spn=SPN,
+        principal=principal,
+        refused=False,
+        skew=None,
+    )
+    assert message is not None and message.startswith("Kerberos: no ticket in the credential")
+    assert "mount a tmpfs at /tmp" in message
+    kerberos.stop_all()
+    assert kerberos.last_failure(principal) is None

@@ -200,14 +200,27 @@ def _stages(dockerfile: str) -> list[list[str]]:
 
 def test_the_image_installs_the_product_only() -> None:
     stages = _stages((ROOT / "Dockerfile").read_text())
-    product = next(s for s in stages if s[0].startswith("FROM ${BASE} AS "))
-    alias = product[0].split()[-1]
-    copied = {part for line in product if line.startswith("COPY ") for part in line.split()[1:-1]}
+    # the default target (the last stage) names the product stage
+    alias = stages[-1][0].split()[-1]
+    product = next(s for s in stages if s[0] == f"FROM ${{BASE}} AS {alias}")
+    sources = [line for line in product if line.startswith("COPY ") and "--from=" not in line]
+    copied = {part for line in sources for part in line.split()[1:-1]}
     assert copied == set(BUILD_INPUTS)
     assert any(
-        line.startswith("RUN pip install --no-cache-dir --constraint constraints.txt . ")
+        line.startswith("RUN ")
+        and "pip install --no-cache-dir --constraint constraints.txt --find-links "
+        'kerberos/wheels --only-binary pykerberos ".[kerberos]"'
+        in " ".join(line.split())
         for line in product
     )
+    # the only other stage on the base builds the kerberos extra's wheel and fetches kinit's
+    # packages; the product stage takes those alone from it, not its compiler
+    (builder,) = [s for s in stages if s[0].startswith("FROM ${BASE} AS ") and s is not product]
+    assert "libkrb5-dev" in builder[-1] and "--wheel-dir /kerberos/wheels pykerberos" in " ".join(
+        builder[-1].split()
+    )
+    taken = [line for line in product if line.startswith("COPY --from=")]
+    assert taken == [f"COPY --from={builder[0].split()[-1]} /kerberos ./kerberos"]
     # the default target (the last stage) is the product stage as it is
     assert stages[-1] == [f"FROM {alias}"]
     # the lab is only ever copied into its own target, built on top of the product

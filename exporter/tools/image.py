@@ -142,7 +142,10 @@ def _ensure_base(cache: Path) -> str:
 def build(tag: str = IMAGE, target: str | None = None) -> str:
     """``buildah bud`` of the repository's Dockerfile on the local base; the image's name.
 
-    Docker format, so the HEALTHCHECK is kept (OCI image configs have no place for it)."""
+    Docker format, so the HEALTHCHECK is kept (OCI image configs have no place for it).
+    Layers are kept in buildah's storage: a later build reuses the steps whose inputs did not
+    change, above all the Kerberos build stage (apt, a compiler, pykerberos' wheel), which
+    only constraints.txt or the base changes."""
     base = ensure_base()
     args = [
         "bud",
@@ -150,7 +153,7 @@ def build(tag: str = IMAGE, target: str | None = None) -> str:
         "chroot",
         "--format",
         "docker",
-        "--layers=false",
+        "--layers",
         "--force-rm",
         "--build-arg",
         f"BASE={base}",

@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 MANAGED_ENV = "VMM_CERT_EXPORTER_KRB5_MANAGED"
 _KINIT_SECONDS = 30.0
 _RETRY_SECONDS = (1.0, 60.0)  # after a failed kinit: the first wait, the longest
+# Why this process has no cache collection, if making it failed (a read-only root without a
+# writable /tmp): every computer's failure then says so instead of only "no ticket".
+_collection_failure: str | None = None
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,17 @@ class KerberosLogin:
                 os.environ["KRB5CCNAME"] = self._config.kerberos_ccache
             return self
         inherited = bool(os.environ.get(MANAGED_ENV))
-        self.directory = _collection()
+        try:
+            self.directory = _collection()
+        except OSError as exc:
+            global _collection_failure
+            _collection_failure = (
+                f"kinit for {self.principal} not run: no writable directory for the ticket "
+                f"caches ({exc.strerror or exc}): set TMPDIR to one, or mount a tmpfs at /tmp "
+                "when the root file system is read-only"
+            )
+            log.error("Kerberos: %s", _collection_failure)
+            return self
         if inherited and self.cache_file.exists():
             return self  # the parent process logs on and renews; this one reads
         self.renew()  # kinit on start; a failure is retried in the background
@@ -196,8 +209,10 @@ def last_failure(principal: str | None) -> str | None:
     """What the last kinit for ``principal`` in this process (or its parent) said, if it
     failed."""
     directory = os.environ.get(MANAGED_ENV)
-    if not directory or not principal:
+    if not principal:
         return None
+    if not directory:
+        return _collection_failure
     try:
         text = (Path(directory) / f"status{_slug(principal)}").read_text(encoding="utf-8")
     except OSError:
@@ -367,10 +382,12 @@ def describe_failure(
 def stop_all() -> None:
     """Stop every login of this process and forget its collection (tests; a service's end
     does it at exit)."""
+    global _collection_failure
     with _logins_lock:
         for started in _logins.values():
             started.stop()
         _logins.clear()
+        _collection_failure = None
         directory = os.environ.pop(MANAGED_ENV, None)
         if directory:
             shutil.rmtree(directory, ignore_errors=True)
