@@ -168,7 +168,11 @@ def test_the_refresh_process_does_not_outlive_a_killed_server(
         proc.wait()
         # the child sees its pipe close, ends its calls (Signal + Delete) and exits
         wait_until(lambda: not any(_alive(c) for c in children), "the children to exit", 20)
-        wait_until(lambda: lab.server.stats()["open_shells_total"] == 0, "no shell left", 10)
+        wait_until(
+            lambda: lab.server.stats()["open_shells_total"] == 0,
+            lambda: f"no shell left, stats {lab.server.stats()}",
+            10,
+        )
     finally:
         if proc.poll() is None:
             proc.kill()
