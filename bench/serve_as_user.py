@@ -58,6 +58,7 @@ TARGET_GZIP_MAX_MS = {10_000: 250.0}
 TARGET_PLAIN_P50_MS = {10_000: 50.0, 50_000: 250.0}
 TARGET_CPU_RATIO = 1.10  # refresh CPU per computer at 10,000 against 1,000
 TRANSPORTS = ("basic", "ntlm", "kerberos")
+SWAP_WINDOW = 5.0  # seconds after a refresh ends that count as "at a swap"
 _SERVE = [sys.executable, "-m", "vmm_cert_exporter", "serve"]
 
 _SCRAPER = """
@@ -143,6 +144,7 @@ class Run:
     server_cpu: float = 0.0
     renewed: int = 0
     renew_skipped: int = 0
+    swaps: list[float] = field(default_factory=list)  # wall clock of each "refresh done"
     load: str = ""
     restarts: int = 0
 
@@ -156,6 +158,18 @@ class Run:
 
     def latencies(self, gz: bool) -> list[float]:
         return sorted(s[1] * 1000 for s in self.scrapes if s[2] == gz)
+
+    def near_swap(self, gz: bool, seconds: float = SWAP_WINDOW) -> tuple[list[float], list[float]]:
+        """Latencies of scrapes that began within ``seconds`` after a refresh ended (the
+        snapshot swap, seen in the log up to 0.25 s late), and of the others."""
+        near: list[float] = []
+        far: list[float] = []
+        for began, latency, gzipped, _ in self.scrapes:
+            if gzipped != gz:
+                continue
+            close = any(0.0 <= began - swap + 0.25 <= seconds for swap in self.swaps)
+            (near if close else far).append(latency * 1000)
+        return sorted(near), sorted(far)
 
 
 def _free_port() -> int:
@@ -288,6 +302,7 @@ def measure(
                         }
                     )
                     last_cpu = cpu
+                    run.swaps.append(time.time())
                     done += 1
                     # the next snapshot's certificates differ: renew a slice of the fleet
                     renewing = rng.sample(names, per_refresh)
@@ -406,8 +421,19 @@ def report(runs: list[Run], scrapers: int, renew_share: float) -> str:
             rows,
         ),
         "swaps: snapshots received and served while scraped; MB: peak RSS (VmHWM) over the run",
-        "",
     ]
+    for r in runs:
+        if r.transport != "basic":
+            continue
+        for gz in (True, False):
+            near, far = r.near_swap(gz)
+            lines.append(
+                f"{r.computers:,} {'gzip' if gz else 'plain'}: within {SWAP_WINDOW:g} s after a "
+                f"swap {len(near)} scrapes, p99 {_pct(near, 0.99):.1f} / max "
+                f"{(near[-1] if near else float('nan')):.1f} ms; elsewhere {len(far)}, p99 "
+                f"{_pct(far, 0.99):.1f} / max {(far[-1] if far else float('nan')):.1f} ms"
+            )
+    lines.append("")
     sizes = sorted({r.hosts for r in runs})
     cpu_rows = []
     for hosts in sizes:
