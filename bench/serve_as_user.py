@@ -58,6 +58,7 @@ TARGET_GZIP_MAX_MS = {10_000: 250.0}
 TARGET_PLAIN_P50_MS = {10_000: 50.0, 50_000: 250.0}
 TARGET_CPU_RATIO = 1.10  # refresh CPU per computer at 10,000 against 1,000
 TRANSPORTS = ("basic", "ntlm", "kerberos")
+SWAP_WINDOW = 5.0  # seconds after a refresh ends that count as "at a swap"
 _SERVE = [sys.executable, "-m", "vmm_cert_exporter", "serve"]
 
 _SCRAPER = """
@@ -142,6 +143,8 @@ class Run:
     refresh_hwm: float = 0.0
     server_cpu: float = 0.0
     renewed: int = 0
+    renew_skipped: int = 0
+    swaps: list[float] = field(default_factory=list)  # wall clock of each "refresh done"
     load: str = ""
     restarts: int = 0
 
@@ -155,6 +158,18 @@ class Run:
 
     def latencies(self, gz: bool) -> list[float]:
         return sorted(s[1] * 1000 for s in self.scrapes if s[2] == gz)
+
+    def near_swap(self, gz: bool, seconds: float = SWAP_WINDOW) -> tuple[list[float], list[float]]:
+        """Latencies of scrapes that began within ``seconds`` after a refresh ended (the
+        snapshot swap, seen in the log up to 0.25 s late), and of the others."""
+        near: list[float] = []
+        far: list[float] = []
+        for began, latency, gzipped, _ in self.scrapes:
+            if gzipped != gz:
+                continue
+            close = any(0.0 <= began - swap + 0.25 <= seconds for swap in self.swaps)
+            (near if close else far).append(latency * 1000)
+        return sorted(near), sorted(far)
 
 
 def _free_port() -> int:
@@ -217,7 +232,13 @@ class _Log:
 
 
 def measure(
-    hosts: int, transport: str, refreshes: int, scrapers: int, renew_share: float, seed: int
+    hosts: int,
+    transport: str,
+    refreshes: int,
+    scrapers: int,
+    renew_share: float,
+    seed: int,
+    timeout: str = "60s",
 ) -> Run:
     run = Run(hosts=hosts, transport=transport)
     rng = random.Random(seed)
@@ -225,6 +246,9 @@ def measure(
         data = yaml.safe_load(lab.config.read_text())
         lab_base = data["winrm"]["endpoint"].split("/wsman/")[0]
         data["winrm"]["transport"] = transport
+        # discovery lists the whole fleet in one call: ~0.1 s per 1,000 computers on a quiet
+        # machine, far more on a busy one; the lab's 5 s does not hold at 50,000
+        data["winrm"]["timeout"] = timeout
         data["collection"]["interval"] = "10s"
         data.pop("receiver", None)
         port = _free_port()
@@ -278,14 +302,18 @@ def measure(
                         }
                     )
                     last_cpu = cpu
+                    run.swaps.append(time.time())
                     done += 1
                     # the next snapshot's certificates differ: renew a slice of the fleet
                     renewing = rng.sample(names, per_refresh)
-                    if renewer is not None:
-                        renewer.join()
-                    # beside this loop, which keeps sampling memory meanwhile
-                    renewer = threading.Thread(target=_renew, args=(lab_base, renewing, run))
-                    renewer.start()
+                    if renewer is not None and renewer.is_alive():
+                        run.renew_skipped += 1  # the lab is still renewing the last slice
+                    else:
+                        # beside this loop, which keeps sampling memory meanwhile
+                        renewer = threading.Thread(
+                            target=_renew, args=(lab_base, renewing, run), daemon=True
+                        )
+                        renewer.start()
                     if done == 1:  # the first snapshot is being served: start scraping
                         time.sleep(2.0)
                         scraper_procs = _start_scrapers(port, scrapers, stop)
@@ -296,7 +324,7 @@ def measure(
         finally:
             stop.touch()
             if renewer is not None:
-                renewer.join()
+                renewer.join(timeout=120)
             for proc in scraper_procs:
                 with contextlib.suppress(subprocess.TimeoutExpired, ValueError):
                     output, _ = proc.communicate(timeout=120)
@@ -393,8 +421,19 @@ def report(runs: list[Run], scrapers: int, renew_share: float) -> str:
             rows,
         ),
         "swaps: snapshots received and served while scraped; MB: peak RSS (VmHWM) over the run",
-        "",
     ]
+    for r in runs:
+        if r.transport != "basic":
+            continue
+        for gz in (True, False):
+            near, far = r.near_swap(gz)
+            lines.append(
+                f"{r.computers:,} {'gzip' if gz else 'plain'}: within {SWAP_WINDOW:g} s after a "
+                f"swap {len(near)} scrapes, p99 {_pct(near, 0.99):.1f} / max "
+                f"{(near[-1] if near else float('nan')):.1f} ms; elsewhere {len(far)}, p99 "
+                f"{_pct(far, 0.99):.1f} / max {(far[-1] if far else float('nan')):.1f} ms"
+            )
+    lines.append("")
     sizes = sorted({r.hosts for r in runs})
     cpu_rows = []
     for hosts in sizes:
@@ -490,6 +529,7 @@ def main() -> int:
     )
     parser.add_argument("--scrapers", type=int, default=10)
     parser.add_argument("--renew-share", type=float, default=0.01)
+    parser.add_argument("--timeout", default="60s", help="winrm.timeout")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--name", default="serve_as_user", help="bench/results/<name>.txt")
     args = parser.parse_args()
@@ -504,13 +544,16 @@ def main() -> int:
                 continue
             began = time.monotonic()
             count = refreshes if transport == "basic" else args.other_refreshes
-            run = measure(hosts, transport, count, args.scrapers, args.renew_share, args.seed)
+            run = measure(
+                hosts, transport, count, args.scrapers, args.renew_share, args.seed, args.timeout
+            )
             runs.append(run)
             print(
                 f"{hosts:,} computers, {transport}: {len(run.refreshes)} refreshes, "
                 f"{len(run.scrapes)} scrapes, server {run.server_hwm:.0f} MB + refresh process "
                 f"{run.refresh_hwm:.0f} MB, {run.cpu_ms_per_computer():.2f} ms CPU per "
-                f"computer, {time.monotonic() - began:.0f} s, load {_load()}",
+                f"computer, {run.renewed} certificates renewed ({run.renew_skipped} slices "
+                f"skipped: the lab busy), {time.monotonic() - began:.0f} s, load {_load()}",
                 flush=True,
             )
     text = report(runs, args.scrapers, args.renew_share)
