@@ -16,6 +16,11 @@ DEB_TOOLS += buildah:buildah debootstrap:debootstrap unshare:util-linux ip:iprou
 # computer with a skewed clock).
 DEB_TOOLS += krb5kdc:krb5-kdc kadmin.local:krb5-admin-server kinit:krb5-user faketime:faketime
 PYTEST_ARGS ?=
+# Two pytest workers, one test file each at a time (a module's shared lab, image or browser
+# stays in one worker): the e2e tests mostly wait on processes, the unit tests fill two
+# cores. PYTEST_WORKERS=0 runs everything in one process.
+PYTEST_WORKERS ?= 2
+XDIST = $(if $(filter 0,$(PYTEST_WORKERS)),-p no:xdist,-n $(PYTEST_WORKERS) --dist loadfile)
 # apt-get behind one lock, so that two makes (or two worktrees) installing at once wait for
 # each other instead of failing on dpkg's lock.
 APT_INSTALL = flock /tmp/.vmm-cert-exporter-apt.lock sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$$@"' apt-install
@@ -72,10 +77,10 @@ typecheck: venv
 # command, Prometheus or Alertmanager, or run the closed loop). Exit status 5 is "no test
 # selected", which PYTEST_ARGS naming a single file may cause in one of the two runs.
 unit: venv
-	$(BIN)/pytest -m "not e2e" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(BIN)/pytest -m "not e2e" $(XDIST) $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 e2e: venv tools
-	$(BIN)/pytest -m e2e $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(BIN)/pytest -m e2e $(XDIST) $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 demo: venv tools
 	$(BIN)/vmm-cert-exporter demo
