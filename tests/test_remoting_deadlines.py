@@ -73,3 +73,55 @@ def test_fire_ends_a_call_at_once_and_a_late_connection_too() -> None:
     finally:
         for sock in (ours, theirs, later, other):
             sock.close()
+
+
+def test_an_abort_lets_a_create_in_flight_answer_so_its_shell_can_be_deleted() -> None:
+    watchdog = _Watchdog(time.monotonic() + 60)
+    ours, theirs = socket.socketpair()
+    try:
+        with watchdog.armed():
+            watchdog.track(ours)
+            watchdog.opening = True
+            watchdog.abort(allowance=30)
+            assert not watchdog.fired
+            theirs.send(b"x")  # the socket still works: the Create's answer can arrive
+            assert ours.recv(1) == b"x"
+            assert watchdog.opened()  # the call ends here (then Signal + Delete)
+            assert watchdog.fired
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_a_create_that_does_not_answer_within_the_allowance_is_ended() -> None:
+    watchdog = _Watchdog(time.monotonic() + 60)
+    ours, theirs = socket.socketpair()
+    woke: dict[int, float] = {}
+    try:
+        with watchdog.armed():
+            watchdog.track(ours)
+            watchdog.opening = True
+            started = time.monotonic()
+            waiter = threading.Thread(target=_blocked_recv, args=(ours, woke, 0))
+            waiter.start()
+            watchdog.abort(allowance=0.3)
+            waiter.join(10)
+            assert watchdog.fired and 0 in woke
+            assert woke[0] - started >= 0.3  # not before the allowance
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_an_abort_outside_a_create_ends_the_call_at_once() -> None:
+    watchdog = _Watchdog(time.monotonic() + 60)
+    ours, theirs = socket.socketpair()
+    try:
+        with watchdog.armed():
+            watchdog.track(ours)
+            watchdog.abort(allowance=30)
+            assert watchdog.fired and ours.recv(1) == b""
+            assert not watchdog.opened()
+    finally:
+        ours.close()
+        theirs.close()

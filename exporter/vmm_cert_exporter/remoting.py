@@ -151,6 +151,9 @@ class _Watchdog:
         self.sockets: list[socket.socket] = []
         self.fired = False
         self.disarmed = False  # the call ended first: the deadline thread forgets it
+        # a Create in flight: only its answer names the shell that Delete must free
+        self.opening = False
+        self._abort_after_open = False
         self._deadline = deadline
         self._lock = threading.Lock()
 
@@ -175,6 +178,24 @@ class _Watchdog:
         """End the call now, as if the deadline had passed."""
         with self._lock:
             self._fire_locked()
+
+    def abort(self, allowance: float) -> None:
+        """End the call now, except a Create in flight: it gets ``allowance`` to answer, so
+        that the shell it opens can be deleted rather than left to WinRM's idle timeout."""
+        with self._lock:
+            if self.opening and not self.fired:
+                self._abort_after_open = True
+                _deadlines.add(time.monotonic() + allowance, self)
+            else:
+                self._fire_locked()
+
+    def opened(self) -> bool:
+        """The Create answered; whether an abort was waiting for it (the call then ends)."""
+        with self._lock:
+            self.opening = False
+            if self._abort_after_open:
+                self.fired = True  # no socket to wake: the call ends here, then Delete
+            return self._abort_after_open
 
     def track(self, sock: socket.socket) -> None:
         with self._lock:
@@ -315,7 +336,7 @@ class WinRMRunner:
             self._aborted = True
             active = list(self._active)
         for watchdog in active:
-            watchdog.fire()
+            watchdog.abort(self.cleanup_seconds)
 
     def endpoint_for(self, host: str) -> str:
         return self._config.endpoint.replace("{host}", host)
@@ -385,7 +406,10 @@ class WinRMRunner:
         try:
             with watchdog.armed():
                 protocol = self._protocol(host, seconds)
+                watchdog.opening = True
                 shell_id = protocol.open_shell(codepage=65001)
+                if watchdog.opened():
+                    raise ConnectionAbortedError("aborted once the shell was open")
                 command, arguments = command_line(script)
                 command_id = protocol.run_command(shell_id, command, arguments)
                 stdout, stderr, exit_code = self._receive(protocol, shell_id, command_id, deadline)
