@@ -32,13 +32,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from bench.common import table, write_result
-from vmm_cert_exporter.certificate import CertificateInfo
 from vmm_cert_exporter.inventory import Computer
 from vmm_cert_exporter.metrics import Exposition, SnapshotCollector
 from vmm_cert_exporter.pages import landing
 from vmm_cert_exporter.pages.prepared import FleetCache, prepare
 from vmm_cert_exporter.snapshot import HostSnapshot, Snapshot, StoredCertificate
 from vmm_cert_exporter.web import make_app, make_server
+from vmm_cert_lab.stored import stored_certificate
 
 TARGET_MS = 100.0
 TARGET_SIZE = 10_000
@@ -46,22 +46,7 @@ _ROLES = ("hyperv_host",) * 18 + ("library_server", "vmm_server")
 
 
 def _certificate(fqdn: str, not_after: datetime, serial: int) -> StoredCertificate:
-    info = CertificateInfo(
-        thumbprint=f"{serial:040X}",
-        serial=f"{serial:08X}",
-        subject=f"CN={fqdn}",
-        issuer=f"CN={fqdn}",
-        common_name=fqdn,
-        not_before=not_after.replace(year=not_after.year - 5),
-        not_after=not_after,
-        self_signed=True,
-        key_algorithm="RSA",
-        key_size=2048,
-        signature_algorithm="sha256WithRSAEncryption",
-        dns_names=(fqdn,),
-        network_controller_oid=False,
-    )
-    return StoredCertificate(info, f"SCVMM_CERTIFICATE_KEY_CONTAINER{fqdn}", True)
+    return stored_certificate(fqdn, not_after, serial=f"{serial:08X}", thumbprint=f"{serial:040X}")
 
 
 def fleet(size: int, now: float, seed: int = 1) -> Snapshot:

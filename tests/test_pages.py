@@ -18,7 +18,6 @@ import bcrypt
 import pytest
 import requests
 
-from vmm_cert_exporter.certificate import CertificateInfo
 from vmm_cert_exporter.cohorts import cohort_day
 from vmm_cert_exporter.inventory import Computer
 from vmm_cert_exporter.metrics import Exposition, SnapshotCollector, cohort_families
@@ -28,6 +27,7 @@ from vmm_cert_exporter.pages.status import STATUSES, assess, problems_first
 from vmm_cert_exporter.snapshot import HostSnapshot, Snapshot, StoredCertificate
 from vmm_cert_exporter.web import make_app, make_server
 from vmm_cert_exporter.webconfig import load_web_config
+from vmm_cert_lab.stored import stored_certificate
 
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC).timestamp()
 DAY = 86400.0
@@ -42,22 +42,9 @@ def cert(
     thumbprint: str = "AB" * 20,
     friendly: str | None = None,
 ) -> StoredCertificate:
-    info = CertificateInfo(
-        thumbprint=thumbprint,
-        serial="01",
-        subject=f"CN={fqdn}",
-        issuer=issuer or f"CN={fqdn}",
-        common_name=fqdn,
-        not_before=not_after.replace(year=not_after.year - 5),
-        not_after=not_after,
-        self_signed=True,
-        key_algorithm="RSA",
-        key_size=2048,
-        signature_algorithm="sha256WithRSAEncryption",
-        dns_names=(fqdn,),
-        network_controller_oid=False,
+    return stored_certificate(
+        fqdn, not_after, issuer=issuer, thumbprint=thumbprint, friendly=friendly
     )
-    return StoredCertificate(info, friendly or f"SCVMM_CERTIFICATE_KEY_CONTAINER{fqdn}", True)
 
 
 def host(
