@@ -63,6 +63,19 @@ class Realm:
     def computers(self) -> list[str]:
         return [c["fqdn"] for c in self.lab.model.list_computers()]
 
+    def kinit(self, name: str) -> str:
+        """A ticket for the principal in a cache of its own, made as a user would (``kinit``
+        with the password); returns the cache's name."""
+        ccache = f"FILE:{self.directory / name}"
+        subprocess.run(
+            ["kinit", "-c", ccache, self.principal],
+            input=PASSWORD.encode() + b"\n",
+            env=self.kdc.env(),
+            check=True,
+            capture_output=True,
+        )
+        return ccache
+
 
 @pytest.fixture(scope="module")
 def shared(
@@ -161,15 +174,8 @@ def test_password_login_with_kinit(realm: Realm) -> None:
 
 
 def test_existing_ccache(realm: Realm) -> None:
-    ccache = realm.directory / "ccache"
-    subprocess.run(
-        ["kinit", "-c", f"FILE:{ccache}", realm.principal],
-        input=PASSWORD.encode() + b"\n",
-        env=realm.kdc.env(),
-        check=True,
-        capture_output=True,
-    )
-    runner = WinRMRunner(realm.config(kerberos_ccache=f"FILE:{ccache}"))
+    ccache = realm.kinit("ccache")
+    runner = WinRMRunner(realm.config(kerberos_ccache=ccache))
     assert runner.kerberos is not None and not runner.kerberos.managed
     assert runner.run(realm.computers()[0], SCRIPT, timeout=10).exit_code == 0
 
@@ -189,18 +195,11 @@ def test_https_with_channel_binding_when_strict(
     faults.cbt_hardening = "strict"
     realm.lab.model.set_faults(host, faults)
     # every way of logging on binds its logon to the TLS channel
-    ccache = realm.directory / "https-ccache"
-    subprocess.run(
-        ["kinit", "-c", f"FILE:{ccache}", realm.principal],
-        input=PASSWORD.encode() + b"\n",
-        env=realm.kdc.env(),
-        check=True,
-        capture_output=True,
-    )
+    ccache = realm.kinit("https-ccache")
     for config in (
         realm.keytab_config(),
         realm.config(username=realm.principal, password_file="password"),
-        realm.config(kerberos_ccache=f"FILE:{ccache}"),
+        realm.config(kerberos_ccache=ccache),
     ):
         assert WinRMRunner(config).run(host, SCRIPT, timeout=10).exit_code == 0
         kerberos.stop_all()
@@ -362,15 +361,8 @@ def test_spnego_as_windows_clients_send_it(realm: Realm, monkeypatch: pytest.Mon
     import requests
     import spnego
 
-    ccache = realm.directory / "spnego-ccache"
-    subprocess.run(
-        ["kinit", "-c", f"FILE:{ccache}", realm.principal],
-        input=PASSWORD.encode() + b"\n",
-        env=realm.kdc.env(),
-        check=True,
-        capture_output=True,
-    )
-    monkeypatch.setenv("KRB5CCNAME", f"FILE:{ccache}")
+    ccache = realm.kinit("spnego-ccache")
+    monkeypatch.setenv("KRB5CCNAME", ccache)
     host = realm.computers()[0]
     client = spnego.client(hostname=host, service="HTTP", protocol="negotiate")
     token = client.step()
