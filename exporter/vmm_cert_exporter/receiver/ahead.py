@@ -53,13 +53,7 @@ class CohortSchedule:
 
 def _refusal(target: planner.RenewalTarget, config: ReceiverConfig) -> str | None:
     """Why the computer may not be renewed at all (as intake refuses an alert's host)."""
-    refusal = planner.host_allowed(
-        target.computer.fqdn,
-        target.computer.role,
-        allow_hosts=config.allow_hosts,
-        deny_hosts=config.deny_hosts,
-        allow_roles=config.allow_roles,
-    )
+    refusal = planner.policy_refusal(config, target.computer)
     if refusal is not None:
         return f"not allowed: {target.computer.fqdn} {refusal}"
     if target.vmm_server is None:

@@ -163,13 +163,7 @@ def renew_command(args: argparse.Namespace) -> int:
         )
         return 2
     target = planner.renewal_target(computer, inventory.vmm_views)
-    refusal = planner.host_allowed(
-        target.computer.fqdn,
-        target.computer.role,
-        allow_hosts=rcfg.allow_hosts,
-        deny_hosts=rcfg.deny_hosts,
-        allow_roles=rcfg.allow_roles,
-    )
+    refusal = planner.policy_refusal(rcfg, target.computer)
     if refusal is not None:
         print(f"error: {computer.fqdn} {refusal} (receiver policy)", file=sys.stderr)
         return 2

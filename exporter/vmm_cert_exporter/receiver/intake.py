@@ -69,13 +69,7 @@ def decide(
             alert, host_label, f"host {_shown(host_label)} is not a computer of the inventory"
         )
     target = planner.renewal_target(computer, inventory.vmm_views)
-    refusal = planner.host_allowed(
-        target.computer.fqdn,
-        target.computer.role,
-        allow_hosts=config.allow_hosts,
-        deny_hosts=config.deny_hosts,
-        allow_roles=config.allow_roles,
-    )
+    refusal = planner.policy_refusal(config, target.computer)
     if refusal is not None:
         return _reject(alert, computer.fqdn, f"not allowed: {computer.fqdn} {refusal}")
     if target.vmm_server is None:

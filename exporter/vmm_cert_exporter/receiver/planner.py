@@ -11,7 +11,7 @@ import fnmatch
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Final
+from typing import Final, Protocol
 
 from vmm_cert_exporter.inventory import Computer, VmmView, fqdn_key
 from vmm_cert_exporter.snapshot import StoredCertificate
@@ -190,6 +190,28 @@ def host_allowed(
     if role not in allow_roles:
         return f"role {role} is not in allow_roles ({', '.join(allow_roles) or 'none'})"
     return None
+
+
+class HostPolicy(Protocol):
+    """The receiver's allowlist: ``receiver.allow_hosts``, ``deny_hosts`` and ``allow_roles``."""
+
+    @property
+    def allow_hosts(self) -> Sequence[str]: ...
+    @property
+    def deny_hosts(self) -> Sequence[str]: ...
+    @property
+    def allow_roles(self) -> Sequence[str]: ...
+
+
+def policy_refusal(policy: HostPolicy, computer: Computer) -> str | None:
+    """``host_allowed`` for ``computer`` under the receiver's allowlist."""
+    return host_allowed(
+        computer.fqdn,
+        computer.role,
+        allow_hosts=policy.allow_hosts,
+        deny_hosts=policy.deny_hosts,
+        allow_roles=policy.allow_roles,
+    )
 
 
 @dataclass(frozen=True)
