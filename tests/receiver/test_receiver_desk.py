@@ -69,11 +69,14 @@ def desk_users(tmp_path: Path) -> list[dict[str, str]]:
 
 
 def wait_for(receiver: Receiver, job_id: int, status: str, timeout: float = 30.0) -> None:
+    """Wait until the job has ``status`` and is settled there: a new job is already
+    ``planned``, so a dry run's ``planned`` only counts once the job is finished."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = receiver.journal.get(job_id)
         if job is not None and job.status == status:
-            return
+            if status != "planned" or job.finished_at is not None:
+                return
         time.sleep(0.05)
     raise TimeoutError(receiver.journal.get(job_id))
 
