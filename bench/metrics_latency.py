@@ -213,9 +213,9 @@ def measure(port: int, count: int, per_scraper: int, gzip: bool, refresh: bool) 
 
 def one(n: int, lab_config: str, scrapers: int, per_scraper: int) -> dict[str, Any]:
     """The child side: one fleet size, served while a refresh runs."""
-    from vmm_cert_exporter.collection import RefreshHistogram
     from vmm_cert_exporter.config import load_config
     from vmm_cert_exporter.metrics import Exposition, SnapshotCollector
+    from vmm_cert_exporter.refresh_histogram import RefreshHistogram
     from vmm_cert_exporter.refresh_process import RefreshProcess
     from vmm_cert_exporter.web import make_app, make_server
 

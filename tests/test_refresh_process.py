@@ -10,7 +10,10 @@ from __future__ import annotations
 import gzip
 import logging
 import os
+import platform
 import signal
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
+from vmm_cert_exporter import malloc_tuning
 from vmm_cert_exporter.config import Config, load_config
 from vmm_cert_exporter.metrics import SnapshotCollector, render_snapshot
 from vmm_cert_exporter.refresh_process import RefreshProcess
@@ -218,3 +222,22 @@ def test_the_refresh_process_reads_only_its_shard(lab: RunningLab, tmp_path: Pat
         assert hosts and hosts == {fqdn for fqdn in everyone if shard.owns(fqdn)}
     finally:
         assert exporter.stop()
+
+
+def test_the_server_process_never_loads_the_winrm_stack() -> None:
+    """``serve``'s server only serves: requests, pyspnego and pywinrm (~35 MB) are loaded
+    by its refresh process alone."""
+    probe = (
+        "import sys, vmm_cert_exporter.serve, vmm_cert_exporter.cli;"
+        "print(sorted({m.split('.')[0] for m in sys.modules}"
+        " & {'winrm', 'spnego', 'requests', 'requests_ntlm', 'gssapi', 'krb5'}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]", out
+
+
+def test_glibc_accepts_the_arena_cap() -> None:
+    assert platform.libc_ver()[0] == "glibc"  # the machines this runs on: Debian
+    assert malloc_tuning.limit_arenas()

@@ -19,7 +19,6 @@ from cryptography.x509.oid import NameOID
 from prometheus_client import CollectorRegistry, generate_latest
 
 from vmm_cert_exporter.certificate import parse_certificate
-from vmm_cert_exporter.collection import RefreshHistogram
 from vmm_cert_exporter.inventory import Computer
 from vmm_cert_exporter.metrics import (
     Exposition,
@@ -27,6 +26,7 @@ from vmm_cert_exporter.metrics import (
     render_snapshot,
     scrape_second,
 )
+from vmm_cert_exporter.refresh_histogram import RefreshHistogram
 from vmm_cert_exporter.snapshot import HostSnapshot, Snapshot, StoredCertificate
 from vmm_cert_exporter.web import make_app, make_server
 

@@ -56,6 +56,8 @@ _REFUSED = "the computer refused the credentials earlier in this capture"
 class RecordingRunner(WinRMRunner):
     """The exporter's runner, returning the bytes a script wrote beside the decoded output."""
 
+    keep_raw = True
+
     def run_raw(self, host: str, script: str) -> tuple[bytes, bytes, ScriptOutput]:
         """Run ``script`` on ``host``: (stdout bytes, stderr bytes, the decoded output)."""
         output = self.run(host, script)

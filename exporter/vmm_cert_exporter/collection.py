@@ -11,7 +11,6 @@ never overlap.
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import logging
 import threading
@@ -26,6 +25,7 @@ from vmm_cert_exporter import failures
 from vmm_cert_exporter.config import Config
 from vmm_cert_exporter.failures import CollectError
 from vmm_cert_exporter.inventory import Computer, Inventory, VmmView, build_inventory, fqdn_key
+from vmm_cert_exporter.refresh_histogram import RefreshHistogram
 from vmm_cert_exporter.sharding import Shard
 from vmm_cert_exporter.snapshot import HostSnapshot, Snapshot, StoredCertificate
 from vmm_cert_exporter.sources import TLS, WINRM, MethodTable, Source
@@ -36,10 +36,6 @@ from vmm_cert_exporter.trust import TrustedCopies, trust_of
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-# Buckets of vmm_cert_exporter_refresh_duration_seconds: a refresh takes from a second
-# (a handful of hosts) to minutes (thousands of hosts at low concurrency).
-REFRESH_BUCKETS = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 
 
 @dataclass
@@ -53,30 +49,6 @@ class _HostState:
     last_error: str | None = None
     last_error_reason: str | None = None
     errors_total: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass
-class RefreshHistogram:
-    """Cumulative histogram of refresh durations (exported by the metrics collector)."""
-
-    buckets: tuple[float, ...] = REFRESH_BUCKETS
-    counts: list[int] = field(default_factory=lambda: [0] * (len(REFRESH_BUCKETS) + 1))
-    total: float = 0.0
-    count: int = 0
-
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect.bisect_left(self.buckets, seconds)] += 1
-        self.total += seconds
-        self.count += 1
-
-    def cumulative(self) -> list[tuple[str, float]]:
-        out: list[tuple[str, float]] = []
-        running = 0
-        for bound, n in zip(self.buckets, self.counts, strict=False):
-            running += n
-            out.append((repr(float(bound)), float(running)))
-        out.append(("+Inf", float(self.count)))
-        return out
 
 
 @dataclass

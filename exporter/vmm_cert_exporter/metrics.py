@@ -26,7 +26,7 @@ from prometheus_client.utils import floatToGoString
 
 from vmm_cert_exporter import __version__
 from vmm_cert_exporter.cohorts import group
-from vmm_cert_exporter.collection import RefreshHistogram
+from vmm_cert_exporter.refresh_histogram import RefreshHistogram
 from vmm_cert_exporter.snapshot import HostSnapshot, Snapshot
 
 HOST_LABELS = ["host", "role"]
@@ -314,9 +314,9 @@ def _escape_label_value(value: str) -> str:
 class RenderedSnapshot:
     """Everything of one snapshot that a scrape needs, swapped in whole.
 
-    Made where the snapshot is (``render_snapshot``): in ``serve``, by the refresh process,
-    which sends it to the server beside the snapshot, so that the server never spends its
-    interpreter on a rendering while it answers scrapes.
+    Made where the snapshot is (``render_static``, ``expiry_lines``): in ``serve``, by the
+    refresh process, which sends it to the server part by part beside the snapshot, so that
+    the server never spends its interpreter on a rendering while it answers scrapes.
     """
 
     key: tuple[int, int] | None
@@ -327,23 +327,22 @@ class RenderedSnapshot:
     points: tuple[tuple[bytes, float], ...]  # (expiry line up to the value, NotAfter)
 
 
-def render_snapshot(
-    collector: SnapshotCollector,
-    snapshot: Snapshot,
-    key: tuple[int, int] | None,
-    gzip_level: int = 6,
-) -> RenderedSnapshot:
-    """Render every family of ``snapshot`` that does not change with the scrape's second."""
-    # one family at a time: only one family's samples exist at once
-    static: list[bytes] = []
-    compressed: list[bytes] = []
+def render_static(
+    collector: SnapshotCollector, snapshot: Snapshot, gzip_level: int = 6
+) -> Iterator[tuple[bytes, bytes]]:
+    """Every family of ``snapshot`` that does not change with the scrape's second, one at a
+    time: (its exposition, its share of one gzip member, often b""); the last pair is
+    (b"", the member's end). Only one family's samples exist at once."""
     compressor = zlib.compressobj(gzip_level, zlib.DEFLATED, 31)  # 31: a gzip member
     for family in collector.static_families(snapshot):
         part = generate_latest(_Families([family]))
-        static.append(part)
-        compressed.append(compressor.compress(part))
-    compressed.append(compressor.flush())
-    points = tuple(
+        yield part, compressor.compress(part)
+    yield b"", compressor.flush()
+
+
+def expiry_lines(snapshot: Snapshot) -> tuple[tuple[bytes, float], ...]:
+    """The expiry family's lines up to their value, each with its NotAfter."""
+    return tuple(
         (
             f'{EXPIRY_NAME}{{host="{_escape_label_value(h.computer.fqdn)}",'
             f'role="{_escape_label_value(h.computer.role)}"}} '.encode(),
@@ -351,7 +350,23 @@ def render_snapshot(
         )
         for h, after in expiry_points(snapshot)
     )
-    return RenderedSnapshot(key, tuple(static), tuple(c for c in compressed if c), points)
+
+
+def render_snapshot(
+    collector: SnapshotCollector,
+    snapshot: Snapshot,
+    key: tuple[int, int] | None,
+    gzip_level: int = 6,
+) -> RenderedSnapshot:
+    """Render every family of ``snapshot`` that does not change with the scrape's second."""
+    static: list[bytes] = []
+    compressed: list[bytes] = []
+    for part, member in render_static(collector, snapshot, gzip_level):
+        if part:
+            static.append(part)
+        if member:
+            compressed.append(member)
+    return RenderedSnapshot(key, tuple(static), tuple(compressed), expiry_lines(snapshot))
 
 
 @dataclass(frozen=True)

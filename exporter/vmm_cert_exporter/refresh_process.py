@@ -15,15 +15,24 @@ import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from vmm_cert_exporter.collection import Refresher, RefreshHistogram
+from vmm_cert_exporter import malloc_tuning
+from vmm_cert_exporter.call_budget import max_call_seconds
 from vmm_cert_exporter.config import Config, ConfigError, load_config
 from vmm_cert_exporter.logs import current_settings, setup_logging
-from vmm_cert_exporter.metrics import RenderedSnapshot, SnapshotCollector, render_snapshot
-from vmm_cert_exporter.remoting import WinRMRunner
+from vmm_cert_exporter.metrics import (
+    RenderedSnapshot,
+    SnapshotCollector,
+    expiry_lines,
+    render_static,
+)
+from vmm_cert_exporter.refresh_histogram import RefreshHistogram
 from vmm_cert_exporter.sharding import Shard
 from vmm_cert_exporter.snapshot import Snapshot
+
+if TYPE_CHECKING:
+    from vmm_cert_exporter.collection import Refresher
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +56,7 @@ class RefreshProcess:
         if not Path(config.path).is_file():
             raise ValueError(f"the refresh process reads the configuration file: {config.path}")
         self._config = config
-        self._drain_seconds = WinRMRunner(config.winrm).max_call_seconds + _PROCESS_SECONDS
+        self._drain_seconds = max_call_seconds(config.winrm.timeout) + _PROCESS_SECONDS
         self._shard = shard
         self._log_settings = log_settings or current_settings()
         self._context = multiprocessing.get_context("spawn")
@@ -199,11 +208,11 @@ class RefreshProcess:
                 return published
             kind = message[0]
             if kind == "snapshot":
-                _, histogram, refreshes, complete, points, plain_parts, gz_parts = message
-                try:  # the frames that follow: the rendering's parts, the pickled snapshot
-                    static = tuple(conn.recv_bytes() for _ in range(plain_parts))
-                    static_gz = tuple(conn.recv_bytes() for _ in range(gz_parts))
+                _, histogram, refreshes, complete, points = message
+                try:  # the frames that follow: the pickled snapshot, then the rendering's parts
                     pickled = conn.recv_bytes()
+                    static = _frames(conn)
+                    static_gz = _frames(conn)
                 except (EOFError, OSError):
                     return published
                 self._received += 1
@@ -221,6 +230,8 @@ class RefreshProcess:
                         listener(self.snapshot)
                     except Exception:
                         log.exception("snapshot listener failed")
+                del static, static_gz, pickled
+                malloc_tuning.trim()  # the last snapshot's rendering, once scrapes let it go
             elif kind == "first":
                 self._first_done.set()
             elif kind == "stopped":
@@ -249,10 +260,15 @@ def child_main(
     conn: Connection,
 ) -> None:
     """The refresh process: refresh on the configured interval, publish to the server."""
+    malloc_tuning.limit_arenas()  # before the refresh's threads
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server turns Ctrl-C into commands
     commands: list[str] = []
     signal.signal(signal.SIGTERM, lambda signum, frame: commands.append("stop"))
     setup_logging(*log_settings)
+    # the WinRM stack (requests, pyspnego, pywinrm: ~35 MB) is loaded here, in the process
+    # that refreshes; the server, which only serves, never loads it
+    from vmm_cert_exporter.collection import Refresher
+
     send_lock = threading.Lock()
 
     def send(message: tuple[Any, ...]) -> bool:
@@ -273,28 +289,33 @@ def child_main(
 
     def publish(snapshot: Snapshot) -> None:
         # runs in the refresher's thread, the only writer of its histogram and count; the
-        # rendering is made here so that the server's interpreter only ever serves it
-        # pickled first: its memo is gone before the rendering's peak
-        pickled = pickle.dumps(snapshot, protocol=5)
-        rendered = render_snapshot(collector, snapshot, None)
+        # rendering is made here so that the server's interpreter only ever serves it.
+        # Each part leaves as soon as it exists: a whole rendering is never held here.
         head = (
             "snapshot",
             refresher.histogram,
             refresher.refreshes,
             snapshot.complete,
-            rendered.points,
-            len(rendered.static),
-            len(rendered.static_gz),
+            expiry_lines(snapshot),
         )
         with send_lock:
             try:
                 conn.send(head)
-                for frame in (*rendered.static, *rendered.static_gz, pickled):
-                    conn.send_bytes(frame)
-                return
+                conn.send_bytes(pickle.dumps(snapshot, protocol=5))
+                members: list[bytes] = []
+                for part, member in render_static(collector, snapshot):
+                    if part:
+                        conn.send_bytes(part)
+                    if member:
+                        members.append(member)
+                conn.send_bytes(_END)
+                for member in members:
+                    conn.send_bytes(member)
+                conn.send_bytes(_END)
             except OSError:  # the server is gone
-                pass
-        refresher.abort()
+                refresher.abort()
+                return
+        malloc_tuning.trim()  # the rendering's peak, handed back before the next refresh
 
     refresher.listeners.append(publish)
 
@@ -307,6 +328,17 @@ def child_main(
     in_time = _serve_commands(refresher, conn, commands)
     send(("stopped", in_time))
     conn.close()
+
+
+_END = b""  # ends a run of frames (no part of a rendering is empty)
+
+
+def _frames(conn: Connection) -> tuple[bytes, ...]:
+    """The frames up to the next ``_END``."""
+    frames: list[bytes] = []
+    while frame := conn.recv_bytes():
+        frames.append(frame)
+    return tuple(frames)
 
 
 def _serve_commands(refresher: Refresher, conn: Connection, commands: list[str]) -> bool:

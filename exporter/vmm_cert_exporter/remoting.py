@@ -32,16 +32,13 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from winrm.protocol import Protocol
 
-from vmm_cert_exporter import failures, kerberos
+from vmm_cert_exporter import call_budget, failures, kerberos
 from vmm_cert_exporter.clixml import decode_stderr
 from vmm_cert_exporter.config import WinRMConfig
 from vmm_cert_exporter.failures import CollectError
 from vmm_cert_exporter.powershell import command_line
 from vmm_cert_exporter.results import LANGUAGE_MODE_EXIT, parse_language_mode
 
-# Signal + Delete after a failure get their own short allowance: they free the shell on the
-# computer (WinRM's MaxShellsPerUser is finite) but must not hold the refresh for long.
-_CLEANUP_SECONDS = 5.0
 _MAX_OUTPUT = 64 << 20  # refuse absurd output instead of holding it all in memory
 
 _local = threading.local()
@@ -306,6 +303,8 @@ def classify(exc: BaseException) -> CollectError:
 class WinRMRunner:
     """Runs contract scripts on computers named by FQDN, with the configured transport."""
 
+    keep_raw = False  # whether ScriptOutput keeps the bytes beside the decoded text
+
     def __init__(self, config: WinRMConfig) -> None:
         self._config = config
         # watchdogs of the calls in flight, so that abort() can end them all at once
@@ -322,12 +321,12 @@ class WinRMRunner:
     @property
     def cleanup_seconds(self) -> float:
         """The allowance of Signal + Delete after a call (its own, beyond the deadline)."""
-        return min(_CLEANUP_SECONDS, max(1.0, self._config.timeout / 2))
+        return call_budget.cleanup_seconds(self._config.timeout)
 
     @property
     def max_call_seconds(self) -> float:
         """The longest one call can take: its deadline, then Signal + Delete."""
-        return self._config.timeout + self.cleanup_seconds + 0.5
+        return call_budget.max_call_seconds(self._config.timeout)
 
     def abort(self) -> None:
         """End every call in flight now, as if its deadline had passed (graceful shutdown's
@@ -432,8 +431,12 @@ class WinRMRunner:
                 self._active.discard(watchdog)
             if protocol is not None:
                 self._cleanup(protocol, shell_id, command_id)
-        out = stdout.decode("utf-8", errors="replace").lstrip("\ufeff")
+        out = stdout.decode("utf-8", errors="replace")
+        if out.startswith("\ufeff"):
+            out = out.lstrip("\ufeff")
         err = decode_stderr(stderr.decode("utf-8", errors="replace"))
+        if not self.keep_raw:  # a VMM server's TrustedPeople is megabytes: one copy is enough
+            stdout, stderr = b"", b""
         return ScriptOutput(
             stdout=out, stderr=err, exit_code=exit_code, raw_stdout=stdout, raw_stderr=stderr
         )

@@ -185,6 +185,13 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
+def _skip_space(text: str, index: int) -> int:
+    """The index of the first character at or after ``index`` that ``str.strip`` keeps."""
+    while index < len(text) and text[index].isspace():
+        index += 1
+    return index
+
+
 def _document(operation: str, stdout: object) -> tuple[_Reader, dict[str, object]]:
     """Decode exactly one JSON object with ``"schema": 1`` from ``stdout``."""
     reader = _Reader(operation)
@@ -192,14 +199,16 @@ def _document(operation: str, stdout: object) -> tuple[_Reader, dict[str, object
         reader.fail("", f"expected text, got {type(stdout).__name__}")
     if len(stdout) > MAX_OUTPUT:
         reader.fail("", f"{len(stdout)} characters is more than the {MAX_OUTPUT} accepted")
-    text = stdout.strip()
+    # read in place: a VMM server's TrustedPeople is megabytes, a stripped copy as much again
+    text = stdout
+    start = _skip_space(text, 0)
     # Windows PowerShell may put a BOM in front when the console encoding is UTF-8 with BOM.
-    if text.startswith("\ufeff"):
-        text = text[1:].lstrip()
-    if not text:
+    if text.startswith("\ufeff", start):
+        start = _skip_space(text, start + 1)
+    if start == len(text):
         reader.fail("", "stdout is empty; expected one JSON document")
     try:
-        value, end = _DECODER.raw_decode(text)
+        value, end = _DECODER.raw_decode(text, start)
     except json.JSONDecodeError as exc:
         reader.fail("", f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
     except (ValueError, RecursionError) as exc:

@@ -11,8 +11,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
-from vmm_cert_exporter.collection import Refresher
+from vmm_cert_exporter import malloc_tuning
 from vmm_cert_exporter.config import Config, ConfigError, load_config, parse_listen_address
 from vmm_cert_exporter.http.limits import Limits
 from vmm_cert_exporter.http.server import HTTPServer
@@ -23,6 +24,9 @@ from vmm_cert_exporter.refresh_process import RefreshProcess
 from vmm_cert_exporter.sharding import Shard
 from vmm_cert_exporter.web import make_app, make_server
 from vmm_cert_exporter.webconfig import WebConfigFile, load_web_config
+
+if TYPE_CHECKING:
+    from vmm_cert_exporter.collection import Refresher
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +74,9 @@ def start_exporter(
     if isolate and Path(config.path).is_file():
         refresher = process = RefreshProcess(config, shard=shard)
     else:
+        # only here does this process refresh, and load the WinRM stack for it
+        from vmm_cert_exporter.collection import Refresher
+
         refresher = Refresher(config, shard=shard)
     collector = SnapshotCollector(
         lambda: refresher.snapshot,
@@ -103,6 +110,7 @@ def start_exporter(
 
 
 def run(args: argparse.Namespace) -> int:
+    malloc_tuning.limit_arenas()  # before any thread: the HTTP layer's handlers are threads
     setup_logging(args.log_level, args.log_format)
     try:
         config = load_config(args.config)
