@@ -18,8 +18,10 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from vmm_cert_exporter.cohorts import Capacity, group, project
+from vmm_cert_exporter.collection import Refresher
 from vmm_cert_exporter.config import MaintenanceWindow
 from vmm_cert_exporter.inventory import Computer, VmmView
+from vmm_cert_exporter.metrics import Exposition, SnapshotCollector
 from vmm_cert_exporter.receiver.ahead import RenewAhead, schedule
 from vmm_cert_exporter.receiver.census import Holding, read_census
 from vmm_cert_exporter.receiver.config import ReceiverConfig
@@ -384,15 +386,44 @@ def test_renew_ahead_finishes_when_projected_before_the_day_with_every_guard(
 RULES = Path(__file__).resolve().parents[2] / "alerts" / "vmm-certificates.rules.yml"
 
 
+def _exporter_cohorts(
+    lab: RunningLab, directory: Path, now: float
+) -> list[tuple[str, dict[str, str], float]]:
+    """What the exporter publishes for the lab that CohortAtRisk reads: its cohort families
+    and one computer's ``vmm_cert_collect_success`` (the rule only asks whether the exporter
+    publishes any), from a real collection of every computer rendered as ``/metrics``
+    renders it. Timestamps are shifted by ``now`` (promtool's minute 0)."""
+    config = receiver_config(lab, directory, mode="dry-run", winrm_timeout="120s")
+    refresher = Refresher(config)
+    snapshot = refresher.refresh_once()
+    assert len(snapshot.hosts) == 3001
+    assert all(h.last_ok for h in snapshot.hosts), "every computer read"
+    collector = SnapshotCollector(lambda: snapshot, lambda: refresher.histogram)
+    text = Exposition(collector, lambda: snapshot, lambda: refresher.histogram.count).render()
+    out: list[tuple[str, dict[str, str], float]] = []
+    alive = False
+    for family in text_string_to_metric_families(text.decode("utf-8")):
+        for sample in family.samples:
+            if sample.name == "vmm_cert_cohort_expiry_timestamp_seconds":
+                out.append((sample.name, dict(sample.labels), sample.value - now))
+            elif sample.name == "vmm_cert_cohort_computers":
+                out.append((sample.name, dict(sample.labels), sample.value))
+            elif sample.name == "vmm_cert_collect_success" and not alive:
+                alive = sample.value == 1
+                out.append((sample.name, dict(sample.labels), sample.value))
+    return out
+
+
 def test_cohort_at_risk_fires_and_resolves_as_capacity_changes(
     big_cohort: RunningLab, tmp_path: Path, promtool: Promtool
 ) -> None:
     """The big cohort, 29.5 days before its day, against three receivers: 2 at once in a
     nightly 4-hour window (96 a day: finished after the day, critical), the same with a
     1-hour window added (120 a day: inside the 7-day margin, warning), then max_concurrent
-    raised to 4 (240 a day: on time). Each receiver's published capacity, margin and census
-    go through the shipped rule in promtool, three hours each, with time shifted so that
-    promtool's minute 0 is the receivers' now; the receivers' own projections agree."""
+    raised to 4 (240 a day: on time). Each receiver's published capacity, projected finish
+    and margin, and the exporter's cohorts from a real collection of the lab, go through the
+    shipped rule in promtool, three hours each, with time shifted so that promtool's minute 0
+    is the receivers' now; the receivers' own projections agree."""
     base: dict[str, Any] = {
         "mode": "dry-run",
         "winrm_timeout": "120s",
@@ -449,19 +480,25 @@ def test_cohort_at_risk_fires_and_resolves_as_capacity_changes(
     assert census == {"hyperv_host": 2910, "library_server": 90, "vmm_server": 1}
     assert {p["vmm_renewal_cohort_computers_left"] for p in published} == {3001}
 
+    # the exporter's side: one real collection of the lab by the product, rendered as its
+    # /metrics renders it; expiry shifted like the receivers' clock
+    exported = _exporter_cohorts(big_cohort, tmp_path / "exporter", clock())
     day, minutes = f"{datetime.now(UTC).year + 1}-01-01", 180
+    computers = {
+        labels["role"]: value
+        for name, labels, value in exported
+        if name == "vmm_cert_cohort_computers" and labels["cohort"] == day
+    }
+    assert computers == census  # the exporter and the receivers' census agree
     exporter = 'instance="e:9868",job="vmm-cert-exporter"'
     receiver_labels = 'instance="r:9869",job="vmm-cert-receiver"'
+
+    def exported_series(name: str, labels: dict[str, str], value: float) -> tuple[str, str]:
+        shown = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        return f"{name}{{{exporter},{shown}}}", f"{value:.0f}x540"
+
     series = [
-        (f'vmm_cert_collect_success{{{exporter},host="h",role="hyperv_host"}}', "1x540"),
-        *(
-            (f'vmm_cert_cohort_computers{{{exporter},cohort="{day}",role="{role}"}}', f"{n}x540")
-            for role, n in census.items()
-        ),
-        (
-            f'vmm_cert_cohort_expiry_timestamp_seconds{{{exporter},cohort="{day}"}}',
-            f"{expires - clock():.0f}x540",
-        ),
+        *(exported_series(name, labels, value) for name, labels, value in exported),
         (f'vmm_receiver_info{{{receiver_labels},version="0",mode="dry-run"}}', "1x540"),
         (
             f'vmm_renewal_capacity_per_day{{{receiver_labels},duration_source="assumed"}}',
@@ -470,6 +507,14 @@ def test_cohort_at_risk_fires_and_resolves_as_capacity_changes(
         (
             f"vmm_renewal_cohort_margin_seconds{{{receiver_labels}}}",
             f"{published[0]['vmm_renewal_cohort_margin_seconds']:.0f}x540",
+        ),
+        (
+            f'vmm_renewal_cohort_projected_finish_timestamp_seconds{{{receiver_labels},cohort="{day}"}}',
+            " ".join(
+                f"{p['vmm_renewal_cohort_projected_finish_timestamp_seconds'] - clock():.0f}"
+                f"x{minutes - 1}"
+                for p in published
+            ),
         ),
     ]
 
