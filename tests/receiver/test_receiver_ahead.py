@@ -5,6 +5,7 @@ computers expiring on the next 1 January), and the guards its jobs go through.""
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -308,17 +309,23 @@ class _Every(dict[tuple[str, str], Callable[[], None]]):
         return self.get(key, default)
 
 
+# Computers renewed for real by the test below. The whole big cohort (3,000 and the VMM
+# server) does not fit the test budget: docs/renewal.md gives the measured cost.
+REAL_HOSTS = 300
+
+
 def test_renew_ahead_finishes_when_projected_before_the_day_with_every_guard(
     make_lab: Callable[..., RunningLab], tmp_path: Path
 ) -> None:
-    """A big cohort of 17 computers and the VMM server, renewed for real over WinRM on a
-    compressed clock: each renewal takes five minutes of receiver time (the clock moves only
-    inside the change step), one at a time in a nightly half-hour window: three nights.
-    Started at its must-start-by, the cohort finishes where the projection said (within
-    10 % of the span),
-    before its day with the margin, and no renewal started outside the window or beside
-    another."""
-    lab = make_lab(fleet=CountingFleet(load_fleet("big-cohort", hosts=17)))
+    """A big cohort of 300 computers and the VMM server, renewed for real over WinRM (Basic,
+    HTTP) on a compressed clock, in the issue's shape: two at once in a nightly 4-hour
+    window, five minutes a renewal, 96 a night. Each renewal's worker waits after its first
+    read until the pass that started it has ended and the clock has moved five minutes on,
+    so that two at once means two per five minutes of receiver time. Started at its
+    must-start-by, the cohort finishes where the projection said (within 10 % of the span),
+    before its day with the margin; no renewal started outside the window, never more than
+    two ran at once, and the VMM server came last, by procedure 2."""
+    lab = make_lab(fleet=CountingFleet(load_fleet("big-cohort", hosts=REAL_HOSTS)))
     clock = FakeClock()
     harness = make_harness(
         lab,
@@ -326,24 +333,27 @@ def test_renew_ahead_finishes_when_projected_before_the_day_with_every_guard(
         clock=clock,
         winrm_timeout="60s",
         renew_ahead=True,
-        max_concurrent=1,
-        max_concurrent_per_vmm_server=1,
-        maintenance_windows=[{"start": "22:00", "end": "22:30"}],
+        max_concurrent=2,
+        max_concurrent_per_vmm_server=2,
+        maintenance_windows=[{"start": "22:00", "end": "02:00"}],
         assumed_renewal_duration="5m",
     )
+    gate = threading.Event()
+    gate.set()
     try:
         rcfg = harness.config.receiver
         assert rcfg is not None
         vmm = lab_host("vmm01")
-        harness.runner.after = _Every(
-            {
-                (vmm, "register-managed-computer"): lambda: clock.advance(300),
-                (vmm, "update-vmm-certificate"): lambda: clock.advance(300),
-            }
-        )
+
+        def until_the_pass_ends() -> None:
+            gate.wait(60)
+
+        # every preflight reads VMM's view first (procedures 1 and 2 alike)
+        harness.runner.after = _Every({(vmm, "list-managed-computers"): until_the_pass_ends})
         holdings, errors = read_census(harness.runner, harness.inventory.inventory)
-        assert errors == {} and len(holdings) == 18
-        capacity = Capacity(1, 300.0, "assumed", rcfg.maintenance_windows)
+        assert errors == {} and len(holdings) == REAL_HOSTS + 1
+        capacity = Capacity(2, 300.0, "assumed", rcfg.maintenance_windows)
+        assert capacity.per_day == 96
         views = harness.inventory.inventory.vmm_views
         (plan,) = schedule(holdings, views, rcfg, capacity, clock())
         assert plan.must_start_by is not None and not plan.due
@@ -353,17 +363,25 @@ def test_renew_ahead_finishes_when_projected_before_the_day_with_every_guard(
         assert projection.finish is not None
         start = clock()
         ahead = RenewAhead(rcfg, harness.journal, lambda: capacity, clock)
-        assert ahead.run(holdings, views) == 18
+        assert ahead.run(holdings, views) == REAL_HOSTS + 1
 
-        for _ in range(200):  # bounded: 18 renewals and three nights
-            started = harness.engine.tick(wait=True)
+        for _ in range(2 * REAL_HOSTS):  # bounded: a pass per two renewals, and the nights
+            gate.clear()
+            began = clock()
+            started = harness.engine.tick()
+            if started:
+                clock.t = began + 300.0  # the renewals started in this pass take 5 minutes
+            gate.set()
+            for future in started:
+                future.result()
             if not harness.journal.active_jobs():
                 break
             if not started:  # nothing may start before the window opens: go there
                 upcoming = next_window_start(rcfg.maintenance_windows, clock())
                 assert upcoming is not None
                 clock.t = upcoming
-        jobs = harness.journal.list_jobs(limit=100)
+        jobs = harness.journal.list_jobs(limit=10 * REAL_HOSTS)
+        assert len(jobs) == REAL_HOSTS + 1
         assert {(j.status, j.source) for j in jobs} == {("succeeded", "cohort")}
         finished = max(j.finished_at or 0.0 for j in jobs)
         assert abs(finished - projection.finish) <= 0.1 * (projection.finish - start)
@@ -371,15 +389,23 @@ def test_renew_ahead_finishes_when_projected_before_the_day_with_every_guard(
         attempts = sorted(
             (a for j in jobs for a in harness.journal.attempts(j.id)), key=lambda a: a.started_at
         )
-        assert len(attempts) == 18
-        nights = {datetime.fromtimestamp(a.started_at, UTC).date() for a in attempts}
-        assert len(nights) == 3
+        assert len(attempts) == REAL_HOSTS + 1  # one attempt each: nothing failed or retried
         assert all(in_window(rcfg.maintenance_windows[0], a.started_at) for a in attempts)
-        for before, after in itertools.pairwise(attempts):
-            assert before.finished_at is not None and before.finished_at <= after.started_at
-        assert attempts[-1].job_id == next(j.id for j in jobs if j.host == vmm)
+        # never more than max_concurrent at once, and the window's work really used both
+        edges = sorted(
+            [(a.started_at, 1) for a in attempts]
+            + [(a.finished_at, -1) for a in attempts if a.finished_at is not None]
+        )
+        running = list(itertools.accumulate(step for _, step in edges))
+        assert max(running) == 2
+        server_job = next(j for j in jobs if j.host == vmm)
+        assert server_job.procedure == UPDATE_CERTIFICATE
+        (server_attempt,) = harness.journal.attempts(server_job.id)
+        assert server_attempt.started_at == attempts[-1].started_at
         assert {c["not_after"][:10] for c in lab.model.list_computers()} != {plan.day}
+        assert plan.day not in {c["not_after"][:10] for c in lab.model.list_computers()}
     finally:
+        gate.set()
         harness.close()
 
 
