@@ -352,6 +352,9 @@ def test_renew_ahead_finishes_when_projected_before_the_day_with_every_guard(
         harness.runner.after = _Every({(vmm, "list-managed-computers"): until_the_pass_ends})
         holdings, errors = read_census(harness.runner, harness.inventory.inventory)
         assert errors == {} and len(holdings) == REAL_HOSTS + 1
+        # two months before the day, whatever today's date: the schedule is not due yet
+        (cohort,) = group((h.computer.role, h.not_after) for h in holdings)
+        clock.t = cohort.expires_at - 60 * DAY
         capacity = Capacity(2, 300.0, "assumed", rcfg.maintenance_windows)
         assert capacity.per_day == 96
         views = harness.inventory.inventory.vmm_views
