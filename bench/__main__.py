@@ -27,6 +27,8 @@ BENCHES = [
     ["bench.tls_race", "--endpoints", "500", "--concurrency", "32", "--rounds", "6"],
     # the cohort planner (cohorts command, receiver capacity) at 1,000 to 50,000 computers
     ["bench.cohort_planner", "--sizes", "1000,10000,50000"],
+    # one renewal's reading of a computer at 300 and 3,000 computers, filtered or not
+    ["bench.renewal_reads", "--sizes", "300,3000"],
     # the exporter's landing page at 1,000 to 50,000 computers (target <= 100 ms at 10,000)
     ["bench.pages_render", "--sizes", "1000,10000,50000"],
 ]

@@ -17,10 +17,20 @@ from vmm_cert_exporter.cohorts import (
     capacities,
     group,
     minute_utc,
+    procedure_mix,
     project,
 )
-from vmm_cert_exporter.cohorts_command import cohort_json, render_table
-from vmm_cert_exporter.receiver.config import WEEKDAYS, MaintenanceWindow
+from vmm_cert_exporter.cohorts_command import (
+    JournalFacts,
+    Settings,
+    cohort_json,
+    plan,
+    render_table,
+)
+from vmm_cert_exporter.inventory import Computer, VmmView
+from vmm_cert_exporter.receiver.config import WEEKDAYS, MaintenanceWindow, ReceiverConfig
+from vmm_cert_exporter.snapshot import HostSnapshot, Snapshot
+from vmm_cert_lab.stored import stored_certificate
 
 EVERY_DAY = tuple(range(len(WEEKDAYS)))
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC).timestamp()
@@ -202,3 +212,69 @@ def test_require_approval_scales_the_capacity_by_the_approved_share() -> None:
     assert approval.per_day == 24.0
     # the share only counts with require_approval on
     assert _capacities(approved_share=0.25)[1].per_day == 96.0
+
+
+def test_the_cohorts_command_weighs_the_procedures_as_the_receiver_does() -> None:
+    """One capacity definition: ``cohorts`` takes each procedure's median, weighted by the
+    computers left to renew with it (``procedure_mix``, as the receiver), and scales by the
+    approved share; not the median of every renewal."""
+    vmm = "vmm01.corp.example"
+    server = Computer(vmm, "vmm_server", vmm, is_vmm_server=True)
+    hosts = [Computer(f"hv{i}.corp.example", "hyperv_host", vmm) for i in range(3)]
+    fresh = Computer("hv9.corp.example", "hyperv_host", vmm)  # outside min_validity
+    views = {vmm: VmmView(vmm, "2022", False, True, (server, *hosts, fresh))}
+    expiring = datetime(2027, 1, 1, tzinfo=UTC)
+    snapshot = Snapshot(
+        tuple(
+            HostSnapshot(
+                c,
+                (stored_certificate(c.fqdn, later if c is fresh else expiring),),
+                True,
+                NOW,
+                True,
+                1.0,
+                None,
+                None,
+            )
+            for c in (server, *hosts, fresh)
+            for later in [datetime(2030, 1, 1, tzinfo=UTC)]
+        ),
+        NOW,
+        1.0,
+        60.0,
+        True,
+    )
+    rcfg = ReceiverConfig(
+        run_as_account="VMM Host Admins",
+        max_concurrent=2,
+        max_concurrent_per_vmm_server=2,
+        maintenance_windows=(nightly(),),
+        require_approval=True,
+    )
+    durations = {"remove-register": [200.0, 240.0, 900.0], "update-vmm-certificate": [600.0]}
+    facts = JournalFacts(durations, [], False, approved_share=0.5)
+    report = plan(snapshot, Settings.of(rcfg), facts, NOW, views)
+    mix = procedure_mix(
+        ((h.computer, h.current.info.not_after.timestamp()) for h in snapshot.hosts if h.current),
+        views,
+        now=NOW,
+        min_validity=rcfg.min_validity,
+    )
+    assert mix == {"remove-register": 3, "update-vmm-certificate": 1}
+    weighted = (3 * 240 + 600) / 4  # the median of every renewal would be 420
+    assert report["capacity"]["renewal_seconds"] == weighted
+    _, used = capacities(
+        max_concurrent=2,
+        per_vmm_server=rcfg.max_concurrent_per_vmm_server,
+        vmm_servers=1,
+        windows=(nightly(),),
+        approval=True,
+        paused=False,
+        assumed=rcfg.assumed_renewal_duration,
+        durations=durations,
+        at=NOW,
+        mix=mix,
+        approved_share=0.5,
+    )
+    assert report["capacity"]["per_day"] == round(used.per_day, 1)
+    assert used.per_day == pytest.approx(0.5 * 2 * 240 * 60 / weighted)

@@ -54,8 +54,8 @@ LONGEST_FQDN = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 61])  # 253 charact
 # 4-byte UTF-8 characters: the largest $Params each operation can carry.
 WORST_PARAMS: dict[str, dict[str, object]] = {
     "collect-certificates": {},
-    "list-managed-computers": {},
-    "list-trusted-certificates": {},
+    "list-managed-computers": {"computer": LONGEST_FQDN},
+    "list-trusted-certificates": {"computer": LONGEST_FQDN},
     "find-run-as-account": {"run_as_account": "\U0001f512" * powershell.MAX_RUN_AS_ACCOUNT},
     "remove-certificates": {
         "thumbprints": [f"{i:040X}" for i in range(powershell.MAX_THUMBPRINTS)]
@@ -298,6 +298,9 @@ def test_windows_powershell_51_rules(operation: str) -> None:
                 "Cert:\\LocalMachine\\TrustedPeople",
                 "try { $dns = @($_.DnsNameList | ForEach-Object { [string]$_.Unicode }) }"
                 " catch { }",
+                "$_.Oid.Value -eq '2.5.29.17'",
+                "(@([string]$cert.FriendlyName, [string]$cert.Subject) + $san + $dns) -join ' '",
+                "if (-not $text.ToLowerInvariant().Contains($want)) { return }",
             ],
         ),
         (
@@ -313,6 +316,8 @@ def test_windows_powershell_51_rules(operation: str) -> None:
                 "state_display = [string]$_.StateString",
                 "@($vmm.ActiveVMMNode) + @($vmm.FailoverVMMNodes)",
                 "ha_nodes = $nodes",
+                "if ($p.computer) { $want = ([string]$p.computer).Trim().TrimEnd('.') }",
+                "$name.Trim().TrimEnd('.') -ne $want -and $role -notlike '*VMMServerRole*'",
             ],
         ),
         (
@@ -550,6 +555,13 @@ THUMB = "0123456789abcdef0123456789ABCDEF01234567"
             "register-managed-computer",
             {"computer": "a" * 64 + ".corp", "run_as_account": "a"},
             "not a valid FQDN",
+        ),
+        ("list-managed-computers", {"computer": "hv 01"}, "computer is not a valid FQDN"),
+        ("list-trusted-certificates", {"computer": 7}, "computer must be a string"),
+        (
+            "list-trusted-certificates",
+            {"computers": ["hv01"]},
+            "unknown parameter(s) computers; expected: computer (optional)",
         ),
         ("update-vmm-certificate", {"vmm_server": ""}, "vmm_server must be an FQDN of 1 to 253"),
         ("update-vmm-certificate", {"vmm_server": None}, "vmm_server must be a string"),

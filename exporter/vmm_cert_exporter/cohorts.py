@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Final
 
+from vmm_cert_exporter.inventory import Computer, VmmView
+from vmm_cert_exporter.receiver import planner
 from vmm_cert_exporter.receiver.config import MaintenanceWindow
 
 DAY: Final = 86400.0
@@ -203,6 +205,25 @@ class Capacity:
         begin = bisect.bisect_right(self._cumulative, top - rest, hi=index + 1) - 1
         first_minute = minute - (index - begin) - int(weeks) * _WEEK_MINUTES
         return _MONDAY + first_minute * 60.0
+
+
+def procedure_mix(
+    holdings: Iterable[tuple[Computer, float]],
+    views: Mapping[str, VmmView],
+    *,
+    now: float,
+    min_validity: float,
+) -> dict[str, int]:
+    """The computers left to renew (NotAfter inside ``min_validity`` of ``now``), by the
+    procedure intake would choose for each: what ``capacities`` weighs each procedure's
+    measured duration by, for the receiver and the ``cohorts`` command alike."""
+    mix: dict[str, int] = {}
+    for computer, not_after in holdings:
+        if not_after - now < min_validity:
+            procedure = planner.renewal_target(computer, views).procedure
+            if procedure is not None:
+                mix[procedure] = mix.get(procedure, 0) + 1
+    return mix
 
 
 def capacities(

@@ -19,6 +19,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,10 +31,12 @@ from vmm_cert_exporter.cohorts import (
     capacities,
     group,
     minute_utc,
+    procedure_mix,
     project,
 )
 from vmm_cert_exporter.collection import Refresher
 from vmm_cert_exporter.config import ConfigError, load_config
+from vmm_cert_exporter.inventory import VmmView
 from vmm_cert_exporter.logs import setup_logging
 from vmm_cert_exporter.receiver.config import MaintenanceWindow, ReceiverConfig
 from vmm_cert_exporter.receiver.journal import Journal, JournalError
@@ -54,7 +57,8 @@ class Settings:
     journal: str | None
     assumed_renewal_duration: float
     cohort_margin: float
-    configured: bool  # False: the file has no receiver section
+    configured: bool
+    min_validity: float  # False: the file has no receiver section
 
     @classmethod
     def of(cls, receiver: ReceiverConfig | None) -> Settings:
@@ -69,6 +73,7 @@ class Settings:
                 receiver.assumed_renewal_duration,
                 receiver.cohort_margin,
                 True,
+                receiver.min_validity,
             )
         default: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(ReceiverConfig)}
         return cls(
@@ -81,6 +86,7 @@ class Settings:
             float(default["assumed_renewal_duration"]),
             float(default["cohort_margin"]),
             False,
+            float(default["min_validity"]),
         )
 
 
@@ -89,6 +95,7 @@ class JournalFacts:
     durations: dict[str, list[float]]
     renewed: list[float]
     paused: bool
+    approved_share: float = 1.0  # of the receiver's active jobs (1 without any)
 
 
 def _journal_facts(path: str | None) -> JournalFacts:
@@ -97,16 +104,36 @@ def _journal_facts(path: str | None) -> JournalFacts:
     journal = Journal(path)
     try:
         return JournalFacts(
-            journal.renewal_durations(), journal.renewed_not_afters(), journal.pause_state().paused
+            journal.renewal_durations(),
+            journal.renewed_not_afters(),
+            journal.pause_state().paused,
+            journal.approved_share(),
         )
     finally:
         journal.close()
 
 
-def plan(snapshot: Snapshot, settings: Settings, facts: JournalFacts, now: float) -> dict[str, Any]:
-    """The report as a JSON document (the table is rendered from it)."""
+def plan(
+    snapshot: Snapshot,
+    settings: Settings,
+    facts: JournalFacts,
+    now: float,
+    views: Mapping[str, VmmView] | None = None,
+) -> dict[str, Any]:
+    """The report as a JSON document (the table is rendered from it). ``views``: the VMM
+    servers' views the refresh discovered, which decide each computer's procedure."""
     paused = facts.paused or bool(settings.pause_file and os.path.exists(settings.pause_file))
     servers = {h.computer.vmm_server.lower() for h in snapshot.hosts if h.computer.vmm_server}
+    mix = procedure_mix(
+        (
+            (host.computer, host.current.info.not_after.timestamp())
+            for host in snapshot.hosts
+            if host.current is not None
+        ),
+        views or {},
+        now=now,
+        min_validity=settings.min_validity,
+    )
     configured, used = capacities(
         max_concurrent=settings.max_concurrent,
         per_vmm_server=settings.max_concurrent_per_vmm_server,
@@ -117,6 +144,9 @@ def plan(snapshot: Snapshot, settings: Settings, facts: JournalFacts, now: float
         assumed=settings.assumed_renewal_duration,
         durations=facts.durations,
         at=now,
+        # the receiver's own weighting: each procedure's measured duration by what is left
+        mix=mix,
+        approved_share=facts.approved_share,
     )
     measured = used is not configured
     cohorts = group(
@@ -140,6 +170,7 @@ def plan(snapshot: Snapshot, settings: Settings, facts: JournalFacts, now: float
                 procedure: round(statistics.median(ds), 1)
                 for procedure, ds in sorted(facts.durations.items())
             },
+            "left_by_procedure": dict(sorted(mix.items())),
             "concurrency": used.concurrency,
             "open_hours_per_week": round(used.open_minutes_per_week / 60.0, 2),
             "paused": paused,
@@ -212,12 +243,13 @@ def run(args: argparse.Namespace) -> int:
     except JournalError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
+    refresher = Refresher(config)
     try:
-        snapshot = Refresher(config).refresh_once()
+        snapshot = refresher.refresh_once()
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    report = plan(snapshot, settings, facts, time.time())
+    report = plan(snapshot, settings, facts, time.time(), refresher.inventory.vmm_views)
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -72,6 +72,13 @@ _PARAMS: Final[dict[str, dict[str, str]]] = {
     "update-vmm-certificate": {"vmm_server": "fqdn"},
 }
 
+# Parameters an operation may go without. A renewal reads VMM's view of one computer; the
+# exporter's collection needs every computer, so it sends none of these.
+_OPTIONAL_PARAMS: Final[dict[str, dict[str, str]]] = {
+    "list-managed-computers": {"computer": "fqdn"},
+    "list-trusted-certificates": {"computer": "fqdn"},
+}
+
 # What print-script embeds when no --params are given: realistic, and clearly examples.
 EXAMPLE_PARAMS: Final[Mapping[str, Mapping[str, object]]] = {
     "collect-certificates": {},
@@ -187,22 +194,24 @@ def validate_params(operation: str, params: Mapping[str, object] | None) -> dict
     """
     _check_operation(operation)
     spec = _PARAMS[operation]
+    optional = _OPTIONAL_PARAMS.get(operation, {})
     if params is None:
         params = {}
     if not isinstance(params, Mapping):
         raise ValueError(
             f"{operation}: parameters must be a JSON object, got {type(params).__name__}"
         )
-    unknown = sorted(str(k) for k in params if k not in spec)
+    unknown = sorted(str(k) for k in params if k not in spec and k not in optional)
     if unknown:
-        expected = ", ".join(spec) if spec else "none"
+        expected = ", ".join([*spec, *(f"{k} (optional)" for k in optional)]) or "none"
         raise ValueError(
             f"{operation}: unknown parameter(s) {', '.join(unknown)}; expected: {expected}"
         )
     missing = [k for k in spec if k not in params]
     if missing:
         raise ValueError(f"{operation}: missing parameter(s) {', '.join(missing)}")
-    return {key: _KINDS[kind](f"{operation}: {key}", params[key]) for key, kind in spec.items()}
+    kinds = {**spec, **{key: kind for key, kind in optional.items() if key in params}}
+    return {key: _KINDS[kind](f"{operation}: {key}", params[key]) for key, kind in kinds.items()}
 
 
 def encode_params(params: Mapping[str, object]) -> str:

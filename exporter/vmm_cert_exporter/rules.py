@@ -184,7 +184,8 @@ _NOT_AFTER = (
 
 def _cohort_at_risk() -> list[_Alert]:
     """Per cohort (``vmm_cert_cohort_*`` summed over the exporter's shards): when its last
-    computer would be renewed at the receiver's capacity, minus its first NotAfter.
+    computer would be renewed, minus its first NotAfter. When is the receiver's published
+    projected finish for the cohort, else the exporter's count at the receiver's capacity.
 
     Warning once that is later than the day minus ``cohort_margin``, critical once it is
     after the day; a paused receiver (capacity 0) projects +Inf. Cohorts already past are
@@ -198,12 +199,19 @@ def _cohort_at_risk() -> list[_Alert]:
     expiry = aggregate("min by (cohort)", "vmm_cert_cohort_expiry_timestamp_seconds")
     capacity = aggregate("max", "vmm_renewal_capacity_per_day", "vmm_receiver_info")
     margin = aggregate("max", "vmm_renewal_cohort_margin_seconds", "vmm_receiver_info")
-    # projected finish - first NotAfter, in seconds (the alert's value)
-    late = (
-        f"(\n  time() + {_DAY} * {_indent(left)}\n"
-        f"  / on () group_left ()\n  {_indent(capacity)}\n)\n"
-        f"- on (cohort)\n{expiry}\n"
+    # the receiver's own projection, walked minute by minute through the windows (+Inf when
+    # paused); where no receiver publishes one for the cohort, the estimate from the
+    # exporter's count and the receiver's capacity per day
+    projected = aggregate(
+        "max by (cohort)",
+        "vmm_renewal_cohort_projected_finish_timestamp_seconds",
+        "vmm_receiver_info",
     )
+    estimate = (
+        f"(\n  time() + {_DAY} * {_indent(left)}\n  / on () group_left ()\n  {_indent(capacity)}\n)"
+    )
+    # projected finish - first NotAfter, in seconds (the alert's value)
+    late = f"(\n  {_indent(projected)}\n  or\n  {_indent(estimate)}\n)\n- on (cohort)\n{expiry}\n"
     upcoming = f"and on (cohort)\n{expiry} > time()"
     day = "{{ $labels.cohort }}"
     q_left = "sum(vmm_cert_cohort_computers{cohort=%q})"
@@ -215,11 +223,14 @@ def _cohort_at_risk() -> list[_Alert]:
         f'{{{{ with printf "{q_left}" $labels.cohort | query }}}}'
         "{{ . | first | value }}{{ end }}"
     )
-    # no start date while paused (the division by 0 capacity gives none)
+    # the receiver's must-start-by for the cohort, else the estimate; no start date while
+    # paused (+Inf from the receiver, a division by 0 capacity in the estimate)
+    q_must = "max(vmm_renewal_cohort_must_start_by_timestamp_seconds{cohort=%q}) < +Inf"
     start_by = (
-        f'{{{{ with printf "{q_expiry} - {q_margin} - {_DAY} * {q_left} / ({q_per_day} > 0)" '
-        "$labels.cohort $labels.cohort | query }} Renewals would have had to start by "
-        "{{ . | first | value | humanizeTimestamp }}.{{ end }}"
+        f'{{{{ with printf "({q_must}) or ({q_expiry} - {q_margin} - {_DAY} * {q_left} / '
+        f'({q_per_day} > 0))" '
+        "$labels.cohort $labels.cohort $labels.cohort | query }} Renewals would have had to "
+        "start by {{ . | first | value | humanizeTimestamp }}.{{ end }}"
     )
     capacity_text = (
         f'{{{{ with query "{q_capacity}" }}}}{{{{ with . | first }}}}'

@@ -659,3 +659,28 @@ def test_concurrent_calls_are_safe(demo: Fleet) -> None:
         thread.join()
     assert errors == []
     assert all(states(demo)[f"hv{i:02d}.lab.example"] == "Responding" for i in range(1, 31))
+
+
+def test_the_lists_of_one_computer(demo: Fleet) -> None:
+    """``{"computer": FQDN}``: VMM's entry of that computer (any case, a final dot) beside
+    the VMM server's own, and the TrustedPeople entries that name it; the rest unchanged."""
+    whole = ok(demo, VMM, "list-managed-computers")
+    one = ok(demo, VMM, "list-managed-computers", {"computer": "HV39.Lab.Example."})
+    assert [m["fqdn"] for m in one["managed_computers"]] == [
+        m["fqdn"]
+        for m in whole["managed_computers"]
+        if m["fqdn"] == "hv39.lab.example" or "VMMServerRole" in m["role"]
+    ]
+    assert len(one["managed_computers"]) == 2 < len(whole["managed_computers"])
+    assert {k: v for k, v in one.items() if k != "managed_computers"} == {
+        k: v for k, v in whole.items() if k != "managed_computers"
+    }
+    copies = ok(demo, VMM, "list-trusted-certificates", {"computer": "hv39.lab.example"})
+    assert [c["thumbprint"] for c in copies["certificates"]] == [
+        trusted_copy(demo, "hv39.lab.example")["thumbprint"]  # type: ignore[index]
+    ]
+    # a substring keeps more (a superset): the exporter decides on the whole rule
+    many = ok(demo, VMM, "list-trusted-certificates", {"computer": "hv3"})["certificates"]
+    assert len(many) > 1
+    nothing = ok(demo, VMM, "list-trusted-certificates", {"computer": "nowhere.example"})
+    assert nothing["certificates"] == []

@@ -86,9 +86,19 @@ def test_cohorts_of_the_lab_before_and_after_a_renewal(
     assert rows[renewed_day]["computers"] == expected[renewed_day] + 1
     cap = after["capacity"]
     assert cap["renewal_duration_source"] == "measured"
-    assert cap["renewal_seconds"] == 240.0
-    assert list(cap["measured_seconds_by_procedure"].values()) == [240.0]
-    assert cap["measured_per_day"] == cap["per_day"] == 2 * 360
+    assert cap["measured_seconds_by_procedure"] == {"remove-register": 240.0}
+    # as the receiver: the measured procedure's median and the assumed 300 s of the one not
+    # measured yet (the VMM server's), weighted by the computers left to renew with each
+    left = cap["left_by_procedure"]
+    assert (
+        set(left) == {"remove-register", "update-vmm-certificate"}
+        and left["update-vmm-certificate"]
+    )
+    weighted = (240.0 * left["remove-register"] + 300.0 * left["update-vmm-certificate"]) / sum(
+        left.values()
+    )
+    assert cap["renewal_seconds"] == round(weighted, 1)
+    assert cap["measured_per_day"] == cap["per_day"] == round(2 * 86400 / weighted, 1)
     assert cap["configured_per_day"] == 2 * 288
 
 

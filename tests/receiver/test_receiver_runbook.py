@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from vmm_cert_exporter.powershell import render_script
-from vmm_cert_exporter.receiver import planner
+from vmm_cert_exporter.receiver import planner, runbook
 from vmm_cert_exporter.receiver.journal import Job
 from vmm_cert_lab.fleet.interfaces import Faults
 from vmm_cert_lab.fleet.runner import start_lab
@@ -450,3 +450,62 @@ def test_a_constrained_language_vmm_server_fails_preflight_with_the_reason(
     job = run(harness, lab_host("hv36"))
     assert job.failed_step == "preflight" and job.reason is not None
     assert job.reason.startswith(f"list-managed-computers on vmm01.{LAB_DOMAIN}: {CLM}"), job.reason
+
+
+def _verdict(harness: Harness, host: str, vmm_server: str) -> tuple[object, ...]:
+    """What the receiver decides from one read of ``host``: the same with or without the
+    per-computer filter of the VMM server's lists."""
+    try:
+        state = runbook.read_state(harness.runner, host, vmm_server)
+    except runbook.StepFailed as failed:
+        return ("failed", failed.step, failed.reason, failed.permanent)
+    view = state.view
+    return (
+        state.computer,
+        state.certificates,
+        state.trusted,
+        state.trusted_thumbprints,
+        planner.choose_procedure(state.computer, view),
+        (view.vmm_server, view.version, view.high_availability, view.ha_nodes),
+        view.reported_name,
+        view.supports_update_certificate,
+        sorted(c.key for c in view.managed if view.is_server_name(c.fqdn)),
+    )
+
+
+@pytest.mark.parametrize("which", ["harness", "ha_harness"])
+def test_a_renewal_reads_only_its_computer_and_decides_as_on_the_whole_lists(
+    which: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every computer of the demo lab (mismatched, deleted and missing TrustedPeople copies,
+    unreachable hosts, the VMM server) and of the ha lab (highly available servers, an
+    alias): the filtered reads reach the same verdicts as the whole lists, and carry only
+    that computer and the VMM server's own entries."""
+    harness: Harness = request.getfixturevalue(which)
+    targets = [
+        (c.fqdn, c.vmm_server)
+        for c in harness.inventory.inventory.computers
+        if c.vmm_server is not None
+    ]
+    assert len(targets) >= 3
+    filtered: dict[str, tuple[object, ...]] = {}
+    sizes: list[int] = []
+    for host, server in targets:
+        filtered[host] = _verdict(harness, host, server)
+        try:
+            sizes.append(len(runbook.read_state(harness.runner, host, server).view.managed))
+        except runbook.StepFailed:
+            pass
+    whole_lists = len(harness.lab.model.list_computers())
+    assert sizes and max(sizes) < min(whole_lists, 8)
+    monkeypatch.setattr(runbook, "_only", lambda name: {})
+    for host, server in targets:
+        assert _verdict(harness, host, server) == filtered[host], host
+
+
+def test_the_filter_is_a_parameter_never_code() -> None:
+    hostile = "hv01.corp'; Remove-Item C:\\ -Recurse #"
+    with pytest.raises(ValueError, match="not a valid FQDN"):
+        render_script("list-trusted-certificates", {"computer": hostile})
+    assert runbook._only(hostile) == {}  # such a name reads the whole lists instead
+    assert runbook._only("HV01.Corp.Example.") == {"computer": "hv01.corp.example"}

@@ -19,7 +19,7 @@ from typing import Any, Final, Protocol
 from vmm_cert_exporter import failures
 from vmm_cert_exporter.failures import CollectError
 from vmm_cert_exporter.inventory import Computer, VmmView, fqdn_key, view_from_result
-from vmm_cert_exporter.powershell import MAX_THUMBPRINTS, render_script
+from vmm_cert_exporter.powershell import MAX_THUMBPRINTS, render_script, validate_params
 from vmm_cert_exporter.receiver import planner
 from vmm_cert_exporter.receiver.journal import iso
 from vmm_cert_exporter.receiver.planner import PlannedStep
@@ -120,6 +120,19 @@ def _read(runner: ScriptRunner, step: str, host: str, operation: str, **params: 
     return output.stdout
 
 
+def _only(name: str) -> dict[str, object]:
+    """The per-computer filter of the VMM server's lists, so that a renewal's reads do not
+    grow with the fleet. The scripts keep a superset of what concerns ``name`` (the VMM
+    server's own entries included) and the decisions stay here, on the whole rule. A name
+    the filter cannot carry (not a DNS name) reads the whole lists, as the exporter does."""
+    key = fqdn_key(name)
+    try:
+        validate_params("list-managed-computers", {"computer": key})
+    except ValueError:
+        return {}
+    return {"computer": key}
+
+
 def _find(view: VmmView, host: str) -> Computer | None:
     """``host`` as VMM lists it now. A name of the VMM server that VMM does not list (the
     configured alias, the clustered role name) stands for VMM's own entry when there is
@@ -148,15 +161,25 @@ def read_state(
     server no longer manages the computer.
     """
     try:
-        managed = parse_managed_computers(_read(runner, step, vmm_server, "list-managed-computers"))
+        managed = parse_managed_computers(
+            _read(runner, step, vmm_server, "list-managed-computers", **_only(host))
+        )
         view = view_from_result(vmm_server, managed)
+        computer = _find(view, host)
+        # TrustedPeople is searched for the name VMM lists the computer by: the one the
+        # copies are matched to.
         trusted_result = parse_trusted_certificates(
-            _read(runner, step, vmm_server, "list-trusted-certificates")
+            _read(
+                runner,
+                step,
+                vmm_server,
+                "list-trusted-certificates",
+                **_only(computer.fqdn if computer is not None else host),
+            )
         )
         collected = parse_collect_certificates(_read(runner, step, host, "collect-certificates"))
     except ScriptOutputError as exc:
         raise StepFailed(step, f"output broke the script contract: {exc}") from exc
-    computer = _find(view, host)
     if computer is None:
         raise StepFailed(
             step,

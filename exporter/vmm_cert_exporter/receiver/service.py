@@ -45,14 +45,20 @@ from urllib.parse import parse_qs
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
-from vmm_cert_exporter.cohorts import Capacity, Projection, capacities, group, project
+from vmm_cert_exporter.cohorts import (
+    Capacity,
+    Projection,
+    capacities,
+    group,
+    procedure_mix,
+    project,
+)
 from vmm_cert_exporter.config import Config, ReceiverConfig, parse_listen_address
 from vmm_cert_exporter.http.credentials import SharedSecrets
 from vmm_cert_exporter.http.limits import Limits
 from vmm_cert_exporter.http.server import HTTPServer
 from vmm_cert_exporter.http.tls_context import TLSSetupError, server_context
 from vmm_cert_exporter.http.wsgi import StartResponse
-from vmm_cert_exporter.receiver import planner
 from vmm_cert_exporter.receiver.actions import job_action, set_paused
 from vmm_cert_exporter.receiver.ahead import RenewAhead
 from vmm_cert_exporter.receiver.desk import Desk, is_desk_path
@@ -173,15 +179,12 @@ class ReceiverApp:
 
     def _procedure_mix(self) -> dict[str, int]:
         """The census's computers left to renew (inside min_validity), by procedure."""
-        now = self.clock()
-        views = self.inventory.inventory.vmm_views
-        mix: dict[str, int] = {}
-        for holding in self.inventory.holdings:
-            if holding.not_after - now < self.config.min_validity:
-                procedure = planner.renewal_target(holding.computer, views).procedure
-                if procedure is not None:
-                    mix[procedure] = mix.get(procedure, 0) + 1
-        return mix
+        return procedure_mix(
+            ((h.computer, h.not_after) for h in self.inventory.holdings),
+            self.inventory.inventory.vmm_views,
+            now=self.clock(),
+            min_validity=self.config.min_validity,
+        )
 
     def planning_capacity(self) -> Capacity:
         return self._capacity(planning=True)

@@ -1,7 +1,9 @@
 # vmm-cert-exporter:list-managed-computers/1
 $Params = ''
 # Runs on the VMM server. Read-only: VMM's own list of managed computers with role and state.
-# Contract: docs/powershell-contract.md. Parameters: none. Windows PowerShell 5.1.
+# Contract: docs/powershell-contract.md. Parameters: optionally {"computer":"<FQDN>"}, which
+# keeps only that computer and every VMM server entry (a renewal's read of one computer).
+# Windows PowerShell 5.1.
 $ErrorActionPreference = 'Stop'
 # Progress records would reach the caller as CLIXML on stderr.
 $ProgressPreference = 'SilentlyContinue'
@@ -25,8 +27,10 @@ function Get-NodeName($n) {
 try {
     # Best effort: some hosts have no console to set the encoding on.
     try { [Console]::OutputEncoding = New-Object System.Text.UTF8Encoding $false } catch { }
-    # Decoded even when unused, so a broken transport fails here.
     $p = [Text.Encoding]::UTF8.GetString([Convert]::FromBase64String($Params)) | ConvertFrom-Json
+    # The name is data compared with -eq (ignoring case), never code.
+    $want = ''
+    if ($p.computer) { $want = ([string]$p.computer).Trim().TrimEnd('.') }
     $fqdn = [System.Net.Dns]::GetHostByName($env:COMPUTERNAME).HostName
     Import-Module virtualmachinemanager
     $vmm = Get-SCVMMServer -ComputerName localhost
@@ -35,9 +39,14 @@ try {
     $mcs = @(Get-SCVMMManagedComputer -VMMServer $vmm | ForEach-Object {
             $name = [string]$_.FQDN
             if (-not $name) { $name = [string]$_.Name }
+            # Entries of the VMM server stay: they say which names are the VMM server's.
+            $role = [string]$_.Role
+            if ($want -and $name.Trim().TrimEnd('.') -ne $want -and $role -notlike '*VMMServerRole*') {
+                return
+            }
             [ordered]@{
                 fqdn = $name
-                role = [string]$_.Role
+                role = $role
                 state = [string]$_.State
                 role_display = [string]$_.RoleString
                 state_display = [string]$_.StateString

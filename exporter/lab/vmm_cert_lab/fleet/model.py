@@ -620,8 +620,9 @@ class Fleet:
         server = computer.vmm
         assert server is not None  # every remaining operation is a VMM one
         if op == "list-managed-computers":
-            return self._op_list_managed(computer, server)
+            return self._op_list_managed(computer, server, _wanted(call))
         if op == "list-trusted-certificates":
+            wanted = _wanted(call)
             return _Result(
                 {
                     "schema": 1,
@@ -629,6 +630,7 @@ class Fleet:
                     "certificates": [
                         _entry_doc("TrustedPeople", e, dns=True)
                         for e in self._trusted_entries(server)
+                        if wanted is None or _names_in(e, wanted)
                     ],
                 }
             )
@@ -654,9 +656,18 @@ class Fleet:
             "agent_version": member.agent_version or member.managed_by.version.product_version,
         }
 
-    def _op_list_managed(self, computer: Computer, vmm: VmmServer) -> _Result:
+    def _op_list_managed(self, computer: Computer, vmm: VmmServer, wanted: str | None) -> _Result:
         now = self._clock.now()
-        managed = [self._managed_doc(self._computers[key], now) for key in vmm.managed]
+        members = [self._computers[key] for key in vmm.managed]
+        if wanted is not None:
+            # that computer, and every entry of a VMM server (role VMMServerRole)
+            members = [
+                m
+                for m in members
+                if m.fqdn.strip().rstrip(".").lower() == wanted
+                or locales.ROLE_VMM_SERVER in m.role_flags()
+            ]
+        managed = [self._managed_doc(member, now) for member in members]
         # ActiveVMMNode, then FailoverVMMNodes; both null (so []) unless highly available
         nodes = [vmm.active] + [key for key in vmm.nodes if key != vmm.active]
         ha_nodes = [self._computers[key].fqdn for key in nodes] if vmm.high_availability else []
@@ -966,6 +977,23 @@ class _EntryDoc:
         if self.dns:
             doc["dns_names"] = list(cert.dns_names)
         return doc
+
+
+def _wanted(call: ps.ContractCall) -> str | None:
+    """The optional ``computer`` of the VMM server's list operations, as the scripts compare
+    it (trimmed, without a final dot, ignoring case); None when absent or empty."""
+    value = call.params.get("computer")
+    if not isinstance(value, str) or not value:
+        return None
+    return value.strip().rstrip(".").lower()
+
+
+def _names_in(entry: StoreEntry, wanted: str) -> bool:
+    """Whether the name appears in the entry's friendly name, subject, SAN or DnsNameList,
+    ignoring case: what the list-trusted-certificates filter keeps."""
+    cert = entry.cert
+    text = " ".join([entry.friendly_name, cert.subject, *cert.dns_names]).lower()
+    return wanted in text
 
 
 def _entry_doc(store: str, entry: StoreEntry, dns: bool = False) -> Any:
