@@ -249,7 +249,11 @@ def _certificates(
     reader: _Reader, doc: dict[str, object], store: str, with_dns_names: bool
 ) -> tuple[CertificateRecord, ...]:
     records: list[CertificateRecord] = []
-    for index, item in enumerate(reader.array(doc, "", "certificates")):
+    items = reader.array(doc, "", "certificates")
+    for index in range(len(items)):
+        # each entry let go once read: TrustedPeople holds one per managed computer, and
+        # the records must not sit beside the whole parsed document
+        item, items[index] = items[index], None
         path = f"certificates[{index}]"
         cert = reader.obj(item, path)
         got_store = reader.string(cert, path, "store")
