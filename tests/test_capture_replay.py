@@ -117,7 +117,7 @@ def fleet(
         assert lab.account.username == ACCOUNT_NAME
         config = lab.write_config(root / "exporter.yml")
         data = yaml.safe_load(config.read_text())
-        data["winrm"]["timeout"] = "2s"
+        data["winrm"]["timeout"] = "5s"
         config.write_text(yaml.safe_dump(data))
         original = verdicts(config)
         printed = ""
@@ -353,7 +353,7 @@ def test_the_replay_gets_the_same_verdicts(fleet: Fleet, replay: tuple[str, Runn
     kind, _ = replay
     config = fleet.root / f"replay-{kind}.yml"
     data = yaml.safe_load(config.read_text())
-    data["winrm"]["timeout"] = "2s"
+    data["winrm"]["timeout"] = "5s"
     config.write_text(yaml.safe_dump(data))
     replayed = verdicts(config)
     names = redacted_names(fleet.original) if kind == "redacted" else {k: k for k in fleet.original}
@@ -440,7 +440,7 @@ def test_lab_replay_command_and_check(fleet: Fleet, tmp_path: Path, processes: P
         assert "host043.redacted" in lines[-1]
         written = yaml.safe_load(config.read_text())
         assert written["vmm_servers"] == [{"host": "host043.redacted", "discover": True}]
-        written["winrm"]["timeout"] = "2s"
+        written["winrm"]["timeout"] = "5s"
         config.write_text(yaml.safe_dump(written))
         replayed = fleet.command.run("check", "--json", "--config", str(config))
         original = fleet.command.run("check", "--json", "--config", str(fleet.config))
@@ -486,7 +486,7 @@ def test_a_capture_edited_by_hand_is_a_test_case(fleet: Fleet, tmp_path: Path) -
         config = write_replay_config(lab, replayed, tmp_path / "edited.yml")
         data = yaml.safe_load(config.read_text())
         data["vmm_servers"] = [{"host": lab_host("vmm01"), "discover": True}]
-        data["winrm"]["timeout"] = "2s"
+        data["winrm"]["timeout"] = "5s"
         config.write_text(yaml.safe_dump(data))
         result = verdicts(config)
     assert result[lab_host("vmm01")].reason == "wsman_fault"
