@@ -458,7 +458,9 @@ def _verdict(harness: Harness, host: str, vmm_server: str) -> tuple[object, ...]
     try:
         state = runbook.read_state(harness.runner, host, vmm_server)
     except runbook.StepFailed as failed:
-        return ("failed", failed.step, failed.reason, failed.permanent)
+        # the call and the failure's class ("collect-certificates on X: connect"); the
+        # exception text after it depends on how the dropped connection was noticed
+        return ("failed", failed.step, failed.reason.split(": ")[:2], failed.permanent)
     view = state.view
     return (
         state.computer,
