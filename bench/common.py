@@ -166,6 +166,25 @@ def lab_child(
         yield LabChild(config=config, pid=_lab_pid(config))
 
 
+@contextmanager
+def kerberos_lab(hosts: int, *, seed: int = 1) -> Iterator[tuple[LabChild, Any]]:
+    """``lab_child`` accepting Kerberos: a real MIT KDC (``vmm_cert_lab.kdc``) with every
+    computer's service principal, the lab holding their keytab; yields the lab and its
+    ``LabRealm`` (``realm.winrm("exporter")``: the keys that log on with a keytab). The
+    realm's ``KRB5_CONFIG`` is in this process's environment meanwhile, so children see it."""
+    from vmm_cert_lab.fleet.scenario import load_fleet
+    from vmm_cert_lab.kdc import KDC, lab_realm, realm_environment
+
+    with tempfile.TemporaryDirectory(prefix="vmm-bench-krb-") as tmp, KDC(Path(tmp) / "kdc") as kdc:
+        with realm_environment(kdc):
+            fleet = load_fleet("demo", hosts=hosts, seed=seed)
+            fqdns = [str(c["fqdn"]) for c in fleet.list_computers()]
+            realm = lab_realm(kdc, fqdns, Path(tmp) / "keytabs")
+            extra = ["--kerberos-keytab", str(realm.computers_keytab)]
+            with lab_child(hosts, seed=seed, extra=extra) as lab:
+                yield lab, realm
+
+
 def _lab_pid(config: Path) -> int:
     # the lab's working directory holds the config it writes; find the process by its argv
     target = str(config).encode()

@@ -19,13 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from bench.common import lab_child, run_child, table, write_result
+from bench.common import kerberos_lab, run_child, table, write_result
 
 TARGET = 1.5
 
@@ -51,35 +50,27 @@ def measure(hosts: int, concurrency: int) -> list[dict[str, Any]]:
     from vmm_cert_exporter import kerberos
     from vmm_cert_exporter.collection import Refresher
     from vmm_cert_exporter.config import load_config
-    from vmm_cert_lab.fleet.scenario import load_fleet
-    from vmm_cert_lab.kdc import KDC, lab_realm, realm_environment
 
     runs: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="vmm-bench-krb-") as tmp, KDC(Path(tmp) / "kdc") as kdc:
-        with realm_environment(kdc):
-            fleet = load_fleet("demo", hosts=hosts, seed=1)
-            fqdns = [str(c["fqdn"]) for c in fleet.list_computers()]
-            realm = lab_realm(kdc, fqdns, Path(tmp) / "keytabs")
-            extra = ["--kerberos-keytab", str(realm.computers_keytab)]
-            with lab_child(hosts, extra=extra) as lab:
-                configs = {
-                    "basic": lab.config,
-                    "ntlm": _config(lab.config, "ntlm", transport="ntlm"),
-                    "kerberos": _config(lab.config, "kerberos", **realm.winrm("exporter")),
-                }
-                for name, config in configs.items():
-                    # warm: the lab builds every certificate once; for kerberos this process
-                    # logs on and keeps the cache, with every computer's service ticket
-                    Refresher(load_config(config)).refresh_once()
-                    run = _run(config, concurrency, lab.pid)
-                    run["transport"] = name
-                    runs.append(run)
-                    print(f"  {name}: {float(run['cpu']):.1f} s CPU", flush=True)
-                kerberos.stop_all()  # a cold start: the child logs on by itself
-                run = _run(configs["kerberos"], concurrency, lab.pid)
-                run["transport"] = "kerberos, cold"
-                runs.append(run)
-                print(f"  kerberos, cold: {float(run['cpu']):.1f} s CPU", flush=True)
+    with kerberos_lab(hosts) as (lab, realm):
+        configs = {
+            "basic": lab.config,
+            "ntlm": _config(lab.config, "ntlm", transport="ntlm"),
+            "kerberos": _config(lab.config, "kerberos", **realm.winrm("exporter")),
+        }
+        for name, config in configs.items():
+            # warm: the lab builds every certificate once; for kerberos this process
+            # logs on and keeps the cache, with every computer's service ticket
+            Refresher(load_config(config)).refresh_once()
+            run = _run(config, concurrency, lab.pid)
+            run["transport"] = name
+            runs.append(run)
+            print(f"  {name}: {float(run['cpu']):.1f} s CPU", flush=True)
+        kerberos.stop_all()  # a cold start: the child logs on by itself
+        run = _run(configs["kerberos"], concurrency, lab.pid)
+        run["transport"] = "kerberos, cold"
+        runs.append(run)
+        print(f"  kerberos, cold: {float(run['cpu']):.1f} s CPU", flush=True)
     return runs
 
 

@@ -52,6 +52,7 @@ import yaml
 
 from bench.common import (
     LabChild,
+    kerberos_lab,
     lab_child,
     process_cpu_seconds,
     process_rss_mb,
@@ -373,17 +374,8 @@ def _lab_speaking(
         with lab_child(hosts, seed=seed) as lab:
             yield lab, {"transport": transport}
         return
-    from vmm_cert_lab.fleet.scenario import load_fleet
-    from vmm_cert_lab.kdc import KDC, lab_realm, realm_environment
-
-    with tempfile.TemporaryDirectory(prefix="vmm-ux-krb-") as tmp, KDC(Path(tmp) / "kdc") as kdc:
-        with realm_environment(kdc):
-            fleet = load_fleet("demo", hosts=hosts, seed=seed)
-            fqdns = [str(c["fqdn"]) for c in fleet.list_computers()]
-            realm = lab_realm(kdc, fqdns, Path(tmp) / "keytabs")
-            extra = ["--kerberos-keytab", str(realm.computers_keytab)]
-            with lab_child(hosts, seed=seed, extra=extra) as lab:
-                yield lab, realm.winrm("exporter")
+    with kerberos_lab(hosts, seed=seed) as (lab, realm):
+        yield lab, realm.winrm("exporter")
 
 
 def _start_scrapers(port: int, count: int, stop: Path) -> list[subprocess.Popen[bytes]]:
