@@ -167,6 +167,22 @@ def test_keytab_over_http_encrypts_with_the_kerberos_session(realm: Realm) -> No
     assert "encrypted_ntlm" not in responses
 
 
+def test_service_tickets_stay_out_of_the_cache_file(realm: Realm) -> None:
+    """MIT reads a FILE cache entry by entry for every new security context, so a file that
+    gained a service ticket per computer would make every call cost more as the fleet grows:
+    the calls keep them in memory (ticket_mirror.py)."""
+    runner = WinRMRunner(realm.keytab_config())
+    assert runner.kerberos is not None
+    hosts = realm.computers()[:4]
+    for host in hosts:
+        assert runner.run(host, SCRIPT, timeout=10).exit_code == 0
+    stored = runner.kerberos.cache_file.read_bytes()
+    assert b"krbtgt" in stored
+    assert not [host for host in hosts if host.lower().encode() in stored.lower()]
+    responses = realm.lab.server.stats()["responses"]
+    assert responses.get("kerberos_logon", 0) >= len(hosts)
+
+
 def test_password_login_with_kinit(realm: Realm) -> None:
     runner = WinRMRunner(realm.config(username=realm.principal, password_file="password"))
     assert runner.kerberos is not None and runner.kerberos.renewals == 1

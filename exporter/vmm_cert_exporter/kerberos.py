@@ -3,8 +3,9 @@ fresh in the background.
 
 With a keytab or a password, ``kinit`` writes the principal's TGT into a private cache
 collection (``DIR:``, in a 0700 directory) that ``KRB5CCNAME`` names for this process and the
-refresh process it starts; pywinrm picks the principal's cache from it, so the exporter's and
-the receiver's accounts can live in one process. Two thirds into a ticket's lifetime a new
+refresh process it starts, so the exporter's and the receiver's accounts can live in one
+process. Calls read memory copies of that file (ticket_mirror.py), where the service tickets
+they obtain stay. Two thirds into a ticket's lifetime a new
 one is written beside it and renamed over it, so a call in flight never finds the cache
 empty: refreshes go on while renewal happens. The password reaches ``kinit`` on its standard
 input only, never its arguments or environment. With ``kerberos_ccache`` (or nothing) the
@@ -22,7 +23,6 @@ import hashlib
 import logging
 import os
 import shutil
-import struct
 import subprocess
 import tempfile
 import threading
@@ -30,7 +30,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from vmm_cert_exporter.ccache_file import tgt_end
 from vmm_cert_exporter.config import WinRMConfig
+from vmm_cert_exporter.ticket_mirror import TicketMirror, use
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,7 @@ class KerberosLogin:
         self.renewals = 0
         self.obtained: float | None = None
         self.expires: float | None = None
+        self._mirror: TicketMirror | None = None
 
     @property
     def managed(self) -> bool:
@@ -96,8 +99,11 @@ class KerberosLogin:
 
     def start(self) -> KerberosLogin:
         if not self.managed:
-            if self._config.kerberos_ccache is not None:
-                os.environ["KRB5CCNAME"] = self._config.kerberos_ccache
+            ccache = self._config.kerberos_ccache
+            if ccache is not None:
+                os.environ["KRB5CCNAME"] = ccache
+                if ccache.startswith("FILE:") or ":" not in ccache:
+                    self._mirror = TicketMirror(Path(ccache.removeprefix("FILE:")), "ccache")
             return self
         inherited = bool(os.environ.get(MANAGED_ENV))
         try:
@@ -111,12 +117,18 @@ class KerberosLogin:
             )
             log.error("Kerberos: %s", _collection_failure)
             return self
+        self._mirror = TicketMirror(self.cache_file, _slug(self.principal))
         if inherited and self.cache_file.exists():
             return self  # the parent process logs on and renews; this one reads
         self.renew()  # kinit on start; a failure is retried in the background
         self._thread = threading.Thread(target=self._run, name="kerberos-renewal", daemon=True)
         self._thread.start()
         return self
+
+    def use_for(self, host: str) -> None:
+        """Make this thread's next security context, to ``host``, use this login's tickets
+        (ticket_mirror.py: why a memory copy)."""
+        use(self._mirror, host)
 
     def stop(self) -> None:
         """Stop renewing; the cache of a login this process started is removed."""
@@ -166,7 +178,7 @@ class KerberosLogin:
             except subprocess.TimeoutExpired:
                 error = f"kinit did not finish within {_KINIT_SECONDS:g}s"
             if error is None:
-                expires = _tgt_end(fresh)
+                expires = tgt_end(fresh)
                 fresh.replace(self.cache_file)
                 self.obtained, self.expires = started, expires
                 self.renewals += 1
@@ -252,67 +264,6 @@ def login(config: WinRMConfig) -> KerberosLogin | None:
         started = KerberosLogin(config).start()
         _logins[identity] = started
         return started
-
-
-# --- the ticket's end time, read from the cache file ----------------------------------------
-# MIT's FILE cache, version 4 (the format every current kinit writes): a header, the default
-# principal, then credentials. Only the TGT's end time is needed, to plan the renewal.
-
-
-def _tgt_end(path: Path) -> float | None:
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return None
-    try:
-        return _parse_tgt_end(data)
-    except (struct.error, IndexError, ValueError):
-        return None
-
-
-def _parse_tgt_end(data: bytes) -> float | None:
-    if data[:2] != b"\x05\x04":
-        return None
-    pos = 2
-    (header_len,) = struct.unpack_from(">H", data, pos)
-    pos += 2 + header_len
-
-    def principal(pos: int) -> tuple[list[bytes], int]:
-        _name_type, count = struct.unpack_from(">II", data, pos)
-        pos += 8
-        (realm_len,) = struct.unpack_from(">I", data, pos)
-        pos += 4 + realm_len
-        parts = []
-        for _ in range(count):
-            (length,) = struct.unpack_from(">I", data, pos)
-            parts.append(data[pos + 4 : pos + 4 + length])
-            pos += 4 + length
-        return parts, pos
-
-    def counted(pos: int) -> int:
-        (length,) = struct.unpack_from(">I", data, pos)
-        return pos + 4 + int(length)
-
-    _, pos = principal(pos)  # the default principal
-    latest: float | None = None
-    while pos < len(data):
-        _, pos = principal(pos)  # client
-        server, pos = principal(pos)
-        pos += 2  # keyblock enctype
-        pos = counted(pos)
-        _auth, _start, end, _renew = struct.unpack_from(">IIII", data, pos)
-        pos += 16 + 1 + 4  # times, is_skey, ticket flags
-        for _ in range(2):  # addresses, then authorization data
-            (count,) = struct.unpack_from(">I", data, pos)
-            pos += 4
-            for _ in range(count):
-                pos += 2
-                pos = counted(pos)
-        pos = counted(pos)  # ticket
-        pos = counted(pos)  # second ticket
-        if server and server[0] == b"krbtgt":
-            latest = float(end) if latest is None else max(latest, float(end))
-    return latest
 
 
 # --- failures, in the words an admin acts on -----------------------------------------------

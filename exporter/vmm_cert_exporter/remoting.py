@@ -404,6 +404,8 @@ class WinRMRunner:
         _local.skew = None
         try:
             with watchdog.armed():
+                if self.kerberos is not None:
+                    self.kerberos.use_for(host)
                 protocol = self._protocol(host, seconds)
                 watchdog.opening = True
                 shell_id = protocol.open_shell(codepage=65001)
