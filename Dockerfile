@@ -2,8 +2,8 @@
 # is the product alone; the `lab` target adds the simulated lab for deploy/docker-compose.yml.
 ARG BASE=python:3.12-slim
 
-# pywinrm's Kerberos (the kerberos extra) needs pykerberos, which PyPI has as source only, and
-# `kinit`. This stage builds pykerberos' wheel against MIT Kerberos and fetches the Debian
+# pywinrm's Kerberos (the kerberos extra) needs pykerberos and gssapi, which PyPI has as
+# source only for Linux, and `kinit`. This stage builds their wheels against MIT Kerberos and fetches the Debian
 # packages kinit and that wheel need at run time (resolved before the compiler is installed,
 # on the same base, so they are exactly what the product stage lacks): the product stage
 # installs both from here, needing no compiler, no -dev package and no apt lists of its own.
@@ -22,7 +22,7 @@ RUN apt-get update -o Acquire::Languages=none \
          || apt-get install -y --no-install-recommends python3-dev; } \
     && rm -rf /var/lib/apt/lists/* \
     && pip wheel --no-cache-dir --no-deps --constraint constraints.txt \
-       --wheel-dir /kerberos/wheels pykerberos
+       --wheel-dir /kerberos/wheels pykerberos gssapi
 
 FROM ${BASE} AS exporter
 
@@ -34,15 +34,15 @@ COPY pyproject.toml README.md LICENSE constraints.txt ./
 COPY exporter/vmm_cert_exporter ./exporter/vmm_cert_exporter
 # a copy, not a RUN --mount: buildah 1.28 cannot bind a stage it took from its layer cache
 COPY --from=kerberos-build /kerberos ./kerberos
-# one layer: kinit and the libraries pykerberos links (transport: kerberos), from the stage
-# above (their copy, 0.4 MB, goes with the sources); install with the exact versions make
-# test ran with (constraints.txt), the kerberos extra's pykerberos from the wheel built
-# above, then drop the sources and pip's cache; the receiver's journal directory
+# one layer: kinit and the libraries pykerberos and gssapi link (transport: kerberos), from
+# the stage above (their copy goes with the sources); install with the exact versions make
+# test ran with (constraints.txt), the kerberos extra's pykerberos and gssapi from the wheels
+# built above, then drop the sources and pip's cache; the receiver's journal directory
 # (receiver.journal's default), owned by the user, so a volume mounted there is writable;
 # the configuration's directory, where a read-only root still lets a volume be mounted
 RUN DEBIAN_FRONTEND=noninteractive dpkg --install kerberos/debs/*.deb \
     && pip install --no-cache-dir --constraint constraints.txt --find-links kerberos/wheels \
-       --only-binary pykerberos ".[kerberos]" \
+       --only-binary pykerberos,gssapi ".[kerberos]" \
     && rm -rf /src \
     && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin vmmcert \
     && install -d -o vmmcert -m 0700 /var/lib/vmm-cert-exporter \

@@ -209,16 +209,16 @@ def test_the_image_installs_the_product_only() -> None:
     assert any(
         line.startswith("RUN ")
         and "pip install --no-cache-dir --constraint constraints.txt --find-links "
-        'kerberos/wheels --only-binary pykerberos ".[kerberos]"'
+        'kerberos/wheels --only-binary pykerberos,gssapi ".[kerberos]"'
         in " ".join(line.split())
         for line in product
     )
     # the only other stage on the base builds the kerberos extra's wheel and fetches kinit's
     # packages; the product stage takes those alone from it, not its compiler
     (builder,) = [s for s in stages if s[0].startswith("FROM ${BASE} AS ") and s is not product]
-    assert "libkrb5-dev" in builder[-1] and "--wheel-dir /kerberos/wheels pykerberos" in " ".join(
-        builder[-1].split()
-    )
+    assert "libkrb5-dev" in builder[
+        -1
+    ] and "--wheel-dir /kerberos/wheels pykerberos gssapi" in " ".join(builder[-1].split())
     taken = [line for line in product if line.startswith("COPY --from=")]
     assert taken == [f"COPY --from={builder[0].split()[-1]} /kerberos ./kerberos"]
     # the default target (the last stage) is the product stage as it is
