@@ -19,8 +19,9 @@ BENCHES = [
     ["bench.lab_run_ps"],
     # WinRM refresh scaling: 100, 1,000 and 5,000 computers at four concurrencies
     ["bench.exporter_refresh", "--hosts", "100,1000,5000", "--concurrency", "4,16,32,64"],
-    # refresh CPU per computer with Basic, NTLM and Kerberos (a real KDC) on one lab
-    ["bench.refresh_auth", "--hosts", "300", "--concurrency", "16"],
+    # refresh CPU per computer with Basic, NTLM and Kerberos (a real KDC) on one lab, at two
+    # sizes: Kerberos's cost per call must not grow with the fleet
+    ["bench.refresh_auth", "--hosts", "300,3000", "--concurrency", "16"],
     # the same refresh against Windows-like timing (lab --latency windows): wall / ideal
     ["bench.refresh_latency", "--hosts", "500,2000", "--concurrency", "16,64,128,256"],
     # micro: /metrics of a fixed snapshot at 1,000, 10,000 and 50,000 computers, 10

@@ -39,8 +39,9 @@ from bench.common import (
 )
 
 
-def one(config_path: str, concurrency: int, lab_pid: int) -> dict[str, Any]:
-    """One refresh in this process (the child side)."""
+def one(config_path: str, concurrency: int, lab_pid: int, warm: bool = False) -> dict[str, Any]:
+    """One refresh in this process (the child side); with ``warm``, after an untimed one in
+    the same process, as a running exporter's refresh process refreshes again."""
     from vmm_cert_exporter.collection import Refresher
     from vmm_cert_exporter.config import load_config
 
@@ -51,6 +52,8 @@ def one(config_path: str, concurrency: int, lab_pid: int) -> dict[str, Any]:
     tuned.write_text(yaml.safe_dump(data))
     config = load_config(tuned)
     refresher = Refresher(config)
+    if warm:
+        refresher.refresh_once()
     lab0 = process_cpu_seconds(lab_pid)
     cpu0, t0 = cpu_seconds(), time.monotonic()
     snapshot = refresher.refresh_once()
@@ -180,10 +183,11 @@ def main() -> None:
     parser.add_argument("--concurrency", default="4,16,32,64")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--lab-pid", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--warm", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     if args.one:
-        print(json.dumps(one(args.one, int(args.concurrency), args.lab_pid)))
+        print(json.dumps(one(args.one, int(args.concurrency), args.lab_pid, args.warm)))
         return
     sizes = [int(s) for s in args.hosts.split(",")]
     runs = measure(sizes, [int(c) for c in args.concurrency.split(",")])
