@@ -24,7 +24,7 @@ import yaml
 from vmm_cert_exporter import malloc_tuning
 from vmm_cert_exporter.config import Config, load_config
 from vmm_cert_exporter.metrics import SnapshotCollector, render_snapshot
-from vmm_cert_exporter.refresh_process import RefreshProcess
+from vmm_cert_exporter.refresh_process import REFRESH_NICENESS, RefreshProcess
 from vmm_cert_exporter.serve import Exporter, start_exporter
 from vmm_cert_exporter.sharding import Shard
 from vmm_cert_lab.fleet.interfaces import Faults
@@ -76,6 +76,10 @@ def test_serve_refreshes_in_a_child_process(lab: RunningLab, tmp_path: Path) -> 
         assert refresher.wait_first(timeout=60)
         assert refresher.pid is not None and refresher.pid != os.getpid()
         assert refresher.ready and refresher.refreshes >= 1
+        # background work: below the server's priority, so a scrape never waits behind it
+        ours = os.getpriority(os.PRIO_PROCESS, 0)
+        expected = min(19, ours + REFRESH_NICENESS)
+        assert os.getpriority(os.PRIO_PROCESS, refresher.pid) == expected > ours
         text = _metrics(exporter)
         assert f'vmm_cert_present{{host="hv38.{LAB_DOMAIN}",role="hyperv_host"}} 0.0' in text
         assert "vmm_cert_exporter_refresh_duration_seconds_count 1.0" in text

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import pickle
 import signal
 import threading
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# added to the server's nice value for the refresh process (_yield_to_the_server)
+REFRESH_NICENESS = 10
 # Starting the child (a fresh interpreter, imports) and its exit take about a second: the
 # server's wait for it is the refresher's own drain plus this.
 _PROCESS_SECONDS = 2.0
@@ -253,6 +256,17 @@ class RefreshProcess:
 
 
 # ---- the child side ----------------------------------------------------------------------
+def _yield_to_the_server() -> None:
+    """Run the refresh at a lower priority than the server: the refresh is background work
+    that can take a few seconds longer, a scrape is waited for by Prometheus. Raising one's
+    own nice value needs no privilege; a seccomp filter without ``setpriority`` refuses it
+    (the shipped systemd unit allows it)."""
+    try:
+        os.nice(REFRESH_NICENESS)
+    except OSError as exc:
+        log.info("refresh process keeps the server's priority: %s", exc)
+
+
 def child_main(
     config_path: str,
     shard: Shard | None,
@@ -261,6 +275,7 @@ def child_main(
 ) -> None:
     """The refresh process: refresh on the configured interval, publish to the server."""
     malloc_tuning.limit_arenas()  # before the refresh's threads
+    _yield_to_the_server()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server turns Ctrl-C into commands
     commands: list[str] = []
     signal.signal(signal.SIGTERM, lambda signum, frame: commands.append("stop"))
