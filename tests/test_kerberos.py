@@ -183,6 +183,24 @@ def test_service_tickets_stay_out_of_the_cache_file(realm: Realm) -> None:
     assert responses.get("kerberos_logon", 0) >= len(hosts)
 
 
+def test_two_accounts_in_one_process_never_share_tickets(shared: Realm, tmp_path: Path) -> None:
+    """The exporter's and the receiver's accounts can live in one process and call from the
+    same thread: each call uses its own account's tickets, never the previous call's."""
+    wrong = tmp_path / "wrong-password"
+    wrong.write_text("not-the-password")
+    wrong.chmod(0o600)
+    second, third = _other_account(shared, "svc-second"), _other_account(shared, "svc-third")
+    working = WinRMRunner(shared.keytab_config())
+    also_working = WinRMRunner(shared.config(username=third.principal, password_file="password"))
+    refused = WinRMRunner(shared.config(username=second.principal, password_file=str(wrong)))
+    host = shared.computers()[0]
+    for _ in range(2):
+        assert working.run(host, SCRIPT, timeout=10).exit_code == 0
+        detail = _auth_error(refused, host)
+        assert detail.startswith("Kerberos:") and "svc-second" in detail, detail
+        assert also_working.run(host, SCRIPT, timeout=10).exit_code == 0
+
+
 def test_password_login_with_kinit(realm: Realm) -> None:
     runner = WinRMRunner(realm.config(username=realm.principal, password_file="password"))
     assert runner.kerberos is not None and runner.kerberos.renewals == 1

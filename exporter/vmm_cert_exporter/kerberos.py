@@ -103,7 +103,7 @@ class KerberosLogin:
             if ccache is not None:
                 os.environ["KRB5CCNAME"] = ccache
                 if ccache.startswith("FILE:") or ":" not in ccache:
-                    self._mirror = TicketMirror(Path(ccache.removeprefix("FILE:")), "ccache")
+                    self._mirror = TicketMirror(Path(ccache.removeprefix("FILE:")), _slug(ccache))
             return self
         inherited = bool(os.environ.get(MANAGED_ENV))
         try:
