@@ -379,6 +379,7 @@ def test_clock_skew_on_a_computer(realm: Realm, processes: Processes, tmp_path: 
         "--write-config",
         str(config),
         log=tmp_path / "skewed-lab.log",
+        start_new_session=True,  # faketime forks the lab: stopping it stops both
     )
     lab.wait_until(lambda: "endpoint:" in lab.log_tail(), "the skewed lab to listen", timeout=60)
     endpoint = yaml.safe_load(config.read_text())["winrm"]["endpoint"]

@@ -3,6 +3,7 @@ Prometheus and Alertmanager do it (``tests/conftest.py`` hands these out as fixt
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -77,6 +78,8 @@ class Process(subprocess.Popen[str]):
         **popen: Any,
     ) -> None:
         self.name = name or Path(argv[0]).name
+        # a session of its own: stop() ends everything it started too
+        self._session = bool(popen.get("start_new_session"))
         self.port = port
         self.log_path = log
         self._log: IO[bytes] | None = log.open("ab") if log is not None else None
@@ -124,16 +127,38 @@ class Process(subprocess.Popen[str]):
         return f"{self.name} exited with {self.returncode}:\n{printed[-3000:]}"
 
     def stop(self) -> None:
-        """SIGTERM, then SIGKILL after 10 s; closes the log."""
-        if self.poll() is None:
-            self.send_signal(signal.SIGTERM)
+        """SIGTERM, then SIGKILL after 10 s; closes the log. Started with
+        ``start_new_session``, the whole session gets the signals and is waited for: a
+        wrapper such as faketime forks the program it runs and does not pass signals on."""
+        if self.poll() is None or self._session:
+            self._signal(signal.SIGTERM)
             try:
                 self.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                self.kill()
+                self._signal(signal.SIGKILL)
                 self.wait(timeout=10)
+            if self._session and not self._group_gone(10.0):
+                self._signal(signal.SIGKILL)
+                self._group_gone(10.0)
         if self._log is not None:
             self._log.close()
+
+    def _signal(self, signum: int) -> None:
+        if not self._session:
+            self.send_signal(signum)
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signum)
+
+    def _group_gone(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(self.pid, 0)
+            except ProcessLookupError:
+                return True
+            time.sleep(0.05)
+        return False
 
 
 class Processes:
