@@ -140,7 +140,7 @@ def test_execute_mode_renews_and_the_alerts_resolve(stack: Stack, promtool: Prom
         60,
         interval=1,
     )
-    if stack.lab.server.kerberos_credential is not None:
+    if stack.lab.server.kerberos_keys is not None:
         # kerberos-only: every computer refused NTLM and Basic, so each call was Kerberos
         responses = stack.lab.server.stats()["responses"]
         assert responses.get("kerberos_logon", 0) > 0 and "encrypted_ntlm" not in responses

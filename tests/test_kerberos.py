@@ -276,6 +276,17 @@ def test_unknown_spn(realm: Realm) -> None:
     )
 
 
+def test_a_computer_accepts_only_tickets_for_its_own_spn(realm: Realm) -> None:
+    """As a Windows computer holds only its own keys, a lab computer refuses a ticket made
+    for another computer's SPN (service_keys.py): the refusal a duplicate or misplaced SPN
+    causes."""
+    host, other = realm.computers()[3:5]
+    runner = WinRMRunner(realm.keytab_config(kerberos_hostname_override=other))
+    detail = _auth_error(runner, host)
+    assert detail.startswith(f"Kerberos: the computer refused the ticket for HTTP/{other}"), detail
+    assert WinRMRunner(realm.keytab_config()).run(host, SCRIPT, timeout=10).exit_code == 0
+
+
 def test_expired_password(shared: Realm) -> None:
     realm = _other_account(shared, "svc-expired")
     realm.kdc.expire_password(realm.principal)

@@ -30,6 +30,7 @@ from vmm_cert_lab.fleet.control import ControlError, handle_control
 from vmm_cert_lab.fleet.interfaces import Account, Faults, FleetModel
 from vmm_cert_lab.fleet.lab_ca import LabTLS
 from vmm_cert_lab.fleet.latency import NONE, Latency
+from vmm_cert_lab.fleet.service_keys import ServiceKeys
 from vmm_cert_lab.fleet.wsman import (
     DEFAULT_IDLE_TIMEOUT,
     LabStopping,
@@ -257,7 +258,7 @@ class _Handler(BaseHTTPRequestHandler):
         if faults.latency and lab._wait(faults.latency):
             self.close_connection = True
             return
-        if not self._authenticate(faults):
+        if not self._authenticate(fqdn, faults):
             return
         ctype_header = self.headers.get("Content-Type", "")
         if ctype_header.lower().startswith("multipart/encrypted"):
@@ -322,16 +323,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.auth_reply = None
         self._send(401, b"", headers)
 
-    def _kerberos(self, scheme: str, token: bytes, faults: Faults) -> bool:
+    def _kerberos(self, fqdn: str, scheme: str, token: bytes, faults: Faults) -> bool:
         lab = self.server.lab
-        if not faults.accepts("kerberos") or lab.kerberos_credential is None:
+        if not faults.accepts("kerberos") or lab.kerberos_keys is None:
             self._unauthorized(faults)
             return False
         binding = lab.channel_binding if faults.cbt_hardening != "none" else None
         try:
             reply = self.ntlm.kerberos(
                 token,
-                lab.kerberos_credential,
+                lab.kerberos_keys.credential(fqdn),
                 binding,
                 require_binding=faults.cbt_hardening == "strict",
             )
@@ -351,7 +352,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.auth_reply = f"{name} {ntlm.b64(reply)}" if reply else None
         return True
 
-    def _authenticate(self, faults: Faults) -> bool:
+    def _authenticate(self, fqdn: str, faults: Faults) -> bool:
         """True when the request may proceed; otherwise the 401 has been sent."""
         lab = self.server.lab
         header = self.headers.get("Authorization", "")
@@ -373,7 +374,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._unauthorized(faults)
                 return False
             if scheme == "kerberos" or ntlm.is_kerberos(token):
-                return self._kerberos(scheme, token, faults)
+                return self._kerberos(fqdn, scheme, token, faults)
             kind = ntlm.message_type(token)
             if not faults.accepts("ntlm"):
                 # "Restrict NTLM": the NTLM message is refused before any challenge
@@ -431,8 +432,9 @@ class LabServer:
             if tls
             else None
         )
-        self.kerberos_credential: Any = (
-            _acceptor_credential(kerberos_keytab) if kerberos_keytab is not None else None
+        # each computer accepts with its own keys, as Windows does (service_keys.py)
+        self.kerberos_keys: ServiceKeys | None = (
+            ServiceKeys(kerberos_keytab) if kerberos_keytab is not None else None
         )
         self._stop = threading.Event()
         self.shells = ShellTable(shell_idle_timeout)
@@ -493,6 +495,8 @@ class LabServer:
             self._httpd.shutdown()
             self._thread.join(timeout=5)
         self._httpd.server_close()
+        if self.kerberos_keys is not None:
+            self.kerberos_keys.close()
         with self._lock:
             conns = list(self._connections)
         for conn in conns:
@@ -551,14 +555,6 @@ class LabServer:
                 "open_shells_total": sum(shells.values()),
                 "open_shells": shells,
             }
-
-
-def _acceptor_credential(keytab: Path) -> Any:
-    """A GSSAPI acceptor credential from ``keytab`` alone: no KRB5_KTNAME, so labs with
-    different keytabs can run in one process."""
-    import gssapi
-
-    return gssapi.Credentials(usage="accept", store={"keytab": str(keytab)})
 
 
 def find_account(accounts: list[Account], user: str, password: str) -> Account | None:
