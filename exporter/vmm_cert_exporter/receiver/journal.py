@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -406,35 +406,26 @@ class Pruned:
     events: int = 0
 
 
+# The jobs table's columns, in its order: ``_job`` reads a row by position (a scheduling
+# pass reads every active job, and names cost twice as much), so the journal checks the
+# order when it opens.
+_JOB_COLUMNS: Final = tuple(f.name for f in fields(Job))
+
+
 def _job(row: sqlite3.Row) -> Job:
+    (
+        job_id, host, host_key, role, vmm_server, is_vmm_server, procedure, mode, source,
+        status, reason, failed_step, attempt, failures, next_attempt_at, approved_at,
+        approved_by, owner, plan, certificates_before, certificates_after, created_at,
+        updated_at, finished_at, cohort, planned_start_at,
+    ) = row  # fmt: skip
     return Job(
-        id=row["id"],
-        host=row["host"],
-        host_key=row["host_key"],
-        role=row["role"],
-        vmm_server=row["vmm_server"],
-        is_vmm_server=bool(row["is_vmm_server"]),
-        procedure=row["procedure"],
-        mode=row["mode"],
-        source=row["source"],
-        status=row["status"],
-        reason=row["reason"],
-        failed_step=row["failed_step"],
-        attempt=row["attempt"],
-        failures=row["failures"],
-        next_attempt_at=row["next_attempt_at"],
-        approved_at=row["approved_at"],
-        approved_by=row["approved_by"],
-        owner=row["owner"],
-        plan=_loads(row["plan"]),
-        certificates_before=_loads(row["certificates_before"]),
-        certificates_after=_loads(row["certificates_after"]),
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        finished_at=row["finished_at"],
-        cohort=row["cohort"],
-        planned_start_at=row["planned_start_at"],
-    )
+        job_id, host, host_key, role, vmm_server, bool(is_vmm_server), procedure, mode,
+        source, status, reason, failed_step, attempt, failures, next_attempt_at, approved_at,
+        approved_by, owner, _loads(plan), _loads(certificates_before),
+        _loads(certificates_after), created_at, updated_at, finished_at, cohort,
+        planned_start_at,
+    )  # fmt: skip
 
 
 def _step(row: sqlite3.Row) -> Step:
@@ -566,8 +557,14 @@ class Journal:
                         "the one this version writes"
                     )
             self._db.execute("PRAGMA foreign_keys=ON")
+            columns = tuple(r["name"] for r in self._db.execute("PRAGMA table_info(jobs)"))
         except sqlite3.Error as exc:
             raise JournalError(f"{self.path}: cannot open the journal: {exc}") from exc
+        if columns != _JOB_COLUMNS:
+            raise JournalError(
+                f"{self.path}: the jobs table has the columns {', '.join(columns)}; this "
+                f"version reads {', '.join(_JOB_COLUMNS)}, in that order"
+            )
         with contextlib.suppress(OSError):
             os.chmod(self.path, 0o600)
 
