@@ -184,7 +184,7 @@ def test_a_pass_writes_only_the_reasons_that_changed(
     }
     events = _events(journal)
     # what SQLite is asked: per pass a few reads whatever the number of jobs waiting, and
-    # no write transaction (a claim and a set_waiting per waiting job, before)
+    # no write transaction (not a claim and a set_waiting per waiting job)
     statements: list[str] = []
     journal._db.set_trace_callback(statements.append)
     for _ in range(3):
