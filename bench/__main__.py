@@ -37,6 +37,8 @@ BENCHES = [
     ["bench.renewal_reads", "--sizes", "300,3000"],
     # the exporter's landing page at 1,000 to 50,000 computers (target <= 100 ms at 10,000)
     ["bench.pages_render", "--sizes", "1000,10000,50000"],
+    # the receiver's scheduling pass with a whole cohort waiting behind max_concurrent
+    ["bench.engine_pass", "--sizes", "300,3000,30000"],
 ]
 
 

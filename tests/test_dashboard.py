@@ -49,6 +49,7 @@ METRICS = {
     "vmm_renewal_last_success_timestamp_seconds",
     "vmm_receiver_webhooks_total",
     "vmm_renewal_capacity_per_day",
+    "vmm_renewal_cohort_projected_finish_timestamp_seconds",
     # cohorts, from the exporter
     "vmm_cert_cohort_computers",
     "vmm_cert_cohort_expiry_timestamp_seconds",
@@ -365,6 +366,49 @@ def fleet_series() -> list[dict[str, str]]:
         }
     )
     return series
+
+
+def test_the_cohorts_finish_is_the_receivers_projection_else_the_per_day_estimate(
+    tmp_path: Path, promtool: Promtool
+) -> None:
+    """As VMMCertificateCohortAtRisk: the receiver's projected finish where it publishes one,
+    else the computers left at its capacity per day (2,000 at 96 a day, from 120m)."""
+    cohorts = by_title_of(committed())["Cohorts: projected finish at the receiver's capacity"]
+    exprs = {t["refId"]: t["expr"] for t in cohorts["targets"]}
+    expiry = 1830297600.0
+    estimate = 7200 + 86400 * 2000 / 96
+    projected = expiry - 3 * 86400  # three days to spare, by the receiver's own walk
+    receiver = 'instance="r:9869",job="vmm-cert-receiver"'
+    projection = {
+        "series": "vmm_renewal_cohort_projected_finish_timestamp_seconds"
+        f'{{{receiver},cohort="2028-01-01"}}',
+        "values": f"{projected:.0f}x120",
+    }
+
+    def case(ref: str, value: float) -> dict[str, Any]:
+        sample = {"labels": '{cohort="2028-01-01"}', "value": value}
+        return {"expr": exprs[ref], "eval_time": "120m", "exp_samples": [sample]}
+
+    tests = [
+        {
+            "interval": "1m",
+            "input_series": fleet_series(),
+            "promql_expr_test": [
+                case("C", 1000 * estimate),
+                case("D", (expiry - estimate) / 86400),
+            ],
+        },
+        {
+            "interval": "1m",
+            "input_series": [*fleet_series(), projection],
+            "promql_expr_test": [case("C", 1000 * projected), case("D", 3.0)],
+        },
+    ]
+    (tmp_path / "finish.test.yml").write_text(
+        yaml.safe_dump({"evaluation_interval": "1m", "tests": tests}, sort_keys=False)
+    )
+    res = promtool.run("test", "rules", "finish.test.yml", cwd=tmp_path)
+    assert res.returncode == 0, res.stdout
 
 
 def test_every_expression_returns_data_for_a_small_fleet(

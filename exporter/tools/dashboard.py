@@ -666,23 +666,27 @@ def _cohorts() -> Any:
     left = "sum by (cohort) (vmm_cert_cohort_computers)"
     expiry = "min by (cohort) (vmm_cert_cohort_expiry_timestamp_seconds)"
     capacity = "max(vmm_renewal_capacity_per_day)"
+    # as the alert: the receiver's own projection (windows walked minute by minute, cohorts
+    # queued) where it publishes one, else the computers left at its capacity per day
+    finish = (
+        "(max by (cohort) (vmm_renewal_cohort_projected_finish_timestamp_seconds) or "
+        f"(time() + {_DAY} * {left} / on () group_left () {capacity}))"
+    )
     columns = [
         # ref_id, expression, column title
         ("A", left, "Computers"),
         ("B", f"1000 * {expiry}", "Expires"),
-        ("C", f"1000 * (time() + {_DAY} * {left} / on () group_left () {capacity})", "Finish"),
-        (
-            "D",
-            f"({expiry} - time() - {_DAY} * {left} / on () group_left () {capacity}) / {_DAY}",
-            "Days to spare",
-        ),
+        ("C", f"1000 * {finish}", "Finish"),
+        ("D", f"({expiry} - {finish}) / {_DAY}", "Days to spare"),
     ]
     return (
         table.Panel()
         .title("Cohorts: projected finish at the receiver's capacity")
         .description(
             "Computers per NotAfter day (vmm_cert_cohort_computers), when the last would be "
-            "renewed at vmm_renewal_capacity_per_day, and the days between that and the day: "
+            "renewed (the receiver's projection, "
+            "vmm_renewal_cohort_projected_finish_timestamp_seconds, where it publishes one; "
+            "else at vmm_renewal_capacity_per_day), and the days between that and the day: "
             "orange within 7 days (the default receiver.cohort_margin, inside which "
             "VMMCertificateCohortAtRisk warns), red below 0. No finish: no receiver. "
             "vmm-cert-exporter cohorts shows the plan."

@@ -7,7 +7,9 @@ Modules, in the order data flows through them:
   ``vmm_cert_exporter.http``, has checked the credentials).
 - ``intake`` turns firing alerts into journaled jobs, or records why it would not.
 - ``journal`` is the SQLite (WAL) memory: jobs, attempts, steps, alerts, events.
-- ``guards`` decides whether a job may start now (mode, pause, approval, windows, limits).
+- ``guards`` decides whether a job may start now (mode, pause, approval, windows, limits,
+  a VMM server after its cohort); ``passes`` is what one scheduling pass knows from its one
+  read of the active jobs.
 - ``planner`` chooses the procedure and is the only place that says what "fresh" means.
 - ``discovery`` keeps the inventory (the exporter's own inventory code, refreshed).
 - ``runbook`` reads state and runs the contract scripts over WinRM; ``engine`` schedules

@@ -25,6 +25,7 @@ from vmm_cert_exporter.receiver.journal import (
     iso,
     owner_alive,
 )
+from vmm_cert_exporter.receiver.passes import Pass
 from vmm_cert_exporter.receiver.runbook import ScriptRunner, StepFailed
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,11 @@ class Engine:
     # ---- scheduling ---------------------------------------------------------------------
 
     def tick(self, *, wait: bool = False) -> list[Future[None]]:
-        """One scheduling pass; with ``wait``, also wait for the attempts it started."""
+        """One scheduling pass; with ``wait``, also wait for the attempts it started.
+
+        It reads the active jobs once and writes only the claims it makes and, in one
+        transaction, the waiting reasons that changed (``passes.Pass``): its cost does not
+        grow by a transaction per job waiting behind ``max_concurrent``."""
         now = self.clock()
         self._maybe_prune(now)
         for job_id in self.journal.recover(
@@ -93,13 +98,17 @@ class Engine:
             log.warning("job interrupted; will resume from verification", extra={"job": job_id})
         pause = self.pause_state()
         started: list[Future[None]] = []
-        for job in self.journal.active_jobs():
-            with self._lock:
-                if job.id in self._inflight or job.status == "running":
-                    continue
-            future = self._consider(job, now, pause)
-            if future is not None:
-                started.append(future)
+        scheduling = Pass(self.journal, self.journal.active_jobs())
+        try:
+            for job in scheduling.jobs:
+                with self._lock:
+                    if job.id in self._inflight or job.status == "running":
+                        continue
+                future = self._consider(job, now, pause, scheduling)
+                if future is not None:
+                    started.append(future)
+        finally:
+            scheduling.commit()
         if wait:
             for future in started:
                 future.result()
@@ -146,17 +155,19 @@ class Engine:
         )
         return pruned.jobs
 
-    def _consider(self, job: Job, now: float, pause: PauseState) -> Future[None] | None:
+    def _consider(
+        self, job: Job, now: float, pause: PauseState, scheduling: Pass
+    ) -> Future[None] | None:
         if job.status == "interrupted":
             # dry runs simply plan again; execute jobs verify first (a read: allowed even
             # while paused or outside the windows, and the only safe way to learn the state)
             kind = "resume" if job.mode == "execute" else "run"
-            return self._claim_and_submit(job, kind, limits=False)
+            return self._claim_and_submit(job, kind, scheduling, limits=False)
         if job.mode == "dry-run":
-            return self._claim_and_submit(job, "run", limits=True)
+            return self._claim_and_submit(job, "run", scheduling, limits=True)
         if not self.executes:
-            self.journal.set_waiting(
-                job.id,
+            scheduling.wait(
+                job,
                 "the receiver runs in dry-run mode: execute jobs wait for mode: execute "
                 "(or renew --execute)",
             )
@@ -168,14 +179,24 @@ class Engine:
             self.rcfg,
             now=now,
             pause=pause,
-            last_fresh_at=self.journal.last_fresh_at(job.host),
+            last_fresh_at=scheduling.last_fresh_at(job),
+            cohort_left=scheduling.cohort_left(job),
         )
         if reason is not None:
-            self.journal.set_waiting(job.id, reason)
+            scheduling.wait(job, reason)
             return None
-        return self._claim_and_submit(job, "run", limits=True)
+        return self._claim_and_submit(job, "run", scheduling, limits=True)
 
-    def _claim_and_submit(self, job: Job, kind: str, *, limits: bool) -> Future[None] | None:
+    def _claim_and_submit(
+        self, job: Job, kind: str, scheduling: Pass, *, limits: bool
+    ) -> Future[None] | None:
+        if limits:
+            blocked = scheduling.limit_reason(
+                job, self.rcfg.max_concurrent, self.rcfg.max_concurrent_per_vmm_server
+            )
+            if blocked is not None:
+                scheduling.wait(job, blocked)
+                return None
         claim = self.journal.claim(
             job.id,
             expected=(job.status,),
@@ -186,8 +207,11 @@ class Engine:
         )
         if claim.attempt is None:
             if claim.blocked and claim.blocked.startswith("max_concurrent"):
-                self.journal.set_waiting(job.id, claim.blocked)
+                # another process started one since this pass counted
+                scheduling.wait(job, claim.blocked)
+                scheduling.recount(job.mode)
             return None
+        scheduling.started(job)
         with self._lock:
             self._inflight.add(job.id)
         return self._pool.submit(self._run_claimed, job.id, claim.attempt, kind)
@@ -360,6 +384,7 @@ class Engine:
             now=now,
             pause=self.pause_state(),
             last_fresh_at=self.journal.last_fresh_at(job.host),
+            cohort_left=self.journal.cohort_left(job),
         )
         return "start at once" if reason is None else f"wait: {reason}"
 

@@ -11,6 +11,7 @@ saving included.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -63,6 +64,13 @@ def next_window_start(windows: Sequence[MaintenanceWindow], now: float) -> float
 
 def window_reason(windows: Sequence[MaintenanceWindow], now: float) -> str | None:
     """None inside any window (or when none is configured); else why the job waits."""
+    return _window_reason(tuple(windows), now)
+
+
+# A scheduling pass asks this once per waiting job, all at the same ``now``: thousands of
+# time-zone conversions for one answer.
+@functools.lru_cache(maxsize=16)
+def _window_reason(windows: tuple[MaintenanceWindow, ...], now: float) -> str | None:
     if not windows or any(in_window(w, now) for w in windows):
         return None
     upcoming = next_window_start(windows, now)
@@ -102,8 +110,12 @@ def blocked_reason(
     now: float,
     pause: PauseState,
     last_fresh_at: float | None,
+    cohort_left: int = 0,
 ) -> str | None:
-    """Why an execute-mode ``job`` may not start now, or None. In order of precedence."""
+    """Why an execute-mode ``job`` may not start now, or None. In order of precedence.
+
+    ``cohort_left``: the active jobs of the job's cohort for other computers of its VMM
+    server (``Journal.cohort_left``), which a VMM server's own cohort job waits for."""
     if pause.paused:
         by = f" by {pause.by}" if pause.by else ""
         since = f" since {iso(pause.at)}" if pause.at else ""
@@ -121,4 +133,18 @@ def blocked_reason(
             f"no new renewal before {iso(last_fresh_at + config.cooldown)} "
             f"(cooldown {format_duration(config.cooldown)})"
         )
-    return None
+    return cohort_order_reason(job, cohort_left)
+
+
+def cohort_order_reason(job: Job, cohort_left: int) -> str | None:
+    """A VMM server's cohort job starts only once no other computer of its cohort that it
+    manages has an active job: it re-registers them, so its own renewal comes strictly after
+    theirs, not merely later in the schedule (a job waiting for approval or a retry holds it
+    back too; a cancelled or given-up one does not)."""
+    if not (job.is_vmm_server and job.cohort is not None and cohort_left > 0):
+        return None
+    computers = "computer" if cohort_left == 1 else "computers"
+    return (
+        f"the VMM server goes last: waiting for the cohort's {cohort_left} other {computers} "
+        f"of {job.vmm_server} to finish first (cohort {job.cohort})"
+    )

@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -376,6 +376,16 @@ class PauseState:
     reason: str | None = None
 
 
+def max_concurrent_reason(running: int) -> str:
+    """Why a job waits for ``max_concurrent`` (the claim's answer, and the engine's)."""
+    return f"max_concurrent reached ({running} running)"
+
+
+def max_per_server_reason(running: int, vmm_server: str) -> str:
+    """Why a job waits for ``max_concurrent_per_vmm_server``."""
+    return f"max_concurrent_per_vmm_server reached ({running} running on {vmm_server})"
+
+
 @dataclass(frozen=True)
 class Claim:
     """The outcome of trying to start a job: the new attempt number, or why not."""
@@ -396,35 +406,26 @@ class Pruned:
     events: int = 0
 
 
+# The jobs table's columns, in its order: ``_job`` reads a row by position (a scheduling
+# pass reads every active job, and names cost twice as much), so the journal checks the
+# order when it opens.
+_JOB_COLUMNS: Final = tuple(f.name for f in fields(Job))
+
+
 def _job(row: sqlite3.Row) -> Job:
+    (
+        job_id, host, host_key, role, vmm_server, is_vmm_server, procedure, mode, source,
+        status, reason, failed_step, attempt, failures, next_attempt_at, approved_at,
+        approved_by, owner, plan, certificates_before, certificates_after, created_at,
+        updated_at, finished_at, cohort, planned_start_at,
+    ) = row  # fmt: skip
     return Job(
-        id=row["id"],
-        host=row["host"],
-        host_key=row["host_key"],
-        role=row["role"],
-        vmm_server=row["vmm_server"],
-        is_vmm_server=bool(row["is_vmm_server"]),
-        procedure=row["procedure"],
-        mode=row["mode"],
-        source=row["source"],
-        status=row["status"],
-        reason=row["reason"],
-        failed_step=row["failed_step"],
-        attempt=row["attempt"],
-        failures=row["failures"],
-        next_attempt_at=row["next_attempt_at"],
-        approved_at=row["approved_at"],
-        approved_by=row["approved_by"],
-        owner=row["owner"],
-        plan=_loads(row["plan"]),
-        certificates_before=_loads(row["certificates_before"]),
-        certificates_after=_loads(row["certificates_after"]),
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        finished_at=row["finished_at"],
-        cohort=row["cohort"],
-        planned_start_at=row["planned_start_at"],
-    )
+        job_id, host, host_key, role, vmm_server, bool(is_vmm_server), procedure, mode,
+        source, status, reason, failed_step, attempt, failures, next_attempt_at, approved_at,
+        approved_by, owner, _loads(plan), _loads(certificates_before),
+        _loads(certificates_after), created_at, updated_at, finished_at, cohort,
+        planned_start_at,
+    )  # fmt: skip
 
 
 def _step(row: sqlite3.Row) -> Step:
@@ -556,8 +557,14 @@ class Journal:
                         "the one this version writes"
                     )
             self._db.execute("PRAGMA foreign_keys=ON")
+            columns = tuple(r["name"] for r in self._db.execute("PRAGMA table_info(jobs)"))
         except sqlite3.Error as exc:
             raise JournalError(f"{self.path}: cannot open the journal: {exc}") from exc
+        if columns != _JOB_COLUMNS:
+            raise JournalError(
+                f"{self.path}: the jobs table has the columns {', '.join(columns)}; this "
+                f"version reads {', '.join(_JOB_COLUMNS)}, in that order"
+            )
         with contextlib.suppress(OSError):
             os.chmod(self.path, 0o600)
 
@@ -742,6 +749,31 @@ class Journal:
         value = rows[0]["t"] if rows else None
         return None if value is None else float(value)
 
+    def last_fresh_of_active_hosts(self, mode: str = "execute") -> dict[str, float]:
+        """``last_fresh_at`` of every host (key) with an active job, in one query: what a
+        scheduling pass needs for the cooldown, whatever the number of jobs waiting."""
+        rows = self._read(
+            "SELECT host_key, MAX(finished_at) AS t FROM jobs WHERE mode = ? "
+            "AND status IN ('succeeded', 'already-fresh') "
+            "AND host_key IN (SELECT host_key FROM jobs WHERE finished_at IS NULL) "
+            "GROUP BY host_key",
+            (mode,),
+        )
+        return {r["host_key"]: float(r["t"]) for r in rows}
+
+    def cohort_left(self, job: Job) -> int:
+        """For a VMM server's cohort job: the active jobs of its cohort for the computers
+        that VMM server manages (its own names, and any VMM server's, left out), which it
+        waits for (``guards.cohort_order_reason``). 0 for any other job."""
+        if not job.is_vmm_server or job.cohort is None or job.vmm_server is None:
+            return 0
+        rows = self._read(
+            "SELECT COUNT(*) AS n FROM jobs WHERE cohort = ? AND lower(vmm_server) = ? "
+            "AND is_vmm_server = 0 AND finished_at IS NULL",
+            (job.cohort, job.vmm_server.lower()),
+        )
+        return int(rows[0]["n"])
+
     def cohort_hosts(self, cohort: str, mode: str) -> set[str]:
         """The hosts (keys) that already had a job in ``mode`` planned for ``cohort``: a
         cohort is planned once per host, whatever became of the job."""
@@ -858,30 +890,44 @@ class Journal:
 
     def set_waiting(self, job_id: int, reason: str) -> bool:
         """Mark a not-yet-running job as waiting for ``reason``; False if it changed meanwhile."""
+        return job_id in self.set_waiting_many({job_id: reason})
+
+    def set_waiting_many(self, reasons: Mapping[int, str]) -> set[int]:
+        """``set_waiting`` for many jobs in one transaction (a scheduling pass's changes);
+        the ids of the jobs that were still waitable."""
+        waitable: set[int] = set()
+        if not reasons:
+            return waitable
         with self._write() as db:
-            row = db.execute(
-                "SELECT status, reason FROM jobs WHERE id = ? AND finished_at IS NULL",
-                (job_id,),
-            ).fetchone()
-            if row is None or row["status"] not in ("planned", "waiting", "failed"):
-                return False
-            if row["status"] == "failed":
-                # A retry that is due but blocked: keep it failed (with its retry time) so
-                # the failure stays visible; only the reason says what it waits for.
-                if row["reason"] != reason:
-                    db.execute(
-                        "UPDATE jobs SET reason = ?, updated_at = ? WHERE id = ?",
-                        (clip(reason), self._clock(), job_id),
-                    )
-                return True
-            if row["status"] == "waiting" and row["reason"] == reason:
-                return True
-            db.execute(
-                "UPDATE jobs SET status = 'waiting', reason = ?, updated_at = ? WHERE id = ?",
-                (clip(reason), self._clock(), job_id),
-            )
-            self._event(db, job_id, "waiting", reason)
+            for job_id, reason in reasons.items():
+                if self._set_waiting(db, job_id, reason):
+                    waitable.add(job_id)
+        return waitable
+
+    def _set_waiting(self, db: sqlite3.Connection, job_id: int, reason: str) -> bool:
+        row = db.execute(
+            "SELECT status, reason FROM jobs WHERE id = ? AND finished_at IS NULL",
+            (job_id,),
+        ).fetchone()
+        if row is None or row["status"] not in ("planned", "waiting", "failed"):
+            return False
+        if row["status"] == "failed":
+            # A retry that is due but blocked: keep it failed (with its retry time) so
+            # the failure stays visible; only the reason says what it waits for.
+            if row["reason"] != reason:
+                db.execute(
+                    "UPDATE jobs SET reason = ?, updated_at = ? WHERE id = ?",
+                    (clip(reason), self._clock(), job_id),
+                )
             return True
+        if row["status"] == "waiting" and row["reason"] == reason:
+            return True
+        db.execute(
+            "UPDATE jobs SET status = 'waiting', reason = ?, updated_at = ? WHERE id = ?",
+            (clip(reason), self._clock(), job_id),
+        )
+        self._event(db, job_id, "waiting", reason)
+        return True
 
     def claim(
         self,
@@ -907,7 +953,7 @@ class Journal:
                     (job.mode,),
                 ).fetchone()[0]
                 if total >= max_running:
-                    return Claim(None, f"max_concurrent reached ({total} running)")
+                    return Claim(None, max_concurrent_reason(total))
             if max_per_server is not None and job.vmm_server is not None:
                 per = db.execute(
                     "SELECT COUNT(*) FROM jobs WHERE status = 'running' AND mode = ? "
@@ -915,11 +961,7 @@ class Journal:
                     (job.mode, job.vmm_server.lower()),
                 ).fetchone()[0]
                 if per >= max_per_server:
-                    return Claim(
-                        None,
-                        f"max_concurrent_per_vmm_server reached ({per} running on "
-                        f"{job.vmm_server})",
-                    )
+                    return Claim(None, max_per_server_reason(per, job.vmm_server))
             attempt = job.attempt + 1
             db.execute(
                 "UPDATE jobs SET status = 'running', owner = ?, attempt = ?, reason = NULL, "
