@@ -561,6 +561,13 @@ def test_clock_offset_and_advance_change_states(demo: Fleet) -> None:
     assert states(demo)["hv37.lab.example"] == "Responding"  # before its expiry again
     with pytest.raises(ValueError):
         demo.set_clock(offset_seconds=float("nan"), advance_seconds=None)
+    # a clock datetime could not hold is refused, not stored to fail every later read
+    demo.set_clock(offset_seconds=0, advance_seconds=None)
+    for offset, advance in ((1e15, None), (None, 3.2e10), (-3.2e10, None)):
+        with pytest.raises(ValueError, match="1,000 years"):
+            demo.set_clock(offset_seconds=offset, advance_seconds=advance)
+    assert demo.clock_info()["offset_seconds"] == 0
+    demo.list_computers()
 
 
 def test_register_uses_the_lab_year(demo: Fleet) -> None:

@@ -11,6 +11,10 @@ import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+# How far the clock may be moved either way: far beyond any certificate's life, and far
+# inside what ``datetime`` can hold (year 9999), so that reading the clock never overflows.
+MAX_OFFSET_SECONDS = 1000 * 366 * 86400.0
+
 
 class LabClock:
     """``now() = datetime.now(UTC) + offset``; thread-safe."""
@@ -26,7 +30,7 @@ class LabClock:
             raise ValueError(f"{name} must be a number of seconds, got {value!r}")
         if not math.isfinite(value):
             raise ValueError(f"{name} must be finite, got {value!r}")
-        return float(value)
+        return _within(float(value), name)
 
     @property
     def offset_seconds(self) -> float:
@@ -50,10 +54,19 @@ class LabClock:
             if offset is not None:
                 self._offset = offset
             if advance is not None:
-                self._offset += advance
+                self._offset = _within(self._offset + advance, "the offset after advance_seconds")
 
     def info(self) -> dict[str, Any]:
         with self._lock:
             offset = self._offset
         now = datetime.now(UTC) + timedelta(seconds=offset)
         return {"now": now.isoformat().replace("+00:00", "Z"), "offset_seconds": offset}
+
+
+def _within(seconds: float, name: str) -> float:
+    if abs(seconds) > MAX_OFFSET_SECONDS:
+        raise ValueError(
+            f"{name} must be within {MAX_OFFSET_SECONDS:.0f} seconds (1,000 years) of now, "
+            f"got {seconds!r}"
+        )
+    return seconds
