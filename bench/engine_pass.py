@@ -41,33 +41,26 @@ class _NoRenewals:
         raise RuntimeError(f"the bench starts no renewal, yet one reached {host}")
 
 
+def _cohort_job(host: str, role: str, procedure: str) -> CohortJob:
+    return CohortJob(
+        host=host,
+        role=role,
+        vmm_server=SERVER,
+        is_vmm_server=host == SERVER,
+        procedure=procedure,
+        reason="cohort 2027-01-01",
+        cohort="2027-01-01",
+        planned_start_at=INSIDE,
+    )
+
+
 def _journal(directory: Path, size: int) -> Journal:
     journal = Journal(directory / "journal.sqlite", clock=lambda: INSIDE)
     jobs = [
-        CohortJob(
-            host=f"hv{i:05d}.bench.example",
-            role="hyperv_host",
-            vmm_server=SERVER,
-            is_vmm_server=False,
-            procedure="remove-register",
-            reason="cohort 2027-01-01",
-            cohort="2027-01-01",
-            planned_start_at=INSIDE,
-        )
+        _cohort_job(f"hv{i:05d}.bench.example", "hyperv_host", "remove-register")
         for i in range(size - 1)
     ]
-    jobs.append(
-        CohortJob(
-            host=SERVER,
-            role="vmm_server",
-            vmm_server=SERVER,
-            is_vmm_server=True,
-            procedure="update-vmm-certificate",
-            reason="cohort 2027-01-01",
-            cohort="2027-01-01",
-            planned_start_at=INSIDE,
-        )
-    )
+    jobs.append(_cohort_job(SERVER, "vmm_server", "update-vmm-certificate"))
     journal.create_cohort_jobs(jobs, "execute")
     return journal
 
