@@ -19,13 +19,15 @@ import yaml
 
 if TYPE_CHECKING:
     from vmm_cert_lab.fleet.runner import RunningLab
+    from vmm_cert_lab.lab_child import LabChild
 
 # The lab's one Run As account (docs/lab-scenarios.md), when the model does not say.
 LAB_RUN_AS_ACCOUNT = "VMM Host Admins"
 
 
-def lab_run_as_account(lab: RunningLab) -> str:
-    accounts = getattr(lab.model, "run_as_accounts", None)
+def lab_run_as_account(lab: RunningLab | LabChild) -> str:
+    # a lab in its own process answers for its model
+    accounts = getattr(getattr(lab, "model", lab), "run_as_accounts", None)
     if callable(accounts):
         names = list(accounts())
         if names:
@@ -47,7 +49,7 @@ def desk_user(
 
 
 def write_lab_receiver_config(
-    lab: RunningLab,
+    lab: RunningLab | LabChild,
     path: str | os.PathLike[str],
     *,
     token: str,

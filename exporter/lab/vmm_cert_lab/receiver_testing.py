@@ -27,6 +27,7 @@ from vmm_cert_exporter.receiver.webhook import WebhookAlert
 from vmm_cert_exporter.remoting import ScriptOutput, WinRMRunner
 from vmm_cert_lab.fleet.interfaces import Execution, FleetModel
 from vmm_cert_lab.fleet.runner import RunningLab
+from vmm_cert_lab.lab_child import LabChild
 from vmm_cert_lab.receiver_config import write_lab_receiver_config
 
 TOKEN = "t0ken-for-tests-5b1f"  # noqa: S105 - tests and the lab only
@@ -169,7 +170,7 @@ def webhook_alert(doc: dict[str, Any]) -> WebhookAlert:
 
 
 def receiver_config(
-    lab: RunningLab,
+    lab: RunningLab | LabChild,
     directory: Path,
     *,
     mode: str = "execute",
@@ -199,8 +200,8 @@ def receiver_config(
 class Harness:
     """Journal + engine + inventory against a lab, driven step by step by the test."""
 
-    lab: RunningLab
-    fleet: CountingFleet
+    running: RunningLab | LabChild
+    counting: CountingFleet | None  # None: the lab runs in its own process
     config: Config
     journal: Journal
     engine: Engine
@@ -209,6 +210,20 @@ class Harness:
     runner: HookRunner
     owner: OwnerLock
     _fingerprints: int = field(default=0)
+
+    @property
+    def lab(self) -> RunningLab:
+        """The lab running in this process (a ``LabChild`` is reached through ``describe``)."""
+        if isinstance(self.running, LabChild):
+            raise TypeError("the lab runs in its own process: read it through its control API")
+        return self.running
+
+    @property
+    def fleet(self) -> CountingFleet:
+        """The lab's model, counting the scripts it ran (an in-process lab's only)."""
+        if self.counting is None:
+            raise TypeError("the lab runs in its own process: read it through its control API")
+        return self.counting
 
     def submit(self, host: str, alertname: str = "VMMCertificateExpiringCritical") -> Decision:
         """What a webhook with one firing alert for ``host`` would do (a new alert each time)."""
@@ -238,7 +253,9 @@ class Harness:
         return job
 
     def describe(self, host: str) -> dict[str, Any]:
-        return self.lab.model.describe(host)
+        if isinstance(self.running, LabChild):
+            return self.running.describe(host)
+        return self.running.model.describe(host)
 
     def close(self) -> None:
         self.engine.stop()
@@ -258,7 +275,7 @@ def fleet_of(lab: RunningLab) -> CountingFleet:
 
 
 def make_harness(
-    lab: RunningLab,
+    lab: RunningLab | LabChild,
     directory: Path,
     *,
     mode: str = "execute",
@@ -277,7 +294,8 @@ def make_harness(
     engine = Engine(config, journal, runner, owner=owner, clock=clock)
     inventory = InventoryCache(config, runner)
     inventory.refresh()
-    return Harness(lab, fleet_of(lab), config, journal, engine, inventory, clock, runner, owner)
+    counting = None if isinstance(lab, LabChild) else fleet_of(lab)
+    return Harness(lab, counting, config, journal, engine, inventory, clock, runner, owner)
 
 
 def http(
