@@ -76,6 +76,27 @@ def test_every_name_of_the_ha_vmm_server_gets_procedure_2(ha_harness: Harness) -
         assert renewed_in(ha_harness.lab, ha_harness.describe(node)), node
 
 
+def test_the_names_of_one_vmm_server_renew_its_certificate_one_at_a_time(
+    ha_harness: Harness,
+) -> None:
+    """The role name and both nodes alert at once (one certificate, three names): one
+    pass starts one of their jobs and the others wait for it, though the limits would allow
+    two at once; once it has renewed, the next finds the certificate fresh. So
+    Update-SCVMMCertificate never runs twice at once against one VMM server."""
+    jobs = [job_of(ha_harness, name) for name in HA_NAMES]
+    started = ha_harness.engine.tick(wait=True)
+    assert len(started) == 1
+    waiting = [ha_harness.job(j.id) for j in jobs if ha_harness.job(j.id).status != "succeeded"]
+    assert len(waiting) == 2
+    for job in waiting:
+        assert job.status == "waiting", job
+        assert job.reason is not None and "one renewal at a time" in job.reason, job.reason
+    ha_harness.settle()
+    statuses = sorted(ha_harness.job(j.id).status for j in jobs)
+    assert statuses == ["already-fresh", "already-fresh", "succeeded"]
+    assert operations(ha_harness, "update-vmm-certificate") == [HA]
+
+
 def test_ha_vmm_server_without_the_cmdlet_is_refused_with_the_rollup(
     ha_harness: Harness,
 ) -> None:

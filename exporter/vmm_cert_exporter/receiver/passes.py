@@ -22,6 +22,14 @@ from vmm_cert_exporter.receiver.journal import (
 )
 
 
+def one_server_renewal_reason(running: Job) -> str:
+    """Why a VMM server's job waits while another job renews that server's certificate."""
+    return (
+        f"one renewal at a time of {running.vmm_server}'s own certificate: job "
+        f"{running.id} ({running.host}) is renewing it"
+    )
+
+
 class Pass:
     """One scheduling pass over ``jobs`` (the journal's active jobs, read once)."""
 
@@ -30,6 +38,8 @@ class Pass:
         self.jobs = jobs
         self._running: Counter[str] = Counter()  # by mode
         self._per_server: Counter[tuple[str, str]] = Counter()  # by mode, server (lower case)
+        # the execute job renewing each VMM server's own certificate (server, lower case)
+        self._server_renewal: dict[str, Job] = {}
         for job in jobs:
             if job.status == "running":
                 self.started(job)
@@ -68,6 +78,9 @@ class Pass:
         return reason
 
     def _limit(self, job: Job, max_running: int, max_per_server: int) -> str | None:
+        renewing = self._renewing_server(job)
+        if renewing is not None:
+            return one_server_renewal_reason(renewing)
         running = self._running[job.mode]
         if running >= max_running:
             return max_concurrent_reason(running)
@@ -93,6 +106,17 @@ class Pass:
         self._running[job.mode] += 1
         if job.vmm_server is not None:
             self._per_server[(job.mode, job.vmm_server.lower())] += 1
+            if job.is_vmm_server and job.mode == "execute":
+                self._server_renewal.setdefault(job.vmm_server.lower(), job)
+
+    def _renewing_server(self, job: Job) -> Job | None:
+        """Another execute job already renewing the certificate that ``job`` would renew: a
+        VMM server goes by several names (its role name, its nodes, an alias), each may
+        alert and get a job, and all of them renew one certificate on one server."""
+        if not job.is_vmm_server or job.vmm_server is None or job.mode != "execute":
+            return None
+        other = self._server_renewal.get(job.vmm_server.lower())
+        return other if other is not None and other.id != job.id else None
 
     # ---- what the desk and the API show ----------------------------------------------------
 
