@@ -5,6 +5,8 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from vmm_cert_exporter.remoting import _Watchdog
 
@@ -75,53 +77,46 @@ def test_fire_ends_a_call_at_once_and_a_late_connection_too() -> None:
             sock.close()
 
 
-def test_an_abort_lets_a_create_in_flight_answer_so_its_shell_can_be_deleted() -> None:
+@contextmanager
+def _tracked_call(*, opening: bool) -> Iterator[tuple[_Watchdog, socket.socket, socket.socket]]:
+    """An armed watchdog (deadline a minute away) tracking one end of a socket pair, as a
+    call in flight: ``opening`` while it waits for its shell's Create."""
     watchdog = _Watchdog(time.monotonic() + 60)
     ours, theirs = socket.socketpair()
     try:
         with watchdog.armed():
             watchdog.track(ours)
-            watchdog.opening = True
-            watchdog.abort(allowance=30)
-            assert not watchdog.fired
-            theirs.send(b"x")  # the socket still works: the Create's answer can arrive
-            assert ours.recv(1) == b"x"
-            assert watchdog.opened()  # the call ends here (then Signal + Delete)
-            assert watchdog.fired
+            watchdog.opening = opening
+            yield watchdog, ours, theirs
     finally:
         ours.close()
         theirs.close()
+
+
+def test_an_abort_lets_a_create_in_flight_answer_so_its_shell_can_be_deleted() -> None:
+    with _tracked_call(opening=True) as (watchdog, ours, theirs):
+        watchdog.abort(allowance=30)
+        assert not watchdog.fired
+        theirs.send(b"x")  # the socket still works: the Create's answer can arrive
+        assert ours.recv(1) == b"x"
+        assert watchdog.opened()  # the call ends here (then Signal + Delete)
+        assert watchdog.fired
 
 
 def test_a_create_that_does_not_answer_within_the_allowance_is_ended() -> None:
-    watchdog = _Watchdog(time.monotonic() + 60)
-    ours, theirs = socket.socketpair()
     woke: dict[int, float] = {}
-    try:
-        with watchdog.armed():
-            watchdog.track(ours)
-            watchdog.opening = True
-            started = time.monotonic()
-            waiter = threading.Thread(target=_blocked_recv, args=(ours, woke, 0))
-            waiter.start()
-            watchdog.abort(allowance=0.3)
-            waiter.join(10)
-            assert watchdog.fired and 0 in woke
-            assert woke[0] - started >= 0.3  # not before the allowance
-    finally:
-        ours.close()
-        theirs.close()
+    with _tracked_call(opening=True) as (watchdog, ours, _):
+        started = time.monotonic()
+        waiter = threading.Thread(target=_blocked_recv, args=(ours, woke, 0))
+        waiter.start()
+        watchdog.abort(allowance=0.3)
+        waiter.join(10)
+        assert watchdog.fired and 0 in woke
+        assert woke[0] - started >= 0.3  # not before the allowance
 
 
 def test_an_abort_outside_a_create_ends_the_call_at_once() -> None:
-    watchdog = _Watchdog(time.monotonic() + 60)
-    ours, theirs = socket.socketpair()
-    try:
-        with watchdog.armed():
-            watchdog.track(ours)
-            watchdog.abort(allowance=30)
-            assert watchdog.fired and ours.recv(1) == b""
-            assert not watchdog.opened()
-    finally:
-        ours.close()
-        theirs.close()
+    with _tracked_call(opening=False) as (watchdog, ours, _):
+        watchdog.abort(allowance=30)
+        assert watchdog.fired and ours.recv(1) == b""
+        assert not watchdog.opened()
