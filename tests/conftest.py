@@ -9,7 +9,9 @@ directories (a light in-test fleet; a demo fleet that counts every script it rec
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
+import threading
 from collections.abc import Callable, Generator, Iterator, Mapping
 from contextlib import AbstractContextManager, ExitStack
 from importlib import resources
@@ -49,6 +51,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         raise pytest.UsageError(
             "these tests start processes but are not marked e2e: " + ", ".join(unmarked)
         )
+
+
+@pytest.fixture(autouse=True)
+def _logging_put_back() -> Iterator[None]:
+    """A test that runs a command in this process (``main([...])``) sets up logging on the
+    stderr pytest captured for that test, a stream closed once the test ends: a thread of a
+    later test that logs would then fail on it. Each test leaves the root logger, and the
+    thread exception hook, as it found them (pytest's own capture handlers come and go with
+    each phase: they are left alone)."""
+    root = logging.getLogger()
+    before, level, hook = list(root.handlers), root.level, threading.excepthook
+    yield
+    for handler in list(root.handlers):
+        if handler not in before and type(handler) is logging.StreamHandler:
+            root.removeHandler(handler)
+    root.setLevel(level)
+    threading.excepthook = hook
 
 
 # ---- ports, processes, tools ---------------------------------------------------------------
