@@ -21,6 +21,9 @@ PYTEST_ARGS ?=
 # cores. PYTEST_WORKERS=0 runs everything in one process.
 PYTEST_WORKERS ?= 2
 XDIST = $(if $(filter 0,$(PYTEST_WORKERS)),-p no:xdist,-n $(PYTEST_WORKERS) --dist loadfile)
+# The e2e files in collection order, where the files of tests marked long come first
+# (tests/conftest.py), instead of xdist's default of the files with the most tests first.
+XDIST_E2E = $(if $(filter 0,$(PYTEST_WORKERS)),-p no:xdist,-n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 # apt-get behind one lock, so that two makes (or two worktrees) installing at once wait for
 # each other instead of failing on dpkg's lock.
 APT_INSTALL = flock /tmp/.vmm-cert-exporter-apt.lock sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$$@"' apt-install
@@ -80,7 +83,7 @@ unit: venv
 	$(BIN)/pytest -m "not e2e" $(XDIST) $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 e2e: venv tools
-	$(BIN)/pytest -m e2e $(XDIST) $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(BIN)/pytest -m e2e $(XDIST_E2E) $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 demo: venv tools
 	$(BIN)/vmm-cert-exporter demo

@@ -40,7 +40,7 @@ _LAB_PASSWORD_LINE = "password: lab-password"
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test that starts a process must say so with ``@pytest.mark.e2e``, so that
-    ``pytest -m "not e2e"`` stays the fast run."""
+    ``pytest -m "not e2e"`` stays the fast run; the files of ``long`` tests come first."""
     unmarked = [
         item.nodeid
         for item in items
@@ -51,6 +51,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         raise pytest.UsageError(
             "these tests start processes but are not marked e2e: " + ", ".join(unmarked)
         )
+    # a file with a test of minutes goes first: handed out last, it would run alone at the
+    # end while the other worker has nothing left (make e2e keeps this order for xdist)
+    long_files = {item.path for item in items if item.get_closest_marker("long") is not None}
+    items.sort(key=lambda item: item.path not in long_files)
 
 
 @pytest.fixture(autouse=True)

@@ -316,6 +316,7 @@ REAL_HOSTS = BIG_COHORT_HOSTS
 
 
 @pytest.mark.e2e
+@pytest.mark.long
 @pytest.mark.timeout(900)  # about four minutes alone, more beside the other e2e tests
 def test_renew_ahead_finishes_when_projected_before_the_day_with_every_guard(
     processes: Processes, tmp_path: Path
