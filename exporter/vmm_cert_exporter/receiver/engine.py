@@ -206,7 +206,7 @@ class Engine:
             max_per_server=self.rcfg.max_concurrent_per_vmm_server if limits else None,
         )
         if claim.attempt is None:
-            if claim.blocked and claim.blocked.startswith("max_concurrent"):
+            if claim.limited and claim.blocked is not None:
                 # another process started one since this pass counted
                 scheduling.wait(job, claim.blocked)
                 scheduling.recount(job.mode)

@@ -386,12 +386,23 @@ def max_per_server_reason(running: int, vmm_server: str) -> str:
     return f"max_concurrent_per_vmm_server reached ({running} running on {vmm_server})"
 
 
+def one_server_renewal_reason(running: Job) -> str:
+    """Why a VMM server's job waits while another job renews that server's certificate: a
+    VMM server goes by several names (its role name, its nodes, an alias), each may alert
+    and get a job, and all of them renew one certificate on one server."""
+    return (
+        f"one renewal at a time of {running.vmm_server}'s own certificate: job "
+        f"{running.id} ({running.host}) is renewing it"
+    )
+
+
 @dataclass(frozen=True)
 class Claim:
     """The outcome of trying to start a job: the new attempt number, or why not."""
 
     attempt: int | None
     blocked: str | None = None
+    limited: bool = False  # refused for a concurrency limit: the job waits for it
 
 
 @dataclass(frozen=True)
@@ -953,7 +964,7 @@ class Journal:
                     (job.mode,),
                 ).fetchone()[0]
                 if total >= max_running:
-                    return Claim(None, max_concurrent_reason(total))
+                    return Claim(None, max_concurrent_reason(total), limited=True)
             if max_per_server is not None and job.vmm_server is not None:
                 per = db.execute(
                     "SELECT COUNT(*) FROM jobs WHERE status = 'running' AND mode = ? "
@@ -961,7 +972,16 @@ class Journal:
                     (job.mode, job.vmm_server.lower()),
                 ).fetchone()[0]
                 if per >= max_per_server:
-                    return Claim(None, max_per_server_reason(per, job.vmm_server))
+                    return Claim(None, max_per_server_reason(per, job.vmm_server), limited=True)
+                if job.is_vmm_server and job.mode == "execute":
+                    renewing = db.execute(
+                        "SELECT * FROM jobs WHERE status = 'running' AND mode = 'execute' "
+                        "AND is_vmm_server = 1 AND lower(vmm_server) = ? AND id != ? LIMIT 1",
+                        (job.vmm_server.lower(), job.id),
+                    ).fetchone()
+                    if renewing is not None:
+                        reason = one_server_renewal_reason(_job(renewing))
+                        return Claim(None, reason, limited=True)
             attempt = job.attempt + 1
             db.execute(
                 "UPDATE jobs SET status = 'running', owner = ?, attempt = ?, reason = NULL, "

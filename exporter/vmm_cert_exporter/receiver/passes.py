@@ -19,15 +19,8 @@ from vmm_cert_exporter.receiver.journal import (
     Journal,
     max_concurrent_reason,
     max_per_server_reason,
+    one_server_renewal_reason,
 )
-
-
-def one_server_renewal_reason(running: Job) -> str:
-    """Why a VMM server's job waits while another job renews that server's certificate."""
-    return (
-        f"one renewal at a time of {running.vmm_server}'s own certificate: job "
-        f"{running.id} ({running.host}) is renewing it"
-    )
 
 
 class Pass:
@@ -78,9 +71,6 @@ class Pass:
         return reason
 
     def _limit(self, job: Job, max_running: int, max_per_server: int) -> str | None:
-        renewing = self._renewing_server(job)
-        if renewing is not None:
-            return one_server_renewal_reason(renewing)
         running = self._running[job.mode]
         if running >= max_running:
             return max_concurrent_reason(running)
@@ -88,7 +78,8 @@ class Pass:
             per = self._per_server[(job.mode, job.vmm_server.lower())]
             if per >= max_per_server:
                 return max_per_server_reason(per, job.vmm_server)
-        return None
+        renewing = self._renewing_server(job)
+        return None if renewing is None else one_server_renewal_reason(renewing)
 
     def recount(self, mode: str) -> None:
         """Count ``mode``'s running jobs again from the journal (every process's)."""
@@ -110,9 +101,8 @@ class Pass:
                 self._server_renewal.setdefault(job.vmm_server.lower(), job)
 
     def _renewing_server(self, job: Job) -> Job | None:
-        """Another execute job already renewing the certificate that ``job`` would renew: a
-        VMM server goes by several names (its role name, its nodes, an alias), each may
-        alert and get a job, and all of them renew one certificate on one server."""
+        """Another execute job already renewing the VMM server certificate that ``job``
+        would renew (``one_server_renewal_reason``; the claim checks it again)."""
         if not job.is_vmm_server or job.vmm_server is None or job.mode != "execute":
             return None
         other = self._server_renewal.get(job.vmm_server.lower())
